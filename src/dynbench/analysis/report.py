@@ -1,0 +1,341 @@
+"""Write the benchmark report: per-task plots and tables, plus ``index.md`` and ``index.html`` linking them.
+
+Layout under ``out_dir``::
+
+    index.md, index.html
+    <task>/pareto_flops.png, pareto_latency_<hw>.png, pareto_memory_<hw>.png, compute_hist.png, table.md
+
+Everything written is a function of the rows and samples only (no "generated at" clock time), so
+re-running the report on the same results gives the same files.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dynbench.analysis.plots import compute_histogram, pareto_plot
+from dynbench.analysis.tables import summary_frame, task_markdown
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_report"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
+th { background: #f3f3f3; }
+tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; height: auto; display: block; margin: 1em 0; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe version of a task or hardware name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "unnamed"
+
+
+def _distinct(rows: pd.DataFrame, column: str) -> str:
+    """Sorted distinct non-null values of a provenance column, or ``unknown``."""
+    if column not in rows.columns:
+        return "unknown"
+    values = sorted({str(v) for v in rows[column].dropna()})
+    return ", ".join(values) if values else "unknown"
+
+
+def _flag(value: object) -> bool:
+    """Read a flag that may arrive as bool, number, string or missing (CSV round trips)."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "1", "yes", "dirty"}
+    if value is None or pd.isna(value):
+        return False
+    return bool(value)
+
+
+def _sample_gap(samples: pd.DataFrame, task: str) -> str | None:
+    """Why the task gets no compute histogram, or None when it can have one."""
+    if samples.empty or "task" not in samples.columns or not (samples["task"] == task).any():
+        return "no per-sample records"
+    missing = [c for c in ("method", "method_label", "budget", "flops") if c not in samples.columns]
+    if missing:
+        return f"per-sample records lack columns {missing}"
+    flops = samples.loc[samples["task"] == task, "flops"].to_numpy(dtype=float)
+    return None if np.isfinite(flops).any() else "no per-sample FLOPs"
+
+
+def _provenance(rows: pd.DataFrame) -> str:
+    """One line naming the code, versions, machine and run times behind ``rows``."""
+    commits = "unknown"
+    if "git_sha" in rows.columns:
+        dirty = rows["dirty"] if "dirty" in rows.columns else pd.Series(False, index=rows.index)
+        pairs = {(str(sha)[:12], _flag(flag)) for sha, flag in zip(rows["git_sha"], dirty) if not pd.isna(sha)}
+        commits = ", ".join(f"`{sha}`" + (" (dirty)" if flag else "") for sha, flag in sorted(pairs)) or "unknown"
+    started = sorted({str(v) for v in rows["started_at"].dropna()}) if "started_at" in rows.columns else []
+    when = "unknown" if not started else started[0] if len(started) == 1 else f"{started[0]} – {started[-1]}"
+    parts = [
+        f"git {commits}",
+        f"dynbench {_distinct(rows, 'dynbench_version')}",
+        f"torch {_distinct(rows, 'torch_version')}",
+        f"machine {_distinct(rows, 'machine')}",
+        f"runs started {when}",
+    ]
+    return "Provenance: " + " · ".join(parts) + "."
+
+
+def _has(frame: pd.DataFrame, metric: str) -> bool:
+    """Whether some operating point has both quality and ``metric``."""
+    both = np.isfinite(frame[metric].to_numpy(dtype=float)) & np.isfinite(frame["quality"].to_numpy(dtype=float))
+    return bool(both.any())
+
+
+def _figure(
+    title: str, path: Path, rel: str, draw: Callable[[Path], Path], missing: str | None, written: list[Path]
+) -> str:
+    """Draw one figure (or explain why not) and return its markdown."""
+    if missing is not None:
+        return f"- **{title}:** not measured ({missing})."
+    written.append(draw(path))
+    return f"![{title}]({rel})"
+
+
+def _task_figures(
+    task: str, summary: pd.DataFrame, samples: pd.DataFrame, task_dir: Path, written: list[Path]
+) -> list[str]:
+    """Write the plots of one task; markdown for each, with a "not measured" line for skipped ones."""
+    rel = task_dir.name
+    lines = []
+    no_quality = "no `quality` rows" if not summary["quality"].notna().any() else None
+    lines.append(
+        _figure(
+            "Quality vs FLOPs per sample",
+            task_dir / "pareto_flops.png",
+            f"{rel}/pareto_flops.png",
+            lambda p: pareto_plot(summary, task, "flops_per_sample", hardware=None, out_path=p),
+            no_quality or (None if _has(summary, "flops_per_sample") else "no `flops_per_sample` rows"),
+            written,
+        )
+    )
+    batch = int(summary["latency_batch_size"].iloc[0])
+    for hardware, frame in summary.groupby("hardware", sort=False):
+        hw, name = str(hardware), _slug(str(hardware))
+        for metric, stem, what in (
+            ("latency_ms", "latency", "latency"),
+            ("peak_mem_bytes", "memory", "peak memory"),
+        ):
+            reason = no_quality or (
+                None if _has(frame, metric) else f"no `{metric}` rows at batch size {batch} on {hw}"
+            )
+            lines.append(
+                _figure(
+                    f"Quality vs batch-{batch} {what} on {hw}",
+                    task_dir / f"pareto_{stem}_{name}.png",
+                    f"{rel}/pareto_{stem}_{name}.png",
+                    lambda p, m=metric, h=hw: pareto_plot(summary, task, m, hardware=h, out_path=p),
+                    reason,
+                    written,
+                )
+            )
+    lines.append(
+        _figure(
+            "Per-sample executed FLOPs",
+            task_dir / "compute_hist.png",
+            f"{rel}/compute_hist.png",
+            lambda p: compute_histogram(samples, task, p),
+            _sample_gap(samples, task),
+            written,
+        )
+    )
+    return lines
+
+
+def _join_blocks(items: list[str]) -> str:
+    """Images as separate paragraphs, consecutive "not measured" bullets as one list."""
+    out: list[str] = []
+    for item in items:
+        if out and item.startswith("- ") and out[-1].startswith("- "):
+            out[-1] += "\n" + item
+        else:
+            out.append(item)
+    return "\n\n".join(out)
+
+
+def _write_task(
+    task: str, rows: pd.DataFrame, summary: pd.DataFrame, samples: pd.DataFrame, out_dir: Path
+) -> tuple[str, list[Path]]:
+    """Write one task's plots and table; return its index section and the files written."""
+    task_dir = out_dir / _slug(task)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    task_rows = rows[rows["task"] == task]
+    written: list[Path] = []
+    figures = _task_figures(task, summary[summary["task"] == task], samples, task_dir, written)
+    provenance = _provenance(task_rows)
+    tables = task_markdown(task_rows, task, latency_batch_size=int(summary["latency_batch_size"].iloc[0]))
+    table_path = task_dir / "table.md"
+    table_path.write_text(f"# {task}\n\n{provenance}\n\n{tables}", encoding="utf-8")
+    written.append(table_path)
+    # Nest the table's hardware headings one level below the task heading of the index.
+    nested = re.sub(r"^### ", "#### ", tables, flags=re.MULTILINE)
+    section = "\n\n".join(
+        [
+            f"## {task}",
+            provenance,
+            "### Plots",
+            _join_blocks(figures),
+            "### Tables",
+            f"Also as [{task_dir.name}/table.md]({task_dir.name}/table.md).",
+            nested.rstrip("\n"),
+        ]
+    )
+    return section, written
+
+
+def _samples_with_flags(samples: pd.DataFrame | None, rows: pd.DataFrame) -> pd.DataFrame:
+    """Samples with a ``reconstructed`` column copied from the rows of the same run when absent."""
+    if samples is None or samples.empty:
+        return pd.DataFrame(columns=["task", "method", "method_label", "budget", "flops"])
+    if "reconstructed" in samples.columns or "run_key" not in samples.columns or "reconstructed" not in rows.columns:
+        return samples
+    flags = rows.drop_duplicates("run_key").set_index("run_key")["reconstructed"].map(_flag)
+    return samples.assign(reconstructed=samples["run_key"].map(flags).map(_flag))
+
+
+def write_report(
+    rows: pd.DataFrame,
+    samples: pd.DataFrame | None,
+    out_dir: Path | str,
+    *,
+    latency_batch_size: int = 1,
+) -> list[Path]:
+    """Write the full report of a set of results.
+
+    Per task: ``pareto_flops.png``, ``pareto_latency_<hw>.png`` and ``pareto_memory_<hw>.png`` per
+    hardware target, ``compute_hist.png`` and ``table.md``; then ``index.md`` and a self-contained
+    ``index.html`` (relative image links) with every plot, every table and a provenance line per task.
+    A plot whose metric was not measured is skipped and the index says "not measured" in its place.
+
+    Args:
+        rows: result rows (``dynbench.types.ROW_COLUMNS``).
+        samples: per-sample records (may be empty or ``None``: no histograms then).
+        out_dir: directory to write into (created if needed).
+        latency_batch_size: batch size whose latency, speedup and memory the plots and tables show.
+
+    Returns:
+        Paths of all files written, index files last.
+
+    Raises:
+        ValueError: if ``rows`` is empty, lacks required columns, or ``latency_batch_size`` < 1.
+    """
+    if rows is None or rows.empty:
+        raise ValueError("No result rows to report: the rows table is empty. Run `bench run` first, then report.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summary_frame(rows, latency_batch_size=latency_batch_size)
+    samples = _samples_with_flags(samples, rows)
+    tasks = sorted({str(t) for t in summary["task"]})
+    written: list[Path] = []
+    sections = []
+    for task in tasks:
+        section, files = _write_task(task, rows, summary, samples, out)
+        sections.append(section)
+        written += files
+    intro = (
+        f"{len(rows)} result rows, tasks: {', '.join(tasks)}. Points are means over seeds; "
+        "error bars and `±` are the standard deviation across seeds. Upper bounds (oracle) are dashed "
+        "and excluded from the Pareto front; `(reconstructed)` marks numbers not measured by this harness."
+    )
+    index_md = "\n\n".join(["# dynbench report", intro, *sections]) + "\n"
+    md_path, html_path = out / "index.md", out / "index.html"
+    md_path.write_text(index_md, encoding="utf-8")
+    html_path.write_text(markdown_to_html(index_md, title="dynbench report"), encoding="utf-8")
+    logger.info("wrote report for %d task(s) to %s", len(tasks), out)
+    return [*written, md_path, html_path]
+
+
+def _inline(text: str) -> str:
+    """Escape text and render the inline markdown the report uses: code, bold, images and links."""
+    parts = re.split(r"(`[^`]+`)", text)
+    out = []
+    for part in parts:
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            out.append(f"<code>{html.escape(part[1:-1])}</code>")
+            continue
+        part = html.escape(part, quote=False).replace("\\|", "|")
+        part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
+        part = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f'<img src="{html.escape(m[2])}" alt="{m[1]}">', part)
+        part = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", lambda m: f'<a href="{html.escape(m[2])}">{m[1]}</a>', part)
+        out.append(part)
+    return "".join(out)
+
+
+def _table_html(lines: list[str]) -> str:
+    """A markdown pipe table (header, alignment row, body) as an HTML table."""
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+    header, aligns, body = cells(lines[0]), cells(lines[1]), [cells(line) for line in lines[2:]]
+    style = [
+        "center" if a.startswith(":") and a.endswith(":") else "right" if a.endswith(":") else "left" for a in aligns
+    ]
+    out = [
+        "<table>",
+        "<thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in header) + "</tr></thead>",
+        "<tbody>",
+    ]
+    for row in body:
+        tds = "".join(f'<td style="text-align:{s}">{_inline(c)}</td>' for c, s in zip(row, style))
+        out.append(f"<tr>{tds}</tr>")
+    return "\n".join([*out, "</tbody>", "</table>"])
+
+
+def markdown_to_html(markdown: str, *, title: str) -> str:
+    """Render the subset of markdown the report writes as a self-contained HTML page.
+
+    Handles ``#`` headings, pipe tables, ``-`` lists, image lines and paragraphs with inline code, bold,
+    images and links; enough for the report's own markdown, not a general converter.
+
+    Args:
+        markdown: the markdown text.
+        title: page title.
+
+    Returns:
+        A complete HTML document with inline CSS.
+    """
+    lines = markdown.splitlines()
+    body: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+            continue
+        block = [line]
+        i += 1
+        if line.startswith(("|", "- ")) or not line.startswith("#"):
+            prefix = "|" if line.startswith("|") else "- " if line.startswith("- ") else None
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith("#"):
+                nxt = lines[i]
+                if (prefix and not nxt.startswith(prefix)) or (not prefix and nxt.startswith(("|", "- "))):
+                    break
+                block.append(nxt)
+                i += 1
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 6)
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("|"):
+            body.append(_table_html(block))
+        elif line.startswith("- "):
+            body.append("<ul>\n" + "\n".join(f"<li>{_inline(b[2:])}</li>" for b in block) + "\n</ul>")
+        else:
+            body.append(f"<p>{_inline(' '.join(block))}</p>")
+    head = '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+    head += f"<title>{html.escape(title)}</title>"
+    return f"{head}\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"

@@ -1,0 +1,383 @@
+"""Summaries of result rows: one line per operating point, and a readable markdown table per task.
+
+:func:`summary_frame` is the single place where seeds are averaged and batch sizes are chosen, so the
+plots and the tables of a report always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dynbench.analysis.pareto import pareto_front
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "UPPER_BOUND_METHODS",
+    "display_label",
+    "format_flops",
+    "format_sig",
+    "pareto_mask",
+    "quality_scale",
+    "summary_frame",
+    "task_markdown",
+]
+
+# One summary line per operating point; ``reconstructed`` is part of the key so numbers re-derived from
+# a paper are never averaged with numbers measured here.
+KEYS: tuple[str, ...] = ("task", "hardware", "method", "method_label", "reconstructed", "budget")
+_REQUIRED = (
+    "task", "hardware", "method", "method_label", "budget", "seed",
+    "batch_size", "metric", "value", "unit", "higher_is_better",
+)  # fmt: skip
+# Measured once per budget at the evaluation batch size, identical on every hardware target.
+_HARDWARE_FREE = ("quality", "flops_per_sample", "flops_ratio", "mean_layers")
+# Read at the latency batch size (batch 1 by default: the per-request serving cost).
+_AT_LATENCY_BATCH = ("latency_ms", "speedup_realized", "peak_mem_bytes")
+_METRIC_COLUMNS = (*_HARDWARE_FREE, *_AT_LATENCY_BATCH, "throughput")
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "task", "hardware", "method", "method_label", "display_label", "reconstructed", "budget",
+    "quality", "quality_std", "quality_unit", "quality_higher_is_better",
+    "flops_per_sample", "flops_per_sample_std", "flops_ratio",
+    "latency_ms", "latency_ms_std", "speedup_realized",
+    "throughput", "throughput_std", "throughput_batch_size",
+    "peak_mem_bytes", "peak_mem_bytes_std", "mean_layers", "n_seeds", "latency_batch_size",
+)  # fmt: skip
+# Upper bounds (not deployable): drawn dashed and kept off every Pareto front.
+UPPER_BOUND_METHODS = frozenset({"oracle"})
+# Accuracy-like units stored as fractions in [0, 1] and shown as percentages.
+_PERCENT_UNITS = frozenset({"top1", "top5", "acc", "accuracy"})
+_MISSING = "–"
+_MIB = float(2**20)
+
+
+def display_label(method: str, method_label: str, reconstructed: bool) -> str:
+    """The legend/table label of an operating point's method.
+
+    Args:
+        method: registry name (``oracle`` marks an upper bound).
+        method_label: label chosen by the harness, e.g. ``layer_skip(pattern=uniform)``.
+        reconstructed: whether the numbers were reconstructed rather than measured here.
+
+    Returns:
+        ``method_label`` with `` (upper bound)`` and/or `` (reconstructed)`` appended.
+    """
+    label = str(method_label)
+    if method in UPPER_BOUND_METHODS:
+        label += " (upper bound)"
+    if reconstructed:
+        label += " (reconstructed)"
+    return label
+
+
+def quality_scale(unit: str, values: Iterable[float]) -> tuple[float, str]:
+    """How to show a quality metric: a multiplier and the axis/column label.
+
+    Args:
+        unit: the task's quality unit (``top1``, ``ppl`` ...).
+        values: the quality values that will be shown.
+
+    Returns:
+        ``(100.0, "top1 (%)")`` for accuracy-like units whose values are fractions, else ``(1.0, unit)``.
+    """
+    arr = np.asarray(list(values), dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if str(unit).lower() in _PERCENT_UNITS and arr.size and np.all(np.abs(arr) <= 1.0):
+        return 100.0, f"{unit} (%)"
+    return 1.0, str(unit)
+
+
+def format_sig(value: float | None, digits: int = 3) -> str:
+    """Format a number with ``digits`` significant digits and no exponent (``12.3``, ``0.0123``, ``1230``)."""
+    if value is None or not math.isfinite(float(value)):
+        return _MISSING
+    if value == 0:
+        return "0"
+    rounded = float(f"{float(value):.{digits}g}")
+    decimals = digits - 1 - math.floor(math.log10(abs(rounded)))
+    return f"{rounded:.{max(decimals, 0)}f}"
+
+
+def format_flops(value: float | None) -> str:
+    """Format a FLOP count with 3 significant digits and a K/M/G/T prefix (``1.02 G``, ``770 M``)."""
+    if value is None or not math.isfinite(float(value)):
+        return _MISSING
+    rounded = float(f"{float(value):.3g}")
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(rounded) >= scale:
+            return f"{format_sig(rounded / scale)} {prefix}"
+    return format_sig(rounded)
+
+
+def pareto_mask(frame: pd.DataFrame, x_metric: str = "flops_per_sample") -> np.ndarray:
+    """Mark the Pareto-optimal rows of a summary frame on quality vs ``x_metric``.
+
+    Upper-bound methods (``oracle``) and rows with a missing coordinate are never on the front.
+
+    Args:
+        frame: rows of :func:`summary_frame` for one task (and one hardware when ``x_metric`` depends on it).
+        x_metric: the cost column, lower is better.
+
+    Returns:
+        Boolean array aligned with ``frame``'s rows.
+
+    Raises:
+        ValueError: if the rows disagree on whether higher quality is better.
+    """
+    x = frame[x_metric].to_numpy(dtype=float)
+    y = frame["quality"].to_numpy(dtype=float)
+    eligible = np.isfinite(x) & np.isfinite(y) & ~frame["method"].isin(UPPER_BOUND_METHODS).to_numpy()
+    mask = np.zeros(len(frame), dtype=bool)
+    if not eligible.any():
+        return mask
+    directions = {bool(v) for v in frame.loc[eligible, "quality_higher_is_better"].dropna()}
+    if len(directions) != 1:
+        raise ValueError(
+            f"Cannot rank quality: rows give higher_is_better={sorted(directions)}; "
+            "compute the front per task, whose quality rows all share one direction."
+        )
+    mask[eligible] = pareto_front(x[eligible], y[eligible], y_higher_is_better=directions.pop())
+    return mask
+
+
+def _as_bool(value: Any) -> bool:
+    """Read a flag that may arrive as bool, number or string (CSV round trips)."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "1", "yes", "y"}
+    if value is None or pd.isna(value):
+        return False
+    return bool(value)
+
+
+def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in _REQUIRED if c not in rows.columns]
+    if missing:
+        raise ValueError(
+            f"Result rows lack columns {missing} (have {list(rows.columns)}); "
+            "pass rows produced by the harness (see dynbench.types.ROW_COLUMNS)."
+        )
+    flags = rows["reconstructed"] if "reconstructed" in rows.columns else pd.Series(False, index=rows.index)
+    return rows.assign(reconstructed=flags.map(_as_bool).astype(bool))
+
+
+def _attach(out: pd.DataFrame, sub: pd.DataFrame, keys: list[str], metrics: tuple[str, ...]) -> pd.DataFrame:
+    """Merge mean and std over seeds of each of ``metrics`` (rows in ``sub``) onto ``out``.
+
+    Metrics without rows become NaN columns, so callers can rely on every column existing.
+    """
+    columns = [name for metric in metrics for name in (metric, f"{metric}_std")]
+    sub = sub[sub["metric"].isin(metrics)]
+    if sub.empty:
+        return out.assign(**dict.fromkeys(columns, np.nan))
+    # Average repeats within a seed first so every seed weighs the same.
+    per_seed = sub.groupby([*keys, "metric", "seed"], dropna=False)["value"].mean()
+    stats = per_seed.groupby(level=[*keys, "metric"], dropna=False).agg(["mean", "std"]).unstack("metric")
+    stats.columns = [metric if stat == "mean" else f"{metric}_std" for stat, metric in stats.columns]
+    stats = stats.reindex(columns=columns)
+    return out.merge(stats.reset_index(), on=keys, how="left")
+
+
+def _first_hardware(sub: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Keep one hardware target's rows per key, so hardware-free metrics are not double counted."""
+    if sub.empty:
+        return sub
+    first = sub.groupby(keys, dropna=False)["hardware"].transform("min")
+    return sub[sub["hardware"] == first]
+
+
+def _attach_throughput(out: pd.DataFrame, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Throughput at the largest batch size measured per (task, hardware): the saturated regime."""
+    sub = rows[rows["metric"] == "throughput"]
+    if sub.empty:
+        return _attach(out, sub, keys, ("throughput",)).assign(throughput_batch_size=np.nan)
+    sub = sub[sub["batch_size"] == sub.groupby(["task", "hardware"])["batch_size"].transform("max")]
+    batch = sub.groupby(["task", "hardware"])["batch_size"].first().rename("throughput_batch_size")
+    out = _attach(out, sub, keys, ("throughput",))
+    return out.merge(batch.reset_index(), on=["task", "hardware"], how="left")
+
+
+def _attach_quality_spec(out: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Add the quality unit and direction of each task, read from its quality rows."""
+    units: dict[str, str] = {}
+    directions: dict[str, bool] = {}
+    for task, grp in rows[rows["metric"] == "quality"].groupby("task"):
+        found = sorted({str(u) for u in grp["unit"]})
+        signs = {_as_bool(v) for v in grp["higher_is_better"]}
+        if len(signs) > 1:
+            raise ValueError(
+                f"Task {task!r} has quality rows with higher_is_better both True and False; "
+                "re-run the task so every quality row carries the task's QualitySpec."
+            )
+        if len(found) > 1:
+            logger.warning("Task %r reports quality in several units %s; labelling with %r.", task, found, found[0])
+        units[str(task)] = found[0]
+        directions[str(task)] = signs.pop()
+    return out.assign(
+        quality_unit=out["task"].map(units).astype(object),
+        quality_higher_is_better=out["task"].map(directions).astype(object),
+    )
+
+
+def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.DataFrame:
+    """Collapse tidy result rows into one line per operating point.
+
+    Quality, FLOPs, FLOPs ratio and mean layers are hardware-independent and taken from one hardware
+    target (the alphabetically first that has them). Latency, realized speedup and peak memory are read
+    at ``latency_batch_size``; throughput at the largest batch size measured on that task and hardware.
+    Every number is a mean over seeds; ``*_std`` columns hold the standard deviation across seeds (NaN
+    with one seed). Metrics that were not measured give NaN columns, never missing ones.
+
+    Args:
+        rows: result rows with the columns of ``dynbench.types.ROW_COLUMNS``.
+        latency_batch_size: batch size at which latency, realized speedup and memory are reported.
+
+    Returns:
+        DataFrame with :data:`SUMMARY_COLUMNS`, one row per (task, hardware, method_label, budget),
+        sorted by task, hardware, method (dense first, upper bounds last) and budget descending.
+
+    Raises:
+        ValueError: if columns are missing, ``latency_batch_size`` is not positive, or a task's quality rows
+            disagree on their direction.
+    """
+    if latency_batch_size < 1:
+        raise ValueError(f"latency_batch_size must be >= 1, got {latency_batch_size}; batch 1 is the usual choice.")
+    rows = _validate_rows(rows)
+    if rows.empty:
+        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    keys = list(KEYS)
+    free_keys = [k for k in keys if k != "hardware"]
+    out = rows.groupby(keys, dropna=False)["seed"].nunique().rename("n_seeds").reset_index()
+    free = _first_hardware(rows[rows["metric"].isin(_HARDWARE_FREE)], [*free_keys, "metric"])
+    out = _attach(out, free, free_keys, _HARDWARE_FREE)
+    out = _attach(out, rows[rows["batch_size"] == latency_batch_size], keys, _AT_LATENCY_BATCH)
+    out = _attach_throughput(out, rows, keys)
+    out = _attach_quality_spec(out, rows)
+    out = out.assign(
+        latency_batch_size=latency_batch_size,
+        display_label=[
+            display_label(m, lab, r) for m, lab, r in zip(out["method"], out["method_label"], out["reconstructed"])
+        ],
+    )
+    out[list(_METRIC_COLUMNS)] = out[list(_METRIC_COLUMNS)].astype(float)
+    rank = out["method"].map(lambda m: 0 if m == "dense" else 2 if m in UPPER_BOUND_METHODS else 1)
+    order = ["task", "hardware", "_rank", "method", "method_label", "reconstructed", "budget"]
+    out = out.assign(_rank=rank).sort_values(order, ascending=[True] * 6 + [False], kind="stable")
+    return out.reset_index(drop=True)[list(SUMMARY_COLUMNS)]
+
+
+def _with_std(
+    mean: float,
+    std: float,
+    n_seeds: int,
+    fmt: Callable[[float], str],
+    fmt_std: Callable[[float], str] | None = None,
+) -> str:
+    """``mean ± std`` when several seeds stand behind the mean, else just the mean."""
+    if not math.isfinite(mean):
+        return _MISSING
+    if n_seeds > 1 and math.isfinite(std):
+        return f"{fmt(mean)} ± {(fmt_std or fmt)(std)}"
+    return fmt(mean)
+
+
+def _column_specs(section: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
+    """(summary column, markdown header, cell formatter) for every metric column of a task table."""
+    unit = section["quality_unit"].dropna()
+    factor, quality_label = quality_scale(unit.iloc[0] if len(unit) else "quality", section["quality"])
+    higher = section["quality_higher_is_better"].dropna()
+    arrow = "" if higher.empty else (" ↑" if bool(higher.iloc[0]) else " ↓")
+    # Percentages get 2 decimals; other units 4 significant digits for the mean, 2 for the spread.
+    quality_fmt: Callable[[float], str] = (
+        (lambda v: f"{v * factor:.2f}") if factor != 1.0 else (lambda v: format_sig(v, 4))
+    )
+    std_fmt: Callable[[float], str] = quality_fmt if factor != 1.0 else (lambda v: format_sig(v, 2))
+    lat_bs = int(section["latency_batch_size"].iloc[0])
+    thr_bs = section["throughput_batch_size"].dropna()
+    thr_header = f"throughput b{int(thr_bs.iloc[0])} (samples/s)" if len(thr_bs) else "throughput (samples/s)"
+    return [
+        (
+            "quality",
+            quality_label + arrow,
+            lambda r: _with_std(r["quality"], r["quality_std"], r["n_seeds"], quality_fmt, std_fmt),
+        ),
+        ("flops_per_sample", "FLOPs/sample", lambda r: format_flops(r["flops_per_sample"])),
+        ("flops_ratio", "FLOPs ratio", lambda r: format_sig(r["flops_ratio"])),
+        ("mean_layers", "mean layers", lambda r: format_sig(r["mean_layers"])),
+        (
+            "latency_ms",
+            f"latency b{lat_bs} (ms)",
+            lambda r: _with_std(r["latency_ms"], r["latency_ms_std"], r["n_seeds"], format_sig),
+        ),
+        (
+            "speedup_realized",
+            f"speedup b{lat_bs}",
+            lambda r: _MISSING if not math.isfinite(r["speedup_realized"]) else f"{r['speedup_realized']:.2f}×",
+        ),
+        ("throughput", thr_header, lambda r: format_sig(r["throughput"])),
+        ("peak_mem_bytes", f"peak mem b{lat_bs} (MiB)", lambda r: format_sig(r["peak_mem_bytes"] / _MIB)),
+    ]
+
+
+def _hardware_markdown(section: pd.DataFrame, hardware: str) -> str:
+    """One markdown table (plus notes) for a task's operating points on one hardware target."""
+    specs = _column_specs(section)
+    shown = [spec for spec in specs if section[spec[0]].notna().any()]
+    missing = [header for column, header, _ in specs if not section[column].notna().any()]
+    front = pareto_mask(section, "flops_per_sample")
+    headers = ["method", "budget", *[header for _, header, _ in shown], "seeds", "Pareto"]
+    lines = [
+        f"### Hardware: {hardware}",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join([":---", "---:", *["---:"] * len(shown), "---:", ":---:"]) + "|",
+    ]
+    for on_front, (_, row) in zip(front, section.iterrows()):
+        cells = [str(row["display_label"]).replace("|", "\\|"), f"{row['budget']:g}"]
+        cells += [fmt(row) for _, _, fmt in shown]
+        cells += [str(int(row["n_seeds"])), "*" if on_front else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    notes = ["`*` = Pareto-optimal on quality vs FLOPs per sample across all methods (upper bounds excluded)."]
+    if (section["n_seeds"] > 1).any():
+        notes.append("Values are means over seeds; `±` is the standard deviation across seeds.")
+    if missing:
+        notes.append(f"Not measured on {hardware}: " + ", ".join(missing) + ".")
+    return "\n".join(lines + [" ".join(notes)])
+
+
+def task_markdown(rows: pd.DataFrame, task: str, *, latency_batch_size: int = 1) -> str:
+    """Markdown tables of one task's results, one section per hardware target.
+
+    FLOPs use K/M/G prefixes with 3 significant digits, times are in ms and memory in MiB with 3
+    significant digits, accuracy-like quality is a percentage, speedups read ``1.23×``. The Pareto
+    column marks with ``*`` the budgets on the quality-vs-FLOPs front. Columns of metrics that were not
+    measured are dropped and listed in a note under the table.
+
+    Args:
+        rows: result rows (all tasks or just this one).
+        task: task name to tabulate.
+        latency_batch_size: batch size at which latency, speedup and memory are shown.
+
+    Returns:
+        Markdown text with ``### Hardware: <name>`` headings.
+
+    Raises:
+        ValueError: if there are no rows for ``task``.
+    """
+    rows = _validate_rows(rows)
+    summary = summary_frame(rows[rows["task"] == task], latency_batch_size=latency_batch_size)
+    if summary.empty:
+        present = sorted({str(t) for t in rows["task"]})
+        raise ValueError(f"No result rows for task {task!r}; tasks present: {present}. Pick one of those.")
+    sections = [
+        _hardware_markdown(section.reset_index(drop=True), str(hardware))
+        for hardware, section in summary.groupby("hardware", sort=False)
+    ]
+    return "\n\n".join(sections) + "\n"

@@ -1,0 +1,123 @@
+"""Terminal output of the CLI: progress over runs and budgets, the end-of-run summary, plugin lists."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dynbench.harness.runner import Progress as BudgetProgress
+from dynbench.harness.runner import RunPlan
+
+console = Console()
+if not console.is_terminal:  # pipes and CI logs: wide enough that the summary table stays readable
+    console.width = 160
+
+
+class RunDisplay:
+    """Two progress bars: runs of the suite, and budgets of the current run."""
+
+    def __init__(self, n_runs: int) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.runs = self.progress.add_task("runs", total=n_runs)
+        self.current: int | None = None
+
+    def __enter__(self) -> RunDisplay:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.progress.__exit__(et, ev, tb)
+
+    def run_progress(self, plan: RunPlan) -> BudgetProgress:
+        """The budget callback for one run (advances the runs bar when the run finishes)."""
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+        self.current = self.progress.add_task(f"  {plan.title}", total=len(plan.budgets))
+
+        def update(done: int, total: int, what: str) -> None:
+            assert self.current is not None  # noqa: S101 — set just above
+            self.progress.update(self.current, completed=done, total=total, description=f"  {plan.title}: {what}")
+            if done == total and what == "done":
+                self.progress.advance(self.runs)
+
+        return update
+
+
+def _fmt(value: float, kind: str) -> str:
+    if pd.isna(value):
+        return "–"
+    if kind == "flops":
+        return f"{value / 1e6:.3g} M"
+    if kind == "ratio":
+        return f"{value:.3f}"
+    if kind == "ms":
+        return f"{value:.3g}"
+    if kind == "mem":
+        return f"{value / 2**20:.3g}"
+    if kind == "x":
+        return f"{value:.2f}×"
+    return f"{value:.4g}"
+
+
+def print_summary(rows: pd.DataFrame) -> None:
+    """A compact table: task × method × budget → quality, FLOPs, latency, speedup, memory."""
+    if rows.empty:
+        return
+    from dynbench.analysis.tables import summary_frame
+
+    s = summary_frame(rows)
+    table = Table(title="dynbench summary (latency and memory at batch 1; means over seeds)")
+    for col in (
+        "task",
+        "hardware",
+        "method",
+        "budget",
+        "quality",
+        "FLOPs/sample",
+        "FLOPs ratio",
+        "latency ms",
+        "speedup",
+        "peak MiB",
+        "layers",
+    ):
+        table.add_column(col, justify="left" if col in ("task", "hardware", "method") else "right")
+    for _, r in s.iterrows():
+        q = f"{_fmt(r['quality'], '')} {r['quality_unit']}"
+        table.add_row(
+            r["task"],
+            r["hardware"],
+            r["method_label"],
+            f"{r['budget']:g}",
+            q,
+            _fmt(r["flops_per_sample"], "flops"),
+            _fmt(r["flops_ratio"], "ratio"),
+            _fmt(r["latency_ms"], "ms"),
+            _fmt(r["speedup_realized"], "x"),
+            _fmt(r["peak_mem_bytes"], "mem"),
+            _fmt(r["mean_layers"], ""),
+        )
+    console.print(table)
+
+
+def print_plugins(kind: str, items: list[dict[str, str]]) -> None:
+    """``bench ls`` output."""
+    table = Table(title=f"registered {kind}")
+    if not items:
+        console.print(f"No {kind} registered.")
+        return
+    for col in items[0]:
+        table.add_column(col)
+    for item in items:
+        table.add_row(*item.values())
+    console.print(table)

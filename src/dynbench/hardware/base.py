@@ -1,0 +1,88 @@
+"""The hardware-target contract: where time and memory are measured.
+
+A target owns everything device-specific about measurement — moving data, synchronising, timing calls and
+reading the tensor-memory peak — so the harness never branches on the device. One file, one class, one
+decorator (``@register_hardware("cpu")``); third-party targets register through the ``dynbench.hardware``
+entry-point group.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from dynbench.registry import Registry
+from dynbench.types import NoOptions
+
+
+class CallTimer(ABC):
+    """Times many calls, reading the clocks as late as the device allows.
+
+    ``time(fn)`` runs one call and returns a handle; ``elapsed_ms()`` (called once, after the loop) returns
+    every call's duration. This lets a GPU target record events without synchronising inside the loop.
+    """
+
+    @abstractmethod
+    def time(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` once and record its duration."""
+
+    @abstractmethod
+    def elapsed_ms(self) -> list[float]:
+        """Durations of every timed call, in milliseconds, in call order."""
+
+
+class HardwareTarget(ABC):
+    """A device on which models are timed and their memory read.
+
+    Class variables:
+        name: registry key, set by ``@register_hardware``.
+        Config: frozen dataclass of options (threads, device index …).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoOptions
+
+    def __init__(self, config: Any | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """The torch device models and inputs go to."""
+
+    @abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """Why this target cannot run here, or ``None`` when it can."""
+
+    def setup(self) -> None:  # noqa: B027 — optional hook
+        """Apply the target's settings (threads, …) before measuring."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Wait until queued work on the device has finished."""
+
+    @abstractmethod
+    def timer(self) -> CallTimer:
+        """A fresh call timer for this device."""
+
+    @abstractmethod
+    def tensor_peak(self, fn: Callable[[], Any]) -> int:
+        """Run ``fn`` once; the peak bytes of tensor memory it allocated above the level at its start."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Facts recorded with every row measured here (device name, threads, driver …)."""
+
+    @property
+    def label(self) -> str:
+        """The value of the ``hardware`` column: the registry name, or name plus options."""
+        return self.name
+
+
+HARDWARE: Registry[type[HardwareTarget]] = Registry(
+    "hardware target", HardwareTarget, "dynbench.hardware", "dynbench.hardware"
+)
+register_hardware = HARDWARE.register

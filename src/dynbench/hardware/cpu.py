@@ -1,0 +1,134 @@
+"""CPU target: ``time.perf_counter_ns`` per call, tensor peak from the torch profiler's memory events.
+
+``tracemalloc`` cannot see torch's allocations; the profiler's ``[memory]`` events can. Their signed sizes,
+summed in time order, give a deterministic peak of tensor memory above what was allocated before the region.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dynbench.hardware.base import CallTimer, HardwareTarget, register_hardware
+
+
+@dataclass(frozen=True)
+class CPUConfig:
+    """CPU options."""
+
+    threads: int = 0  # intra-op threads for torch; 0 keeps torch's default (usually the physical cores)
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"cpu.threads must be >= 0, got {self.threads}. Use 0 for torch's default.")
+
+
+class PerfCounterTimer(CallTimer):
+    """Host wall time per call; on a CPU the call has finished when it returns."""
+
+    def __init__(self) -> None:
+        self._ns: list[int] = []
+
+    def time(self, fn: Callable[[], Any]) -> None:
+        """Run and time one call."""
+        t0 = time.perf_counter_ns()
+        fn()
+        self._ns.append(time.perf_counter_ns() - t0)
+
+    def elapsed_ms(self) -> list[float]:
+        """Durations in milliseconds."""
+        return [ns / 1e6 for ns in self._ns]
+
+
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: the profiler's C++ side logs a line per start/stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def profiler_tensor_peak(fn: Callable[[], Any]) -> int:
+    """Peak bytes of CPU tensor memory allocated by ``fn`` above the level at its start."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    level = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        if str(e.device_type()).endswith("CPU"):
+            level += e.nbytes()
+            peak = max(peak, level)
+    return peak
+
+
+@register_hardware("cpu")
+class CPU(HardwareTarget):
+    """The host CPU."""
+
+    Config = CPUConfig
+
+    @property
+    def device(self) -> torch.device:
+        """``cpu``."""
+        return torch.device("cpu")
+
+    def unavailable_reason(self) -> str | None:
+        """A CPU is always there."""
+        return None
+
+    def setup(self) -> None:
+        """Set torch's intra-op threads when configured."""
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+
+    def synchronize(self) -> None:
+        """Nothing is queued on a CPU."""
+
+    def timer(self) -> PerfCounterTimer:
+        """A perf-counter timer."""
+        return PerfCounterTimer()
+
+    def tensor_peak(self, fn: Callable[[], Any]) -> int:
+        """Peak from the profiler's memory events."""
+        return profiler_tensor_peak(fn)
+
+    def describe(self) -> dict[str, Any]:
+        """CPU model, cores and the threads torch uses."""
+        return {
+            "device": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+        }
+
+    @property
+    def label(self) -> str:
+        """``cpu`` or ``cpu[threads=N]``."""
+        return f"cpu[threads={self.config.threads}]" if self.config.threads else "cpu"

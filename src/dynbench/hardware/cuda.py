@@ -1,0 +1,103 @@
+"""CUDA target: CUDA events per call with one synchronisation at the end, allocator peak for memory.
+
+Events are recorded on the current stream around each call and read only after the whole loop, so the timing
+itself adds no host-device synchronisation (asynchronous gains such as CUDA graphs stay visible). A method that
+synchronises on its own (``.item()`` to decide an exit) pays for it, and wall time shows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dynbench.hardware.base import CallTimer, HardwareTarget, register_hardware
+
+
+@dataclass(frozen=True)
+class CUDAConfig:
+    """CUDA options."""
+
+    index: int = 0  # which visible GPU (cuda:index)
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"cuda.index must be >= 0, got {self.index}. Use 0 for the first visible GPU.")
+
+
+class CUDAEventTimer(CallTimer):
+    """CUDA events around each call; one ``synchronize`` when the durations are read."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def time(self, fn: Callable[[], Any]) -> None:
+        """Record start/end events around one call (no synchronisation)."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        self._events.append((start, end))
+
+    def elapsed_ms(self) -> list[float]:
+        """Synchronise once, then read every event pair."""
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) for s, e in self._events]
+
+
+@register_hardware("cuda")
+class CUDA(HardwareTarget):
+    """An NVIDIA GPU through torch.cuda."""
+
+    Config = CUDAConfig
+
+    @property
+    def device(self) -> torch.device:
+        """``cuda:index``."""
+        return torch.device("cuda", self.config.index)
+
+    def unavailable_reason(self) -> str | None:
+        """No CUDA build, or no such GPU."""
+        if not torch.cuda.is_available():
+            return "torch.cuda.is_available() is False (CPU-only torch build or no GPU visible)"
+        if self.config.index >= torch.cuda.device_count():
+            return f"cuda:{self.config.index} requested but only {torch.cuda.device_count()} GPU(s) visible"
+        return None
+
+    def setup(self) -> None:
+        """Make the target GPU current."""
+        torch.cuda.set_device(self.device)
+
+    def synchronize(self) -> None:
+        """Wait for the GPU."""
+        torch.cuda.synchronize(self.device)
+
+    def timer(self) -> CUDAEventTimer:
+        """An event timer."""
+        return CUDAEventTimer()
+
+    def tensor_peak(self, fn: Callable[[], Any]) -> int:
+        """``reset_peak_memory_stats`` → run → ``max_memory_allocated``, minus what was allocated before."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        fn()
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - before
+
+    def describe(self) -> dict[str, Any]:
+        """GPU name, memory, CUDA and driver-visible facts."""
+        props = torch.cuda.get_device_properties(self.device)
+        return {
+            "device": props.name,
+            "memory_bytes": props.total_memory,
+            "capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+        }
+
+    @property
+    def label(self) -> str:
+        """``cuda:index``."""
+        return f"cuda:{self.config.index}"

@@ -1,0 +1,264 @@
+"""Execute one run: build the plugins, fit the method (cached), sweep its budgets, measure, store.
+
+Each budget is measured in separate passes so no measurement disturbs another (DESIGN §4):
+
+1. quality — the whole eval split in a fixed seeded order; per-sample scores and traces kept;
+2. FLOPs — ``FlopCounterMode`` over the same samples, per batch, attributed to samples through the analytic
+   count of each sample's trace (and checked against it: ``flops_count_gap``);
+3. timing — batch-1 latency and batch-N throughput, dense interleaved with the method on real inputs;
+4. memory — tensor peak and process footprint, costliest execution paths first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynbench.config import ConfigError, PluginSpec, RunSpec, build_dataclass
+from dynbench.hardware.base import HARDWARE, HardwareTarget
+from dynbench.harness import measure
+from dynbench.harness.provenance import collect, now
+from dynbench.harness.store import ResultStore
+from dynbench.methods.base import METHODS, DynamicModel, Method
+from dynbench.models.backbone import Backbone
+from dynbench.models.training import atomic_torch_save, backbone_key, config_digest
+from dynbench.registry import Registry, RegistryError
+from dynbench.tasks.base import TASKS, Task
+from dynbench.types import METRICS, Batch
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, what)`` — budgets finished of this run, and what runs now."""
+
+
+@dataclass
+class RunPlan:
+    """A validated run: the spec with its plugins built and budgets resolved."""
+
+    spec: RunSpec
+    task: Task
+    method: Method
+    hardware: HardwareTarget
+    budgets: tuple[float, ...]
+    run_key: str
+
+    @property
+    def title(self) -> str:
+        """``task × method (seed s, hardware)`` for progress lines and errors."""
+        return f"{self.spec.task.label} × {self.spec.method.label} (seed {self.spec.seed}, {self.hardware.label})"
+
+
+def build_plugin(registry: Registry[Any], spec: PluginSpec, errors: list[str]) -> Any:
+    """Instantiate ``spec`` from ``registry`` with validated options, appending problems to ``errors``."""
+    try:
+        cls = registry.get(spec.name)
+    except RegistryError as exc:
+        errors.append(str(exc))
+        return None
+    config, errs = build_dataclass(cls.Config, spec.options_dict(), f"{registry.kind} '{spec.name}'")
+    errors.extend(errs)
+    return None if errs else cls(config)
+
+
+def run_key(spec: RunSpec, task: Task, method: Method, hardware: HardwareTarget) -> str:
+    """Stable, readable key: names plus a digest of everything that defines the results."""
+    identity = {**spec.identity(), "task_version": task.version, "method_version": method.version}
+    safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
+    return (
+        f"{safe(spec.task.name)}__{safe(spec.method.name)}__s{spec.seed}__{safe(hardware.label)}__"
+        f"{config_digest(identity)}"
+    )
+
+
+def plan_run(spec: RunSpec, errors: list[str]) -> RunPlan | None:
+    """Validate one spec; problems go to ``errors`` (nothing is run or written)."""
+    n_before = len(errors)
+    task = build_plugin(TASKS, spec.task, errors)
+    method = build_plugin(METHODS, spec.method, errors)
+    hardware = build_plugin(HARDWARE, spec.hardware, errors)
+    if hardware is not None and (reason := hardware.unavailable_reason()):
+        errors.append(f"Hardware target '{spec.hardware.label}' is not available here: {reason}.")
+    budgets: tuple[float, ...] = ()
+    if method is not None and task is not None:
+        try:
+            budgets = method.resolve_budgets(spec.budgets, task.n_blocks())
+        except ValueError as exc:
+            errors.append(str(exc))
+    bad_bs = [b for b in spec.batch_sizes if b < 1]
+    if bad_bs or not spec.batch_sizes:
+        errors.append(f"Batch sizes must be positive integers, got {list(spec.batch_sizes)}. Use e.g. 1,32.")
+    if spec.limit is not None and spec.limit < 1:
+        errors.append(f"--limit must be >= 1, got {spec.limit}.")
+    if len(errors) > n_before:
+        return None
+    return RunPlan(spec, task, method, hardware, budgets, run_key(spec, task, method, hardware))
+
+
+def plan_suite(specs: list[RunSpec]) -> list[RunPlan]:
+    """Validate every run of a suite, reporting all problems at once.
+
+    Raises:
+        ConfigError: with every problem found (duplicates removed, order kept).
+    """
+    errors: list[str] = []
+    plans = [plan_run(s, errors) for s in specs]
+    if errors:
+        raise ConfigError(list(dict.fromkeys(errors)))
+    return [p for p in plans if p is not None]
+
+
+def fitted_model(plan: RunPlan, backbone: Backbone, cache_dir: Path | None) -> DynamicModel:
+    """Wrap the backbone and fit the method, reusing a cached fit of the same (backbone, method config)."""
+    model = plan.method.wrap(backbone)
+    if not plan.method.learns():
+        return model.eval()
+    key = (
+        f"{backbone_key(plan.task, plan.spec.seed)}__{plan.method.name}-v{plan.method.version}-"
+        f"{config_digest(plan.method.config)}"
+    )
+    path = None if cache_dir is None else Path(cache_dir) / "methods" / f"{key}.pt"
+    if path is not None and path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    torch.manual_seed(plan.spec.seed)
+    plan.method.fit(model, plan.task, seed=plan.spec.seed)
+    if path is not None:
+        atomic_torch_save(model.state_dict(), path)
+    return model.eval()
+
+
+class RowMaker:
+    """Stamps the shared columns (run identity, provenance) onto every row of one run."""
+
+    def __init__(self, plan: RunPlan, started_at: str) -> None:
+        prov = collect()
+        info = ", ".join(f"{k}={v}" for k, v in plan.hardware.describe().items())
+        m = plan.method
+        self.plan = plan
+        self.base = {
+            "run_key": plan.run_key,
+            "suite": plan.spec.suite,
+            "task": plan.spec.task.name,
+            "task_version": plan.task.version,
+            "method": m.name,
+            "method_version": m.version,
+            "method_label": plan.spec.method.label,
+            "reconstructed": m.reconstructed,
+            "seed": plan.spec.seed,
+            "hardware": plan.hardware.label,
+            "git_sha": prov.git_sha,
+            "dirty": prov.dirty,
+            "dynbench_version": prov.dynbench_version,
+            "torch_version": prov.torch_version,
+            "machine": f"{prov.machine} | {info}",
+            "started_at": started_at,
+        }
+
+    def __call__(self, budget: float, batch_size: int, metric: str, value: float, n: int, **kw: Any) -> dict:
+        """One row; ``unit`` and ``higher_is_better`` come from :data:`METRICS` unless given."""
+        unit, hib = METRICS.get(metric, (kw.get("unit", ""), kw.get("higher_is_better", False)))
+        return {
+            **self.base,
+            "budget": float(budget),
+            "is_full_budget": float(budget) == float(self.plan.method.full_budget),
+            "batch_size": int(batch_size),
+            "metric": metric,
+            "value": float(value),
+            "unit": kw.get("unit", unit),
+            "higher_is_better": bool(kw.get("higher_is_better", hib)),
+            "n": int(n),
+        }
+
+
+def eval_batches(plan: RunPlan) -> list[Batch]:
+    """The eval split in a fixed seeded order (the same samples for every seed and method), on the device."""
+    task, spec = plan.task, plan.spec
+    batches = task.batches(
+        task.eval_split, batch_size=spec.measure.eval_batch_size, seed=0, shuffle=True, limit=spec.limit
+    )
+    return [b.to(plan.hardware.device) for b in batches]
+
+
+def execute(plan: RunPlan, *, store: ResultStore, cache_dir: Path | None, progress: Progress | None = None) -> None:
+    """Run one plan end to end and store its rows and samples.
+
+    Args:
+        plan: the validated run.
+        store: where the finished run is written (atomically, at the end).
+        cache_dir: backbone and method-fit cache; ``None`` disables caching.
+        progress: called after each budget.
+    """
+    started = now()
+    spec = plan.spec
+    plan.hardware.setup()
+    say = progress or (lambda done, total, what: None)
+    say(0, len(plan.budgets), "training / loading the dense backbone")
+    backbone = plan.task.backbone(spec.seed, cache_dir=cache_dir)
+    say(0, len(plan.budgets), f"fitting {plan.method.name}")
+    model = fitted_model(plan, backbone, cache_dir).to(plan.hardware.device)
+    backbone = model.backbone.eval()
+    batches = eval_batches(plan)
+    if not batches:
+        raise ValueError(f"The {plan.task.eval_split} split of task '{plan.task.name}' is empty; nothing to evaluate.")
+    make_row = RowMaker(plan, started)
+    dense = METHODS.get("dense")().wrap(backbone).eval()
+    rows: list[dict] = []
+    samples: list[dict] = []
+    with torch.inference_mode():
+        dense_flops = measure.flops_pass(dense, 1.0, batches) if spec.measure.flops else None
+        for done, budget in enumerate(plan.budgets):
+            say(done, len(plan.budgets), f"budget {budget:g}")
+            r, s = measure_budget(plan, model, dense, budget, batches, dense_flops, make_row)
+            rows.extend(r)
+            samples.extend(s)
+    store.write(plan.run_key, rows, samples)
+    say(len(plan.budgets), len(plan.budgets), "done")
+
+
+def measure_budget(
+    plan: RunPlan,
+    model: DynamicModel,
+    dense: DynamicModel,
+    budget: float,
+    batches: list[Batch],
+    dense_flops: measure.FlopsResult | None,
+    make_row: RowMaker,
+) -> tuple[list[dict], list[dict]]:
+    """All passes at one budget → (rows, per-sample records)."""
+    spec, task = plan.spec, plan.task
+    ebs = spec.measure.eval_batch_size
+    q = measure.quality_pass(model, budget, batches, task)
+    n = len(q.scores)
+    rows = [
+        make_row(budget, ebs, "quality", task.metric.aggregate(q.scores), n, **_quality_kw(task)),
+        make_row(budget, ebs, "mean_layers", float(q.trace.layers_executed.double().mean()), n),
+    ]
+    for name, (value, unit, hib) in model.trace_metrics(q.trace).items():
+        rows.append(make_row(budget, ebs, name, value, n, unit=unit, higher_is_better=hib))
+    flops = None
+    if spec.measure.flops and dense_flops is not None:
+        flops = measure.flops_pass(model, budget, batches)
+        theo = dense_flops.mean / flops.mean
+        rows += [
+            make_row(budget, ebs, "flops_per_sample", flops.mean, n),
+            make_row(budget, ebs, "controller_flops_per_sample", flops.controller_mean, n),
+            make_row(budget, ebs, "flops_ratio", flops.mean / dense_flops.mean, n),
+            make_row(budget, ebs, "speedup_theoretical", theo, n),
+            make_row(budget, ebs, "flops_count_gap", flops.count_gap, n),
+        ]
+    for bs in spec.batch_sizes:
+        if spec.measure.timing:
+            rows += measure.timing_rows(plan, model, dense, budget, bs, batches, q, flops, dense_flops, make_row)
+        if spec.measure.memory:
+            rows += measure.memory_rows(plan, model, budget, bs, batches, q, make_row)
+    return rows, measure.sample_records(plan, budget, q, flops)
+
+
+def _quality_kw(task: Task) -> dict[str, Any]:
+    return {"unit": task.metric.spec.unit, "higher_is_better": task.metric.spec.higher_is_better}

@@ -1,0 +1,78 @@
+"""Latency and throughput: interleaved timing of a method against dense on real inputs.
+
+Protocol (DESIGN §4): real eval inputs, not one repeated tensor; a warm-up that visits every execution path;
+timed calls until both a minimum count and a minimum time are met; the target's own timer (perf counter on
+CPU, CUDA events with one synchronisation at the end on GPU); median, p90 and IQR over the calls. Dense and
+the method alternate call by call (A B, B A, …) on the same input, so slow drift of the machine hits both
+equally and ``speedup_realized`` is a ratio from one run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dynbench.config import MeasureConfig
+from dynbench.hardware.base import HardwareTarget
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """Distribution of one model's call durations."""
+
+    median_ms: float  # median call time
+    p90_ms: float  # 90th percentile
+    iqr_ms: float  # interquartile range (p75 - p25)
+    mean_ms: float  # mean, for reference
+    n: int  # timed calls
+
+    @classmethod
+    def of(cls, durations_ms: Sequence[float]) -> TimingStats:
+        """Summarise durations."""
+        d = np.asarray(durations_ms, dtype=np.float64)
+        q25, q50, q75, q90 = np.percentile(d, [25, 50, 75, 90])
+        return cls(float(q50), float(q90), float(q75 - q25), float(d.mean()), int(d.size))
+
+
+def time_interleaved(
+    calls: Mapping[str, Callable[[int], Any]],
+    n_inputs: int,
+    warmup: Sequence[int],
+    target: HardwareTarget,
+    cfg: MeasureConfig,
+) -> dict[str, TimingStats]:
+    """Time every callable in ``calls`` on the same inputs, alternating their order call by call.
+
+    Args:
+        calls: name → ``fn(i)`` that runs one forward pass on input ``i``.
+        n_inputs: inputs are ``0 … n_inputs-1``; the timed loop cycles through them.
+        warmup: input indices run (by every callable) before timing — one per execution path and more.
+        target: supplies the timer and synchronisation.
+        cfg: ``min_iters``, ``min_time_s`` and ``max_time_s``.
+
+    Returns:
+        name → timing statistics.
+    """
+    names = list(calls)
+    for i in warmup:
+        for name in names:
+            calls[name](i)
+    target.synchronize()
+    timers = {name: target.timer() for name in names}
+    t0 = time.perf_counter()
+    n = 0
+    while True:
+        elapsed = time.perf_counter() - t0
+        if (n >= cfg.min_iters and elapsed >= cfg.min_time_s) or (elapsed >= cfg.max_time_s and n >= 1):
+            break
+        i = n % n_inputs
+        order = names if n % 2 == 0 else names[::-1]
+        for name in order:
+            timers[name].time(lambda name=name, i=i: calls[name](i))
+        n += 1
+    target.synchronize()
+    return {name: TimingStats.of(timers[name].elapsed_ms()) for name in names}

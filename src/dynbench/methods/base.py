@@ -1,0 +1,146 @@
+"""The method contract: a method turns a dense backbone into a dynamic model with one compute knob.
+
+A method is one file, one class, one decorator::
+
+    @register_method("layer_skip")
+    class LayerSkip(Method):
+        Config = LayerSkipConfig          # frozen dataclass, every field with a default and a reason
+        def wrap(self, backbone): ...     # → DynamicModel, no training here
+        def fit(self, model, task, *, seed): ...   # exit heads, routers, bandits, policies train here
+        def budgets(self, n_blocks): ...  # operating points for an L-block backbone, the full budget first
+
+Every piece of fitted state lives in the dynamic model's ``state_dict`` (parameters and buffers), so the harness
+can cache and reload it. At the full budget a dynamic model must reproduce the dense backbone's outputs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dynbench.models.backbone import Backbone
+from dynbench.registry import Registry
+from dynbench.types import Budget, NoOptions, StepOutput, Trace
+
+if TYPE_CHECKING:
+    from dynbench.tasks.base import Task
+
+
+class DynamicModel(nn.Module, ABC):
+    """A backbone wrapped by a method. ``forward`` returns logits and the per-sample trace of what ran.
+
+    Args:
+        backbone: the dense model being made dynamic; its weights are shared, not copied.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    @abstractmethod
+    def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
+        """Run ``inputs`` at one operating point.
+
+        Args:
+            inputs: the task input batch (``Batch.inputs``); targets are never shown to a method.
+            budget: the compute knob, one of the method's budgets.
+
+        Returns:
+            Logits shaped like the backbone's, and a :class:`~dynbench.types.Trace` of what actually ran.
+        """
+
+    def controller_modules(self) -> list[nn.Module]:
+        """Modules whose FLOPs are decision-making overhead (exit heads, routers …), reported on their own."""
+        return []
+
+    def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
+        """Method-specific summary metrics of a whole eval pass: ``name → (value, unit, higher_is_better)``."""
+        return {}
+
+
+class Method(ABC):
+    """A dynamic-compute method. Subclasses set the class variables and implement ``wrap`` and ``budgets``.
+
+    Class variables:
+        name: registry key, set by ``@register_method``.
+        version: bump to invalidate stored results when behaviour changes.
+        paper: arXiv link of the method's paper, or ``None`` for baselines.
+        reconstructed: True when the paper leaves the mechanism open and dynbench reconstructs it.
+        Config: frozen dataclass of options; every field has a default.
+        budget_range: inclusive range a budget must lie in.
+        full_budget: the budget at which outputs equal the dense backbone's.
+        budget_doc: what a budget means, for ``bench ls methods``.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    paper: ClassVar[str | None] = None
+    reconstructed: ClassVar[bool] = False
+    Config: ClassVar[type] = NoOptions
+    budget_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    full_budget: ClassVar[Budget] = 1.0
+    budget_doc: ClassVar[str] = ""
+
+    def __init__(self, config: Any | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def wrap(self, backbone: Backbone) -> DynamicModel:
+        """Build the (untrained) dynamic model around ``backbone``. No training here."""
+
+    def fit(self, model: DynamicModel, task: Task, *, seed: int) -> None:  # noqa: B027 — optional hook
+        """Train whatever the method learns (exit heads, routers, statistics) on ``task``'s training split.
+
+        The default learns nothing. Must be deterministic given ``seed``.
+        """
+
+    @abstractmethod
+    def budgets(self, n_blocks: int) -> Sequence[Budget]:
+        """Default operating points swept for the Pareto curve, the full budget first.
+
+        Args:
+            n_blocks: depth L of the backbone the method will wrap (budgets such as k/L depend on it).
+        """
+
+    @classmethod
+    def learns(cls) -> bool:
+        """Whether :meth:`fit` is overridden (and its result worth caching)."""
+        return cls.fit is not Method.fit
+
+    def resolve_budgets(self, override: Sequence[Budget] | None, n_blocks: int) -> tuple[Budget, ...]:
+        """The budgets to sweep on an ``n_blocks``-deep backbone, descending, without duplicates.
+
+        ``override`` (validated) when given, else the defaults.
+
+        Raises:
+            ValueError: a budget outside ``budget_range``.
+        """
+        defaults = tuple(self.budgets(n_blocks))
+        budgets = tuple(float(b) for b in (override if override is not None else defaults))
+        lo, hi = self.budget_range
+        bad = [b for b in budgets if not lo <= b <= hi]
+        if bad:
+            raise ValueError(
+                f"Budget(s) {bad} out of range for method '{self.name}': budgets must lie in [{lo}, {hi}] "
+                f"(full budget {self.full_budget}). Defaults: {[round(b, 4) for b in defaults]}."
+            )
+        return tuple(sorted(set(budgets), reverse=True))
+
+
+METHODS: Registry[type[Method]] = Registry("method", Method, "dynbench.methods", "dynbench.methods")
+register_method = METHODS.register
+
+
+def freeze(module: nn.Module) -> None:
+    """Stop gradients into ``module`` (a frozen backbone)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def no_controller_flops(batch_size: int, device: torch.device | None = None) -> Tensor:
+    """``(B,)`` zeros, for methods without a controller."""
+    return torch.zeros(batch_size, dtype=torch.float64, device=device)

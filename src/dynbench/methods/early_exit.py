@@ -1,0 +1,234 @@
+"""Early exit: confidence-thresholded exit heads after every block.
+
+Paper: Glavas et al., "Dynamic layer selection in decoder-only transformers", https://arxiv.org/abs/2410.20022
+(the early-exit baseline); the exit rule is the confidence threshold of BranchyNet / DeeBERT.
+
+Mechanism: a copy of the backbone's readout sits after every block but the last. A sample leaves after
+block l as soon as its exit head's confidence (max softmax probability) is strictly above the threshold τ;
+the rest go on, and whoever reaches the end uses the backbone's own readout.
+
+What we changed / reconstructed: the paper exits at a static layer and fine-tunes the lower layers; here the
+backbone stays frozen and only the exit heads (initialised from the final head) are trained, jointly, with the
+summed cross-entropy of all exits. The decision is per sample: for token outputs ``(B, T, V)`` a sequence's
+confidence is the MEAN over positions of the per-token max probability, and the whole sequence exits together
+(per-token exits would need KV propagation for the skipped layers, see the paper). Execution is real: exited
+samples are dropped from the batch (index compaction), so later blocks only run on the samples still active.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dynbench.methods.base import DynamicModel, Method, freeze, register_method
+from dynbench.models.backbone import Backbone
+from dynbench.models.training import endless, fit_loop
+from dynbench.tasks.base import Task, TrainConfig
+from dynbench.types import Batch, Budget, StepOutput, Trace
+
+
+@dataclass(frozen=True)
+class EarlyExitConfig:
+    """Training recipe of the exit heads."""
+
+    steps: int = 300  # optimizer steps; enough for the heads of a 6-block ViT on digits to converge
+    lr: float = 3e-3  # peak AdamW learning rate: heads are small linear layers started from the final head
+    batch_size: int = 64  # training batch size, as the backbone recipes use
+    weight_decay: float = 0.01  # mild, so the heads do not drift far from the final head they start as
+    warmup_steps: int = 20  # short linear warm-up before the cosine decay
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"EarlyExitConfig.steps must be >= 0, got {self.steps}. Use e.g. steps=300.")
+        if not self.lr > 0:
+            raise ValueError(f"EarlyExitConfig.lr must be > 0, got {self.lr}. Use e.g. lr=3e-3.")
+        if self.batch_size < 1:
+            raise ValueError(f"EarlyExitConfig.batch_size must be >= 1, got {self.batch_size}. Use e.g. batch_size=64.")
+        if self.weight_decay < 0:
+            raise ValueError(
+                f"EarlyExitConfig.weight_decay must be >= 0, got {self.weight_decay}. Use 0 to disable it."
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(
+                f"EarlyExitConfig.warmup_steps must be >= 0, got {self.warmup_steps}. Use 0 for no warm-up."
+            )
+
+
+def confidence(logits: Tensor) -> Tensor:
+    """Per-sample confidence: max softmax probability, averaged over positions for token outputs.
+
+    Args:
+        logits: ``(B, K)`` class logits or ``(B, T, V)`` token logits.
+
+    Returns:
+        ``(B,)`` float32 confidences in ``(0, 1]``.
+    """
+    top = torch.softmax(logits.float(), dim=-1).amax(dim=-1)  # (B,) or (B, T)
+    return top if top.dim() == 1 else top.mean(dim=1)  # (B,)
+
+
+class EarlyExitModel(DynamicModel):
+    """The backbone with an exit head after every block but the last.
+
+    Args:
+        backbone: the dense model; frozen during :meth:`EarlyExit.fit`.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__(backbone)
+        heads = [copy.deepcopy(backbone.readout) for _ in range(backbone.n_blocks - 1)]
+        for p in (p for head in heads for p in head.parameters()):
+            p.requires_grad_(True)  # the copies stay trainable even when the backbone is frozen
+        self.exit_heads = nn.ModuleList(heads)
+
+    def controller_modules(self) -> list[nn.Module]:
+        """The exit heads: their FLOPs are the decision overhead."""
+        return list(self.exit_heads)
+
+    def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
+        """``exit_rate``: the share of samples that left before the last block."""
+        return {"exit_rate": (float(trace.extra["exited_early"].double().mean()), "fraction", False)}
+
+    @torch.no_grad()
+    def exit_inputs(self, inputs: Tensor) -> list[Tensor]:
+        """Outputs of blocks ``0 .. L-2`` for the whole batch (no grad), the inputs of the exit heads."""
+        x = self.backbone.embed(inputs)  # (B, T, C)
+        out = []
+        for block in list(self.backbone.blocks)[:-1]:
+            x = block(x)  # (B, T, C)
+            out.append(x)
+        return out
+
+    def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
+        """Run blocks in order, dropping the samples that exit; see the module docstring.
+
+        Args:
+            inputs: the task input batch.
+            budget: confidence threshold τ in ``[0, 1]``; a sample exits where its confidence is ``> τ``.
+
+        Returns:
+            Logits and a trace whose ``extra`` holds ``exited_early`` ``(B,)`` bool and ``exit_confidence``
+            ``(B,)`` (the confidence the sample exited with; NaN where it reached the backbone's readout).
+
+        Raises:
+            ValueError: ``budget`` outside ``[0, 1]``.
+        """
+        if not 0.0 <= budget <= 1.0:
+            raise ValueError(f"early_exit budget (confidence threshold) must lie in [0, 1], got {budget}.")
+        bb = self.backbone
+        L = bb.n_blocks
+        if L == 0:
+            raise ValueError("early_exit needs a backbone with at least one block, got 0 blocks.")
+        x = bb.embed(inputs)  # (B, T, C)
+        B = x.shape[0]
+        active = torch.arange(B, device=x.device)  # (A,) batch positions of the samples still running
+        exit_layer = torch.full((B,), L - 1, dtype=torch.long, device=x.device)  # (B,)
+        exit_conf = torch.full((B,), float("nan"), device=x.device)  # (B,) NaN: reached the readout
+        logits: Tensor | None = None
+        for layer, block in enumerate(bb.blocks):
+            x = block(x)  # (A, T, C)
+            if layer == L - 1:  # the survivors finish with the backbone's readout
+                out = bb.readout(x)  # (A, K) or (A, T, V)
+                logits = out if logits is None else logits.index_copy_(0, active, out)
+                break
+            out = self.exit_heads[layer](x)  # (A, K) or (A, T, V)
+            conf = confidence(out)  # (A,)
+            leave = conf > budget  # (A,)
+            n_leave = int(leave.sum())  # the one host sync per block
+            if n_leave == 0:
+                continue
+            if logits is None:  # first exit: from now on outputs are scattered into place
+                logits = out.new_empty((B, *out.shape[1:]))  # (B, K) or (B, T, V)
+            gone = active[leave]  # (E,)
+            logits[gone] = out[leave]
+            exit_conf[gone] = conf[leave]
+            exit_layer[gone] = layer
+            if n_leave == len(active):
+                break
+            active, x = active[~leave], x[~leave]  # (A',), (A', T, C)
+        assert logits is not None  # narrowing only: L >= 1 was checked above
+        trace = self._trace(exit_layer.cpu(), exit_conf.cpu(), bb.n_tokens(tuple(inputs.shape[1:])))
+        return StepOutput(logits, trace)
+
+    def _trace(self, exit_layer: Tensor, exit_conf: Tensor, tokens: int) -> Trace:
+        """The per-sample trace from each sample's last block run."""
+        bb = self.backbone
+        L = bb.n_blocks
+        ran = torch.arange(L)[None, :] <= exit_layer[:, None]  # (B, L)
+        reached_end = exit_layer == L - 1  # (B,)
+        heads_run = torch.clamp(exit_layer + 1, max=L - 1)  # (B,) exit heads evaluated per sample
+        head_flops = bb.readout.flops(tokens)  # every exit head has the readout's shape
+        return Trace(
+            block_tokens=ran.long() * tokens,
+            block_kv=ran.long() * tokens,
+            block_heads=ran.long() * bb.n_heads,
+            readout=reached_end.long(),
+            controller_flops=heads_run.double() * head_flops,
+            exit_layer=exit_layer,
+            extra={"exited_early": ~reached_end, "exit_confidence": exit_conf},
+        )
+
+
+@register_method("early_exit")
+class EarlyExit(Method):
+    """Confidence-threshold early exit with trained exit heads on a frozen backbone."""
+
+    version = "1"
+    paper = "https://arxiv.org/abs/2410.20022"
+    Config = EarlyExitConfig
+    budget_range = (0.0, 1.0)
+    full_budget = 1.0
+
+    def wrap(self, backbone: Backbone) -> EarlyExitModel:
+        """Add exit heads (copies of the backbone's readout) after blocks ``0 .. L-2``."""
+        return EarlyExitModel(backbone)
+
+    budget_doc = "confidence threshold τ: 1.0 (nothing exits) … 0.4"
+
+    def budgets(self, n_blocks: int) -> Sequence[Budget]:
+        """Confidence thresholds, the full budget (1.0: nothing can exit) first."""
+        return (1.0, 0.999, 0.99, 0.95, 0.9, 0.8, 0.6, 0.4)
+
+    def fit(self, model: EarlyExitModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
+        """Train all exit heads jointly on the frozen backbone (summed task loss of every exit).
+
+        Args:
+            model: the wrapped model whose ``exit_heads`` are trained in place.
+            task: supplies the training split and the loss.
+            seed: seeds the head training and the batch order.
+        """
+        cfg = self.config
+        if len(model.exit_heads) == 0:
+            return  # a one-block backbone has nothing to exit from
+        torch.manual_seed(seed)
+        freeze(model.backbone)
+        params = [p for p in model.exit_heads.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        device = next(model.backbone.parameters()).device
+        was_training = model.training
+        model.backbone.eval()  # hidden states as at inference (no dropout)
+        model.exit_heads.train()
+        recipe = TrainConfig(
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=cfg.warmup_steps,
+        )
+
+        def epoch_batches(epoch: int) -> Iterator[Batch]:
+            return task.batches("train", batch_size=cfg.batch_size, seed=1000 * seed + epoch, shuffle=True)
+
+        def step_loss(batch: Batch) -> Tensor:
+            hidden = model.exit_inputs(batch.inputs.to(device))  # L-1 × (B, T, C), no grad
+            targets = batch.targets.to(device)
+            losses = [task.metric.loss(head(h), targets) for head, h in zip(model.exit_heads, hidden)]
+            return torch.stack(losses).sum()
+
+        fit_loop(params, step_loss, endless(epoch_batches), recipe)
+        model.train(was_training)

@@ -1,0 +1,71 @@
+"""Digits: scikit-learn's real 8×8 handwritten digits (1,797 images, 10 classes) with a small ViT.
+
+The data ships inside scikit-learn (UCI optical recognition of handwritten digits), so this task runs anywhere
+with no download. A fixed, seeded, stratified split holds out 20% of the images for testing and 10% for
+validation; quality = top-1 accuracy on the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dynbench.models.vit import ViT, ViTConfig
+from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, TrainConfig, register_task
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """Split and model for the 8×8 digits."""
+
+    test_fraction: float = 0.2  # held-out test share (~360 images)
+    val_fraction: float = 0.1  # validation share, for method fitting that needs held-out data
+    split_seed: int = 0  # the split never changes with the training seed
+    model: ViTConfig = ViTConfig(
+        image_size=8, patch_size=2, n_classes=10, d_model=64, n_layers=6, n_heads=4, dropout=0.1
+    )
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=100)
+    )
+
+
+@register_task("digits")
+class Digits(Task):
+    """scikit-learn digits, 6-block ViT on 2×2 patches; quality = top-1."""
+
+    modality = "vision"
+    description = "scikit-learn 8×8 handwritten digits (1,797 real images), 6-block ViT"
+    is_default = True
+    metric = TopOneAccuracy()
+    Config = DigitsConfig
+
+    def build_backbone(self) -> ViT:
+        """A 6-block, d=64 ViT over 16 patches + CLS."""
+        return ViT(self.config.model)
+
+    def data_status(self) -> str:
+        """Bundled with scikit-learn."""
+        return "present (bundled with scikit-learn)"
+
+    def load_split(self, split: Split) -> TensorSplit:
+        """A stratified split: per class, a seeded shuffle cut into test / val / train."""
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        images = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
+        labels = torch.tensor(data.target, dtype=torch.long)
+        rng = np.random.default_rng(self.config.split_seed)
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        for c in range(10):
+            idx = rng.permutation(np.flatnonzero(data.target == c))
+            n_test = round(len(idx) * self.config.test_fraction)
+            n_val = round(len(idx) * self.config.val_fraction)
+            parts["test"].append(idx[:n_test])
+            parts["val"].append(idx[n_test : n_test + n_val])
+            parts["train"].append(idx[n_test + n_val :])
+        chosen = torch.from_numpy(np.sort(np.concatenate(parts[split])))
+        # Normalise with training statistics so no test information leaks into the inputs.
+        mean, std = 0.3, 0.4  # ≈ pixel mean/std of the training images, fixed so splits agree
+        return TensorSplit((images[chosen] - mean) / std, labels[chosen])

@@ -1,0 +1,223 @@
+"""The values that cross module boundaries: batches, traces, model outputs, measurements and result rows.
+
+Everything here is plain data. Shapes use B = batch, T = tokens, L = blocks, C = channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Budget = float
+"""A method's compute knob at one operating point (capacity, threshold, fraction of layers ...)."""
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a plugin that has none."""
+
+
+@dataclass
+class Batch:
+    """One batch of task data.
+
+    Methods only ever see ``inputs``; ``targets`` are for the task's loss and quality.
+
+    Attributes:
+        inputs: model input, e.g. ``(B, N, P)`` image patches or ``(B, T)`` token ids.
+        targets: ``(B,)`` class labels or ``(B, T)`` next-token ids.
+        sample_ids: ``(B,)`` stable ids of the samples within their split, so per-sample files join across runs.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    sample_ids: Tensor
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Return the batch on ``device``."""
+        return Batch(self.inputs.to(device), self.targets.to(device), self.sample_ids)
+
+    def select(self, index: Tensor) -> Batch:
+        """Return the samples at ``index`` (a 1-D index tensor)."""
+        return Batch(self.inputs[index], self.targets[index], self.sample_ids[index.cpu()])
+
+
+@dataclass
+class Trace:
+    """What actually ran, per sample. The analytic FLOP count is a function of this record alone.
+
+    Attributes:
+        block_tokens: ``(B, L)`` query tokens each block processed for each sample; 0 means the block was skipped.
+        block_kv: ``(B, L)`` keys each of those tokens attended over (equal to ``block_tokens`` for self-attention
+            over the processed tokens).
+        block_heads: ``(B, L)`` attention heads executed in each block.
+        readout: ``(B,)`` 1 where the backbone's own readout (final norm + head) ran, 0 where a method's head
+            produced the output instead (e.g. an early exit).
+        controller_flops: ``(B,)`` analytic FLOPs of the method's decision-making (exit heads, routers, gates,
+            policies), already included in nothing else.
+        exit_layer: ``(B,)`` index of the last block that ran, or ``None`` when the method has no notion of exit.
+        extra: method-specific per-sample tensors ``(B, ...)`` kept in the samples file.
+    """
+
+    block_tokens: Tensor
+    block_kv: Tensor
+    block_heads: Tensor
+    readout: Tensor
+    controller_flops: Tensor
+    exit_layer: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def dense(cls, batch_size: int, n_blocks: int, tokens: int, heads: int) -> Trace:
+        """The trace of a full dense forward pass: every block on every token with every head."""
+        full = torch.full((batch_size, n_blocks), tokens, dtype=torch.long)
+        return cls(
+            block_tokens=full,
+            block_kv=full.clone(),
+            block_heads=torch.full((batch_size, n_blocks), heads, dtype=torch.long),
+            readout=torch.ones(batch_size, dtype=torch.long),
+            controller_flops=torch.zeros(batch_size, dtype=torch.float64),
+        )
+
+    @property
+    def layers_executed(self) -> Tensor:
+        """``(B,)`` number of blocks that ran on at least one token."""
+        return (self.block_tokens > 0).sum(dim=1)
+
+    @staticmethod
+    def cat(traces: list[Trace]) -> Trace:
+        """Concatenate traces of consecutive batches along the sample axis."""
+        first = traces[0]
+        out: dict[str, Any] = {}
+        for f in fields(Trace):
+            vals = [getattr(t, f.name) for t in traces]
+            if f.name == "extra":
+                out["extra"] = {k: torch.cat([v[k] for v in vals]) for k in first.extra}
+            elif vals[0] is None:
+                out[f.name] = None
+            else:
+                out[f.name] = torch.cat(vals)
+        return Trace(**out)
+
+    def to_cpu(self) -> Trace:
+        """The trace with every tensor on the CPU."""
+        return self.map(lambda t: t.cpu())
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Trace:
+        """Apply ``fn`` to every tensor of the trace."""
+        return Trace(
+            block_tokens=fn(self.block_tokens),
+            block_kv=fn(self.block_kv),
+            block_heads=fn(self.block_heads),
+            readout=fn(self.readout),
+            controller_flops=fn(self.controller_flops),
+            exit_layer=None if self.exit_layer is None else fn(self.exit_layer),
+            extra={k: fn(v) for k, v in self.extra.items()},
+        )
+
+    def select(self, index: Tensor) -> Trace:
+        """Return the trace rows at ``index``."""
+        return self.map(lambda t: t[index])
+
+
+@dataclass
+class StepOutput:
+    """What a dynamic model returns: the logits and the per-sample trace of what ran.
+
+    Attributes:
+        logits: ``(B, K)`` class logits or ``(B, T, V)`` token logits.
+        trace: per-sample record of executed compute.
+    """
+
+    logits: Tensor
+    trace: Trace
+
+
+@dataclass(frozen=True)
+class QualitySpec:
+    """How a task scores itself.
+
+    Attributes:
+        unit: name of the primary metric, used as the ``unit`` of ``quality`` rows (``top1``, ``ppl``).
+        higher_is_better: direction, read by Pareto code (never guessed).
+    """
+
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured number before it becomes a row.
+
+    Attributes:
+        metric: a name from :data:`METRICS` or a method/task-specific extra.
+        value: the number.
+        unit: unit of ``value``.
+        higher_is_better: direction of ``metric``.
+        n: how many observations stand behind ``value`` (samples, timed calls).
+        batch_size: batch size the number was measured at.
+    """
+
+    metric: str
+    value: float
+    unit: str
+    higher_is_better: bool
+    n: int
+    batch_size: int
+
+
+# The fixed metric vocabulary (DESIGN §5): name -> (unit, higher_is_better).
+# ``quality`` takes its unit and direction from the task.
+METRICS: Mapping[str, tuple[str, bool]] = {
+    "flops_per_sample": ("flops", False),
+    "controller_flops_per_sample": ("flops", False),
+    "flops_ratio": ("ratio", False),
+    "latency_ms": ("ms", False),
+    "latency_ms_p90": ("ms", False),
+    "latency_ms_iqr": ("ms", False),
+    "throughput": ("samples/s", True),
+    "peak_mem_bytes": ("bytes", False),
+    "transient_mem_bytes": ("bytes", False),
+    "process_peak_bytes": ("bytes", False),
+    "speedup_theoretical": ("x", True),
+    "speedup_realized": ("x", True),
+    "realization": ("ratio", True),
+    "mean_layers": ("layers", False),
+    "flops_count_gap": ("ratio", False),
+}
+
+# Columns of every result row, in order (DESIGN §5).
+ROW_COLUMNS: tuple[str, ...] = (
+    "run_key",
+    "suite",
+    "task",
+    "task_version",
+    "method",
+    "method_version",
+    "method_label",
+    "reconstructed",
+    "budget",
+    "is_full_budget",
+    "seed",
+    "hardware",
+    "batch_size",
+    "metric",
+    "value",
+    "unit",
+    "higher_is_better",
+    "n",
+    "git_sha",
+    "dirty",
+    "dynbench_version",
+    "torch_version",
+    "machine",
+    "started_at",
+)

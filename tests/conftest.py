@@ -1,0 +1,40 @@
+"""Shared fixtures: toy tasks with their trained backbones, cached once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynbench.tasks.base import TASKS, Task
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never touch the user's cache: backbones and fits go to a session temp dir."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DYNBENCH_CACHE", str(tmp_path_factory.mktemp("dynbench-cache")))
+    torch.set_num_threads(2)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint cache shared by the whole session, so each toy backbone trains once."""
+    return tmp_path_factory.mktemp("backbones")
+
+
+@pytest.fixture(scope="session")
+def toy(cache_dir: Path):
+    """``toy(name)`` → (task, trained backbone), trained once per session."""
+    made: dict[str, tuple[Task, torch.nn.Module]] = {}
+
+    def get(name: str):
+        if name not in made:
+            task = TASKS.get(name)()
+            made[name] = (task, task.backbone(0, cache_dir=cache_dir))
+        return made[name]
+
+    return get

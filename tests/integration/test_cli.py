@@ -1,0 +1,169 @@
+"""The ``bench`` CLI end to end on the toy tasks, into a temporary results directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dynbench.cli import main
+from dynbench.types import METRICS
+
+pytestmark = pytest.mark.slow
+
+FAST = [
+    "--set",
+    "measure.min_time_s=0.02",
+    "--set",
+    "measure.min_iters=3",
+    "--set",
+    "measure.timing_inputs=4",
+    "--set",
+    "measure.memory_inputs=1",
+    "--batch-sizes",
+    "1,4",
+    "--executor",
+    "inline",
+]
+
+
+def run(tmp: Path, *args: str) -> int:
+    return main(["run", "--out", str(tmp / "res"), *args, *FAST])
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("cli")
+    code = run(tmp, "--methods", "dense,early_exit,layer_skip", "--tasks", "toy-vision,toy-text", "--limit", "24")
+    assert code == 0
+    return tmp
+
+
+def test_rows_have_the_schema_and_every_metric(results: Path):
+    rows_files = sorted((results / "res" / "runs").glob("*.jsonl"))
+    assert len(rows_files) == 6
+    rows = pd.concat(pd.read_json(p, lines=True) for p in rows_files)
+    vocabulary = set(METRICS) | {"quality"}
+    for method in ("early_exit", "layer_skip"):
+        sub = rows[(rows.method == method) & (rows.task == "toy-vision")]
+        assert vocabulary - {"flops_count_gap"} <= set(sub.metric) | {"flops_count_gap"}
+        assert sub.budget.nunique() >= 2
+    assert (rows[rows.metric == "flops_count_gap"].value.abs() < 1e-9).all()
+    assert rows.git_sha.notna().all() and set(rows.hardware) == {"cpu"}
+    q = rows[(rows.metric == "quality") & (rows.task == "toy-text")]
+    assert set(q.unit) == {"ppl"} and not q.higher_is_better.any()
+    dense_flops = rows[(rows.method == "dense") & (rows.metric == "flops_ratio")].value
+    assert (dense_flops == 1.0).all()
+
+
+def test_sample_files_have_one_record_per_sample_and_budget(results: Path):
+    for path in (results / "res" / "samples").glob("*.jsonl"):
+        recs = [json.loads(line) for line in path.read_text().splitlines()]
+        budgets = {r["budget"] for r in recs}
+        assert len(recs) == 24 * len(budgets)
+        assert {"sample_id", "flops", "layers", "score", "correct"} <= set(recs[0])
+
+
+def test_second_run_skips_finished_runs(results: Path, capsys: pytest.CaptureFixture[str]):
+    before = {p: p.stat().st_mtime_ns for p in (results / "res" / "runs").glob("*.jsonl")}
+    assert (
+        run(
+            results,
+            "--methods",
+            "dense,early_exit,layer_skip",
+            "--tasks",
+            "toy-vision,toy-text",
+            "--limit",
+            "24",
+        )
+        == 0
+    )
+    assert "0 run(s) measured, 6 already in" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime_ns for p in (results / "res" / "runs").glob("*.jsonl")}
+
+
+def test_interrupted_sweep_resumes_only_missing_runs(results: Path, capsys: pytest.CaptureFixture[str]):
+    victim = sorted((results / "res" / "runs").glob("*layer_skip*.jsonl"))[0]
+    victim.unlink()  # as if the sweep was killed before this run finished
+    assert (
+        run(
+            results,
+            "--methods",
+            "dense,early_exit,layer_skip",
+            "--tasks",
+            "toy-vision,toy-text",
+            "--limit",
+            "24",
+        )
+        == 0
+    )
+    assert "1 run(s) measured, 5 already in" in capsys.readouterr().out
+    rows = pd.concat(pd.read_json(p, lines=True) for p in (results / "res" / "runs").glob("*.jsonl"))
+    assert not rows.duplicated(["run_key", "budget", "batch_size", "metric"]).any()
+
+
+def test_report_and_export(results: Path):
+    out = results / "report"
+    assert main(["report", str(results / "res"), "--out", str(out)]) == 0
+    for task in ("toy-vision", "toy-text"):
+        assert (out / task / "pareto_flops.png").stat().st_size > 1000
+        assert (out / task / "table.md").exists()
+        assert (out / task / "compute_hist.png").exists()
+    index = (out / "index.html").read_text()
+    assert "toy-vision/pareto_flops.png" in index
+    assert main(["export", str(results / "res"), "--format", "csv", "--out", str(results / "rows.csv")]) == 0
+    assert len(pd.read_csv(results / "rows.csv")) > 50
+
+
+def test_unknown_method_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert run(tmp_path, "--methods", "layer_skp", "--tasks", "toy-vision") == 2
+    err = capsys.readouterr().err
+    assert "Unknown method 'layer_skp'. Did you mean: layer_skip?" in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_bad_options_and_budgets_are_reported_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    code = run(
+        tmp_path,
+        "--methods",
+        "layer_skip[patern=uniform],early_exit",
+        "--tasks",
+        "toy-visoin,toy-text",
+        "--budgets",
+        "2",
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Unknown option 'patern'" in err and "Unknown task 'toy-visoin'" in err and "out of range" in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_subprocess_executor(tmp_path: Path):
+    args = [
+        "run",
+        "--out",
+        str(tmp_path / "res"),
+        "--methods",
+        "layer_skip",
+        "--tasks",
+        "toy-text",
+        "--limit",
+        "8",
+        *FAST[:-2],
+        "--executor",
+        "subprocess",
+    ]
+    assert main(args) == 0
+    assert len(list((tmp_path / "res" / "runs").glob("*.jsonl"))) == 1
+
+
+def test_ls_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["ls", "methods"]) == 0
+    assert "layer_skip" in capsys.readouterr().out
+    suite = tmp_path / "s.yaml"
+    suite.write_text("methods: [dense]\ntasks: [toy-text]\n")
+    assert main(["validate", str(suite)]) == 0
+    suite.write_text("methods: [dnse]\ntasks: [toy-text]\n")
+    assert main(["validate", str(suite)]) == 2

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dynbench.analysis.tables import (
+    SUMMARY_COLUMNS,
+    format_flops,
+    format_sig,
+    pareto_mask,
+    summary_frame,
+    task_markdown,
+)
+
+BUDGETS = (1.0, 0.75, 0.5, 0.25)
+# (method, method_label, budgets)
+METHODS = (
+    ("early_exit", "early_exit", BUDGETS),
+    ("dense", "dense", (1.0,)),
+    ("layer_skip", "layer_skip(pattern=uniform)", BUDGETS),
+)
+
+
+def _quality(method: str, budget: float, hib: bool) -> float:
+    loss = {"dense": 0.0, "early_exit": 0.3 * (1 - budget) ** 1.5, "layer_skip": 0.5 * (1 - budget)}[method]
+    return 0.8 - loss if hib else 20.0 + 20.0 * loss
+
+
+def _flops(method: str, budget: float) -> float:
+    # Early exit pays 2e7 FLOPs for its exit heads, so at budget 1.0 it is dominated by dense.
+    return 1e9 * budget + (2e7 if method == "early_exit" else 0.0)
+
+
+def make_rows(tasks=("cls", "lm"), hardware=("cpu", "cuda"), seeds=(0, 1), no_latency=("lm",)) -> pd.DataFrame:
+    """Synthetic result rows; seed s shifts every measured value by (-1)^(s+1) * small noise."""
+    recs = []
+    for task in tasks:
+        unit, hib = ("top1", True) if task == "cls" else ("ppl", False)
+        for method, label, budgets in METHODS:
+            for budget in budgets:
+                for seed in seeds:
+                    noise = 1 if seed % 2 else -1
+                    for hw in hardware:
+                        base = dict(
+                            run_key=f"{task}-{label}-{seed}-{hw}", suite="test", task=task, task_version="1",
+                            method=method, method_version="1", method_label=label, reconstructed=False,
+                            budget=budget, is_full_budget=budget == 1.0, seed=seed, hardware=hw, n=100,
+                            git_sha="0123456789abcdef", dirty=seed == 1, dynbench_version="0.1.0",
+                            torch_version="2.13.0", machine="box", started_at=f"2025-01-0{seed + 1}T00:00:00",
+                        )  # fmt: skip
+
+                        def add(metric, value, unit_, higher, batch_size, base=base):
+                            recs.append({**base, "metric": metric, "value": value, "unit": unit_,
+                                         "higher_is_better": higher, "batch_size": batch_size})  # fmt: skip
+
+                        add("quality", _quality(method, budget, hib) + noise * 0.01, unit, hib, 32)
+                        add("flops_per_sample", _flops(method, budget), "flops", False, 32)
+                        add("flops_ratio", _flops(method, budget) / 1e9, "ratio", False, 32)
+                        add("mean_layers", 12 * budget, "layers", False, 32)
+                        if task in no_latency:
+                            continue
+                        speed = 1.0 if hw == "cpu" else 0.25
+                        lat1 = (10 * budget + 1) * speed + noise * 0.1
+                        dense1 = 11 * speed
+                        for bs, lat in ((1, lat1), (8, lat1 * 4)):
+                            add("latency_ms", lat, "ms", False, bs)
+                            add("throughput", bs / (lat / 1000), "samples/s", True, bs)
+                            add("peak_mem_bytes", 2**20 * (50 + 50 * budget) * bs, "bytes", False, bs)
+                            add("speedup_realized", dense1 / lat, "x", True, bs)
+    return pd.DataFrame(recs)
+
+
+def test_summary_shape_order_and_columns():
+    summary = summary_frame(make_rows())
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    # 2 tasks x 2 hardware x (1 + 4 + 4) operating points.
+    assert len(summary) == 2 * 2 * 9
+    cls_cpu = summary[(summary.task == "cls") & (summary.hardware == "cpu")]
+    assert cls_cpu["method"].tolist() == ["dense"] + ["early_exit"] * 4 + ["layer_skip"] * 4
+    assert cls_cpu[cls_cpu.method == "early_exit"]["budget"].tolist() == [1.0, 0.75, 0.5, 0.25]
+    assert summary["task"].tolist() == sorted(summary["task"].tolist())
+    assert (summary["n_seeds"] == 2).all()
+
+
+def test_summary_means_and_stds_over_seeds():
+    summary = summary_frame(make_rows())
+    row = summary[(summary.task == "cls") & (summary.hardware == "cpu") & (summary.method == "early_exit")]
+    row = row[row.budget == 0.5].iloc[0]
+    assert row["quality"] == pytest.approx(_quality("early_exit", 0.5, True))
+    assert row["quality_std"] == pytest.approx(0.01 * math.sqrt(2))
+    assert row["quality_unit"] == "top1" and row["quality_higher_is_better"] is True
+    assert row["flops_per_sample"] == pytest.approx(5.2e8)
+    assert row["latency_ms"] == pytest.approx(6.0)  # batch 1, mean of 5.9 and 6.1
+    assert row["peak_mem_bytes"] == pytest.approx(2**20 * 75)  # batch 1, not batch 8
+    assert row["throughput_batch_size"] == 8
+    assert row["throughput"] == pytest.approx(np.mean([8 / (5.9 * 4 / 1000), 8 / (6.1 * 4 / 1000)]))
+    assert row["display_label"] == "early_exit"
+    # Hardware-independent metrics are the same on every hardware; latency is not.
+    cuda = summary[(summary.task == "cls") & (summary.hardware == "cuda") & (summary.method == "early_exit")]
+    cuda = cuda[cuda.budget == 0.5].iloc[0]
+    assert cuda["quality"] == row["quality"] and cuda["flops_per_sample"] == row["flops_per_sample"]
+    assert cuda["latency_ms"] == pytest.approx(1.5)
+
+
+def test_summary_missing_metrics_are_nan_columns():
+    summary = summary_frame(make_rows(no_latency=("lm",)))
+    lm = summary[summary.task == "lm"]
+    for column in ("latency_ms", "speedup_realized", "throughput", "peak_mem_bytes"):
+        assert lm[column].isna().all()
+    assert lm["quality"].notna().all() and lm["quality_unit"].eq("ppl").all()
+    no_timing = summary_frame(make_rows(tasks=("cls",), no_latency=("cls",), seeds=(0,)))
+    assert no_timing["latency_ms"].isna().all() and no_timing["throughput_batch_size"].isna().all()
+    assert no_timing["quality_std"].isna().all()
+
+
+def test_summary_labels_for_oracle_and_reconstructed():
+    rows = make_rows(tasks=("cls",), hardware=("cpu",), seeds=(0,))
+    oracle = rows[rows.method == "early_exit"].assign(method="oracle", method_label="oracle")
+    recon = rows[rows.method == "layer_skip"].assign(reconstructed=True)
+    summary = summary_frame(pd.concat([rows, oracle, recon], ignore_index=True))
+    labels = summary["display_label"].unique().tolist()
+    assert labels[0] == "dense" and labels[-1] == "oracle (upper bound)"
+    assert "layer_skip(pattern=uniform) (reconstructed)" in labels
+    # The oracle is never Pareto-optimal, even though it ties early exit everywhere.
+    assert not pareto_mask(summary, "flops_per_sample")[summary.method.eq("oracle").to_numpy()].any()
+
+
+def test_summary_rejects_bad_input():
+    with pytest.raises(ValueError, match="lack columns"):
+        summary_frame(pd.DataFrame({"task": ["a"]}))
+    with pytest.raises(ValueError, match="latency_batch_size"):
+        summary_frame(make_rows(), latency_batch_size=0)
+    assert summary_frame(make_rows().iloc[:0]).empty
+
+
+def test_pareto_mask_on_summary():
+    summary = summary_frame(make_rows(tasks=("cls",), hardware=("cpu",)))
+    front = summary[pareto_mask(summary, "flops_per_sample")]
+    points = set(zip(front.method, front.budget))
+    assert points == {("dense", 1.0), ("early_exit", 0.75), ("early_exit", 0.5), ("early_exit", 0.25),
+                      ("layer_skip", 0.25)}  # fmt: skip
+
+
+def test_formatters():
+    assert format_flops(1.02e9) == "1.02 G"
+    assert format_flops(7.7e8) == "770 M"
+    assert format_flops(999.7e6) == "1.00 G"
+    assert format_flops(float("nan")) == "–"
+    assert format_sig(12.345) == "12.3"
+    assert format_sig(0.012345) == "0.0123"
+    assert format_sig(1234.5) == "1230"
+    assert format_sig(9.996) == "10.0"
+
+
+def test_task_markdown_formatting_and_front():
+    md = task_markdown(make_rows(), "cls")
+    assert "### Hardware: cpu" in md and "### Hardware: cuda" in md
+    assert "top1 (%) ↑" in md
+    lines = md.splitlines()
+    ee_half = next(line for line in lines if line.startswith("| early_exit | 0.5 |"))
+    cells = [c.strip() for c in ee_half.strip("|").split("|")]
+    assert cells[2] == f"{_quality('early_exit', 0.5, True) * 100:.2f} ± 1.41"
+    assert "520 M" in cells and "6.00 ± 0.141" in cells and "75.0" in cells
+    assert cells[-1] == "*"  # Pareto-optimal
+    ls_half = next(line for line in lines if line.startswith("| layer_skip(pattern=uniform) | 0.5 |"))
+    assert ls_half.rstrip().endswith("|  |")  # dominated: no marker
+    assert any(c.endswith("×") for c in cells)
+    assert "latency b1 (ms)" in md and "throughput b8 (samples/s)" in md and "peak mem b1 (MiB)" in md
+
+
+def test_task_markdown_lower_is_better_and_not_measured():
+    md = task_markdown(make_rows(), "lm")
+    assert "ppl ↓" in md and "latency" not in md.split("\n\n")[1].splitlines()[0]
+    assert "Not measured on cpu: latency b1 (ms), speedup b1" in md
+    dense = next(line for line in md.splitlines() if line.startswith("| dense | 1 |"))
+    assert "| 20.00 ± 0.014 |" in dense and dense.rstrip().endswith("| * |")
+    with pytest.raises(ValueError, match="No result rows for task 'nope'"):
+        task_markdown(make_rows(), "nope")

@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from dynbench.harness.flops import count_flops
+from dynbench.methods.base import METHODS
+from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig, EarlyExitModel, confidence
+from dynbench.models.vit import ViT, ViTConfig
+from dynbench.tasks.base import TASKS, TrainConfig
+
+TASK_NAMES = ("toy-vision", "toy-text")
+QUICK = TrainConfig(steps=12, batch_size=64, lr=3e-3, warmup_steps=2)  # a briefly trained toy backbone
+FIT = EarlyExitConfig(steps=8, batch_size=32, warmup_steps=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: one thread is fastest, and immune to oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setups() -> dict:
+    """Per toy task: (task, trained backbone, fitted early-exit model, a test batch of 8 inputs)."""
+    out = {}
+    for name in TASK_NAMES:
+        cls = TASKS.get(name)
+        task = cls(cls.Config(train=QUICK))
+        backbone = task.backbone(seed=0).eval()
+        model = EarlyExit(FIT).wrap(backbone).eval()
+        EarlyExit(FIT).fit(model, task, seed=0)
+        inputs = next(task.batches("test", batch_size=8)).inputs
+        out[name] = (task, backbone, model, inputs)
+    return out
+
+
+def deep_vit() -> ViT:
+    """An untrained 4-block ViT on toy-vision inputs, with a sharp readout so confidences spread out."""
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(image_size=8, patch_size=4, n_classes=4, d_model=32, n_layers=4, n_heads=2)).eval()
+    with torch.no_grad():
+        vit.readout.head.weight.mul_(20.0)
+    return vit
+
+
+def threshold_far_from(conf: torch.Tensor, lo: int, hi: int) -> float:
+    """A threshold between ``lo`` and ``hi`` exits at head 0, as far as possible from every confidence."""
+    values = conf.flatten().sort().values
+    mids = (values[1:] + values[:-1]) / 2  # candidate thresholds between neighbouring confidences
+    best, gap = 0.0, -1.0
+    for tau in mids.tolist():
+        exits = int((conf[0] > tau).sum())
+        margin = float((conf - tau).abs().min())
+        if lo <= exits <= hi and margin > gap:
+            best, gap = tau, margin
+    assert gap > 1e-4  # no decision sits on the threshold, so batch size cannot flip one
+    return best
+
+
+def toy_images(n: int) -> torch.Tensor:
+    return next(TASKS.get("toy-vision")().batches("test", batch_size=n)).inputs  # (n, 1, 8, 8)
+
+
+def test_registered_with_paper_and_budgets() -> None:
+    method = METHODS.get("early_exit")()
+    budgets = method.resolve_budgets(None, 6)
+    assert budgets[0] == method.full_budget == 1.0
+    assert len(budgets) >= 5 and list(budgets) == sorted(budgets, reverse=True)
+    assert method.paper and "2410.20022" in method.paper
+    assert method.learns()
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_full_budget_reproduces_dense(setups: dict, name: str) -> None:
+    _, backbone, model, inputs = setups[name]
+    with torch.no_grad():
+        out = model(inputs, budget=1.0)
+        dense = backbone(inputs)
+    assert torch.equal(out.logits, dense)
+    assert out.trace.readout.tolist() == [1] * len(inputs)
+    assert out.trace.exit_layer.tolist() == [backbone.n_blocks - 1] * len(inputs)
+    assert not out.trace.extra["exited_early"].any()
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_flops_never_increase_as_threshold_falls(setups: dict, name: str) -> None:
+    _, backbone, model, inputs = setups[name]
+    shape = tuple(inputs.shape[1:])
+    previous = None
+    with torch.no_grad():
+        for budget in (*EarlyExit().resolve_budgets(None, backbone.n_blocks), 0.2, 0.0):
+            flops = backbone.flops(model(inputs, budget=budget).trace, shape)  # (B,)
+            if previous is not None:
+                assert (flops <= previous).all(), budget
+            previous = flops
+    dense = backbone.flops(backbone.dense_trace(inputs), shape)
+    assert (previous < dense).all()  # at τ = 0 everyone exits after block 0
+
+
+@pytest.mark.parametrize("batch", [8, 1])
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_analytic_flops_equal_counted_flops(setups: dict, name: str, batch: int) -> None:
+    _, backbone, model, inputs = setups[name]
+    x = inputs[:batch]
+    with torch.no_grad():
+        conf = confidence(model.exit_heads[0](backbone.blocks[0](backbone.embed(inputs))))  # (8,)
+    for budget in (1.0, float(conf.median()), 0.0):
+        with torch.no_grad():
+            trace = model(x, budget=budget).trace
+        counted = count_flops(lambda b=budget: model(x, budget=b), model, model.controller_modules())
+        assert float(backbone.flops(trace, tuple(x.shape[1:])).sum()) == counted.total
+        assert float(trace.controller_flops.sum()) == counted.controller > 0
+
+
+def test_zero_threshold_exits_after_block_zero_with_head_zero(setups: dict) -> None:
+    _, backbone, model, inputs = setups["toy-vision"]
+    with torch.no_grad():
+        out = model(inputs, budget=0.0)
+        expected = model.exit_heads[0](backbone.blocks[0](backbone.embed(inputs)))
+    assert torch.equal(out.logits, expected)
+    assert out.trace.exit_layer.tolist() == [0] * len(inputs)
+    assert out.trace.readout.tolist() == [0] * len(inputs)
+    assert (out.trace.block_tokens[:, 1:] == 0).all() and (out.trace.block_tokens[:, 0] > 0).all()
+    assert out.trace.extra["exited_early"].all()
+
+
+def test_sequence_confidence_is_mean_token_max_probability(setups: dict) -> None:
+    _, backbone, model, inputs = setups["toy-text"]
+    with torch.no_grad():
+        out = model(inputs, budget=0.0)
+        head = model.exit_heads[0](backbone.blocks[0](backbone.embed(inputs)))  # (B, T, V)
+    expected = torch.softmax(head, dim=-1).amax(dim=-1).mean(dim=1)  # (B,)
+    assert out.logits.shape == head.shape
+    torch.testing.assert_close(out.trace.extra["exit_confidence"], expected)
+
+
+def test_batch_compaction_matches_running_each_sample_alone() -> None:
+    vit = deep_vit()
+    model = EarlyExit().wrap(vit).eval()
+    x = toy_images(16)
+    with torch.no_grad():
+        hidden = model.exit_inputs(x)
+        conf = torch.stack([confidence(head(h)) for head, h in zip(model.exit_heads, hidden)])  # (L-1, B)
+        tau = threshold_far_from(conf, lo=4, hi=12)
+        batched = model(x, budget=tau)
+        alone = [model(x[i : i + 1], budget=tau) for i in range(len(x))]
+    layers = batched.trace.exit_layer
+    assert len(set(layers.tolist())) >= 3  # exits at block 0, in the middle and at the end
+    assert layers.tolist() == [int(o.trace.exit_layer) for o in alone]
+    torch.testing.assert_close(batched.logits, torch.cat([o.logits for o in alone]), rtol=1e-5, atol=1e-5)
+    expected_heads = torch.clamp(layers + 1, max=vit.n_blocks - 1).double() * vit.readout.flops(5)
+    assert torch.equal(batched.trace.controller_flops, expected_heads)
+
+
+def test_compaction_really_skips_blocks_for_exited_samples() -> None:
+    vit = deep_vit()
+    model = EarlyExit().wrap(vit).eval()
+    x = toy_images(16)
+    seen: list[int] = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(o.shape[0])) for b in vit.blocks]
+    with torch.no_grad():
+        out = model(x, budget=0.3)
+    for h in hooks:
+        h.remove()
+    ran = (out.trace.block_tokens > 0).sum(dim=0)  # (L,) samples each block ran on
+    assert seen == [int(n) for n in ran if n > 0]
+    assert sum(seen) < len(x) * vit.n_blocks
+
+
+def test_fit_trains_only_the_heads_deterministically(setups: dict) -> None:
+    task, backbone, _, _ = setups["toy-vision"]
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    a, b = EarlyExit(FIT).wrap(backbone), EarlyExit(FIT).wrap(backbone)
+    start = {k: v.clone() for k, v in a.exit_heads.state_dict().items()}
+    EarlyExit(FIT).fit(a, task, seed=0)
+    EarlyExit(FIT).fit(b, task, seed=0)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, start[k]) for k, v in a.exit_heads.state_dict().items())
+    batch = next(task.batches("train", batch_size=256))
+    with torch.no_grad():
+        h = a.exit_inputs(batch.inputs)[0]
+        untrained = EarlyExit().wrap(backbone).exit_heads[0](h)
+        loss_before = task.metric.loss(untrained, batch.targets)
+        loss_after = task.metric.loss(a.exit_heads[0](h), batch.targets)
+    assert loss_after < loss_before
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_state_dict_round_trip_into_fresh_wrap(setups: dict, name: str) -> None:
+    _, backbone, model, inputs = setups[name]
+    fresh = EarlyExit(FIT).wrap(backbone).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for budget in (1.0, 0.6, 0.0):
+            a, b = model(inputs, budget=budget), fresh(inputs, budget=budget)
+            assert torch.equal(a.logits, b.logits)
+            assert torch.equal(a.trace.exit_layer, b.trace.exit_layer)
+
+
+def test_controller_modules_are_the_exit_heads(setups: dict) -> None:
+    _, backbone, model, _ = setups["toy-text"]
+    heads = model.controller_modules()
+    assert len(heads) == backbone.n_blocks - 1
+    assert all(any(h is m for m in model.modules()) for h in heads)
+    assert isinstance(model, EarlyExitModel)
+
+
+BAD = [("steps", -1), ("lr", 0.0), ("batch_size", 0), ("weight_decay", -0.1), ("warmup_steps", -5)]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD)
+def test_invalid_config_raises_helpful_value_error(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"EarlyExitConfig\.{field} must be .*got {value}"):
+        EarlyExitConfig(**{field: value})
+
+
+def test_budget_out_of_range_raises(setups: dict) -> None:
+    _, _, model, inputs = setups["toy-vision"]
+    with pytest.raises(ValueError, match="confidence threshold"):
+        model(inputs, budget=1.5)
+    with pytest.raises(ValueError, match="out of range"):
+        EarlyExit().resolve_budgets([0.5, -0.1], 6)
