@@ -98,7 +98,7 @@ def print_summary(rows: pd.DataFrame) -> None:
             r["task"],
             r["hardware"],
             r["method_label"],
-            f"{r['budget']:g}",
+            f"{r['budget']:.3g}",
             q,
             _fmt(r["flops_per_sample"], "flops"),
             _fmt(r["flops_ratio"], "ratio"),

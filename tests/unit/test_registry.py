@@ -43,3 +43,32 @@ def test_registration_checks_base_class_and_conflicts():
 
     with pytest.raises(RegistryError, match="already taken"):
         reg.register("a")(B)
+
+
+def test_third_party_plugins_load_through_entry_points(tmp_path, monkeypatch):
+    import importlib.metadata
+    import sys
+
+    (tmp_path / "thirdparty_method.py").write_text(
+        "from dynbench.methods.base import Method, register_method\n"
+        "@register_method('thirdparty')\n"
+        "class ThirdParty(Method):\n"
+        "    def wrap(self, backbone):\n"
+        "        raise NotImplementedError\n"
+        "    def budgets(self, n_blocks):\n"
+        "        return (1.0,)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = importlib.metadata.EntryPoint("thirdparty", "thirdparty_method", "dynbench.methods")
+    broken = importlib.metadata.EntryPoint("broken", "no_such_module_xyz", "dynbench.methods")
+    real = importlib.metadata.entry_points
+
+    def fake(**kw):
+        return [ep, broken] if kw.get("group") == "dynbench.methods" else real(**kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    monkeypatch.setattr(METHODS, "_discovered", False)
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
+    assert "thirdparty" in METHODS.names()  # the broken plugin is logged and skipped, not fatal
+    assert METHODS.get("thirdparty").__name__ == "ThirdParty"
+    monkeypatch.delitem(sys.modules, "thirdparty_method")

@@ -127,7 +127,7 @@ def _draw_methods(
         # The container (line + error bars) carries the label; its inner line is "_nolegend_".
         handles.append(container)
         for xi, yi, budget in zip(x, y, grp["budget"]):
-            ax.annotate(f"{budget:g}", (xi, yi), xytext=(5, 5), textcoords="offset points", fontsize=9, color=color)
+            ax.annotate(f"{budget:.3g}", (xi, yi), xytext=(5, 5), textcoords="offset points", fontsize=9, color=color)
     return handles
 
 
@@ -298,7 +298,7 @@ def _histogram_panel(ax: Axes, group: pd.DataFrame, bins: np.ndarray, label: str
             histtype="step",
             linewidth=1.8,
             color=color,
-            label=f"budget {budget:g} (mean {format_flops(flops.mean())})",
+            label=f"budget {budget:.3g} (mean {format_flops(flops.mean())})",
         )
     ax.set_title(label, loc="left", fontsize=10)
     ax.set_ylabel("fraction")

@@ -339,7 +339,7 @@ def _hardware_markdown(section: pd.DataFrame, hardware: str) -> str:
         "|" + "|".join([":---", "---:", *["---:"] * len(shown), "---:", ":---:"]) + "|",
     ]
     for on_front, (_, row) in zip(front, section.iterrows()):
-        cells = [str(row["display_label"]).replace("|", "\\|"), f"{row['budget']:g}"]
+        cells = [str(row["display_label"]).replace("|", "\\|"), f"{row['budget']:.3g}"]
         cells += [fmt(row) for _, _, fmt in shown]
         cells += [str(int(row["n_seeds"])), "*" if on_front else ""]
         lines.append("| " + " | ".join(cells) + " |")

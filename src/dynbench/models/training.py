@@ -101,7 +101,7 @@ def train_backbone(task: Task, seed: int) -> Backbone:
     )
 
     def step_loss(batch: Batch) -> Tensor:
-        return task.metric.loss(model(batch.inputs), batch.targets)
+        return task.metric.loss(model(task.augment(batch.inputs)), batch.targets)
 
     final = fit_loop([p for p in model.parameters() if p.requires_grad], step_loss, batches, cfg)
     logger.info("Trained %s backbone (seed %d): final training loss %.4f", task.name, seed, final)

@@ -193,6 +193,10 @@ class Task(ABC):
         """Batches of ``split`` in a fixed order (seeded when shuffled), at most ``limit`` samples."""
         return self.split(split).batches(batch_size=batch_size, seed=seed, shuffle=shuffle, limit=limit)
 
+    def augment(self, inputs: Tensor) -> Tensor:
+        """Training-time augmentation of a batch of inputs (the dense recipe only; never at evaluation)."""
+        return inputs
+
     def n_blocks(self) -> int:
         """Depth L of this task's backbone, found without allocating or training it (meta device)."""
         with torch.device("meta"):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from dynbench.models.vit import ViT, ViTConfig
 from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, TrainConfig, register_task
@@ -23,8 +24,9 @@ class DigitsConfig:
     test_fraction: float = 0.2  # held-out test share (~360 images)
     val_fraction: float = 0.1  # validation share, for method fitting that needs held-out data
     split_seed: int = 0  # the split never changes with the training seed
+    max_shift: int = 0  # training shifts of up to this many pixels; 1 cost 6 points of top-1 at 1,500 steps
     model: ViTConfig = ViTConfig(
-        image_size=8, patch_size=2, n_classes=10, d_model=64, n_layers=6, n_heads=4, dropout=0.1
+        image_size=8, patch_size=2, n_classes=10, d_model=64, n_layers=6, n_heads=4, dropout=0.0
     )
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=100)
@@ -44,6 +46,24 @@ class Digits(Task):
     def build_backbone(self) -> ViT:
         """A 6-block, d=64 ViT over 16 patches + CLS."""
         return ViT(self.config.model)
+
+    def augment(self, inputs: Tensor) -> Tensor:
+        """Shift each image by up to ``max_shift`` pixels in each direction (zeros enter at the border).
+
+        1,257 training images are few for a ViT, which lacks a convolution's built-in translation invariance.
+        """
+        s = self.config.max_shift
+        if s == 0:
+            return inputs
+        B, C, H, W = inputs.shape
+        background = (0.0 - 0.3) / 0.4  # a blank pixel after normalisation
+        padded = torch.nn.functional.pad(inputs, (s, s, s, s), value=background)  # (B, C, H+2s, W+2s)
+        dy, dx = torch.randint(0, 2 * s + 1, (2, B))
+        b = torch.arange(B)[:, None, None, None]  # (B, 1, 1, 1)
+        c = torch.arange(C)[None, :, None, None]  # (1, C, 1, 1)
+        rows = (dy[:, None] + torch.arange(H))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(W))[:, None, None, :]  # (B, 1, 1, W)
+        return padded[b, c, rows, cols]  # (B, C, H, W)
 
     def data_status(self) -> str:
         """Bundled with scikit-learn."""
