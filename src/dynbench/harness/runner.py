@@ -213,7 +213,7 @@ def execute(plan: RunPlan, *, store: ResultStore, cache_dir: Path | None, progre
     with torch.inference_mode():
         dense_flops = measure.flops_pass(dense, 1.0, batches) if spec.measure.flops else None
         for done, budget in enumerate(plan.budgets):
-            say(done, len(plan.budgets), f"budget {budget:g}")
+            say(done, len(plan.budgets), f"budget {budget:.3g}")
             r, s = measure_budget(plan, model, dense, budget, batches, dense_flops, make_row)
             rows.extend(r)
             samples.extend(s)
