@@ -144,17 +144,15 @@ def timing_rows(
     model: DynamicModel,
     dense: DynamicModel,
     budget: float,
-    batch_size: int,
-    batches: list[Batch],
-    q: QualityResult,
+    ti: TimingInputs,
     flops: FlopsResult | None,
     dense_flops: FlopsResult | None,
     make_row: RowMaker,
 ) -> list[dict]:
     """Time the method and dense, interleaved, at one batch size → latency, throughput and speedup rows."""
     cfg = plan.spec.measure
-    ti = timing_inputs(q, batches, batch_size, cfg.timing_inputs)
     inputs = ti.inputs
+    batch_size = int(inputs[0].shape[0])
     warmup = list(dict.fromkeys(ti.warmup + list(range(min(cfg.warmup_max, len(inputs))))))
     calls: dict[str, Callable[[int], Any]] = {"method": lambda i: model(inputs[i], budget=budget)}
     is_dense = plan.method.name == "dense"
@@ -179,15 +177,14 @@ def memory_rows(
     plan: RunPlan,
     model: DynamicModel,
     budget: float,
-    batch_size: int,
-    batches: list[Batch],
+    ti: TimingInputs,
     q: QualityResult,
     make_row: RowMaker,
 ) -> list[dict]:
     """Peak memory of the method at one batch size, over the costliest inputs."""
     cfg = plan.spec.measure
-    ti = timing_inputs(q, batches, batch_size, cfg.timing_inputs)
     inputs = ti.inputs
+    batch_size = int(inputs[0].shape[0])
     costs = [float(q.analytic_flops[m].sum()) for m in ti.members]
     order = sorted(range(len(inputs)), key=lambda i: -costs[i])[: cfg.memory_inputs]
     mem = measure_memory(model, lambda i: model(inputs[i], budget=budget), inputs, order, plan.hardware)

@@ -253,10 +253,11 @@ def measure_budget(
             make_row(budget, ebs, "flops_count_gap", flops.count_gap, n),
         ]
     for bs in spec.batch_sizes:
+        inputs = measure.timing_inputs(q, batches, bs, spec.measure.timing_inputs)
         if spec.measure.timing:
-            rows += measure.timing_rows(plan, model, dense, budget, bs, batches, q, flops, dense_flops, make_row)
+            rows += measure.timing_rows(plan, model, dense, budget, inputs, flops, dense_flops, make_row)
         if spec.measure.memory:
-            rows += measure.memory_rows(plan, model, budget, bs, batches, q, make_row)
+            rows += measure.memory_rows(plan, model, budget, inputs, q, make_row)
     return rows, measure.sample_records(plan, budget, q, flops)
 
 
