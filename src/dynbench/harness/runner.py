@@ -239,7 +239,8 @@ def measure_budget(
         make_row(budget, ebs, "quality", task.metric.aggregate(q.scores), n, **_quality_kw(task)),
         make_row(budget, ebs, "mean_layers", float(q.trace.layers_executed.double().mean()), n),
     ]
-    for name, (value, unit, hib) in model.trace_metrics(q.trace).items():
+    extras = {**task.metric.secondary(q.correct), **model.trace_metrics(q.trace)}
+    for name, (value, unit, hib) in extras.items():
         rows.append(make_row(budget, ebs, name, value, n, unit=unit, higher_is_better=hib))
     flops = None
     if spec.measure.flops and dense_flops is not None:

@@ -57,6 +57,10 @@ class QualityMetric(ABC):
     def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         """``(B,)`` fraction of correct predictions per sample (1/0 for classification)."""
 
+    def secondary(self, correct: np.ndarray) -> dict[str, tuple[float, str, bool]]:
+        """Further task metrics from the per-sample correctness: ``name → (value, unit, higher_is_better)``."""
+        return {}
+
 
 class TopOneAccuracy(QualityMetric):
     """Classification: cross-entropy loss, quality = top-1 accuracy."""
@@ -101,6 +105,10 @@ class Perplexity(QualityMetric):
     def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Per-sequence next-token accuracy."""
         return (logits.argmax(dim=-1) == targets).double().mean(dim=1)
+
+    def secondary(self, correct: np.ndarray) -> dict[str, tuple[float, str, bool]]:
+        """Next-token accuracy over all scored tokens (sequences are equally long)."""
+        return {"next_token_accuracy": (float(np.mean(correct)), "fraction", True)}
 
 
 @dataclass(frozen=True)
