@@ -141,6 +141,7 @@ def _task_info(name: str) -> dict[str, str]:
         "name": name,
         "modality": cls.modality,
         "default": "yes" if cls.is_default else "",
+        "size": cls.size,
         "data": t.data_status(),
         "description": cls.description,
     }

@@ -157,6 +157,7 @@ class Task(ABC):
         version: bump to invalidate cached backbones and stored results.
         modality: ``vision``, ``speech`` or ``text``.
         description: one line for ``bench ls tasks``.
+        size: the data's size in words, for ``bench ls tasks`` (e.g. ``"1,797 images"``).
         is_default: the modality's default task (run by a bare ``bench run``).
         metric: the quality metric.
         Config: frozen dataclass with the data, backbone shape and a ``train`` :class:`TrainConfig`.
@@ -167,6 +168,7 @@ class Task(ABC):
     version: ClassVar[str] = "1"
     modality: ClassVar[Modality]
     description: ClassVar[str] = ""
+    size: ClassVar[str] = ""
     is_default: ClassVar[bool] = False
     metric: ClassVar[QualityMetric]
     Config: ClassVar[type] = NoOptions

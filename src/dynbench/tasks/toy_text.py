@@ -34,6 +34,7 @@ class ToyText(Task):
 
     modality = "text"
     description = "synthetic Markov-chain sequences, 2-block GPT (tests only)"
+    size = "512 train / 128 test sequences of 16 tokens (generated)"
     metric = Perplexity()
     Config = ToyTextConfig
 

@@ -34,6 +34,7 @@ class ToyVision(Task):
 
     modality = "vision"
     description = "synthetic 8×8 images, 4 classes, 2-block ViT (tests only)"
+    size = "512 train / 128 test images (generated)"
     metric = TopOneAccuracy()
     Config = ToyVisionConfig
 
