@@ -212,7 +212,7 @@ class Task(ABC):
         with torch.device("meta"):
             return self.build_backbone().n_blocks
 
-    def size(self, split: Split) -> int:
+    def n_samples(self, split: Split) -> int:
         """Samples in ``split``."""
         return len(self.split(split))
 
