@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dynbench import api
+from dynbench.cli_data import add_data_parser, cmd_data
 from dynbench.config import ConfigError, SuiteSpec, apply_overrides, load_suite, parse_plugin_list
 from dynbench.registry import RegistryError
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("results", type=Path)
     exp.add_argument("--format", choices=["csv", "parquet"], default="csv")
     exp.add_argument("--out", type=Path, required=True)
+    add_data_parser(sub)
     return p
 
 
@@ -245,6 +247,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "report": cmd_report,
     "export": cmd_export,
+    "data": cmd_data,
 }
 
 
