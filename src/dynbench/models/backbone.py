@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from dynbench.models.block import Block, BlockConfig, block_flops
+from dynbench.models.block import Block, BlockConfig, Norm, block_flops, make_norm
 from dynbench.types import Trace
 
 Pool = Literal["cls", "none"]
@@ -26,14 +26,18 @@ class Readout(nn.Module):
         d_model: residual width.
         n_out: classes or vocabulary size.
         pool: ``"cls"`` reads token 0 (ViT), ``"none"`` keeps every token (language models).
-        norm_eps: LayerNorm epsilon.
+        norm_eps: LayerNorm / RMSNorm epsilon.
+        norm: ``"layernorm"`` (GPT-2/ViT) or ``"rmsnorm"`` (Llama).
+        bias: whether the head has a bias (Llama's and tied heads have none).
     """
 
-    def __init__(self, d_model: int, n_out: int, pool: Pool, norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self, d_model: int, n_out: int, pool: Pool, norm_eps: float = 1e-5, norm: Norm = "layernorm", bias: bool = True
+    ) -> None:
         super().__init__()
         self.pool = pool
-        self.norm = nn.LayerNorm(d_model, eps=norm_eps)
-        self.head = nn.Linear(d_model, n_out)
+        self.norm = make_norm(norm, d_model, norm_eps)
+        self.head = nn.Linear(d_model, n_out, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, C)`` → ``(B, K)`` for ``cls`` pooling or ``(B, T, V)`` for ``none``."""
@@ -114,7 +118,7 @@ def make_blocks(cfg: BlockConfig, n_layers: int) -> nn.ModuleList:
 
 
 def init_weights(module: nn.Module) -> None:
-    """GPT-2/ViT initialisation: N(0, 0.02) weights, zero biases, unit norms."""
+    """GPT-2/ViT initialisation: N(0, 0.02) weights, zero biases, unit norms (LayerNorm and RMSNorm)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)
@@ -125,3 +129,5 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.RMSNorm):
+            nn.init.ones_(m.weight)
