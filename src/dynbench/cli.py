@@ -16,6 +16,7 @@ from dynbench import api
 from dynbench.cli_data import add_data_parser, cmd_data
 from dynbench.config import ConfigError, SuiteSpec, apply_overrides, load_suite, parse_plugin_list
 from dynbench.registry import RegistryError
+from dynbench.tasks.data.catalog import DataError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, RegistryError, UsageError, ValueError) as exc:
+    except (ConfigError, RegistryError, UsageError, ValueError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

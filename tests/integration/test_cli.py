@@ -167,3 +167,16 @@ def test_ls_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["validate", str(suite)]) == 0
     suite.write_text("methods: [dnse]\ntasks: [toy-text]\n")
     assert main(["validate", str(suite)]) == 2
+
+
+def test_missing_data_and_bad_task_options_exit_2_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    code = run(
+        tmp_path, "--methods", "dense", "--tasks", f"fashion-mnist[path={tmp_path / 'nowhere'}],smollm2[seq_len=0]"
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Task 'fashion-mnist' has no data" in err and "apt-get install dataset-fashion-mnist" in err
+    assert "seq_len=0" in err and "must all be >= 1" in err  # the plugin's own check, reported with the rest
+    assert not (tmp_path / "res").exists()

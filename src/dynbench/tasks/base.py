@@ -220,6 +220,14 @@ class Task(ABC):
         """One word for ``bench ls tasks``: where the data comes from, or that it is missing."""
         return "synthetic"
 
+    def data_problem(self) -> str | None:
+        """Why this task's data cannot be loaded, saying how to get it; ``None`` when it can.
+
+        A cheap look (file sizes, installed packages), run by ``bench run`` before anything is written, so a
+        missing data set is a usage error (exit 2) rather than a failed run.
+        """
+        return None
+
     def backbone(self, seed: int, *, cache_dir: Path | None = None) -> Backbone:
         """The trained dense backbone for ``seed``, trained on first use and cached.
 

