@@ -172,8 +172,10 @@ def _describe(status: DataStatus) -> str:
         "cache": "in the cache at",
         "system": "system copy at",
         "download": "downloaded into",
+        "recorded": "recorded (used in place, not copied) at",
+        "synthesized": "synthesized into",
     }.get(status.source, f"{status.source}:")
-    return f"{how} {status.where} ({_size(status.size)}, checksums OK)"
+    return f"{how} {status.where} ({_size(status.size)}, checks passed)"
 
 
 def _verify(names: list[str]) -> int:

@@ -73,7 +73,7 @@ def test_list_prepare_from_path_and_verify(tmp_path: Path, tiny, capsys: pytest.
     mine = write_copy(tmp_path / "mine")
     assert main(["data", "prepare", "tiny", "--path", str(mine)]) == 0
     out = capsys.readouterr().out
-    assert "tiny: ready, copied into the cache at" in out and "checksums OK" in out
+    assert "tiny: ready, copied into the cache at" in out and "checks passed" in out
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert "yes" in out and "cache" in out

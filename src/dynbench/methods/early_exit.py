@@ -9,10 +9,15 @@ the rest go on, and whoever reaches the end uses the backbone's own readout.
 
 What we changed / reconstructed: the paper exits at a static layer and fine-tunes the lower layers; here the
 backbone stays frozen and only the exit heads (initialised from the final head) are trained, jointly, with the
-summed cross-entropy of all exits. The decision is per sample: for token outputs ``(B, T, V)`` a sequence's
-confidence is the MEAN over positions of the per-token max probability, and the whole sequence exits together
-(per-token exits would need KV propagation for the skipped layers, see the paper). Execution is real: exited
-samples are dropped from the batch (index compaction), so later blocks only run on the samples still active.
+summed cross-entropy of all exits. A model whose head is large (a language model's unembedding: SmolLM2's is
+49,152 × 576) gets *shared* exits instead (``heads="shared"``, chosen by ``"auto"``): the backbone's own final norm
+and head applied to each block's output, as the paper's static early exit does, untrained — 29 trained copies of
+that head would take 3.3 GB and a CPU-day to fit.
+
+The decision is per sample: for token outputs ``(B, T, V)`` a sequence's confidence is the MEAN over positions
+of the per-token max probability, and the whole sequence exits together (per-token exits would need KV
+propagation for the skipped layers, see the paper). Execution is real: exited samples are dropped from the batch
+(index compaction), so later blocks only run on the samples still active.
 """
 
 from __future__ import annotations
@@ -22,13 +27,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
-from dynbench.models.backbone import Backbone
+from dynbench.models.backbone import Backbone, Readout
 from dynbench.models.training import endless, fit_loop
 from dynbench.tasks.base import Task, TrainConfig
 from dynbench.types import Batch, Budget, StepOutput, Trace
+
+HEAD_KINDS = ("auto", "copy", "shared")
+SHARED_HEAD_PARAMS = 1_000_000
+"""Above this many head weights ``heads="auto"`` shares the readout instead of copying it per exit."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,8 @@ class EarlyExitConfig:
     batch_size: int = 64  # training batch size, as the backbone recipes use
     weight_decay: float = 0.01  # mild, so the heads do not drift far from the final head they start as
     warmup_steps: int = 20  # short linear warm-up before the cosine decay
+    heads: str = "auto"  # "copy": a trained copy of the readout per exit; "shared": the readout itself, untrained;
+    # "auto": "shared" when the readout's head has more than SHARED_HEAD_PARAMS weights (LM unembeddings), else "copy"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -52,6 +64,8 @@ class EarlyExitConfig:
             raise ValueError(
                 f"EarlyExitConfig.weight_decay must be >= 0, got {self.weight_decay}. Use 0 to disable it."
             )
+        if self.heads not in HEAD_KINDS:
+            raise ValueError(f"EarlyExitConfig.heads must be one of {HEAD_KINDS}, got {self.heads!r}.")
         if self.warmup_steps < 0:
             raise ValueError(
                 f"EarlyExitConfig.warmup_steps must be >= 0, got {self.warmup_steps}. Use 0 for no warm-up."
@@ -71,18 +85,48 @@ def confidence(logits: Tensor) -> Tensor:
     return top if top.dim() == 1 else top.mean(dim=1)  # (B,)
 
 
+class SharedExit(nn.Module):
+    """An exit that applies the backbone's own readout (final norm, pooling, head); it owns no parameters.
+
+    The readout is held outside the module tree, so the state dict does not repeat the head per exit, and the head
+    runs as ``F.linear`` here, so the FLOP counter charges it to this exit (a controller module).
+    """
+
+    def __init__(self, readout: Readout) -> None:
+        super().__init__()
+        object.__setattr__(self, "readout", readout)  # not a submodule: shared, not copied or saved again
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, T, C)`` → ``(B, K)`` or ``(B, T, V)``, exactly as the readout."""
+        ro = self.readout
+        if ro.pool == "cls":
+            x = x[:, 0]  # (B, C)
+        return F.linear(ro.norm(x), ro.head.weight, ro.head.bias)
+
+
+def shares_heads(heads: str, readout: Readout) -> bool:
+    """Whether exits share the readout (``heads`` resolved: ``auto`` shares large heads)."""
+    return heads == "shared" or (heads == "auto" and readout.head.weight.numel() > SHARED_HEAD_PARAMS)
+
+
 class EarlyExitModel(DynamicModel):
     """The backbone with an exit head after every block but the last.
 
     Args:
         backbone: the dense model; frozen during :meth:`EarlyExit.fit`.
+        shared: exits apply the backbone's readout itself (:class:`SharedExit`) instead of trained copies.
     """
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, *, shared: bool = False) -> None:
         super().__init__(backbone)
-        heads = [copy.deepcopy(backbone.readout) for _ in range(backbone.n_blocks - 1)]
-        for p in (p for head in heads for p in head.parameters()):
-            p.requires_grad_(True)  # the copies stay trainable even when the backbone is frozen
+        n_exits = backbone.n_blocks - 1
+        self.shared = shared
+        if shared:
+            heads: list[nn.Module] = [SharedExit(backbone.readout) for _ in range(n_exits)]
+        else:
+            heads = [copy.deepcopy(backbone.readout) for _ in range(n_exits)]
+            for p in (p for head in heads for p in head.parameters()):
+                p.requires_grad_(True)  # the copies stay trainable even when the backbone is frozen
         self.exit_heads = nn.ModuleList(heads)
 
     def controller_modules(self) -> list[nn.Module]:
@@ -184,8 +228,8 @@ class EarlyExit(Method):
     full_budget = 1.0
 
     def wrap(self, backbone: Backbone) -> EarlyExitModel:
-        """Add exit heads (copies of the backbone's readout) after blocks ``0 .. L-2``."""
-        return EarlyExitModel(backbone)
+        """Add exit heads (copies of the backbone's readout, or the readout shared) after blocks ``0 .. L-2``."""
+        return EarlyExitModel(backbone, shared=shares_heads(self.config.heads, backbone.readout))
 
     budget_doc = "confidence threshold τ: 1.0 (nothing exits) … 0.4"
 
@@ -202,8 +246,8 @@ class EarlyExit(Method):
             seed: seeds the head training and the batch order.
         """
         cfg = self.config
-        if len(model.exit_heads) == 0:
-            return  # a one-block backbone has nothing to exit from
+        if len(model.exit_heads) == 0 or model.shared:
+            return  # a one-block backbone has nothing to exit from; shared exits have nothing to train
         torch.manual_seed(seed)
         freeze(model.backbone)
         params = [p for p in model.exit_heads.parameters()]

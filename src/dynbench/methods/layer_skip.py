@@ -39,6 +39,7 @@ class LayerSkipConfig:
     min_layers: int = 1  # fewest blocks ever run: k = 0 would leave only the embedding and the readout
     importance_batches: int = 8  # training batches the loss increases are averaged over (512 samples)
     batch_size: int = 64  # batch size of those importance batches
+    importance_flops: float = 1e13  # cap on the importance pass's FLOPs: a 30-block LM gets ~17 windows, not 512
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
@@ -57,6 +58,10 @@ class LayerSkipConfig:
             )
         if self.batch_size < 1:
             raise ValueError(f"LayerSkipConfig.batch_size must be >= 1, got {self.batch_size}. Use e.g. 64.")
+        if not self.importance_flops > 0:
+            raise ValueError(
+                f"LayerSkipConfig.importance_flops must be > 0, got {self.importance_flops}. Use e.g. 1e13."
+            )
 
 
 def uniform_blocks(n_blocks: int, k: int) -> list[int]:
@@ -173,6 +178,19 @@ class LayerSkipModel(DynamicModel):
         return torch.stack(losses).double().cpu()  # (L + 1,)
 
 
+def importance_samples(cfg: LayerSkipConfig, backbone: Backbone, task: Task) -> int:
+    """Training samples the importance is averaged over, fewer than configured when over ``importance_flops``.
+
+    Configured: ``importance_batches × batch_size``. One sample costs a dense pass plus, per skipped block ``l``,
+    the blocks after it and a readout: about ``(L + 3) / 2`` dense passes (exact for the blocks when the readout
+    is cheap).
+    """
+    L = backbone.n_blocks
+    shape = tuple(next(task.batches("train", batch_size=1)).inputs.shape[1:])
+    per_sample = backbone.dense_flops(shape) * (L + 3) / 2
+    return max(1, min(cfg.importance_batches * cfg.batch_size, int(cfg.importance_flops // per_sample)))
+
+
 @register_method("layer_skip")
 class LayerSkip(Method):
     """Static layer skipping: the same k of L blocks for every sample, by importance or evenly spaced."""
@@ -226,8 +244,9 @@ class LayerSkip(Method):
         device = next(model.backbone.parameters()).device
         total = torch.zeros(model.backbone.n_blocks + 1, dtype=torch.float64)  # (L + 1,)
         seen = 0
-        limit = cfg.importance_batches * cfg.batch_size
-        for batch in task.batches("train", batch_size=cfg.batch_size, seed=seed, shuffle=True, limit=limit):
+        limit = importance_samples(cfg, model.backbone, task)
+        batch_size = min(cfg.batch_size, limit)
+        for batch in task.batches("train", batch_size=batch_size, seed=seed, shuffle=True, limit=limit):
             losses = model.skip_losses(batch.inputs.to(device), batch.targets.to(device), task)  # (L + 1,)
             total += losses * len(batch)
             seen += len(batch)

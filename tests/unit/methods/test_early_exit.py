@@ -8,6 +8,7 @@ import torch
 from dynbench.harness.flops import count_flops
 from dynbench.methods.base import METHODS
 from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig, EarlyExitModel, confidence
+from dynbench.models.gpt import GPT, GPTConfig
 from dynbench.models.vit import ViT, ViTConfig
 from dynbench.tasks.base import TASKS, TrainConfig
 
@@ -229,3 +230,26 @@ def test_budget_out_of_range_raises(setups: dict) -> None:
         model(inputs, budget=1.5)
     with pytest.raises(ValueError, match="out of range"):
         EarlyExit().resolve_budgets([0.5, -0.1], 6)
+
+
+def test_shared_exits_apply_the_readout_and_own_no_weights(setups: dict) -> None:
+    task, backbone, _, inputs = setups["toy-text"]
+    method = EarlyExit(EarlyExitConfig(heads="shared"))
+    model = method.wrap(backbone).eval()
+    method.fit(model, task, seed=0)  # nothing to train: returns at once
+    assert model.shared and sum(p.numel() for p in model.exit_heads.parameters()) == 0
+    assert not any(k.startswith("exit_heads") for k in model.state_dict())  # the head is not saved per exit
+    with torch.no_grad():
+        h = backbone.blocks[0](backbone.embed(inputs))  # (B, T, C)
+        torch.testing.assert_close(model.exit_heads[0](h), backbone.readout(h), rtol=0, atol=0)
+        count = count_flops(lambda: model(inputs, budget=0.0), model, model.controller_modules())
+    # at τ = 0 every sequence leaves after block 0 through exit 0: the controller FLOPs are that head's
+    assert count.controller == inputs.shape[0] * backbone.readout.flops(inputs.shape[1])
+
+
+def test_auto_shares_only_large_heads(setups: dict) -> None:
+    _, backbone, _, _ = setups["toy-text"]
+    assert not EarlyExit().wrap(backbone).shared  # a 2-block toy's head is tiny: trained copies
+    with torch.device("meta"):
+        big = GPT(GPTConfig(vocab_size=50_000, block_size=8, d_model=64, n_layers=2, n_heads=2))
+    assert EarlyExit().wrap(big).shared and EarlyExit(EarlyExitConfig(heads="copy")).wrap(big).exit_heads[0].head

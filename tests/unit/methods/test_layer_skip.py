@@ -7,7 +7,7 @@ import torch
 
 from dynbench.harness.flops import count_flops
 from dynbench.methods.base import METHODS
-from dynbench.methods.layer_skip import LayerSkip, LayerSkipConfig, n_kept, uniform_blocks
+from dynbench.methods.layer_skip import LayerSkip, LayerSkipConfig, importance_samples, n_kept, uniform_blocks
 from dynbench.models.vit import ViT, ViTConfig
 from dynbench.tasks.base import TASKS, TrainConfig
 
@@ -214,3 +214,15 @@ def test_invalid_config_raises_helpful_value_error(kwargs: dict, match: str) -> 
 def test_min_layers_beyond_depth_is_rejected_at_wrap() -> None:
     with pytest.raises(ValueError, match=r"min_layers=3 exceeds the backbone's 2 blocks"):
         LayerSkip(LayerSkipConfig(min_layers=3)).wrap(deep_vit(2))
+
+
+def test_importance_samples_are_capped_by_flops(setups: dict) -> None:
+    task, backbone = setups["toy-text"][:2]
+    shape = tuple(next(task.batches("train", batch_size=1)).inputs.shape[1:])
+    per_sample = backbone.dense_flops(shape) * (backbone.n_blocks + 3) / 2
+    assert importance_samples(LayerSkipConfig(), backbone, task) == 8 * 64  # a toy is far below the cap
+    assert importance_samples(LayerSkipConfig(importance_flops=10.5 * per_sample), backbone, task) == 10
+    assert importance_samples(LayerSkipConfig(importance_flops=1.0), backbone, task) == 1  # never 0
+    model = LayerSkip(LayerSkipConfig(importance_flops=3 * per_sample)).wrap(backbone)
+    LayerSkip(LayerSkipConfig(importance_flops=3 * per_sample)).fit(model, task, seed=0)
+    assert sorted(model.ranking.tolist()) == list(range(backbone.n_blocks))

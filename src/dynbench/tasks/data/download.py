@@ -11,7 +11,7 @@ import http.client
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dynbench.tasks.data.catalog import DatasetCorruptError, DatasetMissingError, Progress
@@ -74,16 +74,55 @@ def fetch(
         DatasetCorruptError: no mirror delivered a good file and one delivered a bad one; names its URL.
         DatasetMissingError: no mirror could be reached or none had the file; the message lists each attempt.
     """
+    return fetch_checked(
+        spec.name,
+        base_urls,
+        directory,
+        check=lambda path: read_payload(path, spec),
+        progress=progress,
+        timeout=timeout,
+    )
+
+
+def fetch_checked(
+    name: str,
+    base_urls: Sequence[str],
+    directory: Path,
+    *,
+    check: Callable[[Path], object],
+    progress: Progress | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Download the file ``name`` into ``directory`` from the first mirror whose copy passes ``check``.
+
+    :func:`fetch` is this with the payload check of a :class:`FileSpec`; an archive checked by its own SHA-256
+    (:mod:`dynbench.tasks.data.archive`) passes its own ``check``.
+
+    Args:
+        name: the file name; its URL is ``base + "/" + name`` and it is saved under that name.
+        base_urls: mirrors in order.
+        directory: where the file goes (created if needed); it is written as ``.name.<pid>.part`` and renamed.
+        check: called on the downloaded temporary file; raises :class:`DatasetCorruptError` for a bad file.
+        progress: called with ``(name, bytes_done, bytes_total)`` as bytes arrive.
+        timeout: seconds to wait for a connection or a chunk.
+
+    Returns:
+        The path of the checked file.
+
+    Raises:
+        DatasetCorruptError: no mirror delivered a good file and one delivered a bad one; names its URL.
+        DatasetMissingError: no mirror could be reached or none had the file; the message lists each attempt.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / spec.name
-    tmp = directory / f".{spec.name}.{os.getpid()}.part"
+    final = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.part"
     failures: list[str] = []
     bad_url, bad_problem = "", ""
     for base in base_urls:
-        url = f"{base.rstrip('/')}/{spec.name}"
+        url = f"{base.rstrip('/')}/{name}"
         try:
-            _stream(url, tmp, spec.name, progress, timeout)
-            read_payload(tmp, spec)
+            _stream(url, tmp, name, progress, timeout)
+            check(tmp)
         except _Failed as exc:
             failures.append(f"{url}: {exc}")
         except DatasetCorruptError as exc:
@@ -100,7 +139,6 @@ def fetch(
         raise DatasetCorruptError(
             bad_url,
             bad_problem,
-            f"Nothing was written to {directory}. Attempts:\n{attempts}\nTry again later, or get {spec.name} "
-            "another way.",
+            f"Nothing was written to {directory}. Attempts:\n{attempts}\nTry again later, or get {name} another way.",
         )
-    raise DatasetMissingError(f"{spec.name} could not be downloaded (nothing was written to {directory}):\n{attempts}")
+    raise DatasetMissingError(f"{name} could not be downloaded (nothing was written to {directory}):\n{attempts}")
