@@ -3,6 +3,10 @@
 Paper: "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", https://arxiv.org/abs/2010.11929.
 Patches are flattened and projected by a linear layer (equivalent to the usual stride-p convolution, and
 counted exactly), a CLS token is prepended, learned positions are added, and the readout classifies the CLS token.
+
+The same module runs pretrained timm and torchvision ViTs (:mod:`dynbench.models.vit_import`): a patch is
+flattened in (channel, row, column) order, so a convolution weight ``(C, 3, p, p)`` reshaped to ``(C, 3·p·p)`` is
+this linear layer exactly; their LayerNorm epsilon (1e-6) is ``ViTConfig.norm_eps``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class ViTConfig:
     n_heads: int = 4  # attention heads per block
     mlp_ratio: float = 4.0  # MLP width / d_model
     dropout: float = 0.0  # training-time dropout
+    norm_eps: float = 1e-5  # LayerNorm epsilon: torch's default for models trained here; timm/torchvision ViTs: 1e-6
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -55,6 +60,7 @@ class ViTConfig:
             mlp_hidden=int(self.d_model * self.mlp_ratio),
             causal=False,
             dropout=self.dropout,
+            norm_eps=self.norm_eps,
         )
 
 
@@ -77,7 +83,7 @@ class ViT(Backbone):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.n_patches + 1, cfg.d_model))
         self.blocks = make_blocks(self.block_config, cfg.n_layers)
-        self.readout = Readout(cfg.d_model, cfg.n_classes, pool="cls")
+        self.readout = Readout(cfg.d_model, cfg.n_classes, pool="cls", norm_eps=cfg.norm_eps)
         init_weights(self)
         nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
