@@ -37,6 +37,8 @@ from dynbench.tasks.base import Task, TrainConfig
 from dynbench.types import Batch, Budget, StepOutput, Trace
 
 HEAD_KINDS = ("auto", "copy", "shared")
+DECISION_TOKENS = 16
+"""Positions a shared (large) exit head reads to decide, with ``decision_tokens=-1``."""
 SHARED_HEAD_PARAMS = 1_000_000
 """Above this many head weights ``heads="auto"`` shares the readout instead of copying it per exit."""
 
@@ -52,6 +54,9 @@ class EarlyExitConfig:
     warmup_steps: int = 20  # short linear warm-up before the cosine decay
     heads: str = "auto"  # "copy": a trained copy of the readout per exit; "shared": the readout itself, untrained;
     # "auto": "shared" when the readout's head has more than SHARED_HEAD_PARAMS weights (LM unembeddings), else "copy"
+    decision_tokens: int = -1  # token outputs: positions the exit decision reads (evenly spaced, the last included);
+    # 0 = every position; -1 = auto: DECISION_TOKENS with shared heads (a 49k-word head on all 128 positions after
+    # each of 29 blocks would cost 6× the model), every position otherwise
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -63,6 +68,11 @@ class EarlyExitConfig:
         if self.weight_decay < 0:
             raise ValueError(
                 f"EarlyExitConfig.weight_decay must be >= 0, got {self.weight_decay}. Use 0 to disable it."
+            )
+        if self.decision_tokens < -1:
+            raise ValueError(
+                f"EarlyExitConfig.decision_tokens must be >= -1, got {self.decision_tokens}. "
+                "Use 0 (every position), -1 (auto) or a count such as 16."
             )
         if self.heads not in HEAD_KINDS:
             raise ValueError(f"EarlyExitConfig.heads must be one of {HEAD_KINDS}, got {self.heads!r}.")
@@ -115,12 +125,15 @@ class EarlyExitModel(DynamicModel):
     Args:
         backbone: the dense model; frozen during :meth:`EarlyExit.fit`.
         shared: exits apply the backbone's readout itself (:class:`SharedExit`) instead of trained copies.
+        decision_tokens: for token outputs, the exit decision reads this many evenly spaced positions (the last
+            included) and the head runs on every position only for the sequences that leave; 0 = every position.
     """
 
-    def __init__(self, backbone: Backbone, *, shared: bool = False) -> None:
+    def __init__(self, backbone: Backbone, *, shared: bool = False, decision_tokens: int = 0) -> None:
         super().__init__(backbone)
         n_exits = backbone.n_blocks - 1
         self.shared = shared
+        self.decision_tokens = decision_tokens
         if shared:
             heads: list[nn.Module] = [SharedExit(backbone.readout) for _ in range(n_exits)]
         else:
@@ -172,6 +185,7 @@ class EarlyExitModel(DynamicModel):
         active = torch.arange(B, device=x.device)  # (A,) batch positions of the samples still running
         exit_layer = torch.full((B,), L - 1, dtype=torch.long, device=x.device)  # (B,)
         exit_conf = torch.full((B,), float("nan"), device=x.device)  # (B,) NaN: reached the readout
+        picks = self.decision_positions(x.shape[1])  # (S,) or None: every position decides
         logits: Tensor | None = None
         for layer, block in enumerate(bb.blocks):
             x = block(x)  # (A, T, C)
@@ -179,16 +193,18 @@ class EarlyExitModel(DynamicModel):
                 out = bb.readout(x)  # (A, K) or (A, T, V)
                 logits = out if logits is None else logits.index_copy_(0, active, out)
                 break
-            out = self.exit_heads[layer](x)  # (A, K) or (A, T, V)
-            conf = confidence(out)  # (A,)
+            head = self.exit_heads[layer]
+            out = head(x) if picks is None else None  # (A, K) or (A, T, V)
+            conf = confidence(out if out is not None else head(x[:, picks]))  # (A,) from every or S positions
             leave = conf > budget  # (A,)
             n_leave = int(leave.sum())  # the one host sync per block
             if n_leave == 0:
                 continue
+            out_leave = out[leave] if out is not None else head(x[leave])  # (E, K) or (E, T, V)
             if logits is None:  # first exit: from now on outputs are scattered into place
-                logits = out.new_empty((B, *out.shape[1:]))  # (B, K) or (B, T, V)
+                logits = out_leave.new_empty((B, *out_leave.shape[1:]))  # (B, K) or (B, T, V)
             gone = active[leave]  # (E,)
-            logits[gone] = out[leave]
+            logits[gone] = out_leave
             exit_conf[gone] = conf[leave]
             exit_layer[gone] = layer
             if n_leave == len(active):
@@ -198,6 +214,13 @@ class EarlyExitModel(DynamicModel):
         trace = self._trace(exit_layer.cpu(), exit_conf.cpu(), bb.n_tokens(tuple(inputs.shape[1:])))
         return StepOutput(logits, trace)
 
+    def decision_positions(self, T: int) -> Tensor | None:
+        """``(S,)`` evenly spaced positions (the last included) the exit decision reads; ``None`` = all of them."""
+        S = self.decision_tokens
+        if S <= 0 or S >= T or self.backbone.readout.pool != "none":
+            return None
+        return torch.arange(1, S + 1) * T // S - 1  # (S,) e.g. T=128, S=16: 7, 15, … 127
+
     def _trace(self, exit_layer: Tensor, exit_conf: Tensor, tokens: int) -> Trace:
         """The per-sample trace from each sample's last block run."""
         bb = self.backbone
@@ -205,13 +228,17 @@ class EarlyExitModel(DynamicModel):
         ran = torch.arange(L)[None, :] <= exit_layer[:, None]  # (B, L)
         reached_end = exit_layer == L - 1  # (B,)
         heads_run = torch.clamp(exit_layer + 1, max=L - 1)  # (B,) exit heads evaluated per sample
-        head_flops = bb.readout.flops(tokens)  # every exit head has the readout's shape
+        picks = self.decision_positions(tokens)
+        if picks is None:  # every exit head evaluated has the readout's shape and cost
+            head_flops = heads_run.double() * bb.readout.flops(tokens)  # (B,)
+        else:  # decisions on S positions, then the whole sequence through the head it leaves by
+            head_flops = heads_run.double() * bb.readout.flops(len(picks)) + (~reached_end) * bb.readout.flops(tokens)
         return Trace(
             block_tokens=ran.long() * tokens,
             block_kv=ran.long() * tokens,
             block_heads=ran.long() * bb.n_heads,
             readout=reached_end.long(),
-            controller_flops=heads_run.double() * head_flops,
+            controller_flops=head_flops,
             exit_layer=exit_layer,
             extra={"exited_early": ~reached_end, "exit_confidence": exit_conf},
         )
@@ -229,7 +256,10 @@ class EarlyExit(Method):
 
     def wrap(self, backbone: Backbone) -> EarlyExitModel:
         """Add exit heads (copies of the backbone's readout, or the readout shared) after blocks ``0 .. L-2``."""
-        return EarlyExitModel(backbone, shared=shares_heads(self.config.heads, backbone.readout))
+        cfg = self.config
+        shared = shares_heads(cfg.heads, backbone.readout)
+        decision_tokens = cfg.decision_tokens if cfg.decision_tokens >= 0 else (DECISION_TOKENS if shared else 0)
+        return EarlyExitModel(backbone, shared=shared, decision_tokens=decision_tokens)
 
     budget_doc = "confidence threshold τ: 1.0 (nothing exits) … 0.4"
 

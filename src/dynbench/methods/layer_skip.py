@@ -29,6 +29,8 @@ from dynbench.tasks.base import Task
 from dynbench.types import Budget, StepOutput, Trace
 
 PATTERNS = ("importance", "uniform")
+MAX_POINTS = 12
+"""Most default operating points: each one costs a quality, a FLOPs, a timing and a memory pass."""
 
 
 @dataclass(frozen=True)
@@ -218,9 +220,17 @@ class LayerSkip(Method):
         return LayerSkipModel(backbone, self.config.pattern, self.config.min_layers)
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
-        """``k / L`` for ``k = L .. min_layers``: one operating point per block count."""
+        """``k / L`` for block counts ``k`` from ``L`` down to ``min_layers``, the full budget first.
+
+        Every count when there are at most ``MAX_POINTS``, else ``MAX_POINTS`` evenly spaced counts (always ``L``
+        and ``min_layers``): a 30-block model is swept in 12 points rather than 30; ``--budgets`` picks others.
+        """
         L = n_blocks
-        return tuple(k / L for k in range(L, min(self.config.min_layers, L) - 1, -1))
+        lo = min(self.config.min_layers, L)
+        counts = range(L, lo - 1, -1)
+        if len(counts) > MAX_POINTS:
+            counts = sorted({round(L - i * (L - lo) / (MAX_POINTS - 1)) for i in range(MAX_POINTS)}, reverse=True)
+        return tuple(k / L for k in counts)
 
     def fit(self, model: LayerSkipModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
         """Measure each block's importance on the training split (no-op for ``uniform``).

@@ -253,3 +253,22 @@ def test_auto_shares_only_large_heads(setups: dict) -> None:
     with torch.device("meta"):
         big = GPT(GPTConfig(vocab_size=50_000, block_size=8, d_model=64, n_layers=2, n_heads=2))
     assert EarlyExit().wrap(big).shared and EarlyExit(EarlyExitConfig(heads="copy")).wrap(big).exit_heads[0].head
+
+
+def test_decisions_on_a_few_positions_cost_what_the_trace_says(setups: dict) -> None:
+    _, backbone, _, inputs = setups["toy-text"]  # (8, 16) token ids
+    model = EarlyExitModel(backbone, shared=True, decision_tokens=4).eval()
+    assert model.decision_positions(16).tolist() == [3, 7, 11, 15]
+    T = inputs.shape[1]
+    with torch.no_grad():
+        h = backbone.blocks[0](backbone.embed(inputs))  # (B, T, C)
+        conf = confidence(backbone.readout(h)[:, [3, 7, 11, 15]])  # (B,) the decision's confidence
+        tau = float(conf.median())
+        out = model(inputs, budget=tau)
+        count = count_flops(lambda: model(inputs, budget=tau), model, model.controller_modules())
+    left = conf > tau
+    assert torch.equal(out.trace.extra["exited_early"] & (out.trace.exit_layer == 0), left)
+    torch.testing.assert_close(out.logits[left], backbone.readout(h)[left])  # leavers get every position
+    assert count.controller == float(out.trace.controller_flops.sum())
+    per_head = backbone.readout.flops(T)
+    assert float(out.trace.controller_flops[left][0]) == per_head * 4 / T + per_head  # decide on 4, then all 16

@@ -226,3 +226,9 @@ def test_importance_samples_are_capped_by_flops(setups: dict) -> None:
     model = LayerSkip(LayerSkipConfig(importance_flops=3 * per_sample)).wrap(backbone)
     LayerSkip(LayerSkipConfig(importance_flops=3 * per_sample)).fit(model, task, seed=0)
     assert sorted(model.ranking.tolist()) == list(range(backbone.n_blocks))
+
+
+def test_deep_models_get_at_most_twelve_default_budgets() -> None:
+    counts = [round(b * 30) for b in LayerSkip().budgets(30)]
+    assert len(counts) == 12 and counts[0] == 30 and counts[-1] == 1 and counts == sorted(set(counts), reverse=True)
+    assert [round(b * 6) for b in LayerSkip().budgets(6)] == [6, 5, 4, 3, 2, 1]  # shallow: every count
