@@ -1,4 +1,4 @@
-"""``bench`` (alias ``dynbench``): run | ls | validate | report | export.
+"""``bench`` (alias ``dynbench``): run | ls | validate | report | export | data | lm-eval.
 
 The CLI parses arguments, builds a suite and calls :mod:`dynbench.api`; it holds no measurement logic.
 Bad input exits with code 2, a clear message and nothing written; failed runs exit with code 1.
@@ -28,6 +28,13 @@ RUN_EXAMPLES = """examples:
   bench run --methods dense --tasks digits --hardware 'cpu[threads=1]'
 """
 
+LM_EVAL_HELP = """bench lm-eval ARGS…: lm-eval's own command line with the dynbench model registered, e.g.
+  bench lm-eval --model dynbench --model_args task=shakespeare,method=layer_skip,budget=0.5 \\
+      --tasks dynbench_shakespeare_ppl,dynbench_shakespeare_cloze --limit 20
+The shipped tasks (dynbench_shakespeare_ppl, dynbench_shakespeare_cloze) run offline; lm-eval's own tasks are
+indexed only when one is named. Needs `pip install 'dynbench[lm-eval]'`.
+"""
+
 
 class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
@@ -52,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Benchmark dynamic-compute methods in transformers.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens (training, fits, caches)")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("lm-eval", help="lm-eval's command line with the dynbench model (bench lm-eval --help)")
 
     run = sub.add_parser(
         "run", help="run a suite", epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -252,8 +260,25 @@ COMMANDS = {
 }
 
 
+def cmd_lm_eval(argv: list[str]) -> int:
+    """``bench lm-eval``: hand the arguments to lm-eval's CLI with the dynbench model and tasks registered."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(LM_EVAL_HELP)
+        if not argv:
+            return EXIT_USAGE
+    try:
+        from dynbench.integrations.lm_eval_cli import main as lm_eval_main
+    except ImportError as exc:
+        print(f"error: bench lm-eval needs lm-eval ({exc}). Install: pip install 'dynbench[lm-eval]'.", file=sys.stderr)
+        return EXIT_USAGE
+    return lm_eval_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "lm-eval":  # every further argument is lm-eval's, so argparse must not see them
+        return cmd_lm_eval(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

@@ -180,3 +180,8 @@ def test_missing_data_and_bad_task_options_exit_2_before_anything_is_written(
     assert "Task 'fashion-mnist' has no data" in err and "apt-get install dataset-fashion-mnist" in err
     assert "seq_len=0" in err and "must all be >= 1" in err  # the plugin's own check, reported with the rest
     assert not (tmp_path / "res").exists()
+
+
+def test_lm_eval_subcommand_without_arguments_prints_how_and_exits_2(capsys: pytest.CaptureFixture[str]):
+    assert main(["lm-eval"]) == 2
+    assert "bench lm-eval --model dynbench --model_args task=shakespeare" in capsys.readouterr().out
