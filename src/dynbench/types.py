@@ -63,7 +63,10 @@ class Trace:
         controller_flops: ``(B,)`` analytic FLOPs of the method's decision-making (exit heads, routers, gates,
             policies), already included in nothing else.
         exit_layer: ``(B,)`` index of the last block that ran, or ``None`` when the method has no notion of exit.
-        extra: method-specific per-sample tensors ``(B, ...)`` kept in the samples file.
+        extra: method-specific per-sample tensors ``(B, ...)``; the 1-D ones are kept in the samples file.
+        block_mlp_units: ``(B, L)`` MLP hidden units executed in each block, summed over the block's tokens
+            (``tokens × mlp_hidden`` for a dense MLP), for methods that run part of an MLP's width per token
+            (ACM learners); ``None`` = every processed token ran the whole MLP.
     """
 
     block_tokens: Tensor
@@ -73,6 +76,7 @@ class Trace:
     controller_flops: Tensor
     exit_layer: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
+    block_mlp_units: Tensor | None = None
 
     @classmethod
     def dense(cls, batch_size: int, n_blocks: int, tokens: int, heads: int) -> Trace:
@@ -120,6 +124,7 @@ class Trace:
             controller_flops=fn(self.controller_flops),
             exit_layer=None if self.exit_layer is None else fn(self.exit_layer),
             extra={k: fn(v) for k, v in self.extra.items()},
+            block_mlp_units=None if self.block_mlp_units is None else fn(self.block_mlp_units),
         )
 
     def select(self, index: Tensor) -> Trace:

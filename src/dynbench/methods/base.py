@@ -73,6 +73,9 @@ class Method(ABC):
         Config: frozen dataclass of options; every field has a default.
         budget_range: inclusive range a budget must lie in.
         full_budget: the budget at which outputs equal the dense backbone's.
+        full_budget_atol: how close (absolute, on logits) the full budget's outputs are to the dense backbone's:
+            float rounding only for methods that run the dense weights; larger, and stated, for methods that
+            replace modules by trained approximations (ACM's distilled learners).
         budget_doc: what a budget means, for ``bench ls methods``.
     """
 
@@ -83,6 +86,7 @@ class Method(ABC):
     Config: ClassVar[type] = NoOptions
     budget_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     full_budget: ClassVar[Budget] = 1.0
+    full_budget_atol: ClassVar[float] = 1e-6
     budget_doc: ClassVar[str] = ""
 
     def __init__(self, config: Any | None = None) -> None:

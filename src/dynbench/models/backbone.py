@@ -98,11 +98,16 @@ class Backbone(nn.Module, ABC):
         """Analytic executed FLOPs per sample, ``(B,)`` float64, from what the trace says ran.
 
         Args:
-            trace: per-sample record of executed blocks, tokens and heads.
+            trace: per-sample record of executed blocks, tokens, heads and (optionally) MLP hidden units.
             inputs_shape: shape of one sample's input (no batch dimension).
         """
         tokens = self.n_tokens(inputs_shape)
-        blocks = block_flops(self.block_config, trace.block_tokens, trace.block_kv, trace.block_heads).sum(dim=1)
+        cfg = self.block_config
+        blocks = block_flops(cfg, trace.block_tokens, trace.block_kv, trace.block_heads)  # (B, L)
+        if trace.block_mlp_units is not None:  # part of the MLP width ran: charge the hidden units executed
+            full_units = trace.block_tokens.double() * cfg.mlp_hidden  # (B, L) what block_flops charged
+            blocks = blocks + mlp_unit_flops(cfg) * (trace.block_mlp_units.double() - full_units)
+        blocks = blocks.sum(dim=1)  # (B,)
         readout = trace.readout.double() * self.readout.flops(tokens)
         return self.embed_flops(inputs_shape) + blocks + readout + trace.controller_flops.double()
 
@@ -110,6 +115,14 @@ class Backbone(nn.Module, ABC):
         """Analytic FLOPs of one dense forward pass on one sample."""
         dummy = torch.zeros((1, *inputs_shape))
         return float(self.flops(self.dense_trace(dummy), inputs_shape)[0])
+
+
+def mlp_unit_flops(cfg: BlockConfig) -> float:
+    """FLOPs of one MLP hidden unit on one token: its input row(s) and output column, 2 FLOPs per multiply-add.
+
+    GELU MLP: ``fc_in`` row + ``fc_out`` column = 4·C; SwiGLU: gate and up rows + down column = 6·C.
+    """
+    return 2.0 * cfg.d_model * (3 if cfg.mlp == "swiglu" else 2)
 
 
 def make_blocks(cfg: BlockConfig, n_layers: int) -> nn.ModuleList:

@@ -1,0 +1,860 @@
+"""Adaptive Computation Modules: every MLP becomes N learners, and a per-token gate picks how many run.
+
+Paper: Wójcik, Devoto, Pustelnik, Minervini, Scardapane, "Adaptive Computation Modules: Granular Conditional
+Computation for Efficient Inference", AAAI 2025, https://arxiv.org/abs/2312.10193; official code
+https://github.com/bartwojcik/adaptive_computation_modules (commit 6760ad6, read, not copied).
+
+Mechanism: the MLP of every block is replaced by N small MLPs ("learners") of width ``mlp_hidden / N`` — SwiGLU
+learners for SwiGLU blocks — whose outputs add up: with k learners the module outputs ``s_1(z) + … + s_k(z)``
+(Eq. 1), and all N cost what the MLP cost. A small gate per module reads the module input z of each token and
+picks k ∈ {0 … N} (k = 0 skips the MLP; it sits under a residual): hard Gumbel-softmax with a straight-through
+gradient in training (Eq. 2), argmax at inference. Three training phases, all on the training split:
+
+1. distillation — every ACM learns, in parallel and independently, to reproduce its dense MLP from the dense
+   model's own MLP inputs and outputs: MSE of every prefix ``h(z, n)``, n = 1 … N (Eq. 3);
+2. gate pre-training — learners frozen; each gate is classified onto a label per token from the
+   relative-improvement rule with τ = 1.2 (:func:`improvement_labels`);
+3. end-to-end fine-tuning of the whole model at a target β with the task loss + 0.1 · budget loss
+   + 0.05 · intra-sample entropy loss + 0.05 · inter-sample diversity loss (:func:`budget_loss`,
+   :func:`entropy_loss`, :func:`diversity_loss`).
+
+Budgets: a budget is the target β; each β ∈ ``targets`` (default 0.75, 0.6, 0.4, 0.25, the paper's) gets its own
+fine-tuned copy of the model (phase 3 is run once per β from the same distilled and gate-trained start), all kept
+in the state dict under ``variants``. Budget 1.0 is the distilled model with every learner on every token and no
+gate: the dense FLOPs, and the dense outputs within ``ACM.full_budget_atol`` (distillation is approximate).
+
+Inference: per module, tokens are sorted by their k once, so the tokens that need learner i are a contiguous
+prefix of the sorted rows; learner i is one matmul over those rows, for i = 1 … max k **inclusive** (the released
+``forward_gated`` stops one learner early and drops the last learner of the batch's largest choice). Executed
+learner-tokens go into the trace (``Trace.block_mlp_units``), gate FLOPs into ``controller_flops``.
+
+What we changed / reconstructed:
+- learners start as the dense MLP split into N groups of hidden units, ordered by importance (mean |activation|
+  × output-column norm on training data) so learner 1 holds the units that matter most (``init="split"``, our
+  choice; the released code initialises them randomly, ``init="random"``): distillation starts from the dense
+  function, with prefixes that already mean something;
+- each learner has its own output bias when the MLP has biases (``out_bias``; the released config keeps hidden
+  biases only, ``bias='hidden_only'``): k = 0 still outputs exactly zero, and split learners are the MLP exactly;
+- distillation mode ``no_detach`` (every prefix's error reaches all of its learners; the mode the released script
+  asks for and Eq. 3 describes); the released code's effective mode, ``detach``, is an option;
+- gate = ``gate_depth`` linear layers of width 16 with GELU between them (the released "deep Gumbel" gate has
+  depth 3 and width 16 but no nonlinearity between its layers; the paper calls the gate a small MLP);
+- gate pre-training uses plain cross-entropy on the gate's logits; the label rule is the paper's text
+  (``label_rule="paper"``: the smallest n whose next learner improves the error by less than τ; n = 0 allowed) or
+  the released code's (``"code"``: one more learner than that, and N when n would be 0 or none qualifies);
+- phase 3 feeds the straight-through one-hot into the output, ``Σ_n g_n h(z, n)`` (Eq. 2), so the task loss
+  trains the gates too (the released training forward uses the argmax indices and gives gates only the
+  auxiliary losses' gradients);
+- budget calibration (``calibrate``, our addition): a learner price λ per fine-tuned model lowers logit k by λ·k
+  (:func:`set_price`), set by bisection so the argmax choices spend β on training samples, before phase 3 (it
+  starts at β) and after it (the sampled Gumbel choices the budget loss sees are not the argmax choices, and a
+  few hundred steps do not make the gates confident enough for the two to agree);
+- CPU-sized recipe: a few hundred steps per phase instead of 2 + 1 + 97 ImageNet epochs (batches of ~1024
+  tokens, and at most ``max_epochs`` passes over a small training split), a 10× learning rate for the gates in
+  phase 3 (``gate_lr_scale``); MLPs only (the paper also replaces ViT-B's q/k/v/o projections; for speech it
+  replaces MLPs only, as here).
+
+Where compute goes (trace extras, per sample): the mean learners and the share of token-blocks at each k; for
+audio encoders the mean learners on voiced and on silent tokens (a token is voiced when its stacked frames' mean
+log-mel energy lies above the midpoint between the clip's loudest and quietest token); for ViTs the mean learners
+on the CLS token, the border patches and the inner patches. The full per-token choices ``(B, L, T)`` are in
+``extra["acm_choice"]`` for heat maps.
+
+Memory: the state holds the backbone, the distilled ACMs and one fine-tuned copy per β; the harness's
+``peak_mem_bytes`` counts all of them, although one budget needs only its own copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dynbench.methods.base import DynamicModel, Method, freeze, register_method
+from dynbench.models.audio import AudioEncoder
+from dynbench.models.backbone import Backbone, mlp_unit_flops
+from dynbench.models.block import Block
+from dynbench.models.training import endless, fit_loop, lr_at
+from dynbench.models.vit import ViT
+from dynbench.tasks.base import Task, TrainConfig
+from dynbench.types import Batch, Budget, StepOutput, Trace
+
+INITS = ("split", "random")
+DISTILL_MODES = ("no_detach", "detach")
+LABEL_RULES = ("paper", "code")
+FINETUNE_MODES = ("entire_model", "acms_only")
+
+
+@dataclass(frozen=True)
+class ACMConfig:
+    """Module shape, gate, losses and the CPU-sized three-phase recipe."""
+
+    n_learners: int = 4  # N learners per MLP (the paper's default); each is mlp_hidden / N wide
+    targets: tuple[float, ...] = (0.75, 0.6, 0.4, 0.25)  # β: target fraction of learner FLOPs, one model each
+    init: str = "split"  # "split": learner i starts as the dense MLP's i-th group of hidden units; "random"
+    distill_mode: str = "no_detach"  # "no_detach" (Eq. 3) or "detach" (the released code's effective mode)
+    label_rule: str = "paper"  # gate labels: "paper" (the paper's text) or "code" (the released code's rule)
+    tau: float = 1.2  # relative-improvement threshold of the label rule (gating_error_factor)
+    gate_hidden: int = 16  # gate width (released config: 16)
+    gate_depth: int = 3  # gate linear layers (released config: 3)
+    gumbel_tau: float = 0.8  # Gumbel-softmax temperature in fine-tuning (released config: 0.8)
+    alpha_budget: float = 0.1  # weight of the L1 budget loss (paper: 0.1)
+    alpha_entropy: float = 0.05  # weight of the intra-sample entropy loss (paper: 0.05)
+    alpha_diversity: float = 0.05  # weight of the inter-sample diversity loss (paper: 0.05)
+    finetune: str = "entire_model"  # phase 3 trains "entire_model" (paper) or "acms_only" (learners and gates)
+    batch_tokens: int = 1024  # tokens per training batch: batch = batch_tokens / tokens per sample, within [4, 64]
+    distill_steps: int = 400  # phase 1 steps: the full-budget error keeps falling beyond this, slowly
+    distill_lr: float = 1e-3  # phase 1 Adam learning rate (paper: 1e-3)
+    gate_steps: int = 100  # phase 2 steps: the gates are tiny and their labels fixed
+    gate_lr: float = 1e-2  # phase 2 learning rate (paper: 1e-2)
+    finetune_steps: int = 150  # phase 3 steps per β (the paper's 97 epochs are out of reach on a CPU)
+    finetune_lr: float = 1e-3  # phase 3 peak learning rate: 10× the paper's 1e-4 for 1000× fewer samples
+    gate_lr_scale: float = 10.0  # phase 3 gates learn this much faster: they must reach β in a few hundred steps
+    calibrate: bool = True  # price learners so the argmax choices spend β on training data (our addition)
+    calibration_samples: int = 128  # training samples the price is set on (before and after phase 3)
+    out_bias: bool = True  # an output bias per learner when the MLP has biases (released: hidden biases only)
+    max_epochs: float = 3.0  # no phase passes over the training split more often (keeps toy fits short)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "init": (self.init, INITS),
+            "distill_mode": (self.distill_mode, DISTILL_MODES),
+            "label_rule": (self.label_rule, LABEL_RULES),
+            "finetune": (self.finetune, FINETUNE_MODES),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"ACMConfig.{name} must be one of {allowed}, got {value!r}.")
+        if min(self.n_learners, self.gate_hidden, self.gate_depth, self.batch_tokens) < 1:
+            raise ValueError(
+                f"ACMConfig n_learners={self.n_learners}, gate_hidden={self.gate_hidden}, gate_depth="
+                f"{self.gate_depth} and batch_tokens={self.batch_tokens} must all be >= 1. Use e.g. 4, 16, 3, 1024."
+            )
+        if (
+            not self.targets
+            or any(not 0.0 < b < 1.0 for b in self.targets)
+            or len(set(self.targets)) != len(self.targets)
+        ):
+            raise ValueError(
+                f"ACMConfig.targets must be distinct budgets strictly between 0 and 1, got {self.targets}. "
+                "Use e.g. targets=0.75;0.6;0.4;0.25 (budget 1.0, all learners, is always there)."
+            )
+        steps = (self.distill_steps, self.gate_steps, self.finetune_steps)
+        positive = (self.max_epochs, self.tau, self.gumbel_tau, self.gate_lr_scale)
+        if min(steps) < 0 or min(positive) <= 0:
+            raise ValueError(
+                f"ACMConfig steps {steps} must be >= 0 and max_epochs, tau, gumbel_tau, gate_lr_scale {positive} "
+                "> 0. Use e.g. distill_steps=400, max_epochs=4, tau=1.2, gumbel_tau=0.8, gate_lr_scale=10."
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The rules and losses of the paper, as pure functions of tensors
+
+
+def improvement_labels(errors: Tensor, tau: float, rule: str = "paper") -> Tensor:
+    """Gate labels from the per-choice errors ``e(n) = ||h(z, n) - o||``, n = 0 … N.
+
+    ``rel(n) = e(n) / e(n+1)`` is the improvement bought by learner n+1.
+
+    - ``"paper"``: the smallest n with ``rel(n) < τ`` (the next learner is not worth it), N when there is none.
+    - ``"code"``: the released code's reading: with j the first index where ``rel(j) < τ``, label ``j + 1``,
+      and N when j = 0 or no index qualifies.
+
+    Args:
+        errors: ``(..., N + 1)`` non-negative errors per choice.
+        tau: the threshold τ (> 1 means "at least τ times smaller").
+        rule: ``"paper"`` or ``"code"``.
+
+    Returns:
+        ``(...)`` long labels in ``0 … N``.
+    """
+    n = errors.shape[-1] - 1
+    rel = errors[..., :-1] / errors[..., 1:].clamp_min(1e-12)  # (..., N); a perfect next learner: huge gain
+    small = rel < tau  # (..., N)
+    first = small.long().argmax(dim=-1)  # (...,) first qualifying index, 0 when none
+    found = small.any(dim=-1)
+    if rule == "paper":
+        return torch.where(found, first, torch.full_like(first, n))
+    if rule == "code":
+        return torch.where(first == 0, torch.full_like(first, n), first + 1)
+    raise ValueError(f"label rule must be one of {LABEL_RULES}, got {rule!r}.")
+
+
+def budget_loss(onehots: Tensor, costs: Tensor, target: float) -> Tensor:
+    """L1 distance between the batch's expected fraction of learner FLOPs and the target β.
+
+    Args:
+        onehots: ``(B, T, M, K)`` (straight-through) one-hot choices of M modules with K = N + 1 choices.
+        costs: ``(M, K)`` FLOPs of each choice of each module (learner FLOPs × n).
+        target: β.
+    """
+    spent = torch.einsum("btmk,mk->m", onehots, costs.to(onehots.dtype)) / (onehots.shape[0] * onehots.shape[1])
+    return (spent.sum() / costs[:, -1].sum() - target).abs()
+
+
+def entropy_loss(onehots: Tensor) -> Tensor:
+    """Minus the mean normalised entropy of each sample's per-module distribution of choices over its tokens.
+
+    Args:
+        onehots: ``(B, T, M, K)`` one-hot choices.
+    """
+    counts = onehots.sum(dim=1)  # (B, M, K) tokens per choice
+    p = counts / counts.sum(dim=-1, keepdim=True)  # (B, M, K)
+    entropy = -(p * (p + 1e-20).log()).sum(dim=-1) / math.log(onehots.shape[-1])  # (B, M) in [0, 1]
+    return -entropy.mean()
+
+
+def diversity_loss(onehots: Tensor) -> Tensor:
+    """``-(2/B²) Σ_{i,m} |b_i - b_m|`` with b_i = the mean over tokens, modules and choice slots of onehot · index.
+
+    Args:
+        onehots: ``(B, T, M, K)`` one-hot choices.
+    """
+    index = torch.arange(onehots.shape[-1], device=onehots.device, dtype=onehots.dtype)  # (K,)
+    b = (onehots * index).mean(dim=(1, 2, 3))  # (B,) each sample's cost share (chosen index / K)
+    return -2.0 * (b[:, None] - b[None, :]).abs().mean()
+
+
+def voiced_tokens(features: Tensor, stack: int) -> Tensor:
+    """``(B, P)`` bool: tokens whose stacked frames' mean log-mel lies above the clip's loudest/quietest midpoint.
+
+    Args:
+        features: ``(B, frames, mels)`` log-mel features (any affine normalisation).
+        stack: frames per token.
+    """
+    B, frames, mels = features.shape
+    energy = features.reshape(B, frames // stack, stack * mels).mean(dim=-1)  # (B, P)
+    mid = (energy.amax(dim=1, keepdim=True) + energy.amin(dim=1, keepdim=True)) / 2  # (B, 1)
+    return energy > mid
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The module
+
+
+def make_gate(d_model: int, choices: int, hidden: int, depth: int) -> nn.Sequential:
+    """``depth`` linear layers ``d_model → hidden … → choices`` with GELU between them."""
+    widths = [d_model] + [hidden] * (depth - 1) + [choices]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        if i:
+            layers.append(nn.GELU())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+class LearnerStack(nn.Module):
+    """N learners replacing one MLP, and the gate that picks how many of them run on each token.
+
+    Learner i maps ``z → w_out[i]ᵀ act(w_in[i] z + b_in[i])`` (SwiGLU: ``silu(w_glu[i] z) · (w_in[i] z)``); its
+    weights are stored stacked, so the first n learners are one contiguous slice.
+
+    Args:
+        d_model: residual width C.
+        n_learners: N.
+        width: hidden units per learner b.
+        swiglu: SwiGLU learners (Llama blocks) instead of GELU ones.
+        bias: hidden biases (the dense MLP has biases).
+        out_bias: an output bias per learner (added only where the learner runs, so k = 0 outputs zero).
+        gate_hidden: gate width.
+        gate_depth: gate linear layers.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_learners: int,
+        width: int,
+        *,
+        swiglu: bool,
+        bias: bool,
+        out_bias: bool,
+        gate_hidden: int,
+        gate_depth: int,
+    ) -> None:
+        super().__init__()
+        self.n, self.width, self.swiglu = n_learners, width, swiglu
+        shape = (n_learners, width, d_model)
+        self.w_in = nn.Parameter(torch.empty(shape))  # (N, b, C) fc_in / up_proj rows of each learner
+        self.b_in = nn.Parameter(torch.zeros(n_learners, width)) if bias else None
+        self.w_glu = nn.Parameter(torch.empty(shape)) if swiglu else None  # SwiGLU's silu branch (gate_proj)
+        self.b_glu = nn.Parameter(torch.zeros(n_learners, width)) if swiglu and bias else None
+        self.w_out = nn.Parameter(torch.empty(shape))  # (N, b, C) fc_out / down_proj columns, transposed
+        self.b_out = nn.Parameter(torch.zeros(n_learners, d_model)) if out_bias else None  # (N, C)
+        self.gate = make_gate(d_model, n_learners + 1, gate_hidden, gate_depth)
+        self.register_buffer("price", torch.zeros(()))  # λ: logit k is lowered by λ·k (0 = the gate as trained)
+        self.register_buffer("choices", torch.arange(n_learners + 1.0), persistent=False)  # (K,) k = 0 … N
+        self.reset_random()
+
+    @torch.no_grad()
+    def reset_random(self) -> None:
+        """``nn.Linear``'s default initialisation, learner by learner (the released code's choice)."""
+        C = self.w_in.shape[-1]
+        for name, p in self.named_parameters(recurse=False):
+            fan_in = self.width if name == "w_out" else C
+            bound = 0.0 if name == "b_out" else fan_in**-0.5  # output biases start at zero
+            p.uniform_(-bound, bound)
+
+    @torch.no_grad()
+    def split_from(self, mlp: nn.Module) -> None:
+        """Learner i := the dense MLP's hidden units ``[i·b, (i+1)·b)``, the output bias on learner 1.
+
+        All N learners together are then the dense MLP (without ``out_bias``: the MLP minus its output bias).
+        """
+        C = self.w_in.shape[-1]
+        if self.b_out is not None:
+            self.b_out.zero_()
+            if mlp.fc_out.bias is not None:
+                self.b_out[0].copy_(mlp.fc_out.bias)
+        self.w_in.copy_(mlp.fc_in.weight.view(self.n, self.width, C))
+        self.w_out.copy_(mlp.fc_out.weight.t().reshape(self.n, self.width, C))
+        if self.b_in is not None:
+            self.b_in.copy_(mlp.fc_in.bias.view(self.n, self.width))
+        if self.w_glu is not None:
+            self.w_glu.copy_(mlp.fc_gate.weight.view(self.n, self.width, C))
+            if self.b_glu is not None:
+                self.b_glu.copy_(mlp.fc_gate.bias.view(self.n, self.width))
+
+    @torch.no_grad()
+    def reorder(self, perm: Tensor) -> None:
+        """Permute the hidden units of all learners together (``perm`` over all ``N · b`` units).
+
+        The sum of all learners is unchanged; which learner holds which unit changes.
+        """
+        n, b, C = self.w_in.shape
+        for w in (self.w_in, self.w_glu, self.w_out):
+            if w is not None:
+                w.copy_(w.reshape(n * b, C)[perm].reshape(n, b, C))
+        for bias in (self.b_in, self.b_glu):
+            if bias is not None:
+                bias.copy_(bias.reshape(-1)[perm].reshape(n, b))
+
+    def hidden(self, z: Tensor, lo: int, hi: int) -> Tensor:
+        """Activated hidden units of learners ``lo … hi-1`` side by side: ``(M, C) → (M, (hi-lo)·b)``."""
+        C = z.shape[-1]
+        bias = None if self.b_in is None else self.b_in[lo:hi].reshape(-1)
+        h = F.linear(z, self.w_in[lo:hi].reshape(-1, C), bias)  # (M, (hi-lo)·b)
+        if self.w_glu is None:
+            return F.gelu(h)
+        gbias = None if self.b_glu is None else self.b_glu[lo:hi].reshape(-1)
+        return F.silu(F.linear(z, self.w_glu[lo:hi].reshape(-1, C), gbias)) * h  # (M, (hi-lo)·b)
+
+    def learner(self, z: Tensor, i: int) -> Tensor:
+        """Learner i alone: ``(M, C) → (M, C)``."""
+        h = self.hidden(z, i, i + 1)  # (M, b)
+        return h @ self.w_out[i] if self.b_out is None else torch.addmm(self.b_out[i], h, self.w_out[i])  # (M, C)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Every learner on every token (the full budget): one matmul pair, ``(..., C) → (..., C)``."""
+        shape = z.shape
+        z = z.reshape(-1, shape[-1])  # (M, C)
+        h = self.hidden(z, 0, self.n)  # (M, N·b)
+        w = self.w_out.reshape(self.n * self.width, -1)  # (N·b, C)
+        y = h @ w if self.b_out is None else torch.addmm(self.b_out.sum(dim=0), h, w)  # (M, C)
+        return y.view(shape)
+
+    def prefixes(self, z: Tensor, *, detach: bool = False) -> Tensor:
+        """Outputs of every choice k = 0 … N: ``(M, C) → (M, N + 1, C)``; choice 0 is zeros.
+
+        Args:
+            z: module inputs.
+            detach: each prefix's gradient reaches only its newest learner (the released code's 'detach').
+        """
+        M = z.shape[0]
+        h = self.hidden(z, 0, self.n).view(M, self.n, self.width)  # (M, N, b)
+        outs = torch.einsum("mnb,nbc->mnc", h, self.w_out)  # (M, N, C) each learner's own output
+        if self.b_out is not None:
+            outs = outs + self.b_out
+        sums = outs.cumsum(dim=1) if not detach else outs + outs.detach().cumsum(dim=1) - outs.detach()
+        return torch.cat([torch.zeros_like(sums[:, :1]), sums], dim=1)  # (M, N + 1, C)
+
+    def logits(self, z: Tensor) -> Tensor:
+        """Gate logits of every choice, lowered by the learner price: ``(M, C) → (M, N + 1)``."""
+        return self.gate(z) - self.price * self.choices  # elementwise: 0 FLOPs
+
+    def choose(self, z: Tensor) -> Tensor:
+        """Inference choice per token: the argmax of the (priced) gate, ``(M, C) → (M,)`` long in ``0 … N``."""
+        return self.logits(z).argmax(dim=-1)
+
+    def gated(self, z: Tensor, k: Tensor) -> Tensor:
+        """Run learner i on exactly the tokens with ``k >= i``, grouped: ``(M, C), (M,) → (M, C)``.
+
+        Tokens are sorted by k once (descending), so the tokens needing learner i are the first ``n_i`` sorted
+        rows and each learner is one contiguous matmul. Learners 1 … max(k) all run, the last one included.
+        """
+        order = torch.argsort(k, descending=True, stable=True)  # (M,)
+        counts = torch.bincount(k, minlength=self.n + 1).tolist()  # tokens per choice; the one host sync
+        zs = z[order]  # (M, C) grouped by choice, largest k first
+        ys = torch.zeros_like(zs)  # (M, C)
+        for i in range(self.n):
+            rows = sum(counts[i + 1 :])  # tokens with k >= i + 1: the first rows of the sorted order
+            if rows == 0:
+                break
+            ys[:rows] += self.learner(zs[:rows], i)  # (rows, C)
+        return torch.empty_like(ys).index_copy_(0, order, ys)  # (M, C) back in token order
+
+    def gate_flops(self) -> float:
+        """FLOPs of the gate on one token."""
+        return float(sum(2 * m.in_features * m.out_features for m in self.gate if isinstance(m, nn.Linear)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dynamic model
+
+
+def budget_key(budget: Budget) -> str:
+    """ModuleDict key of a target budget (dots are not allowed in module names): 0.25 → ``b02500``."""
+    return f"b{round(budget * 10000):05d}"
+
+
+def with_acms(backbone: Backbone, acms: Sequence[LearnerStack]) -> Backbone:
+    """A copy of ``backbone`` whose blocks' MLPs are copies of ``acms``."""
+    net = copy.deepcopy(backbone)
+    for block, acm in zip(net.blocks, acms):
+        block.mlp = copy.deepcopy(acm)
+    return net
+
+
+class ACMModel(DynamicModel):
+    """The backbone with its MLPs replaced by learner stacks: distilled (budget 1.0) and fine-tuned per β.
+
+    Args:
+        backbone: the dense model (never modified).
+        cfg: the method's options.
+
+    Submodules:
+        distilled: ``(L,)`` learner stacks after phases 1 and 2, run with the backbone's other weights at 1.0.
+        variants: one fine-tuned copy of the whole model per target β (key :func:`budget_key`), whose blocks'
+            ``mlp`` are learner stacks.
+    """
+
+    def __init__(self, backbone: Backbone, cfg: ACMConfig) -> None:
+        super().__init__(backbone)
+        bc = backbone.block_config
+        self.n = cfg.n_learners
+        self.width = round(bc.mlp_hidden / cfg.n_learners)
+        stack = dict(
+            swiglu=bc.mlp == "swiglu",
+            bias=bc.bias,
+            out_bias=bc.bias and cfg.out_bias,
+            gate_hidden=cfg.gate_hidden,
+            gate_depth=cfg.gate_depth,
+        )
+        self.distilled = nn.ModuleList(
+            LearnerStack(bc.d_model, self.n, self.width, **stack) for _ in range(backbone.n_blocks)
+        )
+        if cfg.init == "split":
+            for acm, block in zip(self.distilled, backbone.blocks):
+                acm.split_from(block.mlp)
+        self.targets = tuple(sorted(cfg.targets, reverse=True))
+        self._vit_masks: Tensor | None = None  # (1, 3, T) CLS/border/inner token masks, built on first use
+        self.variants = nn.ModuleDict({budget_key(b): with_acms(backbone, self.distilled) for b in self.targets})
+
+    def stacks(self, budget: Budget) -> tuple[Backbone, list[LearnerStack], bool]:
+        """``(network, its learner stacks, gated?)`` for ``budget``.
+
+        Raises:
+            ValueError: a budget with no fine-tuned model.
+        """
+        if abs(budget - 1.0) < 1e-9:
+            return self.backbone, list(self.distilled), False
+        key = budget_key(budget)
+        if key not in self.variants:
+            raise ValueError(
+                f"acm has no fine-tuned model for budget {budget}: it fitted {[1.0, *self.targets]}. "
+                f"Add it to the targets (acm[targets=...]) and fit again."
+            )
+        net = self.variants[key]
+        return net, [block.mlp for block in net.blocks], True
+
+    def controller_modules(self) -> list[nn.Module]:
+        """Every gate: their FLOPs are the decision overhead."""
+        return [acm.gate for acm in self.modules() if isinstance(acm, LearnerStack)]
+
+    def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
+        """Run the model of ``budget``: all learners at 1.0, gated learner stacks at a target β.
+
+        Returns:
+            Logits and a trace with ``block_mlp_units`` (executed learner widths × tokens), gate FLOPs as
+            controller FLOPs and the extras described in the module docstring.
+        """
+        net, acms, gated = self.stacks(budget)
+        x = net.embed(inputs)  # (B, T, C)
+        B, T, C = x.shape
+        choices = []
+        for block, acm in zip(net.blocks, acms):
+            h, z = attend(block, x)  # (B, T, C) each
+            z = z.reshape(B * T, C)  # (M, C)
+            if gated:
+                k = acm.choose(z)  # (M,)
+                y = acm.gated(z, k)  # (M, C)
+            else:
+                k = torch.full((B * T,), self.n, dtype=torch.long, device=x.device)  # (M,)
+                y = acm(z)  # (M, C)
+            x = h + block.drop(y.view(B, T, C))  # (B, T, C)
+            choices.append(k.view(B, T))
+        logits = net.readout(x)  # (B, K) or (B, T, V)
+        gate_flops = acms[0].gate_flops() if gated else 0.0
+        return StepOutput(logits, self.trace(inputs, torch.stack(choices, dim=1), gate_flops))
+
+    def trace(self, inputs: Tensor, k: Tensor, gate_flops: float) -> Trace:
+        """The trace of a pass whose per-token choices were ``k`` ``(B, L, T)``."""
+        B, L, T = k.shape
+        k = k.cpu()
+        full = torch.full((B, L), T, dtype=torch.long)
+        shares = F.one_hot(k, self.n + 1).double().mean(dim=(1, 2))  # (B, K) share of token-blocks per k
+        per_token = k.double().mean(dim=1)  # (B, T) learners per token, averaged over blocks
+        extra = {"acm_choice": k.to(torch.uint8), "acm_mean_learners": per_token.mean(dim=1)}
+        extra.update({f"acm_share_k{n}": shares[:, n] for n in range(self.n + 1)})
+        names, masks = self.regions(inputs, T)  # masks (B or 1, R, T)
+        if names:
+            means = (per_token[:, None] * masks).sum(dim=2) / masks.sum(dim=2)  # (B, R); NaN: empty region
+            extra.update({f"acm_learners_{name}": means[:, r] for r, name in enumerate(names)})
+        return Trace(
+            block_tokens=full,
+            block_kv=full.clone(),
+            block_heads=torch.full((B, L), self.backbone.n_heads, dtype=torch.long),
+            readout=torch.ones(B, dtype=torch.long),
+            controller_flops=torch.full((B,), L * T * gate_flops, dtype=torch.float64),
+            extra=extra,
+            block_mlp_units=k.sum(dim=2) * self.width,  # (B, L) learner-tokens × width
+        )
+
+    def regions(self, inputs: Tensor, T: int) -> tuple[list[str], Tensor]:
+        """Where compute goes: region names and ``(B or 1, R, T)`` 0/1 token masks (float64).
+
+        Audio encoders: voiced and silent tokens (:func:`voiced_tokens`); ViTs: the CLS token, the border patches
+        and the inner patches; other backbones: none.
+        """
+        bb = self.backbone
+        if isinstance(bb, AudioEncoder):
+            voiced = voiced_tokens(inputs.detach().cpu(), bb.config.stack).double()  # (B, P)
+            masks = torch.zeros(inputs.shape[0], 2, T, dtype=torch.float64)  # the CLS token is in neither
+            masks[:, 0, 1:], masks[:, 1, 1:] = voiced, 1.0 - voiced
+            return ["voiced", "silent"], masks
+        if isinstance(bb, ViT):
+            if self._vit_masks is None or self._vit_masks.shape[-1] != T:
+                g = bb.config.image_size // bb.config.patch_size
+                r, c = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+                inner = ((r > 0) & (r < g - 1) & (c > 0) & (c < g - 1)).reshape(-1).double()  # (N,)
+                masks = torch.zeros(1, 3, T, dtype=torch.float64)
+                masks[0, 0, 0], masks[0, 1, 1:], masks[0, 2, 1:] = 1.0, 1.0 - inner, inner
+                self._vit_masks = masks
+            return ["cls", "border", "inner"], self._vit_masks
+        return [], torch.zeros(1, 0, T, dtype=torch.float64)
+
+    def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
+        """Mean learners per token-block, the share of token-blocks at each k, and the per-region means."""
+        ex = trace.extra
+        out = {"mean_learners": (float(ex["acm_mean_learners"].mean()), "learners", False)}
+        for n in range(self.n + 1):
+            out[f"learner_share_k{n}"] = (float(ex[f"acm_share_k{n}"].mean()), "fraction", False)
+        for key, value in ex.items():
+            if key.startswith("acm_learners_") and not value.isnan().all():  # skip regions absent here
+                out[f"mean_{key[4:]}"] = (float(value.nanmean()), "learners", False)
+        return out
+
+    def train_forward(self, net: Backbone, inputs: Tensor, gumbel_tau: float) -> tuple[Tensor, Tensor]:
+        """Phase-3 forward: hard Gumbel-softmax choices, output ``Σ_n g_n h(z, n)`` (straight-through).
+
+        Returns:
+            Logits and the ``(B, T, M, K)`` one-hot choices of the M = L modules.
+        """
+        x = net.embed(inputs)  # (B, T, C)
+        B, T, C = x.shape
+        onehots = []
+        for block in net.blocks:
+            h, z = attend(block, x)  # (B, T, C) each
+            z = z.reshape(B * T, C)  # (M, C)
+            g = F.gumbel_softmax(block.mlp.logits(z), tau=gumbel_tau, hard=True)  # (M, K)
+            y = torch.einsum("mk,mkc->mc", g, block.mlp.prefixes(z))  # (M, C)
+            x = h + block.drop(y.view(B, T, C))  # (B, T, C)
+            onehots.append(g.view(B, T, -1))
+        return net.readout(x), torch.stack(onehots, dim=2)  # logits, (B, T, M, K)
+
+
+def attend(block: Block, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A block's attention half: ``(h, z)`` = residual stream after attention, and the normalised MLP input."""
+    h = x + block.drop(block.attn(block.attn_norm(x)))  # (B, T, C)
+    return h, block.mlp_norm(h)
+
+
+@torch.no_grad()
+def dense_mlp_io(backbone: Backbone, inputs: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Every block's MLP input and output ``(M, C)`` in the dense backbone, the distillation pairs."""
+    x = backbone.embed(inputs)  # (B, T, C)
+    pairs = []
+    for block in backbone.blocks:
+        h, z = attend(block, x)  # (B, T, C) each
+        o = block.mlp(z)  # (B, T, C)
+        pairs.append((z.flatten(0, 1), o.flatten(0, 1)))
+        x = h + o
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The method
+
+
+@register_method("acm")
+class ACM(Method):
+    """Adaptive Computation Modules: MLPs as N learners, a per-token gate picks how many run."""
+
+    version = "1"
+    paper = "https://arxiv.org/abs/2312.10193"
+    reconstructed = False
+    Config = ACMConfig
+    budget_range = (0.0, 1.0)
+    full_budget = 1.0
+    # The distilled learners approximate each MLP, so budget 1.0 is close to dense, not equal: the default fits of
+    # the toy tasks (24 distillation steps) stay within 0.2 (vision) and 0.5 (text) of the dense logits.
+    full_budget_atol = 1.0
+    budget_doc = "target fraction of learner FLOPs β: 1.0 (all learners) and each fitted target (0.75 … 0.25)"
+
+    def wrap(self, backbone: Backbone) -> ACMModel:
+        """Replace every MLP by a learner stack (copies; ``backbone`` itself is kept intact).
+
+        Raises:
+            ValueError: ``init="split"`` with an MLP width that N does not divide.
+        """
+        f = backbone.block_config.mlp_hidden
+        if self.config.init == "split" and f % self.config.n_learners:
+            raise ValueError(
+                f"acm init='split' needs n_learners dividing the MLP width {f}, got n_learners="
+                f"{self.config.n_learners}. Pick a divisor (e.g. 4) or init=random."
+            )
+        return ACMModel(backbone, self.config)
+
+    def budgets(self, n_blocks: int) -> Sequence[Budget]:
+        """1.0 (every learner) then the fitted targets, descending."""
+        return (1.0, *sorted(self.config.targets, reverse=True))
+
+    def resolve_budgets(self, override: Sequence[Budget] | None, n_blocks: int) -> tuple[Budget, ...]:
+        """Like the base, but only 1.0 and the fitted targets exist.
+
+        Raises:
+            ValueError: a budget that is neither 1.0 nor a target.
+        """
+        budgets = super().resolve_budgets(override, n_blocks)
+        known = {budget_key(b) for b in self.budgets(n_blocks)}
+        missing = [b for b in budgets if budget_key(b) not in known]
+        if missing:
+            raise ValueError(
+                f"acm budget(s) {missing} have no fine-tuned model: acm fits one model per target β and has "
+                f"{list(self.budgets(n_blocks))}. Choose among those, or set acm[targets=...] to fit others."
+            )
+        return budgets
+
+    def fit(self, model: ACMModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
+        """The three phases: distil every MLP, pre-train the gates, fine-tune one model per target β.
+
+        Args:
+            model: the wrapped model, trained in place (its backbone stays frozen and unchanged).
+            task: supplies the training split and the task loss.
+            seed: seeds initialisation, batch order and Gumbel noise.
+        """
+        cfg = self.config
+        torch.manual_seed(seed)
+        freeze(model.backbone)
+        was_training = model.training
+        model.backbone.eval()
+        device = _device(model.backbone)
+        shape = tuple(next(task.batches("train", batch_size=1)).inputs.shape[1:])
+        batch_size = min(64, max(4, cfg.batch_tokens // model.backbone.n_tokens(shape)))
+        cap = max(1, int(cfg.max_epochs * math.ceil(task.n_samples("train") / batch_size)))
+
+        def batches(phase: int) -> Iterator[Batch]:
+            return endless(
+                lambda epoch: task.batches(
+                    "train", batch_size=batch_size, seed=1000 * seed + 100 * phase + epoch, shuffle=True
+                )
+            )
+
+        def recipe(steps: int, lr: float) -> TrainConfig:
+            steps = min(steps, cap)
+            return TrainConfig(steps, batch_size, lr, weight_decay=0.0, warmup_steps=steps // 10)
+
+        for acm, block in zip(model.distilled, model.backbone.blocks):  # start every stack from the seed
+            for layer in acm.gate:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+            if cfg.init == "split":
+                acm.split_from(block.mlp)
+            else:
+                acm.reset_random()
+        if cfg.init == "split":
+            order_units(model, next(batches(0)).inputs.to(device))
+        distill(model, batches(1), recipe(cfg.distill_steps, cfg.distill_lr), cfg.distill_mode == "detach")
+        pretrain_gates(model, batches(2), recipe(cfg.gate_steps, cfg.gate_lr), cfg)
+        n_cal = min(cfg.calibration_samples, task.n_samples("train"))
+        calibration = next(task.batches("train", batch_size=n_cal, seed=seed, shuffle=True)).inputs.to(device)
+        for i, beta in enumerate(model.targets):
+            finetune(model, beta, task, batches(3 + i), recipe(cfg.finetune_steps, cfg.finetune_lr), cfg, calibration)
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def order_units(model: ACMModel, inputs: Tensor) -> None:
+    """Re-split every MLP by importance: learner 1 gets the ``b`` hidden units that matter most, and so on.
+
+    Importance of a hidden unit = its mean absolute activation on ``inputs`` × the norm of its output column,
+    the size of its contribution to the MLP output. The split learners still sum to the MLP.
+    """
+    x = model.backbone.embed(inputs)  # (B, T, C)
+    for acm, block in zip(model.distilled, model.backbone.blocks):
+        h, z = attend(block, x)  # (B, T, C) each
+        z2 = z.flatten(0, 1)  # (M, C)
+        act = acm.hidden(z2, 0, acm.n).abs().mean(dim=0)  # (N·b,) units in the current split's order
+        importance = act * acm.w_out.reshape(acm.n * acm.width, -1).norm(dim=1)  # (N·b,)
+        acm.reorder(importance.argsort(descending=True, stable=True))
+        x = h + block.mlp(z)  # (B, T, C) the dense stream
+
+
+def distill(model: ACMModel, batches: Iterator[Batch], recipe: TrainConfig, detach: bool) -> float:
+    """Phase 1: every learner stack learns its dense MLP from the dense model's own MLP inputs and outputs."""
+    params = [p for acm in model.distilled for name, p in acm.named_parameters() if not name.startswith("gate.")]
+    for p in params:
+        p.requires_grad_(True)
+    device = _device(model.backbone)
+
+    def step_loss(batch: Batch) -> Tensor:
+        pairs = dense_mlp_io(model.backbone, batch.inputs.to(device))
+        losses = [
+            (acm.prefixes(z, detach=detach)[:, 1:] - o[:, None]).pow(2).mean()  # every prefix n = 1 … N
+            for acm, (z, o) in zip(model.distilled, pairs)
+        ]
+        return torch.stack(losses).sum()
+
+    return fit_loop(params, step_loss, batches, recipe)
+
+
+def pretrain_gates(model: ACMModel, batches: Iterator[Batch], recipe: TrainConfig, cfg: ACMConfig) -> float:
+    """Phase 2: learners frozen; each gate classifies its tokens onto the relative-improvement labels."""
+    for acm in model.distilled:
+        acm.requires_grad_(False)
+    params = [p for acm in model.distilled for p in acm.gate.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    device = _device(model.backbone)
+
+    def step_loss(batch: Batch) -> Tensor:
+        pairs = dense_mlp_io(model.backbone, batch.inputs.to(device))
+        losses = []
+        for acm, (z, o) in zip(model.distilled, pairs):
+            with torch.no_grad():
+                errors = (acm.prefixes(z) - o[:, None]).norm(dim=-1)  # (M, N + 1)
+                labels = improvement_labels(errors, cfg.tau, cfg.label_rule)  # (M,)
+            losses.append(F.cross_entropy(acm.gate(z), labels))
+        return torch.stack(losses).mean()
+
+    return fit_loop(params, step_loss, batches, recipe)
+
+
+def finetune(
+    model: ACMModel,
+    beta: float,
+    task: Task,
+    batches: Iterator[Batch],
+    recipe: TrainConfig,
+    cfg: ACMConfig,
+    calibration: Tensor,
+) -> float:
+    """Phase 3 at one β: a fresh copy of backbone + distilled stacks, trained end to end with the three losses.
+
+    With ``cfg.calibrate`` the learner price is set to spend β on ``calibration`` inputs before and after.
+    """
+    net = with_acms(model.backbone, model.distilled)
+    model.variants[budget_key(beta)] = net
+    device = _device(net)
+    if cfg.calibrate:
+        set_price(model, beta, calibration)
+    net.requires_grad_(False)
+    trained = net if cfg.finetune == "entire_model" else nn.ModuleList(block.mlp for block in net.blocks)
+    trained.requires_grad_(True)
+    gates = {id(p) for block in net.blocks for p in block.mlp.gate.parameters()}
+    groups = [
+        ([p for p in trained.parameters() if id(p) not in gates], 1.0),
+        ([p for p in trained.parameters() if id(p) in gates], cfg.gate_lr_scale),
+    ]
+    net.train()
+    width = model.width
+    costs = torch.arange(model.n + 1, dtype=torch.float64) * width * mlp_unit_flops(net.block_config)  # (K,)
+    costs = costs.expand(net.n_blocks, -1).to(device)  # (M, K) per module; identical for MLP-only ACMs
+
+    def step_loss(batch: Batch) -> Tensor:
+        logits, onehots = model.train_forward(net, batch.inputs.to(device), cfg.gumbel_tau)
+        loss = task.metric.loss(logits, batch.targets.to(device))
+        loss = loss + cfg.alpha_budget * budget_loss(onehots, costs, beta)
+        loss = loss + cfg.alpha_entropy * entropy_loss(onehots)
+        return loss + cfg.alpha_diversity * diversity_loss(onehots)
+
+    final = fit_groups(groups, step_loss, batches, recipe)
+    net.eval()
+    if cfg.calibrate:
+        set_price(model, beta, calibration)
+    return final
+
+
+@torch.no_grad()
+def set_price(model: ACMModel, beta: float, inputs: Tensor) -> float:
+    """Set the learner price λ of β's model so that its argmax choices spend β of the learner FLOPs on ``inputs``.
+
+    The Lagrangian view of the budget: ``argmax_k (logit_k - λ k)`` trades each gate's preference against the
+    cost of k learners. One λ serves every gate of the model; it is found by bisection on full forward passes
+    (a higher λ spends less). The price only moves the decision boundary; the gates' weights are untouched.
+
+    Returns:
+        λ.
+    """
+    net = model.variants[budget_key(beta)]
+    stacks = [block.mlp for block in net.blocks]
+    was_training = net.training
+    net.eval()
+
+    def spend(lam: float) -> float:
+        for acm in stacks:
+            acm.price.fill_(lam)
+        return float(model(inputs, budget=beta).trace.extra["acm_mean_learners"].mean()) / model.n
+
+    lo, hi = -32.0, 32.0  # gate logits differ by a few units: ±32 reaches "all learners" and "none"
+    for _ in range(14):  # invariant: spend(lo) >= β > spend(hi); λ to within 64 / 2^14 = 0.004
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if spend(mid) >= beta else (lo, mid)
+    spend(lo)
+    net.train(was_training)
+    return lo
+
+
+def fit_groups(
+    groups: list[tuple[list[nn.Parameter], float]],
+    step_loss: Callable[[Batch], Tensor],
+    batches: Iterator[Batch],
+    cfg: TrainConfig,
+) -> float:
+    """:func:`~dynbench.models.training.fit_loop` with a learning-rate multiplier per parameter group."""
+    params = [p for group, _ in groups for p in group]
+    opt = torch.optim.AdamW(
+        [{"params": g, "scale": s} for g, s in groups if g], lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95)
+    )
+    tail: list[float] = []
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg) * group["scale"]
+        loss = step_loss(next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        if step >= cfg.steps * 0.9:
+            tail.append(loss.item())
+    return sum(tail) / max(1, len(tail))
