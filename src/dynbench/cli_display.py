@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 import pandas as pd
@@ -45,9 +46,13 @@ class RunDisplay:
             self.progress.remove_task(self.current)
         self.current = self.progress.add_task(f"  {plan.title}", total=len(plan.budgets))
 
+        started = time.monotonic()
+
         def update(done: int, total: int, what: str) -> None:
             assert self.current is not None  # noqa: S101 — set just above
             self.progress.update(self.current, completed=done, total=total, description=f"  {plan.title}: {what}")
+            if not console.is_terminal:  # CI logs and pipes get no live bars: a plain line per step instead
+                print(f"[{time.monotonic() - started:7.1f} s] {plan.title}: {what} ({done}/{total})", flush=True)
             if done == total and what == "done":
                 self.progress.advance(self.runs)
 
