@@ -12,6 +12,7 @@ import torch
 
 from dynbench.harness.flops import count_flops
 from dynbench.methods.base import METHODS, DynamicModel, Method
+from dynbench.types import Batch
 
 TOY_TASKS = ("toy-vision", "toy-text")  # 2 blocks, d=32, seeded synthetic data
 
@@ -19,22 +20,37 @@ METHOD_NAMES = METHODS.names()
 _fitted: dict[tuple[str, str], tuple[Method, DynamicModel]] = {}
 
 
+def fit(toy, method: Method, task_name: str) -> DynamicModel:
+    """Wrap a copy of the toy backbone and fit ``method`` (seed 0), as the harness does.
+
+    A method that sees the evaluation labels (an upper bound) is also fitted on the evaluation batch the tests use.
+    """
+    task, backbone = toy(task_name)
+    model = method.wrap(copy.deepcopy(backbone))
+    torch.manual_seed(0)
+    method.fit(model, task, seed=0)
+    if method.sees_eval_labels:
+        budgets = method.resolve_budgets(None, model.backbone.n_blocks)
+        method.fit_eval(model.eval(), task, [eval_batch(toy, task_name)], budgets=budgets, seed=0)
+    return model.eval()
+
+
 def fitted(toy, method_name: str, task_name: str) -> tuple[Method, DynamicModel]:
     """The method fitted once per session on a toy task (seed 0)."""
     key = (method_name, task_name)
     if key not in _fitted:
-        task, backbone = toy(task_name)
         method = METHODS.get(method_name)()
-        model = method.wrap(copy.deepcopy(backbone))
-        torch.manual_seed(0)
-        method.fit(model, task, seed=0)
-        _fitted[key] = (method, model.eval())
+        _fitted[key] = (method, fit(toy, method, task_name))
     return _fitted[key]
 
 
-def eval_inputs(toy, task_name: str, n: int = 16) -> torch.Tensor:
+def eval_batch(toy, task_name: str, n: int = 16) -> Batch:
     task, _ = toy(task_name)
-    return next(task.batches(task.eval_split, batch_size=n)).inputs
+    return next(task.batches(task.eval_split, batch_size=n))
+
+
+def eval_inputs(toy, task_name: str, n: int = 16) -> torch.Tensor:
+    return eval_batch(toy, task_name, n).inputs
 
 
 pytestmark = [
@@ -82,12 +98,7 @@ def test_counted_flops_fall_with_budget_and_match_the_trace(toy, method_name, ta
 
 def test_same_seed_same_fit_and_outputs(toy, method_name, task_name):
     method, model = fitted(toy, method_name, task_name)
-    task, backbone = toy(task_name)
-    again = METHODS.get(method_name)()
-    model2 = again.wrap(copy.deepcopy(backbone))
-    torch.manual_seed(0)
-    again.fit(model2, task, seed=0)
-    model2.eval()
+    model2 = fit(toy, METHODS.get(method_name)(), task_name)
     x = eval_inputs(toy, task_name)
     with torch.no_grad():
         for budget in method.resolve_budgets(None, model.backbone.n_blocks):

@@ -26,6 +26,7 @@ from dynbench.analysis.tables import (
     format_flops,
     pareto_mask,
     quality_scale,
+    upper_bound_mask,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,10 @@ X_METRICS: dict[str, tuple[str, str, float]] = {
     "flops_per_sample": ("FLOPs per sample", "FLOPs per sample", 1.0),
     "latency_ms": ("batch-{bs} latency (ms)", "batch-{bs} latency", 1.0),
     "peak_mem_bytes": ("peak memory (MiB)", "peak memory", 1.0 / 2**20),
+    "mean_layers": ("executed layers per sample (mean)", "executed layers", 1.0),
 }
+# Measured once per operating point, the same on every hardware target.
+_HARDWARE_FREE_X = frozenset({"flops_per_sample", "mean_layers"})
 _RC = {
     "font.size": 10,
     "axes.titlesize": 12,
@@ -59,13 +63,13 @@ def _plot_points(summary_df: pd.DataFrame, task: str, x_metric: str, hardware: s
     data = summary_df[summary_df["task"] == task]
     if hardware is not None:
         data = data[data["hardware"] == hardware]
-    elif x_metric != "flops_per_sample" and data["hardware"].nunique() > 1:
+    elif x_metric not in _HARDWARE_FREE_X and data["hardware"].nunique() > 1:
         raise ValueError(
             f"{x_metric} depends on the hardware and task {task!r} has several "
             f"({sorted(data['hardware'].unique())}); pass hardware=<one of them>."
         )
     else:
-        # FLOPs and quality are the same on every hardware: keep one copy of each operating point.
+        # FLOPs, layers and quality are the same on every hardware: keep one copy of each operating point.
         data = data.drop_duplicates(["method", "method_label", "reconstructed", "budget"])
     finite = np.isfinite(data[x_metric].to_numpy(dtype=float)) & np.isfinite(data["quality"].to_numpy(dtype=float))
     data = data[finite].reset_index(drop=True)
@@ -118,7 +122,7 @@ def _draw_methods(
         grp = dynamic[dynamic["display_label"] == label].sort_values("budget")
         x, y = _xy(grp, x_metric, x_scale, y_scale)
         color = colors(i % colors.N)
-        upper = bool(grp["method"].isin(UPPER_BOUND_METHODS).any())
+        upper = bool(upper_bound_mask(grp).any())
         container = ax.errorbar(
             x, y, xerr=_errors(grp, f"{x_metric}_std", x_scale), yerr=_errors(grp, "quality_std", y_scale),
             color=color, marker=_MARKERS[i % len(_MARKERS)], ms=6, lw=1.8, ls="--" if upper else "-",
@@ -187,8 +191,8 @@ def pareto_plot(
     Args:
         summary_df: output of :func:`dynbench.analysis.tables.summary_frame`.
         task: task to plot.
-        x_metric: ``flops_per_sample``, ``latency_ms`` or ``peak_mem_bytes``.
-        hardware: hardware target whose rows to use; ``None`` for hardware-independent FLOPs.
+        x_metric: ``flops_per_sample``, ``latency_ms``, ``peak_mem_bytes`` or ``mean_layers``.
+        hardware: hardware target whose rows to use; ``None`` for hardware-independent FLOPs or layers.
         out_path: PNG file to write (parent directories are created).
 
     Returns:

@@ -3,7 +3,8 @@
 Layout under ``out_dir``::
 
     index.md, index.html
-    <task>/pareto_flops.png, pareto_latency_<hw>.png, pareto_memory_<hw>.png, compute_hist.png, table.md
+    <task>/pareto_flops.png, quality_layers.png, pareto_latency_<hw>.png, pareto_memory_<hw>.png, compute_hist.png,
+           table.md
 
 Everything written is a function of the rows and samples only (no "generated at" clock time), so
 re-running the report on the same results gives the same files.
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dynbench.analysis.plots import compute_histogram, pareto_plot
-from dynbench.analysis.tables import summary_frame, task_markdown
+from dynbench.analysis.tables import format_sig, quality_scale, summary_frame, task_markdown, upper_bound_mask
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,60 @@ def _figure(
     return f"![{title}]({rel})"
 
 
+def _depth_points(summary: pd.DataFrame) -> pd.DataFrame:
+    """Dense and the methods whose executed layers fall below the task's most at some budget (depth methods).
+
+    Width- and token-adaptive methods (always every layer) would only add vertical lines to a layers plot.
+    """
+    layers = summary["mean_layers"].to_numpy(dtype=float)
+    finite = np.isfinite(layers)
+    if not finite.any():
+        return summary.iloc[:0]
+    shallower = pd.Series(layers < np.nanmax(layers) - 1e-9, index=summary.index)
+    varies = shallower.groupby(summary["method_label"]).transform("any").astype(bool)
+    return summary[finite & ((summary["method"] == "dense") | varies).to_numpy()]
+
+
+def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
+    """For methods that saw the evaluation labels: the matching budget and the selection-bias control table.
+
+    Reads the ``matching_budget``, ``matching_budget_heldout``, ``quality_selection_half`` and
+    ``quality_heldout_half`` rows (means over seeds, the first hardware); ``None`` when there are none.
+    """
+    metrics = ("quality", "mean_layers", "quality_selection_half", "quality_heldout_half")
+    upper = rows[upper_bound_mask(rows) & rows["metric"].isin((*metrics, "matching_budget", "matching_budget_heldout"))]
+    if upper.empty or not upper["metric"].eq("matching_budget").any():
+        return None
+    upper = upper[upper["hardware"] == upper.groupby("method_label")["hardware"].transform("min")]
+    parts = []
+    for label, grp in upper.groupby("method_label", sort=True):
+        mean = grp.groupby(["budget", "metric"])["value"].mean().unstack("metric")
+        quality = grp[grp["metric"] == "quality"]
+        unit = str(quality["unit"].iloc[0]) if len(quality) else "quality"
+        higher = bool(quality["higher_is_better"].map(_flag).iloc[0]) if len(quality) else True
+        factor, q_label = quality_scale(unit, mean[[m for m in metrics if m in mean and m != "mean_layers"]].stack())
+        match = mean["matching_budget"].dropna()
+        held = mean["matching_budget_heldout"].dropna() if "matching_budget_heldout" in mean else pd.Series()
+        text = (
+            f"**{label} (upper bound)** matches the full model's quality ({unit} {'≥' if higher else '≤'} the full "
+            f"model's) with **{100 * match.iloc[0]:.1f}%** of the layers on average (smallest knapsack capacity; the "
+            "allocation is chosen with the evaluation labels on the samples it is scored on)."
+        )
+        if len(held):
+            text += (
+                f" Selection-bias control: scored on the held-out half, the smallest solved budget that still matches "
+                f"is **{100 * held.iloc[0]:.0f}%**."
+            )
+        header = f"| budget | mean layers | {q_label} | {q_label}, selection half | {q_label}, held-out half |"
+        lines = [text, "", header, "|---:|---:|---:|---:|---:|"]
+        for budget, row in mean.sort_index(ascending=False).iterrows():
+            cells = [f"{budget:.3g}", format_sig(row.get("mean_layers", np.nan))]
+            cells += [format_sig(row.get(m, np.nan) * factor, 4) for m in metrics if m != "mean_layers"]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def _task_figures(
     task: str, summary: pd.DataFrame, samples: pd.DataFrame, task_dir: Path, written: list[Path]
 ) -> list[str]:
@@ -123,6 +178,18 @@ def _task_figures(
             written,
         )
     )
+    depth = _depth_points(summary)
+    if no_quality is None and depth["method"].ne("dense").groupby(depth["method_label"]).any().sum() >= 2:
+        lines.append(
+            _figure(
+                "Quality vs executed layers",
+                task_dir / "quality_layers.png",
+                f"{rel}/quality_layers.png",
+                lambda p: pareto_plot(depth, task, "mean_layers", hardware=None, out_path=p),
+                None,
+                written,
+            )
+        )
     batch = int(summary["latency_batch_size"].iloc[0])
     for hardware, frame in summary.groupby("hardware", sort=False):
         hw, name = str(hardware), _slug(str(hardware))
@@ -189,6 +256,7 @@ def _write_task(
             provenance,
             "### Plots",
             _join_blocks(figures),
+            *([f"### Upper bounds\n\n{notes}"] if (notes := _upper_bound_notes(task_rows)) else []),
             "### Tables",
             f"Also as [{task_dir.name}/table.md]({task_dir.name}/table.md).",
             nested.rstrip("\n"),
@@ -216,8 +284,10 @@ def write_report(
 ) -> list[Path]:
     """Write the full report of a set of results.
 
-    Per task: ``pareto_flops.png``, ``pareto_latency_<hw>.png`` and ``pareto_memory_<hw>.png`` per
-    hardware target, ``compute_hist.png`` and ``table.md``; then ``index.md`` and a self-contained
+    Per task: ``pareto_flops.png``, ``quality_layers.png`` (quality vs mean executed layers, when two or more
+    methods change their depth with the budget), ``pareto_latency_<hw>.png`` and ``pareto_memory_<hw>.png`` per
+    hardware target, ``compute_hist.png`` and ``table.md``, and for upper bounds (the oracle) their matching budget
+    and selection-bias table; then ``index.md`` and a self-contained
     ``index.html`` (relative image links) with every plot, every table and a provenance line per task.
     A plot whose metric was not measured is skipped and the index says "not measured" in its place.
 

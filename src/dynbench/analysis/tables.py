@@ -27,6 +27,7 @@ __all__ = [
     "pareto_mask",
     "quality_scale",
     "summary_frame",
+    "upper_bound_mask",
     "task_markdown",
 ]
 
@@ -43,14 +44,15 @@ _HARDWARE_FREE = ("quality", "flops_per_sample", "flops_ratio", "mean_layers")
 _AT_LATENCY_BATCH = ("latency_ms", "speedup_realized", "peak_mem_bytes")
 _METRIC_COLUMNS = (*_HARDWARE_FREE, *_AT_LATENCY_BATCH, "throughput")
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "task", "hardware", "method", "method_label", "display_label", "reconstructed", "budget",
+    "task", "hardware", "method", "method_label", "display_label", "reconstructed", "upper_bound", "budget",
     "quality", "quality_std", "quality_unit", "quality_higher_is_better",
     "flops_per_sample", "flops_per_sample_std", "flops_ratio",
     "latency_ms", "latency_ms_std", "speedup_realized",
     "throughput", "throughput_std", "throughput_batch_size",
     "peak_mem_bytes", "peak_mem_bytes_std", "mean_layers", "n_seeds", "latency_batch_size",
 )  # fmt: skip
-# Upper bounds (not deployable): drawn dashed and kept off every Pareto front.
+# Upper bounds (not deployable): drawn dashed and kept off every Pareto front. Rows say so in their `upper_bound`
+# column (methods that see the evaluation labels); these names count as upper bounds in rows without it.
 UPPER_BOUND_METHODS = frozenset({"oracle"})
 # Accuracy-like units stored as fractions in [0, 1] and shown as percentages.
 _PERCENT_UNITS = frozenset({"top1", "top5", "acc", "accuracy"})
@@ -58,19 +60,20 @@ _MISSING = "–"
 _MIB = float(2**20)
 
 
-def display_label(method: str, method_label: str, reconstructed: bool) -> str:
+def display_label(method: str, method_label: str, reconstructed: bool, upper_bound: bool = False) -> str:
     """The legend/table label of an operating point's method.
 
     Args:
         method: registry name (``oracle`` marks an upper bound).
         method_label: label chosen by the harness, e.g. ``layer_skip(pattern=uniform)``.
         reconstructed: whether the numbers were reconstructed rather than measured here.
+        upper_bound: whether the method saw the evaluation labels (the rows' ``upper_bound`` column).
 
     Returns:
         ``method_label`` with `` (upper bound)`` and/or `` (reconstructed)`` appended.
     """
     label = str(method_label)
-    if method in UPPER_BOUND_METHODS:
+    if upper_bound or method in UPPER_BOUND_METHODS:
         label += " (upper bound)"
     if reconstructed:
         label += " (reconstructed)"
@@ -133,7 +136,7 @@ def pareto_mask(frame: pd.DataFrame, x_metric: str = "flops_per_sample") -> np.n
     """
     x = frame[x_metric].to_numpy(dtype=float)
     y = frame["quality"].to_numpy(dtype=float)
-    eligible = np.isfinite(x) & np.isfinite(y) & ~frame["method"].isin(UPPER_BOUND_METHODS).to_numpy()
+    eligible = np.isfinite(x) & np.isfinite(y) & ~upper_bound_mask(frame)
     mask = np.zeros(len(frame), dtype=bool)
     if not eligible.any():
         return mask
@@ -156,6 +159,14 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
+def upper_bound_mask(frame: pd.DataFrame) -> np.ndarray:
+    """Which rows are upper bounds: an ``upper_bound`` flag, or a name in :data:`UPPER_BOUND_METHODS`."""
+    by_name = frame["method"].isin(UPPER_BOUND_METHODS).to_numpy()
+    if "upper_bound" not in frame.columns:
+        return by_name
+    return frame["upper_bound"].map(_as_bool).to_numpy(dtype=bool) | by_name
+
+
 def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in _REQUIRED if c not in rows.columns]
     if missing:
@@ -164,7 +175,7 @@ def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
             "pass rows produced by the harness (see dynbench.types.ROW_COLUMNS)."
         )
     flags = rows["reconstructed"] if "reconstructed" in rows.columns else pd.Series(False, index=rows.index)
-    return rows.assign(reconstructed=flags.map(_as_bool).astype(bool))
+    return rows.assign(reconstructed=flags.map(_as_bool).astype(bool), upper_bound=upper_bound_mask(rows))
 
 
 def _attach(out: pd.DataFrame, sub: pd.DataFrame, keys: list[str], metrics: tuple[str, ...]) -> pd.DataFrame:
@@ -259,14 +270,16 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
     out = _attach(out, rows[rows["batch_size"] == latency_batch_size], keys, _AT_LATENCY_BATCH)
     out = _attach_throughput(out, rows, keys)
     out = _attach_quality_spec(out, rows)
+    upper = rows.groupby("method")["upper_bound"].any()
+    out = out.assign(latency_batch_size=latency_batch_size, upper_bound=out["method"].map(upper).astype(bool))
     out = out.assign(
-        latency_batch_size=latency_batch_size,
         display_label=[
-            display_label(m, lab, r) for m, lab, r in zip(out["method"], out["method_label"], out["reconstructed"])
+            display_label(m, lab, r, u)
+            for m, lab, r, u in zip(out["method"], out["method_label"], out["reconstructed"], out["upper_bound"])
         ],
     )
     out[list(_METRIC_COLUMNS)] = out[list(_METRIC_COLUMNS)].astype(float)
-    rank = out["method"].map(lambda m: 0 if m == "dense" else 2 if m in UPPER_BOUND_METHODS else 1)
+    rank = np.where(out["method"] == "dense", 0, np.where(out["upper_bound"], 2, 1))
     order = ["task", "hardware", "_rank", "method", "method_label", "reconstructed", "budget"]
     out = out.assign(_rank=rank).sort_values(order, ascending=[True] * 6 + [False], kind="stable")
     return out.reset_index(drop=True)[list(SUMMARY_COLUMNS)]

@@ -6,8 +6,11 @@ crashes. The results store is the only shared state, so executors need no coordi
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -48,6 +51,7 @@ def run_subprocess(plan: RunPlan, store: ResultStore, cache_dir: Path | None, pr
         RuntimeError: the worker failed; the message carries the end of its error output.
     """
     job = {
+        "parent_pid": os.getpid(),
         "spec": runspec_to_dict(plan.spec),
         "store": str(store.root),
         "cache_dir": cache_dir and str(cache_dir),
@@ -107,11 +111,30 @@ def run_plans(
     return outcome
 
 
+def die_with_parent(parent_pid: int | None) -> None:
+    """Exit when the ``bench`` process that started this worker dies, so a killed suite leaves nothing running.
+
+    Ctrl-C reaches the whole process group, but a ``kill`` of the parent alone would leave an orphan worker
+    measuring on (and slowing down whatever runs next). On Linux the kernel sends us SIGTERM when the parent
+    dies (``PR_SET_PDEATHSIG``); elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl in this libc: keep the old behaviour
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
 def worker_main() -> int:
     """Entry point of ``python -m dynbench.harness.worker``: one run from a JSON job on stdin."""
     from dynbench.harness.runner import plan_suite
 
     job = json.loads(sys.stdin.read())
+    die_with_parent(job.get("parent_pid"))
     spec: RunSpec = runspec_from_dict(job["spec"])
     (plan,) = plan_suite([spec])
 

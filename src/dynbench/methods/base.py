@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from dynbench.models.backbone import Backbone
 from dynbench.registry import Registry
-from dynbench.types import Budget, NoOptions, StepOutput, Trace
+from dynbench.types import Batch, Budget, NoOptions, StepOutput, Trace
 
 if TYPE_CHECKING:
     from dynbench.tasks.base import Task
@@ -77,6 +77,8 @@ class Method(ABC):
             float rounding only for methods that run the dense weights; larger, and stated, for methods that
             replace modules by trained approximations (ACM's distilled learners).
         budget_doc: what a budget means, for ``bench ls methods``.
+        sees_eval_labels: True for an upper bound that is fitted on the evaluation samples themselves (the oracle):
+            the harness calls :meth:`fit_eval` with exactly the batches it measures; rows say ``upper_bound``.
     """
 
     name: ClassVar[str] = ""
@@ -88,6 +90,7 @@ class Method(ABC):
     full_budget: ClassVar[Budget] = 1.0
     full_budget_atol: ClassVar[float] = 1e-6
     budget_doc: ClassVar[str] = ""
+    sees_eval_labels: ClassVar[bool] = False
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -102,6 +105,23 @@ class Method(ABC):
         The default learns nothing. Must be deterministic given ``seed``.
         """
 
+    def fit_eval(  # noqa: B027 — optional hook
+        self, model: DynamicModel, task: Task, batches: list[Batch], *, budgets: Sequence[Budget], seed: int
+    ) -> None:
+        """Fit on the evaluation samples themselves; called only for methods with ``sees_eval_labels``.
+
+        The harness calls it after :meth:`fit` with exactly the evaluation batches (and budgets) it will measure,
+        and caches the result per evaluation set. Such a method is an upper bound, not deployable. The default
+        does nothing.
+
+        Args:
+            model: the wrapped (and fitted) model.
+            task: the task, for its metric.
+            batches: the evaluation batches, in measurement order.
+            budgets: the budgets that will be swept.
+            seed: the run seed.
+        """
+
     @abstractmethod
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """Default operating points swept for the Pareto curve, the full budget first.
@@ -109,6 +129,14 @@ class Method(ABC):
         Args:
             n_blocks: depth L of the backbone the method will wrap (budgets such as k/L depend on it).
         """
+
+    def fit_identity(self) -> Any:
+        """What the fit depends on, for the fit cache: the config, less options that only change evaluation.
+
+        A method with evaluation-only options (an inference routing rule …) returns its config with those
+        options reset, so sweeping them reuses one fit instead of training again.
+        """
+        return self.config
 
     @classmethod
     def learns(cls) -> bool:

@@ -14,6 +14,10 @@ summed cross-entropy of all exits. A model whose head is large (a language model
 and head applied to each block's output, as the paper's static early exit does, untrained — 29 trained copies of
 that head would take 3.3 GB and a CPU-day to fit.
 
+``rule="depth"`` is the paper's *static* early exit instead: every sample runs the first k blocks and leaves by
+exit head k (trained as above, or shared), with the budget the fraction of blocks k/L as in ``layer_skip``; no
+confidence is computed. It is the early-exit side of the paper's "exit versus skip at equal layers" comparison.
+
 The decision is per sample: for token outputs ``(B, T, V)`` a sequence's confidence is the MEAN over positions
 of the per-token max probability, and the whole sequence exits together (per-token exits would need KV
 propagation for the skipped layers, see the paper). Execution is real: exited samples are dropped from the batch
@@ -23,6 +27,7 @@ propagation for the skipped layers, see the paper). Execution is real: exited sa
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -31,12 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
+from dynbench.methods.layer_skip import depth_budgets, n_kept
 from dynbench.models.backbone import Backbone, Readout
 from dynbench.models.training import endless, fit_loop
 from dynbench.tasks.base import Task, TrainConfig
 from dynbench.types import Batch, Budget, StepOutput, Trace
 
 HEAD_KINDS = ("auto", "copy", "shared")
+RULES = ("confidence", "depth")
 DECISION_TOKENS = 16
 """Positions a shared (large) exit head reads to decide, with ``decision_tokens=-1``."""
 SHARED_HEAD_PARAMS = 1_000_000
@@ -54,6 +61,8 @@ class EarlyExitConfig:
     warmup_steps: int = 20  # short linear warm-up before the cosine decay
     heads: str = "auto"  # "copy": a trained copy of the readout per exit; "shared": the readout itself, untrained;
     # "auto": "shared" when the readout's head has more than SHARED_HEAD_PARAMS weights (LM unembeddings), else "copy"
+    rule: str = "confidence"  # "confidence": leave when an exit head is confident (budget = threshold τ);
+    # "depth": the paper's static exit, every sample leaves after the first k blocks (budget = k/L)
     decision_tokens: int = -1  # token outputs: positions the exit decision reads (evenly spaced, the last included);
     # 0 = every position; -1 = auto: DECISION_TOKENS with shared heads (a 49k-word head on all 128 positions after
     # each of 29 blocks would cost 6× the model), every position otherwise
@@ -73,6 +82,11 @@ class EarlyExitConfig:
             raise ValueError(
                 f"EarlyExitConfig.decision_tokens must be >= -1, got {self.decision_tokens}. "
                 "Use 0 (every position), -1 (auto) or a count such as 16."
+            )
+        if self.rule not in RULES:
+            raise ValueError(
+                f"EarlyExitConfig.rule must be one of {RULES}, got {self.rule!r}. Use 'confidence' (thresholded "
+                "exit heads) or 'depth' (static exit after k blocks)."
             )
         if self.heads not in HEAD_KINDS:
             raise ValueError(f"EarlyExitConfig.heads must be one of {HEAD_KINDS}, got {self.heads!r}.")
@@ -129,9 +143,12 @@ class EarlyExitModel(DynamicModel):
             included) and the head runs on every position only for the sequences that leave; 0 = every position.
     """
 
-    def __init__(self, backbone: Backbone, *, shared: bool = False, decision_tokens: int = 0) -> None:
+    def __init__(
+        self, backbone: Backbone, *, shared: bool = False, decision_tokens: int = 0, rule: str = "confidence"
+    ) -> None:
         super().__init__(backbone)
         n_exits = backbone.n_blocks - 1
+        self.rule = rule
         self.shared = shared
         self.decision_tokens = decision_tokens
         if shared:
@@ -174,6 +191,8 @@ class EarlyExitModel(DynamicModel):
         Raises:
             ValueError: ``budget`` outside ``[0, 1]``.
         """
+        if self.rule == "depth":
+            return self.forward_depth(inputs, budget)
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"early_exit budget (confidence threshold) must lie in [0, 1], got {budget}.")
         bb = self.backbone
@@ -212,6 +231,38 @@ class EarlyExitModel(DynamicModel):
             active, x = active[~leave], x[~leave]  # (A',), (A', T, C)
         assert logits is not None  # narrowing only: L >= 1 was checked above
         trace = self._trace(exit_layer.cpu(), exit_conf.cpu(), bb.n_tokens(tuple(inputs.shape[1:])))
+        return StepOutput(logits, trace)
+
+    def forward_depth(self, inputs: Tensor, budget: Budget) -> StepOutput:
+        """The static exit: blocks ``0 … k-1`` for every sample, then exit head ``k-1`` (the readout when k = L).
+
+        Raises:
+            ValueError: ``budget`` (the fraction of blocks) outside ``[0, 1]``.
+        """
+        bb = self.backbone
+        L = bb.n_blocks
+        k = n_kept(budget, L, 1)
+        x = bb.embed(inputs)  # (B, T, C)
+        for block in list(bb.blocks)[:k]:
+            x = block(x)  # (B, T, C)
+        logits = bb.readout(x) if k == L else self.exit_heads[k - 1](x)  # (B, K) or (B, T, V)
+        B = x.shape[0]
+        tokens = bb.n_tokens(tuple(inputs.shape[1:]))
+        exit_layer = torch.full((B,), k - 1, dtype=torch.long)  # (B,)
+        ran = (torch.arange(L)[None, :] < k).long().expand(B, L)  # (B, L)
+        head_flops = 0.0 if k == L else bb.readout.flops(tokens)  # one exit head, no decisions
+        trace = Trace(
+            block_tokens=ran * tokens,
+            block_kv=ran * tokens,
+            block_heads=ran * bb.n_heads,
+            readout=torch.full((B,), int(k == L), dtype=torch.long),
+            controller_flops=torch.full((B,), head_flops, dtype=torch.float64),
+            exit_layer=exit_layer,
+            extra={
+                "exited_early": torch.full((B,), k < L, dtype=torch.bool),
+                "exit_confidence": torch.full((B,), float("nan")),
+            },
+        )
         return StepOutput(logits, trace)
 
     def decision_positions(self, T: int) -> Tensor | None:
@@ -254,17 +305,23 @@ class EarlyExit(Method):
     budget_range = (0.0, 1.0)
     full_budget = 1.0
 
+    def fit_identity(self) -> EarlyExitConfig:
+        """The config less the evaluation-only options: both rules and any decision width use the same heads."""
+        return dataclasses.replace(self.config, rule="confidence", decision_tokens=-1)
+
     def wrap(self, backbone: Backbone) -> EarlyExitModel:
         """Add exit heads (copies of the backbone's readout, or the readout shared) after blocks ``0 .. L-2``."""
         cfg = self.config
         shared = shares_heads(cfg.heads, backbone.readout)
         decision_tokens = cfg.decision_tokens if cfg.decision_tokens >= 0 else (DECISION_TOKENS if shared else 0)
-        return EarlyExitModel(backbone, shared=shared, decision_tokens=decision_tokens)
+        return EarlyExitModel(backbone, shared=shared, decision_tokens=decision_tokens, rule=cfg.rule)
 
-    budget_doc = "confidence threshold τ: 1.0 (nothing exits) … 0.4"
+    budget_doc = "confidence threshold τ: 1.0 (nothing exits) … 0.4; with rule=depth the fraction of blocks k/L"
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
-        """Confidence thresholds, the full budget (1.0: nothing can exit) first."""
+        """Confidence thresholds, the full budget (1.0: nothing can exit) first; ``k/L`` with ``rule="depth"``."""
+        if self.config.rule == "depth":
+            return depth_budgets(n_blocks, 1)
         return (1.0, 0.999, 0.99, 0.95, 0.9, 0.8, 0.6, 0.4)
 
     def fit(self, model: EarlyExitModel, task: Task, *, seed: int) -> None:  # type: ignore[override]

@@ -89,6 +89,20 @@ def n_kept(budget: Budget, n_blocks: int, min_layers: int) -> int:
     return max(min(k, n_blocks), min(min_layers, n_blocks))
 
 
+def depth_budgets(n_blocks: int, min_layers: int) -> tuple[Budget, ...]:
+    """``k / L`` for block counts ``k`` from ``L`` down to ``min_layers``, the full budget first.
+
+    Every count when there are at most ``MAX_POINTS``, else ``MAX_POINTS`` evenly spaced counts (always ``L``
+    and ``min_layers``): a 30-block model is swept in 12 points rather than 30; ``--budgets`` picks others.
+    """
+    L = n_blocks
+    lo = min(min_layers, L)
+    counts: Sequence[int] = range(L, lo - 1, -1)
+    if len(counts) > MAX_POINTS:
+        counts = sorted({round(L - i * (L - lo) / (MAX_POINTS - 1)) for i in range(MAX_POINTS)}, reverse=True)
+    return tuple(k / L for k in counts)
+
+
 class LayerSkipModel(DynamicModel):
     """The backbone with a static, budget-dependent set of kept blocks.
 
@@ -220,17 +234,8 @@ class LayerSkip(Method):
         return LayerSkipModel(backbone, self.config.pattern, self.config.min_layers)
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
-        """``k / L`` for block counts ``k`` from ``L`` down to ``min_layers``, the full budget first.
-
-        Every count when there are at most ``MAX_POINTS``, else ``MAX_POINTS`` evenly spaced counts (always ``L``
-        and ``min_layers``): a 30-block model is swept in 12 points rather than 30; ``--budgets`` picks others.
-        """
-        L = n_blocks
-        lo = min(self.config.min_layers, L)
-        counts = range(L, lo - 1, -1)
-        if len(counts) > MAX_POINTS:
-            counts = sorted({round(L - i * (L - lo) / (MAX_POINTS - 1)) for i in range(MAX_POINTS)}, reverse=True)
-        return tuple(k / L for k in counts)
+        """``k / L`` for block counts ``k`` from ``L`` down to ``min_layers``: see :func:`depth_budgets`."""
+        return depth_budgets(n_blocks, self.config.min_layers)
 
     def fit(self, model: LayerSkipModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
         """Measure each block's importance on the training split (no-op for ``uniform``).

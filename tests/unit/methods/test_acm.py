@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,15 +27,6 @@ from dynbench.tasks.base import TASKS, TrainConfig
 
 QUICK = TrainConfig(steps=12, batch_size=64, lr=3e-3, warmup_steps=2)  # a briefly trained toy backbone
 FIT = ACMConfig(distill_steps=24, gate_steps=8, finetune_steps=8, targets=(0.6, 0.25))  # seconds, not minutes
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one thread is fastest, and immune to oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def stack(swiglu: bool = False, n: int = 4, width: int = 8, d: int = 16) -> LearnerStack:

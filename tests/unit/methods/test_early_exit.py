@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -15,15 +13,6 @@ from dynbench.tasks.base import TASKS, TrainConfig
 TASK_NAMES = ("toy-vision", "toy-text")
 QUICK = TrainConfig(steps=12, batch_size=64, lr=3e-3, warmup_steps=2)  # a briefly trained toy backbone
 FIT = EarlyExitConfig(steps=8, batch_size=32, warmup_steps=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one thread is fastest, and immune to oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +261,31 @@ def test_decisions_on_a_few_positions_cost_what_the_trace_says(setups: dict) -> 
     assert count.controller == float(out.trace.controller_flops.sum())
     per_head = backbone.readout.flops(T)
     assert float(out.trace.controller_flops[left][0]) == per_head * 4 / T + per_head  # decide on 4, then all 16
+
+
+def test_static_depth_rule_runs_k_blocks_and_leaves_by_head_k() -> None:
+    """``rule="depth"``: budget k/L runs blocks 0..k-1 for every sample and exit head k-1; counted = analytic."""
+    vit = deep_vit()
+    method = EarlyExit(EarlyExitConfig(rule="depth"))
+    model = method.wrap(vit).eval()
+    x = toy_images(5)
+    assert method.resolve_budgets(None, 4) == (1.0, 0.75, 0.5, 0.25)
+    with torch.no_grad():
+        assert torch.equal(model(x, budget=1.0).logits, vit(x))
+        for k in (1, 2, 3):
+            out = model(x, budget=k / 4)
+            h = vit.embed(x)
+            for block in list(vit.blocks)[:k]:
+                h = block(h)
+            assert torch.equal(out.logits, model.exit_heads[k - 1](h))
+            assert out.trace.exit_layer.tolist() == [k - 1] * 5 and out.trace.readout.tolist() == [0] * 5
+            counted = count_flops(lambda b=k / 4: model(x, budget=b), model, model.controller_modules())
+            assert float(vit.flops(out.trace, tuple(x.shape[1:])).sum()) == counted.total
+            assert float(out.trace.controller_flops.sum()) == counted.controller > 0
+
+
+def test_rule_and_decision_width_do_not_change_the_fit_cache_key() -> None:
+    """Both rules use the same trained heads, so sweeping the rule reuses one fit."""
+    a = EarlyExit(EarlyExitConfig(rule="depth", decision_tokens=4)).fit_identity()
+    assert a == EarlyExit().fit_identity()
+    assert EarlyExit(EarlyExitConfig(steps=5)).fit_identity() != EarlyExit().fit_identity()

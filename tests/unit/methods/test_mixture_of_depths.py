@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,15 +21,6 @@ from dynbench.models.backbone import Backbone
 from dynbench.models.gpt import GPT, GPTConfig
 from dynbench.models.vit import ViT, ViTConfig
 from dynbench.tasks.base import TASKS
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one thread is fastest, and immune to oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_gpt(kind: str = "learned") -> GPT:
@@ -364,3 +354,40 @@ def test_training_flops_are_three_forward_passes_as_counted() -> None:
     dense = fc.get_total_flops() / (3 * gpt.dense_flops((24,)) * 4)
     assert 0.95 < mod < 1.05 and 0.95 < dense < 1.05
     assert abs(mod - dense) < 0.03  # the convention favours neither side of the isoFLOP comparison
+
+
+def test_predictor_calibration_trains_only_the_predictors_and_is_paid_for() -> None:
+    """The calibration phase moves the predictors alone, raises agreement, and its FLOPs are in ``train_flops``."""
+    task = TASKS.get("toy-text")()
+    model = wrap(tiny_gpt(), capacities=(0.5,))
+    method = MixtureOfDepths(MixtureOfDepthsConfig(capacities=(0.5,)))
+    v = model.variant(0.5)
+    randomize_routers(model)
+    before = {k: t.clone() for k, t in v.state_dict().items()}
+    x = next(task.batches("test", batch_size=64)).inputs[:, :24] % 16
+
+    def agreement() -> float:
+        with torch.no_grad():
+            return model.trace_metrics(model(x, budget=0.5, routing="predictor").trace)["predictor_agreement"][0]
+
+    start = agreement()
+    text = _SixteenTokenText(task)
+    method.calibrate_predictors(model, v, 0.5, text, 150, 32, 0, torch.device("cpu"))
+    after = v.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])} - {"train_flops"}  # NaN until fit: NaN != NaN
+    assert moved and all(k.startswith("predictors.") for k in moved), sorted(moved)
+    assert all(p.requires_grad for p in v.parameters())  # the frozen parts are trainable again afterwards
+    assert agreement() > max(start, 0.85)
+    per_sample = MixtureOfDepths.calibration_flops(model, 0.5, (24,))
+    assert per_sample > MixtureOfDepths.forward_flops(model, 0.5, (24,))  # the predictors' backward on top
+
+
+class _SixteenTokenText:
+    """toy-text's batches with ids folded into the 16-token vocabulary of :func:`tiny_gpt`, 24 tokens long."""
+
+    def __init__(self, task) -> None:
+        self.task = task
+
+    def batches(self, split: str, **kw):
+        for b in self.task.batches(split, **kw):
+            yield type(b)(b.inputs[:, :24] % 16, b.targets[:, :24] % 16, b.sample_ids)

@@ -1,0 +1,773 @@
+"""Transformer^-1: a complexity predictor and an RL policy choose each input's depth among precompiled paths.
+
+Paper: Ji et al., "Transformer^-1: Input-Adaptive Computation for Resource-Constrained Deployment",
+https://arxiv.org/abs/2501.16394 — known here only from its abstract (and one secondary summary), so everything
+below the three named ideas is a RECONSTRUCTION (``reconstructed = True``; ``../shared/reference/methods.md`` §3).
+
+Mechanism: a gradient-boosted-tree *complexity predictor* reads cheap features of the input and predicts the
+minimal sufficient depth bucket; the sample runs, without further decisions, up to that depth; from there a small
+recurrent *policy* (a GRU cell stepping over the fold points, trained with PPO) says continue or stop at each
+later fold point. Depths are restricted to a finite set of *fold points* (layer folding), and the blocks between
+two fold points form one segment, prepared once as a static graph: ``torch.jit.trace`` per segment on CPU, one
+captured CUDA graph per segment and batch shape on CUDA (``compiled=True``). Samples that stop leave the batch
+(compaction), so the next segment runs only on the rest: execution is grouped by path.
+
+What we reconstructed or changed:
+
+- Backbone usable at any depth: the backbone stays frozen (so the full budget is exactly dense) and an exit head
+  per block is trained with early_exit's heads and loop (copies of the readout; shared readout for LM-sized heads).
+- Fold points: every depth when L <= 8, else ``n_paths`` (default 4) depths ``round(k·L/n)``, e.g. {8, 15, 23, 30}
+  for L = 30. Block 0 is always its own segment: the predictor reads its output.
+- Predictor: scikit-learn's ``HistGradientBoostingClassifier`` (a LightGBM stand-in) on the embedding's
+  statistics, input entropy, block 0's pooled output and block 0's exit-head confidence. Label: the smallest fold
+  point whose prediction equals the full model's (classification) or whose per-sequence cross-entropy is within
+  ``text_tolerance`` nats of the full model's (token outputs). The fitted trees are copied into buffers (node
+  arrays) and evaluated with tensor ops, so they live in the state dict. Cost: tree traversal is comparisons and
+  additions, which the harness's FLOP convention (matmuls and attention only) counts as 0; the per-sample count
+  ``n_trees · (depth + 1)`` is reported as ``predictor_ops_per_sample`` instead (~10³, vs ~10⁶ per block). The
+  block-0 exit head it reads is a matmul and is counted in ``controller_flops``.
+- Policy: state = [projection of the detached, normalised pooled hidden state, the fold point's exit-head
+  confidence (top-1 probability, margin, entropy: an addition to the reconstructed spec, which made the policy
+  beat random allocation on fashion-mnist; the head is a matmul, counted, and for pooled outputs it is the output
+  when the sample stops), one-hot predicted bucket, k/(K-1), "past the bucket" flag] → GRU cell → continue
+  logit ``a(h) − λ·softplus(c(h))``. The budget's compute price λ enters only there, so one policy serves every
+  budget and, for a fixed input, a higher price can only stop a sample earlier: depth and FLOPs fall monotonically
+  with the budget (the true advantage of continuing has exactly this form, quality gain − λ·compute, for a fixed
+  continuation). Reward: −λ·(FLOPs of the next segment / dense
+  FLOPs) per continue, and at the stop +1[correct] (classification) or −(CE − CE of the full model) (token
+  outputs: the per-sample constant shift lowers variance and leaves the optimal policy unchanged). PPO: clip 0.2,
+  GAE λ = 0.95, γ = 1, λ drawn per episode from the default budget grid (:mod:`dynbench.methods._ppo`). The
+  predictor is fitted on one half of the fit samples and the policy trained on the other, on the predictor's
+  out-of-sample buckets, as at deployment. Fit samples come from the task's held-out `val` split by default: on
+  the backbone's own training data the shallow exits are right far more often than on unseen inputs, so both
+  would learn to stop too early. The exit heads train on `train`, as early_exit's do.
+- Decisions are per sample (a sequence exits as a whole, as in early_exit). The policy can only move a stop later
+  than the predicted bucket; ``policy_moved`` reports how often it does.
+- Budget b ∈ [0, 1]: λ = λ_max·(1 − b)², so the default grid spans λ = 0.0009 … 0.25. At b = 1 (λ = 0) nothing
+  stops — the output is the dense backbone's — but the controller still runs, so the full budget shows its
+  overhead (as early_exit's heads do).
+- ``policy="random"``: a baseline that gives each sample a random fold depth (a seeded hash of the input, so it
+  does not depend on the batch) with the same mean depth the learned policy had on the fit samples at that budget.
+
+Two self-contained parts live in private modules: the tree ensemble in buffers
+(:mod:`dynbench.methods._tree_ensemble`) and the static segment / stage graphs (:mod:`dynbench.methods._static_paths`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dynbench.methods._ppo import PPOConfig, StoppingEpisodes, first_stop, train_stopping_policy
+from dynbench.methods._static_paths import (
+    CudaGraphSegment,
+    GraphCache,
+    Segment,
+    Stage,
+    graphs_allowed,
+    run_stage,
+    trace_segment,
+)
+from dynbench.methods._tree_ensemble import TreeEnsemble
+from dynbench.methods.base import DynamicModel, Method, freeze, register_method
+from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig, EarlyExitModel, shares_heads
+from dynbench.models.backbone import Backbone
+from dynbench.models.block import block_flops
+from dynbench.tasks.base import Split, Task
+from dynbench.types import Budget, StepOutput, Trace
+
+POLICIES = ("learned", "random")
+FIT_SPLITS = ("val", "train")
+HEAD_KINDS = ("auto", "copy", "shared")
+ALL_DEPTHS_UP_TO = 8
+"""With ``n_paths=0`` every depth is a fold point for backbones up to this deep, else 4 fold points."""
+ENTROPY_BINS = 16
+"""Histogram bins of the input-entropy feature for real-valued inputs (images, spectrograms)."""
+CONFIDENCE_STATS = 3
+"""What the policy reads of the exit head at a fold point: top-1 probability, margin over the runner-up, entropy."""
+
+
+@dataclass(frozen=True)
+class TransformerInverseConfig:
+    """Paths, predictor, policy and training recipe. Every default is sized for seconds on the toy tasks."""
+
+    policy: str = "learned"  # "learned": predictor + PPO policy; "random": random depth at the learned mean depth
+    compiled: bool = False  # run segments as traced graphs (CPU) / captured CUDA graphs (CUDA) instead of eagerly
+    n_paths: int = 0  # fold points (depths a sample can stop at); 0 = every depth for L <= 8, else 4
+    lambda_max: float = 1.0  # compute price at budget 0: stopping one whole model earlier is worth 1 correct answer
+    text_tolerance: float = 0.05  # nats per token: a depth is "sufficient" for a sequence within this of full CE
+    feature_tokens: int = 16  # token outputs: positions block 0's exit head reads for the predictor's features
+    fit_split: str = "val"  # where the predictor and policy learn when exits fail: held-out data, because on the
+    # backbone's own training split its shallow exits are right far more often than on unseen inputs
+    fit_samples: int = 4096  # samples of fit_split the predictor and policy see (half each)
+    fit_flops: float = 4e11  # cap on the dense FLOPs of collecting them: fewer samples for big models
+    collect_batch: int = 128  # batch size while collecting hidden states and exit outputs (no grad)
+    gbdt_iterations: int = 50  # boosting rounds: trees per class; ~50 is plenty for a few thousand samples
+    gbdt_leaves: int = 15  # leaves per tree (sklearn's default is 31; smaller trees = cheaper traversal)
+    gbdt_depth: int = 6  # maximum tree depth: bounds the traversal to 6 comparisons per tree
+    proj_dim: int = 16  # width of the projected hidden state the policy reads
+    hidden: int = 32  # GRU width of the policy
+    exit_steps: int = 300  # exit-head training steps (early_exit's default)
+    exit_batch_size: int = 64  # exit-head training batch size
+    heads: str = "auto"  # exit heads as in early_exit: "copy", "shared" or "auto" (shared for LM-sized heads)
+    ppo: PPOConfig = field(default_factory=PPOConfig)  # PPO recipe (clip 0.2, GAE 0.95, γ = 1)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"TransformerInverseConfig.policy must be one of {POLICIES}, got {self.policy!r}.")
+        if self.fit_split not in FIT_SPLITS:
+            raise ValueError(
+                f"TransformerInverseConfig.fit_split must be one of {FIT_SPLITS}, got {self.fit_split!r}. "
+                "Use 'val' (held-out data, the default) or 'train'."
+            )
+        if self.heads not in HEAD_KINDS:
+            raise ValueError(f"TransformerInverseConfig.heads must be one of {HEAD_KINDS}, got {self.heads!r}.")
+        if self.n_paths < 0:
+            raise ValueError(
+                f"TransformerInverseConfig.n_paths must be >= 0, got {self.n_paths}. Use 0 (auto) or e.g. 4."
+            )
+        if not self.lambda_max > 0:
+            raise ValueError(f"TransformerInverseConfig.lambda_max must be > 0, got {self.lambda_max}. Use e.g. 1.0.")
+        if self.text_tolerance < 0:
+            raise ValueError(
+                f"TransformerInverseConfig.text_tolerance must be >= 0, got {self.text_tolerance}. Use e.g. 0.05."
+            )
+        if not self.fit_flops > 0:
+            raise ValueError(f"TransformerInverseConfig.fit_flops must be > 0, got {self.fit_flops}. Use e.g. 4e11.")
+        for name in (
+            "feature_tokens",
+            "fit_samples",
+            "collect_batch",
+            "gbdt_iterations",
+            "gbdt_depth",
+            "proj_dim",
+            "hidden",
+            "exit_batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TransformerInverseConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.gbdt_leaves < 2:
+            raise ValueError(f"TransformerInverseConfig.gbdt_leaves must be >= 2, got {self.gbdt_leaves}. Use 15.")
+        if self.exit_steps < 0:
+            raise ValueError(f"TransformerInverseConfig.exit_steps must be >= 0, got {self.exit_steps}. Use 300.")
+
+
+def price(budget: Budget, lambda_max: float) -> float:
+    """The compute price λ of a budget: ``λ_max·(1 − b)²``, quadratic so the default grid spans decades of price."""
+    return lambda_max * (1.0 - budget) ** 2
+
+
+def fold_depths(n_blocks: int, n_paths: int) -> list[int]:
+    """Depths a sample can stop at, ascending, the full depth last.
+
+    ``n_paths=0``: every depth up to ``ALL_DEPTHS_UP_TO`` blocks, else 4. Otherwise ``round(k·L/n)`` (halves up)
+    for ``k = 1 … n``, at least 1, deduplicated (so fewer when ``n > L``).
+    """
+    L = n_blocks
+    n = n_paths if n_paths > 0 else (L if L <= ALL_DEPTHS_UP_TO else 4)
+    n = min(n, L)
+    return sorted({max(1, (2 * k * L + n) // (2 * n)) for k in range(1, n + 1)})
+
+
+def input_entropy(inputs: Tensor) -> Tensor:
+    """``(B,)`` entropy (nats) of each sample's token histogram (integer inputs) or 16-bin value histogram."""
+    B = inputs.shape[0]
+    flat = inputs.reshape(B, -1)  # (B, P)
+    P = flat.shape[1]
+    if flat.dtype.is_floating_point:
+        v = flat.float()
+        lo, hi = v.amin(dim=1, keepdim=True), v.amax(dim=1, keepdim=True)  # (B, 1)
+        bins = ((v - lo) / (hi - lo).clamp_min(1e-12) * ENTROPY_BINS).long().clamp(0, ENTROPY_BINS - 1)  # (B, P)
+        counts = torch.zeros(B, ENTROPY_BINS, device=v.device).scatter_add_(1, bins, torch.ones_like(v))
+    else:
+        s = flat.sort(dim=1).values  # (B, P)
+        new = torch.ones_like(s, dtype=torch.bool)
+        new[:, 1:] = s[:, 1:] != s[:, :-1]
+        group = new.long().cumsum(dim=1) - 1  # (B, P) id of each distinct value
+        counts = torch.zeros(B, P, device=s.device).scatter_add_(1, group, torch.ones(B, P, device=s.device))
+    p = counts / P  # (B, bins)
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)  # (B,)
+
+
+class StopPolicy(nn.Module):
+    """GRU-cell policy over fold points: continue logit ``a(h) − λ·softplus(c(h))``, critic ``v(h) + λ·w(h)``.
+
+    Every matmul is an ``F.linear``, so FLOP counters see it; ``step_flops`` is the analytic count per step.
+    """
+
+    def __init__(self, d_model: int, n_paths: int, proj_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.n_paths = n_paths
+        self.hidden = hidden
+        self.proj = nn.Linear(d_model, proj_dim)
+        self.w_ih = nn.Linear(proj_dim + CONFIDENCE_STATS + n_paths + 2, 3 * hidden)
+        self.w_hh = nn.Linear(hidden, 3 * hidden)
+        self.actor = nn.Linear(hidden, 2)
+        self.critic = nn.Linear(hidden, 2)  # training only: never run by forward
+
+    def step_flops(self) -> float:
+        """FLOPs of one :meth:`forward` step for one sample (2 per multiply-add)."""
+        return 2.0 * sum(m.in_features * m.out_features for m in (self.proj, self.w_ih, self.w_hh, self.actor))
+
+    def cell(self, pooled: Tensor, conf: Tensor, start: Tensor, k: int, h: Tensor) -> Tensor:
+        """One GRU step at fold point ``k`` → the new state ``(A, H)``.
+
+        Args:
+            pooled: ``(A, C)`` pooled hidden states.
+            conf: ``(A, 3)`` the exit head's confidence statistics there (:func:`confidence_stats`).
+            start: ``(A,)`` predicted buckets.
+            k: fold-point index.
+            h: ``(A, H)`` previous state.
+        """
+        K = self.n_paths
+        z = F.layer_norm(pooled.float(), pooled.shape[-1:])  # (A, C) scale-free across depths; no FLOPs counted
+        onehot = F.one_hot(start, K).float()  # (A, K)
+        pos = torch.full_like(onehot[:, :1], k / max(1, K - 1))  # (A, 1)
+        past = (start <= k).float()[:, None]  # (A, 1) the policy's decision counts from here on
+        u = torch.cat([self.proj(z), conf.float(), onehot, pos, past], dim=1)  # (A, P + 3 + K + 2)
+        gi, gh = self.w_ih(u), self.w_hh(h)  # (A, 3H) each
+        ir, iz, i_n = gi.chunk(3, dim=1)
+        hr, hz, h_n = gh.chunk(3, dim=1)
+        r, zg = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        n = torch.tanh(i_n + r * h_n)
+        return (1 - zg) * n + zg * h  # (A, H)
+
+    def logit(self, h: Tensor, lam: Tensor | float) -> Tensor:
+        """``(A,)`` continue logit; non-increasing in the compute price ``lam``."""
+        a, c = self.actor(h).unbind(dim=1)  # (A,) each
+        return a - lam * F.softplus(c)
+
+    def forward(
+        self, pooled: Tensor, conf: Tensor, start: Tensor, k: int, h: Tensor, lam: float
+    ) -> tuple[Tensor, Tensor]:
+        """One decision at fold point ``k`` → (new state ``(A, H)``, continue logit ``(A,)``)."""
+        h = self.cell(pooled, conf, start, k, h)
+        return h, self.logit(h, lam)
+
+    def unroll(self, pooled: Tensor, conf: Tensor, start: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced pass over every fold point → continue logits and critic values, ``(N, K)`` each.
+
+        Args: pooled ``(N, K, C)``, conf ``(N, K, 3)``, start ``(N,)`` buckets, lam ``(N,)`` prices.
+        """
+        N, K = pooled.shape[:2]
+        h = pooled.new_zeros(N, self.hidden, dtype=torch.float32)
+        logits, values = [], []
+        for k in range(K):
+            h = self.cell(pooled[:, k], conf[:, k], start, k, h)
+            logits.append(self.logit(h, lam))
+            v, w = self.critic(h).unbind(dim=1)
+            values.append(v + lam * w)
+        return torch.stack(logits, dim=1), torch.stack(values, dim=1)
+
+
+def sample_uniforms(inputs: Tensor) -> Tensor:
+    """``(B,)`` float64 in [0, 1) from a hash of each sample's bytes: random, seeded, independent of the batch."""
+    rows = inputs.detach().cpu().reshape(inputs.shape[0], -1).contiguous().numpy()
+    draws = [int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in rows]
+    return torch.tensor(draws, dtype=torch.float64) / 2.0**64
+
+
+def confidence_stats(logits: Tensor) -> Tensor:
+    """``(B, 3)`` top-1 probability, its margin over the runner-up and the entropy; token outputs: position means."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top2 = logp.topk(2, dim=-1).values.exp()  # (B, 2) or (B, S, 2)
+    ent = -(logp.exp() * logp).sum(dim=-1)  # (B,) or (B, S)
+    stats = torch.stack([top2[..., 0], top2[..., 0] - top2[..., 1], ent], dim=-1)  # (B, 3) or (B, S, 3)
+    return stats if stats.dim() == 2 else stats.mean(dim=1)
+
+
+def per_sample_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    """``(B,)`` cross-entropy per sample; token outputs ``(B, T, V)`` are averaged over positions."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits.float(), targets, reduction="none")
+    return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").mean(dim=1)
+
+
+class TransformerInverseModel(DynamicModel):
+    """The frozen backbone with exit heads, a tree predictor, a stop policy and a path executor.
+
+    Args:
+        backbone: the dense model (frozen by the fit).
+        depths: fold points, ascending, the last equal to the backbone's depth.
+        shared: exit heads share the backbone's readout (early_exit's ``SharedExit``).
+        policy: ``"learned"`` or ``"random"``.
+        compiled: run segments as prepared graphs.
+        lambda_max: compute price at budget 0.
+        budgets: the default budgets (the grid the policy trains on and the random baseline is calibrated at).
+        proj_dim, hidden: policy widths.
+        feature_tokens: token outputs: positions block 0's exit head reads for the features.
+
+    Buffers:
+        fitted: ``()`` bool; calib_budgets / calib_depth: ``(n_budgets,)`` the learned policy's mean depth on
+        the fit samples at each default budget.
+    """
+
+    fitted: Tensor
+    calib_budgets: Tensor
+    calib_depth: Tensor
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        depths: list[int],
+        shared: bool,
+        policy: str,
+        compiled: bool,
+        lambda_max: float,
+        budgets: Sequence[Budget],
+        proj_dim: int,
+        hidden: int,
+        feature_tokens: int,
+    ) -> None:
+        super().__init__(backbone)
+        self.depths = depths
+        self.bounds = sorted({1, *depths})  # segment ends: block 0 alone (the predictor reads it), then fold points
+        self.shared = shared
+        self.policy_kind = policy
+        self.compiled = compiled
+        self.lambda_max = lambda_max
+        self.feature_tokens = feature_tokens
+        self.exit_heads = EarlyExitModel(backbone, shared=shared).exit_heads  # after blocks 0 … L-2
+        self.predictor = TreeEnsemble()
+        self.policy = StopPolicy(backbone.block_config.d_model, len(depths), proj_dim, hidden)
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("calib_budgets", torch.tensor(list(budgets), dtype=torch.float64))
+        self.register_buffer("calib_depth", torch.full((len(budgets),), float("nan"), dtype=torch.float64))
+        self._graphs = GraphCache()
+
+    def controller_modules(self) -> list[nn.Module]:
+        """Predictor, policy and exit heads: everything that is not the backbone."""
+        return [self.predictor, self.policy, *self.exit_heads]
+
+    def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
+        """How often the policy moved a stop past the predicted bucket, the predicted depth, predictor ops."""
+        ex = trace.extra
+        return {
+            "policy_moved": (float(ex["policy_moved"].double().mean()), "fraction", False),
+            "predicted_depth": (float(ex["predicted_depth"].double().mean()), "layers", False),
+            "predictor_ops_per_sample": (float(ex["predictor_ops"].double().mean()), "ops", False),
+        }
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TransformerInverseModel:
+        self._graphs.clear()  # moved or cast: graphs are prepared again for the new device / dtype
+        return super()._apply(fn, recurse)
+
+    # ---- execution -------------------------------------------------------------------------------------------
+
+    def run_blocks(self, x: Tensor, start: int, stop: int) -> Tensor:
+        """Run blocks ``start … stop-1`` on ``(A, T, C)``, segment by segment (prepared graphs when compiled)."""
+        ends = [b for b in self.bounds if start < b <= stop]
+        for end in ends:
+            x = self._segment(start, end, x)
+            start = end
+        return x
+
+    def _segment(self, start: int, end: int, x: Tensor) -> Tensor:
+        blocks = list(self.backbone.blocks)[start:end]
+        if not self.compiled or not graphs_allowed():
+            for block in blocks:
+                x = block(x)  # (A, T, C)
+            return x
+        key: tuple = (start, end, x.device, x.dtype, tuple(x.shape[1:]))
+        if x.device.type == "cuda":
+            key = (*key, x.shape[0])  # a CUDA graph is captured for one batch shape
+        graph = self._graphs.get(key)
+        if graph is None:
+            segment = Segment(blocks)
+            if x.device.type == "cuda":
+                graph = CudaGraphSegment(segment, x)
+            else:
+                graph = trace_segment(segment, x)
+            self._graphs[key] = graph
+        return graph(x)
+
+    def start_stage(self, inputs: Tensor, embedded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Block 0, the predictor's features and the predictor → (block 0's output, buckets ``(B,)``, head 0)."""
+        first = self.run_blocks(embedded, 0, 1)  # (B, T, C)
+        feats, head0 = self.features(inputs, embedded, first)
+        return first, self.predictor(feats).to(first.device), head0
+
+    def step_stage(
+        self, x: Tensor, start: Tensor, h: Tensor, k: int, lam: float, probe: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One decision at fold point ``k``: the exit head's probe (unless given), then the policy.
+
+        Returns:
+            The new policy state ``(A, H)``, the continue logit ``(A,)`` and the probe's logits.
+        """
+        if probe is None:
+            head = self.exit_heads[self.depths[k] - 1]
+            picks = self.feature_positions(x.shape[1])
+            probe = head(x) if picks is None else head(x[:, picks.to(x.device)])  # (A, K) or (A, S, V)
+        h, go = self.policy(self.pool(x), confidence_stats(probe), start, k, h, lam)  # (A, H), (A,)
+        return h, go, probe
+
+    def _stage(self, key: str | tuple, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Run a controller stage, traced once per key and input shape when compiled on CPU (eager otherwise)."""
+        name, *consts = key if isinstance(key, tuple) else (key,)
+        device = args[0].device
+        if not self.compiled or not graphs_allowed() or device.type != "cpu":
+            return run_stage(self, name, tuple(consts), args)  # CUDA: the controller stays eager (small, few ops)
+        full_key = (key, device, args[0].dtype, tuple(args[0].shape[1:]))
+        graph = self._graphs.get(full_key)
+        if graph is None:
+            graph = trace_segment(Stage(self, name, *consts), args)
+            self._graphs[full_key] = graph
+        return graph(*args)
+
+    def pool(self, x: Tensor) -> Tensor:
+        """``(A, T, C)`` → ``(A, C)``: the CLS token for pooled readouts, else the mean over positions."""
+        return x[:, 0] if self.backbone.readout.pool == "cls" else x.mean(dim=1)
+
+    def feature_positions(self, T: int) -> Tensor | None:
+        """Token outputs: ``(S,)`` evenly spaced positions (the last included) block 0's head reads; else ``None``."""
+        if self.backbone.readout.pool != "none":
+            return None
+        S = min(self.feature_tokens, T)
+        return torch.arange(1, S + 1) * T // S - 1
+
+    def features(self, inputs: Tensor, embedded: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
+        """The predictor's features ``(B, F)`` float64 and block 0's exit-head logits (the only matmul).
+
+        Features: mean/std of the embedding's token norms, its overall mean/std, input entropy; block 0's pooled
+        output, mean/std of its token norms and of the update's norms; the head's mean top-1 probability,
+        margin over the runner-up and entropy.
+        """
+        en = embedded.float().norm(dim=-1)  # (B, T)
+        fn = first.float().norm(dim=-1)  # (B, T)
+        upd = (first.float() - embedded.float()).norm(dim=-1)  # (B, T)
+        picks = self.feature_positions(first.shape[1])
+        head = self.exit_heads[0]
+        logits = head(first) if picks is None else head(first[:, picks.to(first.device)])  # (B, K) or (B, S, V)
+        e = embedded.float().flatten(1)
+        stats = [
+            en.mean(1), en.std(1, correction=0), e.mean(1), e.std(1, correction=0), input_entropy(inputs),
+            fn.mean(1), fn.std(1, correction=0), upd.mean(1), upd.std(1, correction=0),
+        ]  # fmt: skip
+        parts = [self.pool(first).float(), torch.stack(stats, dim=1), confidence_stats(logits)]
+        feats = torch.cat(parts, dim=1)  # (B, C + 12)
+        return feats.double(), logits
+
+    def path_index(self, budget: Budget, inputs: Tensor) -> Tensor:
+        """Random baseline: ``(B,)`` fold-point index per sample, at the learned policy's mean depth."""
+        lo_first = self.calib_budgets.flip(0).cpu().numpy(), self.calib_depth.flip(0).cpu().numpy()
+        target = float(np.interp(budget, *lo_first))  # mean depth to match
+        D = torch.tensor(self.depths, dtype=torch.float64)
+        j = int(torch.searchsorted(D, torch.tensor([target], dtype=torch.float64), right=True)[0]) - 1
+        if j < 0:
+            return torch.zeros(inputs.shape[0], dtype=torch.long)
+        if j >= len(self.depths) - 1:
+            return torch.full((inputs.shape[0],), len(self.depths) - 1, dtype=torch.long)
+        p_up = (target - D[j]) / (D[j + 1] - D[j])  # chance of the deeper neighbour, so the mean is the target
+        return torch.where(sample_uniforms(inputs) < p_up, j + 1, j).long()
+
+    def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
+        """Predictor → start bucket, segments up to it, then the policy at each later fold point; see the module doc.
+
+        Raises:
+            ValueError: ``budget`` outside ``[0, 1]``, or the model has not been fitted.
+        """
+        if not 0.0 <= budget <= 1.0:
+            raise ValueError(f"transformer_inverse budget must lie in [0, 1], got {budget}.")
+        if not bool(self.fitted):
+            raise ValueError(
+                "transformer_inverse has no fitted predictor/policy yet. Call TransformerInverse.fit(model, task, "
+                "seed=...) or load a fitted state_dict."
+            )
+        bb = self.backbone
+        K = len(self.depths)
+        x = bb.embed(inputs)  # (B, T, C)
+        B, dev = x.shape[0], x.device
+        tokens = bb.n_tokens(tuple(inputs.shape[1:]))
+        learned = self.policy_kind == "learned" and K > 1
+        full = budget >= 1.0
+        lam = price(budget, self.lambda_max)
+        reached = 0
+        steps = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) policy steps per sample
+        head0: Tensor | None = None
+        if learned:
+            first, start, head0 = self._stage("start", (inputs, x))  # (B, T, C), (B,) buckets, block 0's head
+            x, reached = first, 1
+            h = torch.zeros(B, self.policy.hidden, device=dev)  # (A, H)
+        else:  # random baseline (or a single path): the depth is known before any block runs
+            target = torch.full((B,), K - 1, dtype=torch.long) if full or K == 1 else self.path_index(budget, inputs)
+            start = target.to(dev)
+        active = torch.arange(B, device=dev)  # (A,) batch positions still running
+        stop_at = torch.full((B,), K - 1, dtype=torch.long, device=dev)  # (B,) fold-point index each stopped at
+        reused = torch.zeros(B, dtype=torch.bool, device=dev)  # (B,) output = the logits the policy probed
+        probes = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) exit heads run for the policy (not head 0)
+        picks = self.feature_positions(x.shape[1])  # token outputs: the positions a probe reads
+        logits: Tensor | None = None
+        for k, depth in enumerate(self.depths):
+            x = self.run_blocks(x, reached, depth)  # (A, T, C)
+            reached = depth
+            if k == K - 1:
+                out = bb.readout(x)  # (A, K) or (A, T, V)
+                logits = out if logits is None else logits.index_copy_(0, active, out)
+                break
+            if learned:
+                mine = start[active]
+                if depth == 1:  # block 0's head already ran for the features: the policy reads it
+                    h, go, probe = self._stage(("step", k, lam), (x, mine, h, head0[active]))
+                else:
+                    h, go, probe = self._stage(("probe+step", k, lam), (x, mine, h))  # (A, H), (A,), probe
+                    probes[active] += 1
+                steps[active] += 1
+                stop = (mine <= k) & (go <= 0) & (not full)  # (A,)
+            else:
+                stop = start[active] == k
+            n_stop = int(stop.sum())  # one host sync per fold point
+            if n_stop == 0:
+                continue
+            gone = active[stop]  # (E,)
+            if learned and picks is None:
+                out = probe[stop]  # the probe read exactly what the output reads (the CLS token)
+                reused[gone] = True
+            else:
+                out = self.exit_heads[depth - 1](x[stop])  # (E, K) or (E, T, V)
+            if logits is None:
+                logits = out.new_empty((B, *out.shape[1:]))
+            logits[gone] = out
+            stop_at[gone] = k
+            if n_stop == len(active):
+                break
+            keep = ~stop
+            active, x = active[keep], x[keep]
+            if learned:
+                h = h[keep]
+        assert logits is not None  # narrowing only: the last fold point always produces the survivors' output
+        per_sample = (t.cpu() for t in (stop_at, start, steps, probes, reused))
+        return StepOutput(logits, self._trace(*per_sample, tokens, learned))
+
+    def _trace(
+        self,
+        stop_at: Tensor,
+        start: Tensor,
+        steps: Tensor,
+        probes: Tensor,
+        reused: Tensor,
+        tokens: int,
+        learned: bool,
+    ) -> Trace:
+        bb = self.backbone
+        L = bb.n_blocks
+        D = torch.tensor(self.depths)
+        depth = D[stop_at]  # (B,)
+        ran = torch.arange(L)[None, :] < depth[:, None]  # (B, L)
+        exited = depth < L
+        ctrl = steps.double() * self.policy.step_flops()  # (B,)
+        ctrl = ctrl + (exited & ~reused).double() * bb.readout.flops(tokens)  # exit head on the stopping samples
+        picks = self.feature_positions(tokens)
+        probe_flops = bb.readout.flops(tokens if picks is None else len(picks))  # one exit head on S positions
+        ctrl = ctrl + probes.double() * probe_flops  # heads the policy read
+        if learned:
+            ctrl = ctrl + probe_flops  # block 0's head, for the features (and the policy at depth 1)
+        predicted = D[start.clamp(max=len(self.depths) - 1)]
+        return Trace(
+            block_tokens=ran.long() * tokens,
+            block_kv=ran.long() * tokens,
+            block_heads=ran.long() * bb.n_heads,
+            readout=(~exited).long(),
+            controller_flops=ctrl,
+            exit_layer=depth - 1,
+            extra={
+                "predicted_depth": predicted,
+                "policy_moved": depth != predicted if learned else torch.zeros_like(exited),
+                "predictor_ops": torch.full(
+                    depth.shape, self.predictor.ops_per_sample() if learned else 0.0, dtype=torch.float64
+                ),
+            },
+        )
+
+
+@dataclass
+class FitData:
+    """What the fit collects once per training sample (no grad).
+
+    Attributes:
+        features: ``(N, F)`` float64 predictor features.
+        pooled: ``(N, K, C)`` pooled hidden state at every fold point.
+        correct: ``(N, K)`` 1/0 (or per-token accuracy) of the output at every fold point.
+        ce: ``(N, K)`` cross-entropy of that output.
+        agree: ``(N, K)`` bool, classification: the output's argmax equals the full model's.
+        conf: ``(N, K, 3)`` the policy's confidence statistics of the output (on the probed positions).
+    """
+
+    features: Tensor
+    pooled: Tensor
+    correct: Tensor
+    ce: Tensor
+    agree: Tensor
+    conf: Tensor
+
+
+@torch.no_grad()
+def collect(model: TransformerInverseModel, task: Task, *, split: Split, n: int, batch_size: int, seed: int) -> FitData:
+    """Run ``n`` shuffled samples of ``split`` through every fold point's output."""
+    bb, device = model.backbone, next(model.backbone.parameters()).device
+    L = bb.n_blocks
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("features", "pooled", "correct", "ce", "agree", "conf")}
+    for batch in task.batches(split, batch_size=batch_size, seed=seed, shuffle=True, limit=n):
+        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+        x0 = bb.embed(inputs)  # (B, T, C)
+        x = bb.blocks[0](x0)  # (B, T, C)
+        parts["features"].append(model.features(inputs, x0, x)[0].cpu())
+        reached, pooled, correct, ce, argmax, conf = 1, [], [], [], [], []
+        picks = model.feature_positions(x.shape[1])
+        for depth in model.depths:
+            for block in list(bb.blocks)[reached:depth]:
+                x = block(x)
+            reached = depth
+            out = bb.readout(x) if depth == L else model.exit_heads[depth - 1](x)  # (B, K) or (B, T, V)
+            pooled.append(model.pool(x).float().cpu())
+            correct.append(task.metric.correct(out, targets).double().cpu())
+            ce.append(per_sample_ce(out, targets).double().cpu())
+            argmax.append(out.argmax(dim=-1).cpu())
+            conf.append(confidence_stats(out if picks is None else out[:, picks.to(device)]).cpu())  # as probed
+        parts["pooled"].append(torch.stack(pooled, dim=1))
+        parts["correct"].append(torch.stack(correct, dim=1))
+        parts["ce"].append(torch.stack(ce, dim=1))
+        parts["conf"].append(torch.stack(conf, dim=1))
+        preds = torch.stack(argmax, dim=1)  # (B, K) or (B, K, T)
+        same = preds == preds[:, -1:]
+        parts["agree"].append(same if same.dim() == 2 else same.all(dim=2))
+    return FitData(**{k: torch.cat(v) for k, v in parts.items()})
+
+
+def sufficient_bucket(data: FitData, *, text: bool, tolerance: float) -> Tensor:
+    """``(N,)`` the smallest fold-point index whose output is as good as the full model's (the predictor's label).
+
+    Classification: the argmax equals the full model's. Token outputs: per-sequence cross-entropy within
+    ``tolerance`` of the full model's. The last fold point always qualifies.
+    """
+    ok = data.ce <= data.ce[:, -1:] + tolerance if text else data.agree.clone()  # (N, K)
+    ok[:, -1] = True
+    return ok.long().argmax(dim=1)  # first True
+
+
+@register_method("transformer_inverse", aliases=("tinv",))
+class TransformerInverse(Method):
+    """Reconstructed Transformer^-1: GBDT complexity predictor + PPO stop policy over precompiled depth paths."""
+
+    version = "1"
+    paper = "https://arxiv.org/abs/2501.16394"
+    reconstructed = True
+    Config = TransformerInverseConfig
+    budget_range = (0.0, 1.0)
+    full_budget = 1.0
+    budget_doc = "b ∈ [0, 1]: compute price λ = λ_max·(1 − b)²; 1.0 = dense (nothing stops) … 0.5"
+
+    def budgets(self, n_blocks: int) -> Sequence[Budget]:
+        """Six operating points, the full budget first; denser near 1, where quality changes fastest."""
+        return (1.0, 0.97, 0.93, 0.85, 0.7, 0.5)
+
+    def wrap(self, backbone: Backbone) -> TransformerInverseModel:
+        """Exit heads after every block, an empty predictor and an untrained policy around ``backbone``."""
+        cfg = self.config
+        L = backbone.n_blocks
+        if L == 0:
+            raise ValueError("transformer_inverse needs a backbone with at least one block, got 0 blocks.")
+        return TransformerInverseModel(
+            backbone,
+            depths=fold_depths(L, cfg.n_paths),
+            shared=shares_heads(cfg.heads, backbone.readout),
+            policy=cfg.policy,
+            compiled=cfg.compiled,
+            lambda_max=cfg.lambda_max,
+            budgets=self.budgets(L),
+            proj_dim=cfg.proj_dim,
+            hidden=cfg.hidden,
+            feature_tokens=cfg.feature_tokens,
+        )
+
+    def fit(self, model: TransformerInverseModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
+        """Exit heads (early_exit's loop), then collect fold-point outputs, fit the predictor, train the policy.
+
+        Raises:
+            ValueError: the training split has fewer than 4 samples.
+        """
+        cfg = self.config
+        torch.manual_seed(seed)
+        freeze(model.backbone)
+        was_training = model.training
+        model.eval()
+        if not model.shared and len(model.exit_heads) > 0:
+            trainer = EarlyExitModel(model.backbone, shared=False)
+            trainer.exit_heads = model.exit_heads  # train ours in place with early_exit's loop
+            recipe = EarlyExitConfig(steps=cfg.exit_steps, batch_size=cfg.exit_batch_size, heads="copy")
+            EarlyExit(recipe).fit(trainer, task, seed=seed)
+        model.eval()
+        K = len(model.depths)
+        if K > 1:
+            self._fit_controller(model, task, seed)
+        model.fitted.fill_(True)
+        model.train(was_training)
+
+    def _fit_controller(self, model: TransformerInverseModel, task: Task, seed: int) -> None:
+        cfg = self.config
+        bb = model.backbone
+        shape = tuple(next(task.batches(cfg.fit_split, batch_size=1)).inputs.shape[1:])
+        dense = bb.dense_flops(shape)
+        n = min(cfg.fit_samples, task.n_samples(cfg.fit_split), max(4, int(cfg.fit_flops // dense)))
+        if n < 4:
+            raise ValueError(f"transformer_inverse needs >= 4 training samples, task '{task.name}' has {n}.")
+        data = collect(model, task, split=cfg.fit_split, n=n, batch_size=cfg.collect_batch, seed=seed)
+        text = bb.readout.pool == "none"
+        labels = sufficient_bucket(data, text=text, tolerance=cfg.text_tolerance)  # (N,)
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+        half = len(order) // 2
+        fit_idx, pol_idx = order[:half], order[half:]
+        model.predictor.fit(
+            data.features[fit_idx],
+            labels[fit_idx],
+            iterations=cfg.gbdt_iterations,
+            leaves=cfg.gbdt_leaves,
+            depth=cfg.gbdt_depth,
+            seed=seed,
+        )
+        with torch.no_grad():
+            start = model.predictor(data.features[pol_idx]).cpu()  # (N_B,) out-of-sample buckets
+        D = model.depths
+        tokens = bb.n_tokens(shape)
+        one = torch.tensor(tokens)
+        per_block = float(block_flops(bb.block_config, one, one, torch.tensor(bb.n_heads))) / dense
+        seg = torch.tensor([(D[k + 1] - D[k]) * per_block for k in range(len(D) - 1)] + [0.0])  # (K,)
+        quality = -(data.ce - data.ce[:, -1:]) if text else data.correct  # (N, K)
+        lams = torch.tensor([price(b, cfg.lambda_max) for b in self.budgets(bb.n_blocks) if b < 1.0])
+        pooled, conf = data.pooled[pol_idx], data.conf[pol_idx]
+        base = StoppingEpisodes(quality[pol_idx].float(), torch.zeros(len(pol_idx), len(D)), start, {})
+
+        def make_episodes(gen: torch.Generator) -> StoppingEpisodes:
+            lam = lams[torch.randint(len(lams), (len(pol_idx),), generator=gen)]  # (N_B,) one price per episode
+            context = {"pooled": pooled, "conf": conf, "lam": lam}
+            return StoppingEpisodes(base.quality, lam[:, None] * seg[None, :], start, context)
+
+        def policy_fn(ep: StoppingEpisodes) -> tuple[Tensor, Tensor]:
+            return model.policy.unroll(ep.context["pooled"], ep.context["conf"], ep.first, ep.context["lam"])
+
+        torch.manual_seed(seed)  # the policy starts from the same weights whatever ran before wrap()
+        for layer in model.policy.modules():
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        params = list(model.policy.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        model.policy.train()
+        with torch.enable_grad():
+            train_stopping_policy(policy_fn, params, make_episodes, cfg.ppo, seed=seed)
+        model.policy.eval()
+        with torch.no_grad():  # calibrate the random baseline: the learned policy's mean depth per default budget
+            depth_of = torch.tensor(D, dtype=torch.float64)
+            for i, b in enumerate(model.calib_budgets.tolist()):
+                lam = torch.full((len(pol_idx),), price(b, cfg.lambda_max))
+                logits, _ = model.policy.unroll(pooled, conf, start, lam)  # (N_B, K)
+                go_on = (logits > 0) | (b >= 1.0)
+                model.calib_depth[i] = depth_of[first_stop(go_on, start)].mean()
