@@ -174,6 +174,12 @@ def _scale_x(ax: Axes, x: np.ndarray, x_metric: str) -> None:
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
+def scale_y(ax: Axes, y: np.ndarray) -> None:
+    """Log quality axis when the values span more than ``_LOG_RATIO`` (perplexities of a broken model span decades)."""
+    if np.all(y > 0) and y.max() / y.min() > _LOG_RATIO:
+        ax.set_yscale("log")
+
+
 def pareto_plot(
     summary_df: pd.DataFrame,
     task: str,
@@ -218,6 +224,7 @@ def pareto_plot(
             *front,
         ]
         _scale_x(ax, data[x_metric].to_numpy(dtype=float) * x_scale, x_metric)
+        scale_y(ax, data["quality"].to_numpy(dtype=float) * y_scale)
         ax.margins(x=0.08, y=0.1)
         ax.grid(True, which="major", alpha=0.3)
         ax.set_xlabel(axis_label.format(bs=batch))
