@@ -32,11 +32,11 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
 
 
-def unknown_message(kind: str, name: str, available: Iterable[str]) -> str:
-    """The one shape of an unknown-name error: what failed, the value, what to do."""
+def unknown_message(kind: str, name: str, available: Iterable[str], aliases: Iterable[str] = ()) -> str:
+    """The one shape of an unknown-name error: what failed, the value, what to do (aliases count as matches)."""
     available = sorted(available)
     msg = f"Unknown {kind} '{name}'."
-    close = suggest(name, available)
+    close = suggest(name, [*available, *aliases])
     if close:
         msg += f" Did you mean: {', '.join(close)}?"
     msg += f" Available: {', '.join(available) if available else '(none registered)'}"
@@ -115,7 +115,7 @@ class Registry(Generic[T]):
         self._discover()
         key = self._aliases.get(name, name)
         if key not in self._items:
-            raise RegistryError(unknown_message(self.kind, name, self.names()))
+            raise RegistryError(unknown_message(self.kind, name, self.names(), self._aliases))
         return self._items[key]  # type: ignore[return-value]
 
     def names(self) -> list[str]:

@@ -22,6 +22,12 @@ def test_unknown_name_suggests_and_lists():
     assert "Available: " in msg and "dense" in msg
 
 
+def test_aliases_resolve_and_are_suggested():
+    assert METHODS.get("tinv") is METHODS.get("transformer_inverse")
+    with pytest.raises(RegistryError, match=r"Did you mean: tinv\?"):
+        METHODS.get("tinvv")
+
+
 def test_registration_checks_base_class_and_conflicts():
     reg: Registry = Registry("widget", Method, "dynbench.methods", "dynbench.nothing")
     with pytest.raises(TypeError, match="must subclass"):
