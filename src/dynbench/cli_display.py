@@ -7,6 +7,7 @@ from types import TracebackType
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -44,13 +45,14 @@ class RunDisplay:
         """The budget callback for one run (advances the runs bar when the run finishes)."""
         if self.current is not None:
             self.progress.remove_task(self.current)
-        self.current = self.progress.add_task(f"  {plan.title}", total=len(plan.budgets))
+        self.current = self.progress.add_task(escape(f"  {plan.title}"), total=len(plan.budgets))
 
         started = time.monotonic()
 
         def update(done: int, total: int, what: str) -> None:
             assert self.current is not None  # noqa: S101 — set just above
-            self.progress.update(self.current, completed=done, total=total, description=f"  {plan.title}: {what}")
+            label = escape(f"  {plan.title}: {what}")  # titles hold brackets (dht[policy=random]): not Rich markup
+            self.progress.update(self.current, completed=done, total=total, description=label)
             if not console.is_terminal:  # CI logs and pipes get no live bars: a plain line per step instead
                 print(f"[{time.monotonic() - started:7.1f} s] {plan.title}: {what} ({done}/{total})", flush=True)
             if done == total and what == "done":
@@ -102,7 +104,7 @@ def print_summary(rows: pd.DataFrame) -> None:
         table.add_row(
             r["task"],
             r["hardware"],
-            r["method_label"],
+            escape(str(r["method_label"])),  # labels hold brackets (dht[policy=random]): not Rich markup
             f"{r['budget']:.3g}",
             q,
             _fmt(r["flops_per_sample"], "flops"),
@@ -124,5 +126,5 @@ def print_plugins(kind: str, items: list[dict[str, str]]) -> None:
     for col in items[0]:
         table.add_column(col)
     for item in items:
-        table.add_row(*item.values())
+        table.add_row(*(escape(str(v)) for v in item.values()))
     console.print(table)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from rich.console import Console
 
+from dynbench import cli_display
 from dynbench.cli import main
 from dynbench.types import METRICS
 
@@ -185,3 +188,13 @@ def test_missing_data_and_bad_task_options_exit_2_before_anything_is_written(
 def test_lm_eval_subcommand_without_arguments_prints_how_and_exits_2(capsys: pytest.CaptureFixture[str]):
     assert main(["lm-eval"]) == 2
     assert "bench lm-eval --model dynbench --model_args task=shakespeare" in capsys.readouterr().out
+
+
+def test_summary_shows_bracketed_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Plugin options in brackets are labels, not Rich markup: ``layer_skip[pattern=uniform]`` prints as written."""
+    wide = Console(width=200, file=io.StringIO())
+    monkeypatch.setattr(cli_display, "console", wide)
+    code = run(tmp_path, "--methods", "layer_skip[pattern=uniform]", "--tasks", "toy-vision", "--limit", "8")
+    assert code == 0
+    rows = [line for line in wide.file.getvalue().splitlines() if line.startswith("│ toy-vision")]
+    assert rows and all("│ layer_skip[pattern=uniform] │" in line for line in rows)
