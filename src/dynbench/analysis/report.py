@@ -319,7 +319,8 @@ def write_report(
     intro = (
         f"{len(rows)} result rows, tasks: {', '.join(tasks)}. Points are means over seeds; "
         "error bars and `±` are the standard deviation across seeds. Upper bounds (oracle) are dashed "
-        "and excluded from the Pareto front; `(reconstructed)` marks numbers not measured by this harness."
+        "and excluded from the Pareto front; `(reconstructed)` marks methods whose mechanism dynbench "
+        "reconstructed from an incomplete paper."
     )
     index_md = "\n\n".join(["# dynbench report", intro, *sections]) + "\n"
     md_path, html_path = out / "index.md", out / "index.html"

@@ -66,7 +66,7 @@ def display_label(method: str, method_label: str, reconstructed: bool, upper_bou
     Args:
         method: registry name (``oracle`` marks an upper bound).
         method_label: label chosen by the harness, e.g. ``layer_skip(pattern=uniform)``.
-        reconstructed: whether the numbers were reconstructed rather than measured here.
+        reconstructed: whether the method is a reconstruction (its paper leaves the mechanism open).
         upper_bound: whether the method saw the evaluation labels (the rows' ``upper_bound`` column).
 
     Returns:
