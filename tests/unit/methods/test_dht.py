@@ -10,22 +10,19 @@ import torch
 
 from dynbench.config import build_dataclass, parse_plugin
 from dynbench.harness.flops import count_flops
-from dynbench.methods.base import METHODS
-from dynbench.methods.dht import (
-    DHT,
-    DHTConfig,
-    DHTModel,
+from dynbench.methods._bandits import (
     beta_update,
     exploit_arm,
     exploit_units,
     kmeans,
-    sample_correctness,
     thompson_units,
     tilted_distribution,
     ucb_scores,
     ucb_select,
     ucb_update,
 )
+from dynbench.methods.base import METHODS
+from dynbench.methods.dht import DHT, DHTConfig, DHTModel, sample_correctness
 from dynbench.models.gpt import GPT, GPTConfig
 from dynbench.models.vit import ViTConfig
 from dynbench.tasks.base import TASKS, Perplexity, TopOneAccuracy, TrainConfig
