@@ -77,7 +77,7 @@ from dynbench.methods._static_paths import (
 )
 from dynbench.methods._tree_ensemble import TreeEnsemble
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
-from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig, EarlyExitModel, shares_heads
+from dynbench.methods.early_exit import HEAD_KINDS, EarlyExit, EarlyExitConfig, EarlyExitModel, shares_heads
 from dynbench.models.backbone import Backbone
 from dynbench.models.block import block_flops
 from dynbench.tasks.base import Split, Task
@@ -85,7 +85,6 @@ from dynbench.types import Budget, StepOutput, Trace
 
 POLICIES = ("learned", "random")
 FIT_SPLITS = ("val", "train")
-HEAD_KINDS = ("auto", "copy", "shared")
 ALL_DEPTHS_UP_TO = 8
 """With ``n_paths=0`` every depth is a fold point for backbones up to this deep, else 4 fold points."""
 ENTROPY_BINS = 16
