@@ -195,6 +195,8 @@ METRICS: Mapping[str, tuple[str, bool]] = {
     "speedup_theoretical": ("x", True),
     "speedup_realized": ("x", True),
     "realization": ("ratio", True),
+    "controller_ms": ("ms", False),  # per call, inside the controller modules (a separate, hooked pass)
+    "controller_share": ("ratio", False),  # controller time ÷ the method's call time
     "mean_layers": ("layers", False),
     "flops_count_gap": ("ratio", False),
 }

@@ -49,10 +49,14 @@ def test_rows_have_the_schema_and_every_metric(results: Path):
     assert len(rows_files) == 6
     rows = pd.concat(pd.read_json(p, lines=True) for p in rows_files)
     vocabulary = set(METRICS) | {"quality"}
-    for method in ("early_exit", "layer_skip"):
+    controller = {"controller_ms", "controller_share"}  # only for methods with controller modules (exit heads)
+    for method, absent in (("early_exit", set()), ("layer_skip", controller)):
         sub = rows[(rows.method == method) & (rows.task == "toy-vision")]
-        assert vocabulary - {"flops_count_gap"} <= set(sub.metric) | {"flops_count_gap"}
+        assert vocabulary - {"flops_count_gap"} - absent <= set(sub.metric) | {"flops_count_gap"}
+        assert not absent & set(sub.metric)
         assert sub.budget.nunique() >= 2
+    share = rows[(rows.method == "early_exit") & (rows.metric == "controller_share")].value
+    assert len(share) and ((share > 0) & (share < 1)).all()
     assert (rows[rows.metric == "flops_count_gap"].value.abs() < 1e-9).all()
     assert rows.git_sha.notna().all() and set(rows.hardware) == {"cpu"}
     q = rows[(rows.metric == "quality") & (rows.task == "toy-text")]

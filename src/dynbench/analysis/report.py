@@ -151,6 +151,11 @@ def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
                 f" Selection-bias control: scored on the held-out half, the smallest solved budget that still matches "
                 f"is **{100 * held.iloc[0]:.0f}%**."
             )
+        else:
+            text += (
+                " **No selection-bias control**: the task has no second view of its inputs (its augmentation is the "
+                "identity), so these figures are the in-sample best and overstate what an allocation could reach."
+            )
         header = f"| budget | mean layers | {q_label} | {q_label}, selection half | {q_label}, held-out half |"
         lines = [text, "", header, "|---:|---:|---:|---:|---:|"]
         for budget, row in mean.sort_index(ascending=False).iterrows():

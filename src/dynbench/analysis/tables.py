@@ -41,13 +41,13 @@ _REQUIRED = (
 # Measured once per budget at the evaluation batch size, identical on every hardware target.
 _HARDWARE_FREE = ("quality", "flops_per_sample", "flops_ratio", "mean_layers")
 # Read at the latency batch size (batch 1 by default: the per-request serving cost).
-_AT_LATENCY_BATCH = ("latency_ms", "speedup_realized", "peak_mem_bytes")
+_AT_LATENCY_BATCH = ("latency_ms", "speedup_realized", "controller_ms", "peak_mem_bytes")
 _METRIC_COLUMNS = (*_HARDWARE_FREE, *_AT_LATENCY_BATCH, "throughput")
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "task", "hardware", "method", "method_label", "display_label", "reconstructed", "upper_bound", "budget",
     "quality", "quality_std", "quality_unit", "quality_higher_is_better",
     "flops_per_sample", "flops_per_sample_std", "flops_ratio",
-    "latency_ms", "latency_ms_std", "speedup_realized",
+    "latency_ms", "latency_ms_std", "speedup_realized", "controller_ms",
     "throughput", "throughput_std", "throughput_batch_size",
     "peak_mem_bytes", "peak_mem_bytes_std", "mean_layers", "n_seeds", "latency_batch_size",
 )  # fmt: skip
@@ -333,6 +333,7 @@ def _column_specs(section: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Se
             f"speedup b{lat_bs}",
             lambda r: _MISSING if not math.isfinite(r["speedup_realized"]) else f"{r['speedup_realized']:.2f}×",
         ),
+        ("controller_ms", f"controller b{lat_bs} (ms)", lambda r: format_sig(r["controller_ms"])),
         ("throughput", thr_header, lambda r: format_sig(r["throughput"])),
         ("peak_mem_bytes", f"peak mem b{lat_bs} (MiB)", lambda r: format_sig(r["peak_mem_bytes"] / _MIB)),
     ]
@@ -342,7 +343,8 @@ def _hardware_markdown(section: pd.DataFrame, hardware: str) -> str:
     """One markdown table (plus notes) for a task's operating points on one hardware target."""
     specs = _column_specs(section)
     shown = [spec for spec in specs if section[spec[0]].notna().any()]
-    missing = [header for column, header, _ in specs if not section[column].notna().any()]
+    # no controller column means no method here has controller modules, not a measurement left out
+    missing = [h for column, h, _ in specs if not section[column].notna().any() and column != "controller_ms"]
     front = pareto_mask(section, "flops_per_sample")
     headers = ["method", "budget", *[header for _, header, _ in shown], "seeds", "Pareto"]
     lines = [
@@ -360,6 +362,11 @@ def _hardware_markdown(section: pd.DataFrame, hardware: str) -> str:
     notes = ["`*` = Pareto-optimal on quality vs FLOPs per sample across all methods (upper bounds excluded)."]
     if (section["n_seeds"] > 1).any():
         notes.append("Values are means over seeds; `±` is the standard deviation across seeds.")
+    if section["controller_ms"].notna().any():
+        notes.append(
+            "`controller` = time per call inside the method's decision modules (routers, gates, exit heads, "
+            "policies), from a separate hooked pass; it is part of the latency, shown apart."
+        )
     if missing:
         notes.append(f"Not measured on {hardware}: " + ", ".join(missing) + ".")
     return "\n".join(lines + [" ".join(notes)])

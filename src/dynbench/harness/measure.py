@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dynbench.harness.flops import count_flops
 from dynbench.harness.memory import measure_memory
-from dynbench.harness.timing import time_interleaved
+from dynbench.harness.timing import time_controllers, time_interleaved
 from dynbench.methods.base import DynamicModel
 from dynbench.tasks.base import Task
 from dynbench.types import Batch, Trace
@@ -149,7 +149,7 @@ def timing_rows(
     dense_flops: FlopsResult | None,
     make_row: RowMaker,
 ) -> list[dict]:
-    """Time the method and dense, interleaved, at one batch size → latency, throughput and speedup rows."""
+    """Time the method and dense, interleaved, at one batch size → latency, throughput, speedup and controller rows."""
     cfg = plan.spec.measure
     inputs = ti.inputs
     batch_size = int(inputs[0].shape[0])
@@ -170,6 +170,16 @@ def timing_rows(
     ]
     if flops is not None and dense_flops is not None:
         rows.append(make_row(budget, batch_size, "realization", realized / (dense_flops.mean / flops.mean), st.n))
+    ctrl = (
+        None
+        if is_dense
+        else time_controllers(model.controller_modules(), calls["method"], len(inputs), plan.hardware, cfg)
+    )
+    if ctrl is not None:  # the decision overhead, shown apart from the call it is part of
+        rows += [
+            make_row(budget, batch_size, "controller_ms", ctrl.median_ms, ctrl.n),
+            make_row(budget, batch_size, "controller_share", ctrl.share, ctrl.n),
+        ]
     return rows
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from dynbench.config import MeasureConfig
 from dynbench.hardware.base import HardwareTarget
@@ -76,3 +77,78 @@ def time_interleaved(
         n += 1
     target.synchronize()
     return {name: TimingStats.of(timers[name].elapsed_ms()) for name in names}
+
+
+@dataclass(frozen=True)
+class ControllerTiming:
+    """Wall time spent inside a model's controller modules (routers, gates, exit heads, policies)."""
+
+    median_ms: float  # controller time per call, median over the calls
+    share: float  # controller time ÷ the model's whole call time, summed over the calls
+    n: int  # calls
+
+
+def time_controllers(
+    controllers: Sequence[nn.Module],
+    call: Callable[[int], Any],
+    n_inputs: int,
+    target: HardwareTarget,
+    cfg: MeasureConfig,
+) -> ControllerTiming | None:
+    """Time the controller modules' share of each call, in a pass of its own.
+
+    Forward hooks read the clock when the outermost controller module is entered and left (a controller called
+    inside another counts once); on a GPU they synchronise first, which slows the call, so this pass never feeds
+    the latency rows, only the split of a call's time into controller and the rest. The loop runs under the same
+    ``min_iters`` / ``min_time_s`` / ``max_time_s`` rule as the timing loop; inputs are warm already.
+
+    Args:
+        controllers: the model's :meth:`~dynbench.methods.base.DynamicModel.controller_modules`.
+        call: ``fn(i)`` that runs the model once on input ``i``.
+        n_inputs: inputs are ``0 … n_inputs-1``, cycled.
+        target: supplies synchronisation.
+        cfg: the loop's limits.
+
+    Returns:
+        The timing, or ``None`` when the model has no controller modules.
+    """
+    modules = list({id(m): m for m in controllers}.values())  # a module listed twice is hooked once
+    if not modules:
+        return None
+    depth, entered, spent = 0, 0, 0
+
+    def enter(module: nn.Module, args: Any) -> None:
+        nonlocal depth, entered
+        if depth == 0:
+            target.synchronize()
+            entered = time.perf_counter_ns()
+        depth += 1
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal depth, spent
+        depth -= 1
+        if depth == 0:
+            target.synchronize()
+            spent += time.perf_counter_ns() - entered
+
+    handles = [h for m in modules for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    inside, whole = [], []
+    try:
+        t0 = time.perf_counter()
+        while True:
+            elapsed = time.perf_counter() - t0
+            n = len(whole)
+            if (n >= cfg.min_iters and elapsed >= cfg.min_time_s) or (elapsed >= cfg.max_time_s and n >= 1):
+                break
+            depth, spent = 0, 0
+            target.synchronize()
+            start = time.perf_counter_ns()
+            call(n % n_inputs)
+            target.synchronize()
+            whole.append(time.perf_counter_ns() - start)
+            inside.append(spent)
+    finally:
+        for h in handles:
+            h.remove()
+    share = sum(inside) / sum(whole) if sum(whole) else 0.0
+    return ControllerTiming(float(np.median(inside)) / 1e6, float(share), len(whole))

@@ -8,11 +8,19 @@ block l as soon as its exit head's confidence (max softmax probability) is stric
 the rest go on, and whoever reaches the end uses the backbone's own readout.
 
 What we changed / reconstructed: the paper exits at a static layer and fine-tunes the lower layers; here the
-backbone stays frozen and only the exit heads (initialised from the final head) are trained, jointly, with the
-summed cross-entropy of all exits. A model whose head is large (a language model's unembedding: SmolLM2's is
-49,152 × 576) gets *shared* exits instead (``heads="shared"``, chosen by ``"auto"``): the backbone's own final norm
-and head applied to each block's output, as the paper's static early exit does, untrained — 29 trained copies of
-that head would take 3.3 GB and a CPU-day to fit.
+backbone stays frozen and only the exit heads are trained. Three kinds of exit head (``heads``):
+
+- ``"copy"``: a copy of the readout per exit (initialised from the final head), all trained jointly with the summed
+  cross-entropy of every exit. ``"auto"`` picks it for small heads (classifiers, a character vocabulary).
+- ``"tuned"``: for a large head (a language model's unembedding: SmolLM2's is 49,152 × 576 — 29 trained copies
+  would take 3.3 GB and a CPU-day) each exit owns an affine *translator* ``h ↦ h + W h + b`` into the last block's
+  output space and then applies the backbone's own, frozen final norm and head — the "tuned lens" of Belrose et al.,
+  "Eliciting Latent Predictions from Transformers with the Tuned Lens", https://arxiv.org/abs/2303.08112. They
+  train it by gradient descent on a KL loss; we fit it in closed form, by ridge-regularised least squares from
+  block l's output to the last block's output over ``tuned_samples`` training sequences (no pass through the head,
+  so a CPU fits all 29 exits of SmolLM2 in minutes). ``"auto"`` picks it for large heads.
+- ``"shared"``: the readout itself after every block, untrained (the "logit lens"; what the paper's static early
+  exit applies), for the comparison.
 
 ``rule="depth"`` is the paper's *static* early exit instead: every sample runs the first k blocks and leaves by
 exit head k (trained as above, or shared), with the budget the fraction of blocks k/L as in ``layer_skip``; no
@@ -42,12 +50,12 @@ from dynbench.models.training import endless, fit_loop
 from dynbench.tasks.base import Task, TrainConfig
 from dynbench.types import Batch, Budget, StepOutput, Trace
 
-HEAD_KINDS = ("auto", "copy", "shared")
+HEAD_KINDS = ("auto", "copy", "shared", "tuned")
 RULES = ("confidence", "depth")
 DECISION_TOKENS = 16
 """Positions a shared (large) exit head reads to decide, with ``decision_tokens=-1``."""
 SHARED_HEAD_PARAMS = 1_000_000
-"""Above this many head weights ``heads="auto"`` shares the readout instead of copying it per exit."""
+"""Above this many head weights ``heads="auto"`` gives tuned exits (and tinv shared ones) instead of head copies."""
 
 
 @dataclass(frozen=True)
@@ -59,13 +67,16 @@ class EarlyExitConfig:
     batch_size: int = 64  # training batch size, as the backbone recipes use
     weight_decay: float = 0.01  # mild, so the heads do not drift far from the final head they start as
     warmup_steps: int = 20  # short linear warm-up before the cosine decay
-    heads: str = "auto"  # "copy": a trained copy of the readout per exit; "shared": the readout itself, untrained;
-    # "auto": "shared" when the readout's head has more than SHARED_HEAD_PARAMS weights (LM unembeddings), else "copy"
+    heads: str = "auto"  # "copy": a trained copy of the readout per exit; "tuned": a fitted translator per exit
+    # before the frozen readout; "shared": the readout itself, untrained; "auto": "tuned" when the readout's head has
+    # more than SHARED_HEAD_PARAMS weights (LM unembeddings), else "copy"
     rule: str = "confidence"  # "confidence": leave when an exit head is confident (budget = threshold τ);
     # "depth": the paper's static exit, every sample leaves after the first k blocks (budget = k/L)
     decision_tokens: int = -1  # token outputs: positions the exit decision reads (evenly spaced, the last included);
     # 0 = every position; -1 = auto: DECISION_TOKENS with shared heads (a 49k-word head on all 128 positions after
     # each of 29 blocks would cost 6× the model), every position otherwise
+    tuned_samples: int = 256  # tuned exits: training samples their least squares reads (SmolLM2: 256 × 128 tokens)
+    ridge: float = 1e-3  # tuned exits: ridge strength relative to the mean feature energy; keeps the solve stable
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -90,6 +101,11 @@ class EarlyExitConfig:
             )
         if self.heads not in HEAD_KINDS:
             raise ValueError(f"EarlyExitConfig.heads must be one of {HEAD_KINDS}, got {self.heads!r}.")
+        if self.tuned_samples < 1 or self.ridge < 0:
+            raise ValueError(
+                f"EarlyExitConfig.tuned_samples must be >= 1 and ridge >= 0, got {self.tuned_samples} and "
+                f"{self.ridge}. Use e.g. tuned_samples=256, ridge=1e-3."
+            )
         if self.warmup_steps < 0:
             raise ValueError(
                 f"EarlyExitConfig.warmup_steps must be >= 0, got {self.warmup_steps}. Use 0 for no warm-up."
@@ -127,9 +143,43 @@ class SharedExit(nn.Module):
             x = x[:, 0]  # (B, C)
         return F.linear(ro.norm(x), ro.head.weight, ro.head.bias)
 
+    def flops(self, tokens: int) -> float:
+        """Analytic FLOPs of one application, the readout's."""
+        return self.readout.flops(tokens)
+
+
+class TunedExit(SharedExit):
+    """The shared readout after a fitted affine translator ``h ↦ h + W h + b`` (zero at first: the shared exit)."""
+
+    def __init__(self, readout: Readout) -> None:
+        super().__init__(readout)
+        d = readout.head.in_features
+        self.translator = nn.Linear(d, d)
+        nn.init.zeros_(self.translator.weight)
+        nn.init.zeros_(self.translator.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, T, C)`` → ``(B, K)`` or ``(B, T, V)``: translate, then the readout."""
+        if self.readout.pool == "cls":
+            x = x[:, :1]  # (B, 1, C) only the read position is translated
+        return super().forward(x + self.translator(x))  # (B, K) or (B, T, V)
+
+    def flops(self, tokens: int) -> float:
+        """The translator's matmul on the positions read, plus the readout."""
+        d = self.translator.in_features
+        positions = 1 if self.readout.pool == "cls" else tokens
+        return 2.0 * positions * d * d + self.readout.flops(tokens)
+
+
+def exit_kind(heads: str, readout: Readout) -> str:
+    """``copy``, ``tuned`` or ``shared``: ``heads`` with ``auto`` resolved (tuned exits for large heads)."""
+    if heads != "auto":
+        return heads
+    return "tuned" if readout.head.weight.numel() > SHARED_HEAD_PARAMS else "copy"
+
 
 def shares_heads(heads: str, readout: Readout) -> bool:
-    """Whether exits share the readout (``heads`` resolved: ``auto`` shares large heads)."""
+    """Whether exits share the readout, for methods without tuned exits (``auto`` shares large heads)."""
     return heads == "shared" or (heads == "auto" and readout.head.weight.numel() > SHARED_HEAD_PARAMS)
 
 
@@ -138,26 +188,33 @@ class EarlyExitModel(DynamicModel):
 
     Args:
         backbone: the dense model; frozen during :meth:`EarlyExit.fit`.
-        shared: exits apply the backbone's readout itself (:class:`SharedExit`) instead of trained copies.
+        heads: ``copy`` (trained copies of the readout), ``tuned`` (:class:`TunedExit`) or ``shared``
+            (:class:`SharedExit`, the backbone's readout itself).
         decision_tokens: for token outputs, the exit decision reads this many evenly spaced positions (the last
             included) and the head runs on every position only for the sequences that leave; 0 = every position.
     """
 
     def __init__(
-        self, backbone: Backbone, *, shared: bool = False, decision_tokens: int = 0, rule: str = "confidence"
+        self, backbone: Backbone, *, heads: str = "copy", decision_tokens: int = 0, rule: str = "confidence"
     ) -> None:
         super().__init__(backbone)
         n_exits = backbone.n_blocks - 1
         self.rule = rule
-        self.shared = shared
+        self.kind = heads
+        self.shared = heads == "shared"
         self.decision_tokens = decision_tokens
-        if shared:
-            heads: list[nn.Module] = [SharedExit(backbone.readout) for _ in range(n_exits)]
+        if heads in ("shared", "tuned"):
+            exit_cls = SharedExit if heads == "shared" else TunedExit
+            heads_: list[nn.Module] = [exit_cls(backbone.readout) for _ in range(n_exits)]
         else:
-            heads = [copy.deepcopy(backbone.readout) for _ in range(n_exits)]
-            for p in (p for head in heads for p in head.parameters()):
+            heads_ = [copy.deepcopy(backbone.readout) for _ in range(n_exits)]
+            for p in (p for head in heads_ for p in head.parameters()):
                 p.requires_grad_(True)  # the copies stay trainable even when the backbone is frozen
-        self.exit_heads = nn.ModuleList(heads)
+        self.exit_heads = nn.ModuleList(heads_)
+
+    def exit_flops(self, tokens: int) -> float:
+        """Analytic FLOPs of one exit head on a sequence of ``tokens`` tokens (every exit costs the same)."""
+        return self.exit_heads[0].flops(tokens) if len(self.exit_heads) else self.backbone.readout.flops(tokens)
 
     def controller_modules(self) -> list[nn.Module]:
         """The exit heads: their FLOPs are the decision overhead."""
@@ -250,7 +307,7 @@ class EarlyExitModel(DynamicModel):
         tokens = bb.n_tokens(tuple(inputs.shape[1:]))
         exit_layer = torch.full((B,), k - 1, dtype=torch.long)  # (B,)
         ran = (torch.arange(L)[None, :] < k).long().expand(B, L)  # (B, L)
-        head_flops = 0.0 if k == L else bb.readout.flops(tokens)  # one exit head, no decisions
+        head_flops = 0.0 if k == L else self.exit_flops(tokens)  # one exit head, no decisions
         trace = Trace(
             block_tokens=ran * tokens,
             block_kv=ran * tokens,
@@ -281,9 +338,9 @@ class EarlyExitModel(DynamicModel):
         heads_run = torch.clamp(exit_layer + 1, max=L - 1)  # (B,) exit heads evaluated per sample
         picks = self.decision_positions(tokens)
         if picks is None:  # every exit head evaluated has the readout's shape and cost
-            head_flops = heads_run.double() * bb.readout.flops(tokens)  # (B,)
+            head_flops = heads_run.double() * self.exit_flops(tokens)  # (B,)
         else:  # decisions on S positions, then the whole sequence through the head it leaves by
-            head_flops = heads_run.double() * bb.readout.flops(len(picks)) + (~reached_end) * bb.readout.flops(tokens)
+            head_flops = heads_run.double() * self.exit_flops(len(picks)) + (~reached_end) * self.exit_flops(tokens)
         return Trace(
             block_tokens=ran.long() * tokens,
             block_kv=ran.long() * tokens,
@@ -299,7 +356,7 @@ class EarlyExitModel(DynamicModel):
 class EarlyExit(Method):
     """Confidence-threshold early exit with trained exit heads on a frozen backbone."""
 
-    version = "1"
+    version = "2"  # 2: tuned exits for large heads (auto); a cached v1 fit held no translators
     paper = "https://arxiv.org/abs/2410.20022"
     Config = EarlyExitConfig
     budget_range = (0.0, 1.0)
@@ -310,11 +367,12 @@ class EarlyExit(Method):
         return dataclasses.replace(self.config, rule="confidence", decision_tokens=-1)
 
     def wrap(self, backbone: Backbone) -> EarlyExitModel:
-        """Add exit heads (copies of the backbone's readout, or the readout shared) after blocks ``0 .. L-2``."""
+        """Add exit heads (readout copies, tuned translators or the readout shared) after blocks ``0 .. L-2``."""
         cfg = self.config
-        shared = shares_heads(cfg.heads, backbone.readout)
-        decision_tokens = cfg.decision_tokens if cfg.decision_tokens >= 0 else (DECISION_TOKENS if shared else 0)
-        return EarlyExitModel(backbone, shared=shared, decision_tokens=decision_tokens, rule=cfg.rule)
+        kind = exit_kind(cfg.heads, backbone.readout)
+        large = kind != "copy"  # the readout's own (large) head runs at every exit
+        decision_tokens = cfg.decision_tokens if cfg.decision_tokens >= 0 else (DECISION_TOKENS if large else 0)
+        return EarlyExitModel(backbone, heads=kind, decision_tokens=decision_tokens, rule=cfg.rule)
 
     budget_doc = "confidence threshold τ: 1.0 (nothing exits) … 0.4; with rule=depth the fraction of blocks k/L"
 
@@ -325,7 +383,7 @@ class EarlyExit(Method):
         return (1.0, 0.999, 0.99, 0.95, 0.9, 0.8, 0.6, 0.4)
 
     def fit(self, model: EarlyExitModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
-        """Train all exit heads jointly on the frozen backbone (summed task loss of every exit).
+        """Train all exit heads jointly on the frozen backbone (summed task loss of every exit), or fit tuned exits.
 
         Args:
             model: the wrapped model whose ``exit_heads`` are trained in place.
@@ -337,6 +395,9 @@ class EarlyExit(Method):
             return  # a one-block backbone has nothing to exit from; shared exits have nothing to train
         torch.manual_seed(seed)
         freeze(model.backbone)
+        if model.kind == "tuned":
+            fit_translators(model, task, samples=cfg.tuned_samples, ridge=cfg.ridge, seed=seed)
+            return
         params = [p for p in model.exit_heads.parameters()]
         for p in params:
             p.requires_grad_(True)
@@ -363,3 +424,45 @@ class EarlyExit(Method):
 
         fit_loop(params, step_loss, endless(epoch_batches), recipe)
         model.train(was_training)
+
+
+@torch.no_grad()
+def fit_translators(model: EarlyExitModel, task: Task, *, samples: int, ridge: float, seed: int) -> None:
+    """Fit every tuned exit's translator by ridge least squares: block l's output → the last block's output.
+
+    One pass over ``samples`` training samples accumulates, per exit, the Gram matrix of ``[h_l, 1]`` and its
+    product with the target ``h_L − h_l`` in float64; the solve penalises ``W`` (not the bias) by ``ridge`` times
+    the mean diagonal of the Gram matrix. Classification readouts (``cls``) fit on the read position only.
+    """
+    bb = model.backbone
+    was_training = bb.training
+    bb.eval()
+    device = next(bb.parameters()).device
+    d = bb.readout.head.in_features
+    n_exits = len(model.exit_heads)
+    gram = torch.zeros(n_exits, d + 1, d + 1, dtype=torch.float64)  # (E, C+1, C+1)
+    cross = torch.zeros(n_exits, d + 1, d, dtype=torch.float64)  # (E, C+1, C)
+    cls = bb.readout.pool == "cls"
+
+    def rows(h: Tensor) -> Tensor:
+        return (h[:, 0] if cls else h).reshape(-1, d)  # (N, C)
+
+    seen = 0
+    for batch in task.batches("train", batch_size=16, seed=1000 * seed, shuffle=True):  # 16: bounds the L hiddens
+        x = batch.inputs[: samples - seen].to(device)
+        seen += x.shape[0]
+        hidden = model.exit_inputs(x)  # L-1 × (B, T, C)
+        target = rows(bb.blocks[-1](hidden[-1]))  # (N, C) the last block's output
+        for e, h in enumerate(hidden):
+            X = torch.cat([rows(h), torch.ones_like(target[:, :1])], dim=1)  # (N, C+1)
+            gram[e] += (X.T @ X).double().cpu()
+            cross[e] += (X.T @ (target - X[:, :d])).double().cpu()
+        if seen >= samples:
+            break
+    for e, head in enumerate(model.exit_heads):
+        g = gram[e].clone()
+        g[:d, :d] += torch.eye(d, dtype=torch.float64) * ridge * g.diagonal()[:d].mean()  # ridge on W only
+        coef = torch.linalg.solve(g, cross[e])  # (C+1, C)
+        head.translator.weight.copy_(coef[:d].T.float())
+        head.translator.bias.copy_(coef[d].float())
+    bb.train(was_training)

@@ -55,6 +55,7 @@ Two self-contained parts live in private modules: the tree ensemble in buffers
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ ENTROPY_BINS = 16
 """Histogram bins of the input-entropy feature for real-valued inputs (images, spectrograms)."""
 CONFIDENCE_STATS = 3
 """What the policy reads of the exit head at a fold point: top-1 probability, margin over the runner-up, entropy."""
+TINV_HEADS = tuple(k for k in HEAD_KINDS if k != "tuned")
+"""Exit-head kinds tinv accepts: early_exit's, less its tuned exits (tinv trains copies or shares the readout)."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,8 @@ class TransformerInverseConfig:
                 f"TransformerInverseConfig.fit_split must be one of {FIT_SPLITS}, got {self.fit_split!r}. "
                 "Use 'val' (held-out data, the default) or 'train'."
             )
-        if self.heads not in HEAD_KINDS:
-            raise ValueError(f"TransformerInverseConfig.heads must be one of {HEAD_KINDS}, got {self.heads!r}.")
+        if self.heads not in TINV_HEADS:
+            raise ValueError(f"TransformerInverseConfig.heads must be one of {TINV_HEADS}, got {self.heads!r}.")
         if self.n_paths < 0:
             raise ValueError(
                 f"TransformerInverseConfig.n_paths must be >= 0, got {self.n_paths}. Use 0 (auto) or e.g. 4."
@@ -334,7 +337,7 @@ class TransformerInverseModel(DynamicModel):
         self.compiled = compiled
         self.lambda_max = lambda_max
         self.feature_tokens = feature_tokens
-        self.exit_heads = EarlyExitModel(backbone, shared=shared).exit_heads  # after blocks 0 … L-2
+        self.exit_heads = EarlyExitModel(backbone, heads="shared" if shared else "copy").exit_heads  # blocks 0 … L-2
         self.predictor = TreeEnsemble()
         self.policy = StopPolicy(backbone.block_config.d_model, len(depths), proj_dim, hidden)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -668,6 +671,10 @@ class TransformerInverse(Method):
         """Six operating points, the full budget first; denser near 1, where quality changes fastest."""
         return (1.0, 0.97, 0.93, 0.85, 0.7, 0.5)
 
+    def fit_identity(self) -> TransformerInverseConfig:
+        """The config less ``policy``: the fit never reads it, so ``tinv[policy=random]`` reuses the learned fit."""
+        return dataclasses.replace(self.config, policy="learned")
+
     def wrap(self, backbone: Backbone) -> TransformerInverseModel:
         """Exit heads after every block, an empty predictor and an untrained policy around ``backbone``."""
         cfg = self.config
@@ -699,7 +706,7 @@ class TransformerInverse(Method):
         was_training = model.training
         model.eval()
         if not model.shared and len(model.exit_heads) > 0:
-            trainer = EarlyExitModel(model.backbone, shared=False)
+            trainer = EarlyExitModel(model.backbone)
             trainer.exit_heads = model.exit_heads  # train ours in place with early_exit's loop
             recipe = EarlyExitConfig(steps=cfg.exit_steps, batch_size=cfg.exit_batch_size, heads="copy")
             EarlyExit(recipe).fit(trainer, task, seed=seed)

@@ -171,6 +171,20 @@ def test_task_markdown_formatting_and_front():
     assert "latency b1 (ms)" in md and "throughput b8 (samples/s)" in md and "peak mem b1 (MiB)" in md
 
 
+def test_controller_time_is_a_column_only_where_measured():
+    rows = make_rows(tasks=("cls",), hardware=("cpu",), seeds=(0,))
+    assert "controller b1" not in task_markdown(rows, "cls")  # no controller rows: no column, no "not measured"
+    ee = rows[(rows.metric == "latency_ms") & (rows.method == "early_exit")]
+    ctrl = ee.assign(metric="controller_ms", value=ee.value * 0.25)
+    md = task_markdown(pd.concat([rows, ctrl], ignore_index=True), "cls")
+    header = next(line for line in md.splitlines() if line.startswith("| method |"))
+    assert "controller b1 (ms)" in header and "`controller` = time per call" in md
+    cells = [c.strip() for c in next(x for x in md.splitlines() if x.startswith("| early_exit | 0.5 |")).split("|")]
+    assert cells[header.split("|").index(" controller b1 (ms) ")] == "1.48"  # a quarter of seed 0's 5.9 ms
+    dense = next(x for x in md.splitlines() if x.startswith("| dense | 1 |"))
+    assert "| – |" in dense  # dense has no controller
+
+
 def test_task_markdown_lower_is_better_and_not_measured():
     md = task_markdown(make_rows(), "lm")
     assert "ppl ↓" in md and "latency" not in md.split("\n\n")[1].splitlines()[0]

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import pytest
 import torch
+from torch import nn
 
 from dynbench.config import MeasureConfig
 from dynbench.hardware.cpu import CPU, profiler_tensor_peak
+from dynbench.harness import timing
 from dynbench.harness.memory import measure_memory, module_bytes
-from dynbench.harness.timing import TimingStats, time_interleaved
+from dynbench.harness.timing import TimingStats, time_controllers, time_interleaved
 
 
 def test_stats_are_percentiles():
@@ -23,6 +26,48 @@ def test_interleaving_alternates_order_and_meets_min_iters():
     timed = calls[4:]
     assert timed == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 0), ("a", 0)]
     assert stats["a"].n == stats["b"].n == 4
+
+
+class Clock:
+    """A fake nanosecond clock that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+class Ticks(nn.Module):
+    """Advances the clock by ``before`` ns, runs ``inner`` (if any), then advances it by ``after`` ns."""
+
+    def __init__(self, clock: Clock, before: int, after: int = 0, inner: nn.Module | None = None) -> None:
+        super().__init__()
+        self.clock, self.before, self.after, self.inner = clock, before, after, inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.ns += self.before
+        if self.inner is not None:
+            x = self.inner(x)
+        self.clock.ns += self.after
+        return x
+
+
+def test_controller_time_counts_nested_controllers_once(monkeypatch: pytest.MonkeyPatch):
+    clock = Clock()
+    monkeypatch.setattr(timing.time, "perf_counter_ns", clock)
+    inner = Ticks(clock, 3_000_000)  # 3 ms inside the inner controller
+    outer = Ticks(clock, 1_000_000, 1_000_000, inner)  # plus 2 ms of its own: 5 ms of controller per call
+    backbone = Ticks(clock, 5_000_000)  # 5 ms of everything else
+
+    def call(i: int) -> None:
+        backbone(outer(torch.zeros(1)))
+
+    ctrl = time_controllers([outer, inner, inner], call, 2, CPU(), MeasureConfig(min_iters=4, min_time_s=0.0))
+    assert ctrl is not None and ctrl.n == 4
+    assert ctrl.median_ms == pytest.approx(5.0) and ctrl.share == pytest.approx(0.5)
+    assert not outer._forward_hooks and not outer._forward_pre_hooks and not inner._forward_hooks  # removed
+    assert time_controllers([], call, 2, CPU(), MeasureConfig()) is None
 
 
 def test_profiler_sees_torch_allocations():

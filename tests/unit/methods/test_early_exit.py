@@ -5,7 +5,7 @@ import torch
 
 from dynbench.harness.flops import count_flops
 from dynbench.methods.base import METHODS
-from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig, EarlyExitModel, confidence
+from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig, EarlyExitModel, TunedExit, confidence
 from dynbench.models.gpt import GPT, GPTConfig
 from dynbench.models.vit import ViT, ViTConfig
 from dynbench.tasks.base import TASKS, TrainConfig
@@ -236,17 +236,45 @@ def test_shared_exits_apply_the_readout_and_own_no_weights(setups: dict) -> None
     assert count.controller == inputs.shape[0] * backbone.readout.flops(inputs.shape[1])
 
 
-def test_auto_shares_only_large_heads(setups: dict) -> None:
+def test_auto_tunes_only_large_heads(setups: dict) -> None:
     _, backbone, _, _ = setups["toy-text"]
-    assert not EarlyExit().wrap(backbone).shared  # a 2-block toy's head is tiny: trained copies
+    assert EarlyExit().wrap(backbone).kind == "copy"  # a 2-block toy's head is tiny: trained copies
     with torch.device("meta"):
         big = GPT(GPTConfig(vocab_size=50_000, block_size=8, d_model=64, n_layers=2, n_heads=2))
-    assert EarlyExit().wrap(big).shared and EarlyExit(EarlyExitConfig(heads="copy")).wrap(big).exit_heads[0].head
+    model = EarlyExit().wrap(big)
+    assert model.kind == "tuned" and model.decision_tokens == 16
+    assert isinstance(model.exit_heads[0], TunedExit) and not any(
+        "head.weight" in k for k in model.state_dict() if k.startswith("exit_heads")
+    )  # the 50k-word head is not saved per exit, only the translators
+    assert EarlyExit(EarlyExitConfig(heads="copy")).wrap(big).exit_heads[0].head
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_tuned_exits_fit_the_last_block_and_cost_what_the_trace_says(setups: dict, name: str) -> None:
+    """Least-squares translators beat the untrained (shared) exit at predicting the last block's output."""
+    task, backbone, _, inputs = setups[name]
+    method = EarlyExit(EarlyExitConfig(heads="tuned", tuned_samples=64))
+    model = method.wrap(backbone).eval()
+    method.fit(model, task, seed=0)
+    head = model.exit_heads[0]
+    assert head.translator.weight.abs().sum() > 0  # fitted, no longer the zero (shared) translator
+    with torch.no_grad():
+        train = next(task.batches("train", batch_size=64, seed=5)).inputs
+        h = backbone.blocks[0](backbone.embed(train))  # (B, T, C)
+        last = backbone.blocks[1](h)  # (B, T, C) the 2-block toy's final output
+        pos = slice(0, 1) if backbone.readout.pool == "cls" else slice(None)
+        fitted = (h + head.translator(h) - last)[:, pos].pow(2).mean()
+        assert fitted < (h - last)[:, pos].pow(2).mean()  # better than the identity (logit lens)
+        torch.testing.assert_close(head(h), backbone.readout(h + head.translator(h)))
+        count = count_flops(lambda: model(inputs, budget=0.0), model, model.controller_modules())
+        out = model(inputs, budget=0.0)
+    assert count.controller == pytest.approx(float(out.trace.controller_flops.sum()))
+    assert any(k.endswith("translator.weight") for k in model.state_dict())  # cached with the fit
 
 
 def test_decisions_on_a_few_positions_cost_what_the_trace_says(setups: dict) -> None:
     _, backbone, _, inputs = setups["toy-text"]  # (8, 16) token ids
-    model = EarlyExitModel(backbone, shared=True, decision_tokens=4).eval()
+    model = EarlyExitModel(backbone, heads="shared", decision_tokens=4).eval()
     assert model.decision_positions(16).tolist() == [3, 7, 11, 15]
     T = inputs.shape[1]
     with torch.no_grad():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from dynbench.analysis.report import _upper_bound_notes
 from dynbench.analysis.tables import pareto_mask, summary_frame
 from dynbench.cli import main
 from dynbench.config import PluginSpec, RunSpec
@@ -202,6 +203,8 @@ def test_identical_inputs_share_one_choice() -> None:
     sol = allocate({"score": score, "a": score, "b": score}, np.array([5, 5]), [2, 1, 1], 2, (1.0, 0.5), kind=0)
     assert sol["sample_hashes"].tolist() == [5] and sol["choices"].tolist() == [[0], [1]]
     assert sol["selection_half"][1].tolist() == [0.5]  # the mean over the two samples
+    # b == a: the "second view" is the first (an identity augment), so there is no selection-bias control
+    assert math.isnan(float(sol["matching_budget_heldout"])) and sol["heldout_half"].isnan().all()
 
 
 def test_unknown_unsolved_and_unsolved_budget_are_refused(solved: dict) -> None:
@@ -290,3 +293,6 @@ def test_cli_run_and_report_show_the_oracle_on_the_layers_plot(tmp_path: Path) -
     index = (out / "index.md").read_text()
     assert "![Quality vs executed layers](toy-text/quality_layers.png)" in index
     assert "**oracle (upper bound)** matches the full model's quality" in index and "held-out half" in index
+    control = ["quality_selection_half", "quality_heldout_half", "matching_budget_heldout"]
+    no_view = _upper_bound_notes(rows[~rows.metric.isin(control)])  # as for a task without a second view
+    assert no_view is not None and "**No selection-bias control**" in no_view

@@ -74,6 +74,8 @@ def test_registered_with_alias_paper_and_budgets() -> None:
     b = method.resolve_budgets(None, 6)
     assert b[0] == method.full_budget == 1.0 and len(b) == 6 and list(b) == sorted(b, reverse=True)
     assert method.reconstructed and method.learns() and "2501.16394" in (method.paper or "")
+    # the random baseline reuses the learned fit (the same cache key): only the forward reads the policy
+    assert TransformerInverse(TransformerInverseConfig(policy="random")).fit_identity() == method.fit_identity()
 
 
 def test_fold_depths() -> None:
