@@ -121,7 +121,10 @@ def timing_inputs(q: QualityResult, batches: list[Batch], batch_size: int, limit
     """Real eval inputs for one batch size.
 
     Batch 1: one sample of every distinct execution path first (these are the warm-up), then samples in eval
-    order, ``limit`` in all. Batch N: consecutive eval samples, cycled when the split is smaller than N.
+    order, ``limit`` in all. A method with more distinct paths than ``limit`` (random sub-networks: nearly one
+    per sample) gets the first ``limit`` of them, all warmed: warming thousands of one-off paths would cost more
+    than the measurement and tell nothing about the timed calls. Batch N: consecutive eval samples, cycled when
+    the split is smaller than N.
     """
     inputs = torch.cat([b.inputs for b in batches])  # (N, ...)
     n = inputs.shape[0]
@@ -129,9 +132,9 @@ def timing_inputs(q: QualityResult, batches: list[Batch], batch_size: int, limit
         first_of_path: dict[tuple, int] = {}
         for i in range(n):
             first_of_path.setdefault(_path_signature(q.trace, i), i)
-        reps = list(first_of_path.values())
+        reps = list(first_of_path.values())[:limit]
         rep_set = set(reps)
-        order = (reps + [i for i in range(n) if i not in rep_set])[: max(limit, len(reps))]
+        order = (reps + [i for i in range(n) if i not in rep_set])[:limit]
         members = [np.array([i]) for i in order]
         return TimingInputs([inputs[i : i + 1] for i in order], members, list(range(len(reps))))
     chunks = max(1, min(limit, -(-n // batch_size)))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -7,8 +8,10 @@ from torch import nn
 from dynbench.config import MeasureConfig
 from dynbench.hardware.cpu import CPU, profiler_tensor_peak
 from dynbench.harness import timing
+from dynbench.harness.measure import QualityResult, timing_inputs
 from dynbench.harness.memory import measure_memory, module_bytes
 from dynbench.harness.timing import TimingStats, time_controllers, time_interleaved
+from dynbench.types import Batch, Trace
 
 
 def test_stats_are_percentiles():
@@ -84,3 +87,16 @@ def test_memory_counts_weights_inputs_and_transients():
     assert stats.transient_bytes >= 8 * 4096 * 4
     assert stats.peak_bytes == weights + 8 * 64 * 4 + stats.transient_bytes
     assert stats.process_peak_bytes is None or stats.process_peak_bytes > stats.peak_bytes
+
+
+def test_batch1_timing_warms_every_path_up_to_the_input_limit():
+    n = 10
+    trace = Trace.dense(n, 2, 4, 2)
+    trace.block_heads[:6, 0] = torch.arange(6) % 2  # paths: samples 0-5 alternate two paths, 6-9 the dense one
+    batches = [Batch(torch.arange(n * 3, dtype=torch.float32).reshape(n, 3), torch.zeros(n), torch.arange(n))]
+    q = QualityResult(np.zeros(n), np.zeros(n), np.arange(n), trace, np.zeros(n))
+    ti = timing_inputs(q, batches, 1, limit=8)
+    assert [int(m[0]) for m in ti.members] == [0, 1, 6, 2, 3, 4, 5, 7] and ti.warmup == [0, 1, 2]
+    trace.block_heads[:, 1] = torch.arange(n)  # a path per sample (random sub-networks)
+    ti = timing_inputs(q, batches, 1, limit=4)
+    assert [int(m[0]) for m in ti.members] == [0, 1, 2, 3] and ti.warmup == [0, 1, 2, 3]  # not all ten
