@@ -173,11 +173,8 @@ def timing_rows(
     ]
     if flops is not None and dense_flops is not None:
         rows.append(make_row(budget, batch_size, "realization", realized / (dense_flops.mean / flops.mean), st.n))
-    ctrl = (
-        None
-        if is_dense
-        else time_controllers(model.controller_modules(), calls["method"], len(inputs), plan.hardware, cfg)
-    )
+    controllers = [] if is_dense else model.controller_modules()
+    ctrl = time_controllers(controllers, calls["method"], len(inputs), plan.hardware, cfg)
     if ctrl is not None:  # the decision overhead, shown apart from the call it is part of
         rows += [
             make_row(budget, batch_size, "controller_ms", ctrl.median_ms, ctrl.n),

@@ -39,6 +39,11 @@ class TimingStats:
         return cls(float(q50), float(q90), float(q75 - q25), float(d.mean()), int(d.size))
 
 
+def timed_enough(n: int, elapsed_s: float, cfg: MeasureConfig) -> bool:
+    """The stopping rule of a timed loop: ``min_iters`` calls and ``min_time_s`` seconds, or ``max_time_s`` and one."""
+    return (n >= cfg.min_iters and elapsed_s >= cfg.min_time_s) or (elapsed_s >= cfg.max_time_s and n >= 1)
+
+
 def time_interleaved(
     calls: Mapping[str, Callable[[int], Any]],
     n_inputs: int,
@@ -67,8 +72,7 @@ def time_interleaved(
     t0 = time.perf_counter()
     n = 0
     while True:
-        elapsed = time.perf_counter() - t0
-        if (n >= cfg.min_iters and elapsed >= cfg.min_time_s) or (elapsed >= cfg.max_time_s and n >= 1):
+        if timed_enough(n, time.perf_counter() - t0, cfg):
             break
         i = n % n_inputs
         order = names if n % 2 == 0 else names[::-1]
@@ -136,9 +140,8 @@ def time_controllers(
     try:
         t0 = time.perf_counter()
         while True:
-            elapsed = time.perf_counter() - t0
             n = len(whole)
-            if (n >= cfg.min_iters and elapsed >= cfg.min_time_s) or (elapsed >= cfg.max_time_s and n >= 1):
+            if timed_enough(n, time.perf_counter() - t0, cfg):
                 break
             depth, spent = 0, 0
             target.synchronize()

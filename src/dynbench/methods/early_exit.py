@@ -178,11 +178,6 @@ def exit_kind(heads: str, readout: Readout) -> str:
     return "tuned" if readout.head.weight.numel() > SHARED_HEAD_PARAMS else "copy"
 
 
-def shares_heads(heads: str, readout: Readout) -> bool:
-    """Whether exits share the readout, for methods without tuned exits (``auto`` shares large heads)."""
-    return heads == "shared" or (heads == "auto" and readout.head.weight.numel() > SHARED_HEAD_PARAMS)
-
-
 class EarlyExitModel(DynamicModel):
     """The backbone with an exit head after every block but the last.
 

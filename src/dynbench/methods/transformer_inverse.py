@@ -78,7 +78,7 @@ from dynbench.methods._static_paths import (
 )
 from dynbench.methods._tree_ensemble import TreeEnsemble
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
-from dynbench.methods.early_exit import HEAD_KINDS, EarlyExit, EarlyExitConfig, EarlyExitModel, shares_heads
+from dynbench.methods.early_exit import HEAD_KINDS, EarlyExit, EarlyExitConfig, EarlyExitModel, exit_kind
 from dynbench.models.backbone import Backbone
 from dynbench.models.block import block_flops
 from dynbench.tasks.base import Split, Task
@@ -684,7 +684,7 @@ class TransformerInverse(Method):
         return TransformerInverseModel(
             backbone,
             depths=fold_depths(L, cfg.n_paths),
-            shared=shares_heads(cfg.heads, backbone.readout),
+            shared=exit_kind(cfg.heads, backbone.readout) != "copy",  # tinv shares the large heads early_exit tunes
             policy=cfg.policy,
             compiled=cfg.compiled,
             lambda_max=cfg.lambda_max,
