@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dynbench.analysis.plots import compute_histogram, pareto_plot
+from dynbench.analysis.random_baseline import WINS, compare_to_random
 from dynbench.analysis.tables import format_sig, quality_scale, summary_frame, task_markdown, upper_bound_mask
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,36 @@ def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
     return "\n\n".join(parts)
 
 
+def _random_baseline_notes(summary: pd.DataFrame, task: str) -> str | None:
+    """Each learned controller against its random-allocation baseline at equal FLOPs; ``None`` without pairs."""
+    table = compare_to_random(summary, task)
+    if table.empty:
+        return None
+    frame = summary[summary["task"] == task]
+    unit = str(frame["quality_unit"].dropna().iloc[0]) if frame["quality_unit"].notna().any() else "quality"
+    factor, q_label = quality_scale(unit, pd.concat([table["quality"], table["random_quality"]]).dropna())
+    parts = [
+        "Each learned operating point against the random baseline's quality-vs-FLOPs curve, linearly interpolated "
+        "at the same FLOPs per sample (random baselines are calibrated on fit data, so they rarely land on exactly "
+        "the same FLOPs). Outside the random curve's range a point is compared only where one side dominates. "
+        "Δ > 0: learned better."
+    ]
+    for (learned, random), grp in table.groupby(["learned", "random"], sort=True):
+        wins = int(grp["verdict"].isin(WINS).sum())
+        lines = [
+            f"**{learned}** vs **{random}**: learned better at {wins} of {len(grp)} budgets.",
+            "",
+            f"| budget | FLOPs ratio | {q_label}, learned | {q_label}, random at equal FLOPs | Δ | verdict |",
+            "|---:|---:|---:|---:|---:|---|",
+        ]
+        for row in grp.sort_values("budget", ascending=False).itertuples():
+            cells = [f"{row.budget:.3g}", format_sig(row.flops_ratio), format_sig(row.quality * factor, 4)]
+            cells += [format_sig(row.random_quality * factor, 4), format_sig(row.delta * factor, 3), row.verdict]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def _task_figures(
     task: str, summary: pd.DataFrame, samples: pd.DataFrame, task_dir: Path, written: list[Path]
 ) -> list[str]:
@@ -262,6 +293,7 @@ def _write_task(
             "### Plots",
             _join_blocks(figures),
             *([f"### Upper bounds\n\n{notes}"] if (notes := _upper_bound_notes(task_rows)) else []),
+            *([f"### Learned vs random allocation\n\n{cmp}"] if (cmp := _random_baseline_notes(summary, task)) else []),
             "### Tables",
             f"Also as [{task_dir.name}/table.md]({task_dir.name}/table.md).",
             nested.rstrip("\n"),
@@ -291,8 +323,9 @@ def write_report(
 
     Per task: ``pareto_flops.png``, ``quality_layers.png`` (quality vs mean executed layers, when two or more
     methods change their depth with the budget), ``pareto_latency_<hw>.png`` and ``pareto_memory_<hw>.png`` per
-    hardware target, ``compute_hist.png`` and ``table.md``, and for upper bounds (the oracle) their matching budget
-    and selection-bias table; then ``index.md`` and a self-contained
+    hardware target, ``compute_hist.png`` and ``table.md``, for upper bounds (the oracle) their matching budget
+    and selection-bias table, and for learned controllers run beside their random baseline (``policy=random``,
+    ``router=random``) the comparison at equal FLOPs; then ``index.md`` and a self-contained
     ``index.html`` (relative image links) with every plot, every table and a provenance line per task.
     A plot whose metric was not measured is skipped and the index says "not measured" in its place.
 
