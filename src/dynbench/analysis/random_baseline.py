@@ -24,6 +24,8 @@ __all__ = ["RANDOM_OPTIONS", "WINS", "baseline_pairs", "compare_to_random"]
 
 RANDOM_OPTIONS: tuple[tuple[str, str], ...] = (("policy", "random"), ("router", "random"))
 """Options that turn a method into its random-allocation baseline (dht/tinv ``policy``, mod ``router``)."""
+BASELINE_ONLY_OPTIONS: tuple[str, ...] = ("random_scale",)
+"""Options that only configure the random baseline (mod's ``random_scale``): dropped when finding the learned twin."""
 
 WINS = frozenset({"better", "better, fewer FLOPs", "as good, fewer FLOPs"})
 """Verdicts where the learned point is at least as good at no more FLOPs and strictly ahead on one of the two."""
@@ -42,6 +44,8 @@ def _learned_twin(label: str) -> str | None:
     for key, value in RANDOM_OPTIONS:
         if str(options.get(key, "")).lower() == value:
             del options[key]
+            for extra in BASELINE_ONLY_OPTIONS:
+                options.pop(extra, None)
             return PluginSpec.make(spec.name, options).label
     return None
 

@@ -26,8 +26,10 @@ def summary(points: dict[str, list[tuple[float, float, float]]], higher: bool = 
 
 def test_pairs_only_labels_whose_twin_is_present() -> None:
     labels = ["tinv", "tinv[policy=random]", "dht[policy=random]", "mod[capacity=0.5]",
-              "mod[capacity=0.5,router=random]", "acm[init=random]", "acm", "dense"]  # fmt: skip
+              "mod[capacity=0.5,router=random]", "mod[capacity=0.5,random_scale=learned,router=random]",
+              "acm[init=random]", "acm", "dense"]  # fmt: skip
     assert baseline_pairs(labels) == [
+        ("mod[capacity=0.5]", "mod[capacity=0.5,random_scale=learned,router=random]"),
         ("mod[capacity=0.5]", "mod[capacity=0.5,router=random]"),
         ("tinv", "tinv[policy=random]"),
     ]  # dht's learned twin is missing; acm's init=random is not an allocation baseline

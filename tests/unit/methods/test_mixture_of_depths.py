@@ -279,6 +279,25 @@ def test_random_routing_is_exactly_k_repeatable_and_not_the_router() -> None:
         model.decoder(0.25, batch_size=1, max_len=8)
 
 
+@pytest.mark.parametrize("backbone", [tiny_gpt, tiny_vit])
+def test_gaussian_random_routing_ignores_the_router_and_learned_scale_reads_it(backbone) -> None:
+    """The paper's stochastic routing scales by its random weights; random_scale=learned scales by the router."""
+    x = ids(batch=2) if backbone is tiny_gpt else torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    for scale in ("gaussian", "learned"):
+        model = wrap(backbone(), router="random", random_scale=scale)
+        with torch.no_grad():
+            before = model(x, budget=0.25)
+            randomize_routers(model)
+            after = model(x, budget=0.25)
+        assert torch.equal(before.trace.extra["selected"], after.trace.extra["selected"])  # random either way
+        outs[scale] = (before.logits, after.logits)
+    assert torch.equal(*outs["gaussian"])  # the router's output is not used at all
+    assert not torch.allclose(*outs["learned"])  # its r scales every routed update
+    with pytest.raises(ValueError, match="random_scale must be one of"):
+        MixtureOfDepthsConfig(random_scale="uniform")
+
+
 def test_unknown_capacity_and_non_causal_decoding_are_errors() -> None:
     with pytest.raises(ValueError, match=r"no model trained at capacity 0.3.*\[0.5, 0.25, 0.125\]"):
         wrap(tiny_gpt())(ids(), budget=0.3)
