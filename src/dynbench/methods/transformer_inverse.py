@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -264,7 +265,8 @@ class StopPolicy(nn.Module):
     def logit(self, h: Tensor, lam: Tensor | float) -> Tensor:
         """``(A,)`` continue logit; non-increasing in the compute price ``lam``."""
         a, c = self.actor(h).unbind(dim=1)  # (A,) each
-        g = torch.log1p(torch.as_tensor(lam, dtype=a.dtype, device=a.device) / self.price_floor)  # () or (A,)
+        # a float price stays a Python float: no tensor is made inside a captured CUDA graph
+        g = torch.log1p(lam / self.price_floor) if isinstance(lam, Tensor) else math.log1p(lam / self.price_floor)
         return a - g * F.softplus(c)
 
     def forward(
