@@ -42,9 +42,11 @@ Design choices (ours, documented because the paper leaves them open or the contr
   ``finetune_fraction`` (0.2) of the dense recipe's training FLOPs, every parameter trainable.
 - *CLS always kept* for encoders whose readout reads token 0; it counts toward k, so a routed block still runs
   exactly k tokens.
-- *Predictor calibration*: after the joint training, the predictors of a decoder train alone for a
-  ``predictor_fraction`` of the training FLOPs on the finished model (network and routers frozen, top-k labels
-  fixed); jointly they chase routers that still move. The phase is paid from the same isoFLOP allowance.
+- *Predictor calibration* (optional, off by default as in the paper): after the joint training, the predictors of
+  a decoder train alone for a ``predictor_fraction`` of the training FLOPs on the finished model (network and
+  routers frozen, top-k labels fixed); jointly they chase routers that still move. The phase is paid from the
+  same isoFLOP allowance, which is why it is off: on shakespeare at capacity 0.125 it bought 0.4 points of
+  agreement (95.8% → 96.2%) for 10% fewer joint steps and 0.14 ppl (5.71 → 5.85).
 - *Cost of fitting*: one model per capacity, so the default fit is three trainings; on ``shakespeare`` that is
   three times the dense recipe's training FLOPs (``capacities=0.125`` trains only the paper's default).
 - *Random routing* (``router="random"``): the paper's stochastic baseline — top-k over Gaussian-random routing
@@ -109,9 +111,9 @@ class MixtureOfDepthsConfig:
     finetune_lr: float = 1e-3  # peak learning rate when fine-tuning from dense (scratch uses the dense recipe's)
     predictor_lr: float = 1e-2  # the predictors' own peak learning rate (their BCE cannot reach the network)
     predictor_ratio: float = 0.5  # predictor hidden width as a fraction of d (d → d/2 → 1 in the paper's notes)
-    predictor_fraction: float = 0.1  # causal models: share of the training-FLOPs allowance spent on predictor-only
-    # steps on the finished model (its top-k labels no longer move); 0 = none. Jointly trained alone, the
-    # predictors agreed with top-k on ~94% of shakespeare tokens at capacity 0.5
+    predictor_fraction: float = 0.0  # causal models: share of the training-FLOPs allowance spent on predictor-only
+    # steps on the finished model (its top-k labels no longer move); 0 = none, the paper's joint training. On
+    # shakespeare at capacity 0.125, 0.1 raised agreement 95.8% → 96.2% but cost 10% of the steps: 5.85 vs 5.71 ppl
 
     def __post_init__(self) -> None:
         bad = [c for c in self.capacities if not 0.0 < c < 1.0]
