@@ -12,11 +12,15 @@ evaluation labels (``sees_eval_labels``), so it is an UPPER BOUND and not deploy
 
 What we changed / reconstructed: the paper's candidate set is not recoverable (methods.md §4a), so ours is: early
 exit at each depth k (the first k blocks then the backbone's own final norm and head, untrained, as the paper's
-static early exit), evenly spaced layer skipping keeping k blocks (:func:`dynbench.methods.layer_skip.uniform_blocks`),
-layer skipping keeping the k most important blocks (``ranked_skips``: ``layer_skip``'s importance ranking, measured
-on the training split — without it the upper bound fell below that static method on SmolLM2, 442 against 99 ppl
-at 24 of 30 blocks), and ``random_per_depth`` seeded random k-subsets, for depths ``k`` on a grid of at most
-``max_depths`` (all depths of a model up to 8 blocks). Candidates sharing a prefix of blocks share its
+static early exit; for LM-sized heads — ``exits="auto"`` — through early_exit's tuned exits instead, an affine
+translator per depth fitted by least squares on the training split, because on SmolLM2 the untrained exits are worse
+than anything else and the "upper bound" fell below the tuned exits of ``early_exit`` from 18 blocks down), evenly
+spaced layer skipping keeping k blocks (:func:`dynbench.methods.layer_skip.uniform_blocks`), layer skipping keeping
+the k most important blocks (``ranked_skips``: ``layer_skip``'s importance ranking, measured on the training split —
+without it the upper bound fell below that static method on SmolLM2, 442 against 99 ppl at 24 of 30 blocks), and
+``random_per_depth`` seeded random k-subsets, for depths ``k`` on a grid of at most ``max_depths`` (all depths of a
+model up to 8 blocks) plus the depth of each solved budget (without those, 24 of 30 blocks on SmolLM2 was only a
+mixture of 22 and 26, and fell below static layer skipping at 24). Candidates sharing a prefix of blocks share its
 computation (one forward for all early exits). The value is the task's own per-sample score: correctness for
 classification, -mean NLL of the window for text (perplexity = exp(mean NLL); the paper scores ROUGE of
 generations). The whole window runs the chosen set
@@ -42,10 +46,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dynbench.methods._knapsack import ordered_sum, solve
-from dynbench.methods.base import DynamicModel, Method, no_controller_flops, register_method
+from dynbench.methods.base import DynamicModel, Method, register_method
+from dynbench.methods.early_exit import EarlyExitConfig, EarlyExitModel, TunedExit, exit_kind, fit_translators
 from dynbench.methods.layer_skip import LayerSkip, uniform_blocks
 from dynbench.models.backbone import Backbone
 from dynbench.tasks.base import Perplexity, Task, TopOneAccuracy
@@ -58,6 +63,7 @@ KINDS: dict[int, tuple[type, str, bool]] = {0: (TopOneAccuracy, "mean", True), 1
 """Metric kind code → (metric class, aggregation of per-sample scores, higher is better)."""
 BUDGET_TOL = 1e-9
 """Two budgets closer than this are the same operating point."""
+EXITS = ("auto", "readout", "tuned")
 
 
 @dataclass(frozen=True)
@@ -66,10 +72,13 @@ class OracleConfig:
 
     max_depths: int = 8  # depths k evaluated, evenly spaced with 1 and L included: all of them up to 8 blocks; a
     # 30-block LM (SmolLM2) gets 8 depths → 8 early exits + 7 uniform + 7 ranked + 21 random ≈ 43 configs, ~20 dense
-    # passes per window with prefix sharing (the 36 without ranked skips took 35 min on a loaded CPU thread)
+    # passes per window with prefix sharing (53 min on a loaded CPU thread), plus the solved budgets' depths
     random_per_depth: int = 3  # seeded random k-subsets per depth k < L, distinct from the other candidates
     ranked_skips: bool = True  # also keep the k most important blocks (layer_skip's ranking on the training split):
     # the static baseline an upper bound must not fall below; costs layer_skip's importance pass (L + 1 forwards)
+    exits: str = "auto"  # early-exit candidates read out through: "readout" (the backbone's own head, untrained, as
+    # the paper's static exit), "tuned" (early_exit's fitted translators; on SmolLM2 they beat every untrained exit
+    # and, from 18 of 30 blocks down, every skip) or "auto" (tuned where early_exit's heads=auto tunes: LM heads)
     logits_mb: int = 256  # memory cap on one candidate forward's logits: a 49k-word LM scores ~10 windows at a time
     checkpoint_every: int = 0  # DP checkpoint spacing in samples; 0 = ceil(sqrt(N)) (memory ~ 2·sqrt(N) capacity rows)
 
@@ -82,6 +91,8 @@ class OracleConfig:
             raise ValueError(
                 f"OracleConfig.random_per_depth must be >= 0, got {self.random_per_depth}. Use 0 for no random subsets."
             )
+        if self.exits not in EXITS:
+            raise ValueError(f"OracleConfig.exits must be one of {EXITS}, got {self.exits!r}.")
         if self.logits_mb < 1:
             raise ValueError(f"OracleConfig.logits_mb must be >= 1, got {self.logits_mb}. Use e.g. 256.")
         if self.checkpoint_every < 0:
@@ -98,7 +109,11 @@ def depth_grid(n_blocks: int, max_depths: int) -> list[int]:
 
 
 def candidate_configs(
-    n_blocks: int, cfg: OracleConfig, seed: int, ranking: Sequence[int] | None = None
+    n_blocks: int,
+    cfg: OracleConfig,
+    seed: int,
+    ranking: Sequence[int] | None = None,
+    extra_depths: Sequence[int] = (),
 ) -> list[Config]:
     """The candidate block sets, the full network first: early exits, uniform skips, ranked skips, random subsets.
 
@@ -107,9 +122,11 @@ def candidate_configs(
         cfg: the candidate options.
         seed: seeds the random subsets.
         ranking: blocks from most to least important (``layer_skip``'s); each depth then also keeps its top k.
+        extra_depths: depths added to the grid (those of the solved budgets, so each budget has candidates of
+            exactly its depth rather than only mixtures of its neighbours).
     """
     L = n_blocks
-    depths = depth_grid(L, cfg.max_depths)
+    depths = sorted(set(depth_grid(L, cfg.max_depths)) | {k for k in extra_depths if 1 <= k <= L})
     configs: dict[Config, None] = {tuple(range(L)): None}
     configs.update({tuple(range(k)): None for k in reversed(depths)})
     configs.update({tuple(uniform_blocks(L, k)): None for k in reversed(depths)})
@@ -154,12 +171,20 @@ class CandidateScorer:
         backbone: the dense model.
         configs: candidate block sets.
         score: ``(logits, targets) → {name: (B,) score}``, called once per candidate.
+        readout_for: a candidate's output head (default: the backbone's readout for every candidate).
     """
 
-    def __init__(self, backbone: Backbone, configs: list[Config], score: Callable[[Tensor, Tensor], dict]) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        configs: list[Config],
+        score: Callable[[Tensor, Tensor], dict],
+        readout_for: Callable[[Config], Callable[[Tensor], Tensor]] | None = None,
+    ) -> None:
         self.backbone = backbone
         self.configs = configs
         self.score = score
+        self.readout_for = readout_for or (lambda config: backbone.readout)
 
     @torch.no_grad()
     def __call__(self, inputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
@@ -174,7 +199,7 @@ class CandidateScorer:
         for m in members:
             config = self.configs[m]
             if len(config) == depth:
-                for name, values in self.score(self.backbone.readout(x), targets).items():
+                for name, values in self.score(self.readout_for(config)(x), targets).items():
                     out.setdefault(name, [None] * len(self.configs))[m] = values.double().cpu()
             else:
                 children.setdefault(config[depth], []).append(m)
@@ -194,6 +219,11 @@ class OracleModel(DynamicModel):
         matching_budget: ``()`` smallest fraction of layers at which the oracle matches the full model (exact, from
             the DP curve); matching_budget_heldout: the same on the held-out half, over the solved budgets.
         metric_kind: ``()`` key of :data:`KINDS` (-1 unsolved).
+
+    Args:
+        backbone: the dense model.
+        tuned_exits: early-exit candidates (a proper prefix of the blocks) read out through a fitted
+            :class:`~dynbench.methods.early_exit.TunedExit` (``exits[k-1]`` after k blocks) instead of the readout.
     """
 
     SOLUTION = (
@@ -210,9 +240,11 @@ class OracleModel(DynamicModel):
     matching_budget_heldout: Tensor
     metric_kind: Tensor
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, *, tuned_exits: bool = False) -> None:
         super().__init__(backbone)
         L = backbone.n_blocks
+        self.tuned_exits = tuned_exits
+        self.exits = nn.ModuleList([TunedExit(backbone.readout) for _ in range(L - 1)] if tuned_exits else [])
         self.register_buffer("configs", torch.zeros(0, L, dtype=torch.bool))
         self.register_buffer("sample_hashes", torch.zeros(0, dtype=torch.long))
         self.register_buffer("solved_budgets", torch.zeros(0, dtype=torch.float64))
@@ -246,6 +278,26 @@ class OracleModel(DynamicModel):
             "quality_heldout_half": (aggregate(trace.extra["heldout_half_score"], agg), unit, hib),
             "matching_budget_heldout": (float(self.matching_budget_heldout), "fraction", False),
         }
+
+    def is_exit(self, config: Config) -> bool:
+        """Whether ``config`` reads out through a tuned exit: tuned exits on, and a proper prefix of the blocks."""
+        k = len(config)
+        return self.tuned_exits and 0 < k < self.backbone.n_blocks and config == tuple(range(k))
+
+    def readout_for(self, config: Config) -> Callable[[Tensor], Tensor]:
+        """The output head of ``config``: its tuned exit, or the backbone's readout."""
+        return self.exits[len(config) - 1] if self.is_exit(config) else self.backbone.readout
+
+    def exit_flops(self, tokens: int) -> float:
+        """FLOPs a tuned exit adds to the readout (its translator), per sample; 0 without tuned exits."""
+        if not self.tuned_exits:
+            return 0.0
+        exit_ = self.exits[0]
+        return float(exit_.flops(tokens) - self.backbone.readout.flops(tokens))
+
+    def controller_modules(self) -> list[nn.Module]:
+        """The tuned exits' translators: the head they lead into is the backbone's readout, counted as such."""
+        return [exit_.translator for exit_ in self.exits]
 
     def rows_of(self, inputs: Tensor) -> Tensor:
         """``(B,)`` index of each input among the solved ones.
@@ -305,12 +357,15 @@ class OracleModel(DynamicModel):
         B = x.shape[0]
         configs = self.configs.cpu()
         logits: Tensor | None = None
+        exits = torch.zeros(len(configs), dtype=torch.bool)  # (M,) candidates read out through a tuned exit
         for m in torch.unique(chosen).tolist():
             members = torch.nonzero(chosen == m).flatten()  # (b,)
             h = x if len(members) == B else x[members.to(x.device)]  # (b, T, C)
-            for block in torch.nonzero(configs[m]).flatten().tolist():
+            config = tuple(torch.nonzero(configs[m]).flatten().tolist())
+            for block in config:
                 h = bb.blocks[block](h)  # (b, T, C) skipped blocks are not computed
-            out = bb.readout(h)  # (b, K) or (b, T, V)
+            exits[m] = self.is_exit(config)
+            out = self.readout_for(config)(h)  # (b, K) or (b, T, V)
             if len(members) == B:
                 logits = out
                 break
@@ -325,7 +380,7 @@ class OracleModel(DynamicModel):
             block_kv=ran * tokens,
             block_heads=ran * bb.n_heads,
             readout=torch.ones(B, dtype=torch.long),
-            controller_flops=no_controller_flops(B),
+            controller_flops=exits[chosen].double() * self.exit_flops(tokens),  # (B,) translators only
             extra={
                 "oracle_config": chosen,
                 "selection_half_score": self.selection_half[k].cpu()[rows],
@@ -450,7 +505,8 @@ def allocate(
 class Oracle(Method):
     """Per-sample layer sets chosen with the evaluation labels by an exact knapsack: an upper bound."""
 
-    version = "3"  # 2: no selection-bias control without a second view; 3: importance-ranked skip candidates
+    version = "4"  # 2: no selection-bias control without a second view; 3: importance-ranked skip candidates;
+    # 4: tuned exits for LM heads, and candidates at each solved budget's depth
     paper = "https://arxiv.org/abs/2410.20022"
     reconstructed = False
     sees_eval_labels = True
@@ -461,7 +517,9 @@ class Oracle(Method):
 
     def wrap(self, backbone: Backbone) -> OracleModel:
         """Wrap ``backbone``; nothing is solved until :meth:`fit_eval`."""
-        return OracleModel(backbone)
+        exits = self.config.exits
+        tuned = exits == "tuned" or (exits == "auto" and exit_kind("auto", backbone.readout) == "tuned")
+        return OracleModel(backbone, tuned_exits=tuned)
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """``1.0, 0.9, …, 0.1``, those at least ``1/L`` (one block per sample on average is the least possible)."""
@@ -487,7 +545,13 @@ class Oracle(Method):
         kind = metric_kind(task)
         L = model.backbone.n_blocks
         ranking = importance_ranking(model.backbone, task, seed) if self.config.ranked_skips else None
-        configs = candidate_configs(L, self.config, seed, ranking)
+        depths = [round(b * L) for b in budgets]  # each budget also gets candidates of exactly its depth
+        configs = candidate_configs(L, self.config, seed, ranking, extra_depths=depths)
+        if model.tuned_exits:  # early_exit's fit, on the training split, into the oracle's own exits
+            trainer = EarlyExitModel(model.backbone, heads="tuned")
+            trainer.exit_heads = model.exits
+            recipe = EarlyExitConfig()
+            fit_translators(trainer, task, samples=recipe.tuned_samples, ridge=recipe.ridge, seed=seed)
         table = self._score(model, task, batches, configs, kind, seed)  # name → (N, M) float64
         hashes = torch.cat([input_hashes(b.inputs) for b in batches]).numpy()  # (N,)
         solution = allocate(table, hashes, [len(c) for c in configs], L, budgets, kind, self.config.checkpoint_every)
@@ -518,7 +582,7 @@ class Oracle(Method):
             def score(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
                 return {"score": metric.score(logits, targets)}
 
-        scorer = CandidateScorer(bb, configs, score)
+        scorer = CandidateScorer(bb, configs, score, model.readout_for)
         shape = tuple(batches[0].inputs.shape[1:])
         positions = bb.n_tokens(shape) if bb.readout.pool == "none" else 1
         per_sample = 4 * positions * bb.readout.head.out_features  # bytes of one sample's float32 logits

@@ -296,3 +296,41 @@ def test_cli_run_and_report_show_the_oracle_on_the_layers_plot(tmp_path: Path) -
     control = ["quality_selection_half", "quality_heldout_half", "matching_budget_heldout"]
     no_view = _upper_bound_notes(rows[~rows.metric.isin(control)])  # as for a task without a second view
     assert no_view is not None and "**No selection-bias control**" in no_view
+
+
+def test_tuned_exit_candidates_and_budget_depths() -> None:
+    """exits=tuned: prefixes read out through fitted translators (counted); each budget's depth is a candidate."""
+    task = deep_tasks()["text"]
+    backbone = task.backbone(seed=0).eval()
+    method = Oracle(OracleConfig(exits="tuned", max_depths=2))
+    model = method.wrap(backbone).eval()
+    assert model.tuned_exits and len(model.exits) == L - 1
+    assert not Oracle().wrap(backbone).tuned_exits  # auto: a 16-word head is not tuned
+    batches = list(task.batches(task.eval_split, batch_size=16, limit=48))
+    budgets = (1.0, 0.75, 0.5)
+    method.fit_eval(model, task, batches, budgets=budgets, seed=0)
+    assert all(bool(e.translator.weight.abs().sum() > 0) for e in model.exits)  # fitted, not the zero init
+    configs = [tuple(torch.nonzero(row).flatten().tolist()) for row in model.configs]
+    assert {len(c) for c in configs} == {1, 2, 3, 4}  # grid {1, 4} plus the budgets' depths 3 and 2
+    assert model.is_exit((0, 1)) and not model.is_exit((0, 2)) and not model.is_exit(tuple(range(L)))
+    x = torch.cat([b.inputs for b in batches])
+    bb = model.backbone
+    for budget in budgets:
+        c = count_flops(lambda b=budget: model(x, budget=b), model, model.controller_modules())
+        trace = c.output.trace
+        assert c.total == float(bb.flops(trace, tuple(x.shape[1:])).sum())  # translators included
+        assert c.controller == float(trace.controller_flops.sum())
+        chosen = [configs[m] for m in trace.extra["oracle_config"].tolist()]
+        for i, config in enumerate(chosen[:8]):  # each sample's logits come from its own config's head
+            with torch.no_grad():
+                h = bb.embed(x[i : i + 1])
+                for block in config:
+                    h = bb.blocks[block](h)
+                torch.testing.assert_close(c.output.logits[i : i + 1], model.readout_for(config)(h))
+        if budget < 1.0:
+            assert any(model.is_exit(cfg) for cfg in chosen)  # the tuned exits are worth choosing
+    state = model.state_dict()
+    fresh = method.wrap(task.backbone(seed=0).eval())
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, budget=0.5).logits, model(x, budget=0.5).logits)
