@@ -679,6 +679,15 @@ def sufficient_bucket(data: FitData, *, text: bool, tolerance: float) -> Tensor:
     return ok.long().argmax(dim=1)  # first True
 
 
+def fit_trees(
+    predictor: TreeEnsemble, features: Tensor, labels: Tensor, cfg: TransformerInverseConfig, seed: int
+) -> None:
+    """Fit ``predictor`` on ``features → labels`` with the config's boosting recipe."""
+    predictor.fit(
+        features, labels, iterations=cfg.gbdt_iterations, leaves=cfg.gbdt_leaves, depth=cfg.gbdt_depth, seed=seed
+    )
+
+
 def cross_fitted_buckets(
     predictor: TreeEnsemble, features: Tensor, labels: Tensor, cfg: TransformerInverseConfig, seed: int
 ) -> Tensor:
@@ -693,14 +702,7 @@ def cross_fitted_buckets(
     halves = (order[: len(order) // 2], order[len(order) // 2 :])
     start = torch.zeros(len(labels), dtype=torch.long)
     for fit_idx, out_idx in (halves, halves[::-1]):
-        predictor.fit(
-            features[fit_idx],
-            labels[fit_idx],
-            iterations=cfg.gbdt_iterations,
-            leaves=cfg.gbdt_leaves,
-            depth=cfg.gbdt_depth,
-            seed=seed,
-        )
+        fit_trees(predictor, features[fit_idx], labels[fit_idx], cfg, seed)
         with torch.no_grad():
             start[out_idx] = predictor(features[out_idx]).cpu()
     return start
@@ -780,14 +782,7 @@ class TransformerInverse(Method):
         text = bb.readout.pool == "none"
         labels = sufficient_bucket(data, text=text, tolerance=cfg.text_tolerance)  # (N,)
         start = cross_fitted_buckets(model.predictor, data.features, labels, cfg, seed)  # (N,) out-of-fold
-        model.predictor.fit(  # the deployed predictor sees every fit sample
-            data.features,
-            labels,
-            iterations=cfg.gbdt_iterations,
-            leaves=cfg.gbdt_leaves,
-            depth=cfg.gbdt_depth,
-            seed=seed,
-        )
+        fit_trees(model.predictor, data.features, labels, cfg, seed)  # the deployed trees see every fit sample
         D = model.depths
         tokens = bb.n_tokens(shape)
         one = torch.tensor(tokens)
