@@ -305,9 +305,14 @@ class MixtureOfDepthsModel(DynamicModel):
         g = torch.Generator(device=r.device).manual_seed(RANDOM_EVAL_SEED + block)
         return draw(r.shape, device=r.device, generator=g)  # the same draw on every evaluation call
 
+    @property
+    def gaussian_routing(self) -> bool:
+        """The paper's stochastic routing: random Gaussian weights both choose the tokens and scale the updates."""
+        return self.cfg.router == "random" and self.cfg.random_scale == "gaussian"
+
     def update_scale(self, r: Tensor, scores: Tensor) -> Tensor:
         """``(B, T)`` the factor on each token's update: the router weight, or the Gaussian random weight."""
-        if self.cfg.router == "random" and self.cfg.random_scale == "gaussian":
+        if self.gaussian_routing:
             return self.router_weight(scores)
         return self.router_weight(r)
 
@@ -336,7 +341,7 @@ class MixtureOfDepthsModel(DynamicModel):
         if self.keep_first:
             scores = scores.clone()
             scores[:, 0] = float("inf")  # CLS always wins one of the k places
-            if self.cfg.router == "random" and self.cfg.random_scale == "gaussian":
+            if self.gaussian_routing:
                 scale = scale.clone()
                 scale[:, 0] = 1.0  # kept, not drawn: a random weight would flip its update's sign half the time
         top_idx = topk_positions(scores, k)  # (B, k) ascending

@@ -794,12 +794,12 @@ class TransformerInverse(Method):
         N = len(labels)
         reps = -(-cfg.rollout_episodes // N)  # tiles of the fit samples per rollout
         tiled = torch.arange(N).repeat(reps)  # (E,) every sample equally often
-        base = StoppingEpisodes(quality.float()[tiled], torch.zeros(len(tiled), len(D)), start[tiled], {})
+        observed = {"pooled": pooled[tiled], "conf": conf[tiled]}  # tiled once; only the prices change per rollout
+        base = StoppingEpisodes(quality.float()[tiled], torch.zeros(len(tiled), len(D)), start[tiled], observed)
 
         def make_episodes(gen: torch.Generator) -> StoppingEpisodes:
             lam = lams[torch.randint(len(lams), (len(tiled),), generator=gen)]  # (E,) one price per episode
-            context = {"pooled": pooled[tiled], "conf": conf[tiled], "lam": lam}
-            return StoppingEpisodes(base.quality, lam[:, None] * seg[None, :], base.first, context)
+            return StoppingEpisodes(base.quality, lam[:, None] * seg[None, :], base.first, {**observed, "lam": lam})
 
         def policy_fn(ep: StoppingEpisodes) -> tuple[Tensor, Tensor]:
             return model.policy.unroll(ep.context["pooled"], ep.context["conf"], ep.first, ep.context["lam"])
