@@ -16,7 +16,7 @@ can cache and reload it. At the full budget a dynamic model must reproduce the d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -79,6 +79,13 @@ class Method(ABC):
         budget_doc: what a budget means, for ``bench ls methods``.
         sees_eval_labels: True for an upper bound that is fitted on the evaluation samples themselves (the oracle):
             the harness calls :meth:`fit_eval` with exactly the batches it measures; rows say ``upper_bound``.
+        controls: the control baselines a learned per-sample controller must beat, as ``kind → options`` that turn
+            this method's spec into that control: ``"static"`` (the best fixed configuration at matched mean
+            FLOPs, chosen on validation data) and ``"random"`` (random allocation at matched mean FLOPs). The
+            report pairs every learned run with its controls through this table (``tinv`` with
+            ``tinv[policy=static]`` and ``tinv[policy=random]``); a method without a learned controller has none.
+        control_only_options: options that configure a control only (MoD's ``random_scale``), dropped when a
+            control's label is matched to its learned twin.
     """
 
     name: ClassVar[str] = ""
@@ -91,6 +98,8 @@ class Method(ABC):
     full_budget_atol: ClassVar[float] = 1e-6
     budget_doc: ClassVar[str] = ""
     sees_eval_labels: ClassVar[bool] = False
+    controls: ClassVar[Mapping[str, Mapping[str, str]]] = {}
+    control_only_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -516,6 +516,7 @@ class DHT(Method):
     paper = "https://arxiv.org/abs/2312.03038"
     reconstructed = True
     Config = DHTConfig
+    controls = {"random": {"policy": "random"}}  # random allocation at matched mean FLOPs
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     budget_doc = "compute-penalty knob b: λ = lambda_max·(1 − b); 1.0 = dense, one fitted bandit table per budget"

@@ -356,6 +356,7 @@ class EarlyExit(Method):
     Config = EarlyExitConfig
     budget_range = (0.0, 1.0)
     full_budget = 1.0
+    controls = {"static": {"rule": "depth"}}  # the best fixed exit depth at matched FLOPs
 
     def fit_identity(self) -> EarlyExitConfig:
         """The config less the evaluation-only options: both rules and any decision width use the same heads."""

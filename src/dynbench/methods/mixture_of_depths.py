@@ -548,6 +548,8 @@ class MixtureOfDepths(Method):
     Config = MixtureOfDepthsConfig
     budget_range = (0.0, 1.0)
     full_budget = 1.0
+    controls = {"random": {"router": "random"}}  # the paper's stochastic routing at equal capacity
+    control_only_options = ("random_scale",)
     budget_doc = "capacity c: share of tokens each routed block runs (1.0 = dense; 0.5, 0.25, 0.125 trained)"
 
     def fit_identity(self) -> MixtureOfDepthsConfig:

@@ -716,6 +716,7 @@ class TransformerInverse(Method):
     paper = "https://arxiv.org/abs/2501.16394"
     reconstructed = True
     Config = TransformerInverseConfig
+    controls = {"random": {"policy": "random"}}  # random allocation at matched mean FLOPs
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     budget_doc = "b ∈ [0, 1]: compute price λ = λ_max·(1 − b)²; 1.0 = dense (nothing stops) … 0.5"
