@@ -78,13 +78,13 @@ def _fmt(value: float, kind: str) -> str:
 
 
 def print_summary(rows: pd.DataFrame) -> None:
-    """A compact table: task × method × budget → quality, FLOPs, latency, speedup, memory."""
+    """A compact table: task × method × budget → quality, FLOPs, latency, speedup, memory, with 95% intervals."""
     if rows.empty:
         return
-    from dynbench.analysis.tables import summary_frame
+    from dynbench.analysis.tables import interval_note, summary_frame, with_interval
 
     s = summary_frame(rows)
-    table = Table(title="dynbench summary (latency and memory at batch 1; means over seeds)")
+    table = Table(title="dynbench summary (latency, speedup and memory at batch 1; means over seeds, [95% interval])")
     for col in (
         "task",
         "hardware",
@@ -100,21 +100,22 @@ def print_summary(rows: pd.DataFrame) -> None:
     ):
         table.add_column(col, justify="left" if col in ("task", "hardware", "method") else "right")
     for _, r in s.iterrows():
-        q = f"{_fmt(r['quality'], '')} {r['quality_unit']}"
+        speedup = with_interval(r, "speedup_realized", lambda v: _fmt(v, "x"), lambda v: f"{v:.2f}")
         table.add_row(
             r["task"],
             r["hardware"],
             escape(str(r["method_label"])),  # labels hold brackets (dht[policy=random]): not Rich markup
             f"{r['budget']:.3g}",
-            q,
+            escape(f"{with_interval(r, 'quality', lambda v: _fmt(v, ''))} {r['quality_unit']}"),
             _fmt(r["flops_per_sample"], "flops"),
-            _fmt(r["flops_ratio"], "ratio"),
-            _fmt(r["latency_ms"], "ms"),
-            _fmt(r["speedup_realized"], "x"),
-            _fmt(r["peak_mem_bytes"], "mem"),
+            escape(with_interval(r, "flops_ratio", lambda v: _fmt(v, "ratio"))),
+            escape(with_interval(r, "latency_ms", lambda v: _fmt(v, "ms"))),
+            escape(speedup + (" ⚠ suspect" if r["suspect"] else "")),
+            escape(with_interval(r, "peak_mem_bytes", lambda v: _fmt(v, "mem"))),
             _fmt(r["mean_layers"], ""),
         )
     console.print(table)
+    console.print(escape(interval_note(s)))
 
 
 def print_plugins(kind: str, items: list[dict[str, str]]) -> None:

@@ -189,11 +189,12 @@ METRICS: Mapping[str, tuple[str, bool]] = {
     "latency_ms_p90": ("ms", False),
     "latency_ms_iqr": ("ms", False),
     "throughput": ("samples/s", True),
-    "peak_mem_bytes": ("bytes", False),
+    "peak_mem_bytes": ("bytes", False),  # the operating point's weights + inputs + transient peak
     "transient_mem_bytes": ("bytes", False),
+    "resident_bytes": ("bytes", False),  # weights of the whole dynamic model, every budget's state included
     "process_peak_bytes": ("bytes", False),
     "speedup_theoretical": ("x", True),
-    "speedup_realized": ("x", True),
+    "speedup_realized": ("x", True),  # mean time(dense) / mean time(method) over interleaved call pairs
     "realization": ("ratio", True),
     "controller_ms": ("ms", False),  # per call, inside the controller modules (a separate, hooked pass)
     "controller_share": ("ratio", False),  # controller time ÷ the method's call time
@@ -211,6 +212,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "method_version",
     "method_label",
     "reconstructed",
+    "reference",  # the dense twin's network: "dense backbone", or e.g. "dht's fine-tuned backbone"
     "budget",
     "is_full_budget",
     "seed",
@@ -221,6 +223,10 @@ ROW_COLUMNS: tuple[str, ...] = (
     "unit",
     "higher_is_better",
     "n",
+    "ci_low",  # 95% interval of `value` (NaN when none applies), see dynbench.stats
+    "ci_high",
+    "ci_over",  # what the interval is over: samples, calls, seeds, exact ("" when there is none)
+    "suspect",  # True when the measurement broke physics even after a re-measure (realization > 1.1)
     "git_sha",
     "dirty",
     "dynbench_version",

@@ -6,61 +6,60 @@ A new method gets all of these by registering; nothing here names a method excep
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
+from fitting import TOY_TASKS, eval_batch, fit, fitted  # the session's shared fits (same folder, on sys.path)
 
 from dynbench.harness.flops import count_flops
 from dynbench.methods.base import METHODS, DynamicModel, Method
-from dynbench.types import Batch
-
-TOY_TASKS = ("toy-vision", "toy-text")  # 2 blocks, d=32, seeded synthetic data
+from dynbench.models.backbone import Backbone
 
 METHOD_NAMES = METHODS.names()
-_fitted: dict[tuple[str, str], tuple[Method, DynamicModel]] = {}
+MAX_FULL_BUDGET_ATOL = 1e-5  # a stated full-budget tolerance is float rounding, not room for an approximation
 
 
-def fit(toy, method: Method, task_name: str) -> DynamicModel:
-    """Wrap a copy of the toy backbone and fit ``method`` (seed 0), as the harness does.
+def reference(method: Method, model: DynamicModel, dense: Backbone) -> tuple[Backbone, str]:
+    """``(network, its name)``: what ``model``'s full budget must reproduce, independent of the model under test.
 
-    A method that sees the evaluation labels (an upper bound) is also fitted on the evaluation batch the tests use.
+    ``reference_network == "dense"``: the pristine dense copy itself. Otherwise (a fit that changes the backbone's
+    weights) a fresh copy of the pristine dense backbone loaded with the fitted backbone's weights: the plain dense
+    forward pass over those weights, not the method's own full-budget path and not ``model.backbone``.
     """
-    task, backbone = toy(task_name)
-    model = method.wrap(copy.deepcopy(backbone))
-    torch.manual_seed(0)
-    method.fit(model, task, seed=0)
-    if method.sees_eval_labels:
-        budgets = method.resolve_budgets(None, model.backbone.n_blocks)
-        method.fit_eval(model.eval(), task, [eval_batch(toy, task_name)], budgets=budgets, seed=0)
-    return model.eval()
+    if method.reference_network == "dense":
+        return dense, "dense backbone (a pristine copy taken before wrap and fit)"
+    net = copy.deepcopy(dense)
+    net.load_state_dict(model.backbone.state_dict())
+    return net.eval(), f"{method.reference_network} (a fresh dense backbone loaded with the fitted backbone's weights)"
 
 
-def fitted(toy, method_name: str, task_name: str) -> tuple[Method, DynamicModel]:
-    """The method fitted once per session on a toy task (seed 0)."""
-    key = (method_name, task_name)
-    if key not in _fitted:
-        method = METHODS.get(method_name)()
-        _fitted[key] = (method, fit(toy, method, task_name))
-    return _fitted[key]
+def assert_full_budget_matches(
+    method: Method, model: DynamicModel, x: torch.Tensor, expected: torch.Tensor, network: str
+) -> None:
+    """``model``'s full-budget logits equal ``expected`` (the reference's) within ``method.full_budget_atol``."""
+    with torch.no_grad():
+        got = model(x, budget=method.full_budget).logits
+    torch.testing.assert_close(
+        got,
+        expected,
+        rtol=0,
+        atol=method.full_budget_atol,
+        msg=lambda m: f"{method.name} at its full budget {method.full_budget} vs the {network}: {m}",
+    )
 
 
-def eval_batch(toy, task_name: str, n: int = 16) -> Batch:
-    task, _ = toy(task_name)
-    return next(task.batches(task.eval_split, batch_size=n))
+def eval_inputs(toy, task_name: str) -> torch.Tensor:
+    return eval_batch(toy, task_name).inputs
 
 
-def eval_inputs(toy, task_name: str, n: int = 16) -> torch.Tensor:
-    return eval_batch(toy, task_name, n).inputs
+pytestmark = pytest.mark.parametrize("method_name", METHOD_NAMES)
+per_task = pytest.mark.parametrize("task_name", TOY_TASKS)
 
 
-pytestmark = [
-    pytest.mark.parametrize("task_name", TOY_TASKS),
-    pytest.mark.parametrize("method_name", METHOD_NAMES),
-]
-
-
+@per_task
 def test_outputs_have_dense_shape_and_are_finite(toy, method_name, task_name):
-    method, model = fitted(toy, method_name, task_name)
+    method, model, _ = fitted(toy, method_name, task_name)
     x = eval_inputs(toy, task_name)
     with torch.no_grad():
         dense = model.backbone(x)
@@ -73,17 +72,82 @@ def test_outputs_have_dense_shape_and_are_finite(toy, method_name, task_name):
             assert out.trace.readout.shape == out.trace.controller_flops.shape == (len(x),)
 
 
-def test_full_budget_reproduces_dense(toy, method_name, task_name):
-    """Equal up to float rounding, or within the tolerance the method states (``Method.full_budget_atol``)."""
-    method, model = fitted(toy, method_name, task_name)
+@per_task
+def test_full_budget_reproduces_the_reference_network(toy, method_name, task_name):
+    """Equal within the method's tolerance to a network the model under test cannot reach (see :func:`reference`)."""
+    method, model, dense = fitted(toy, method_name, task_name)
+    network, name = reference(method, model, dense)
     x = eval_inputs(toy, task_name)
     with torch.no_grad():
-        got = model(x, budget=method.full_budget).logits
-        torch.testing.assert_close(got, model.backbone(x), rtol=0, atol=method.full_budget_atol)
+        expected = network(x)
+    assert_full_budget_matches(method, model, x, expected, name)
 
 
+@per_task
+def test_fit_changes_the_backbone_only_when_declared(toy, method_name, task_name):
+    """``reference_network == "dense"``: every backbone tensor is bit-identical to the snapshot after the fit.
+
+    Otherwise the declaration is needed: the (default) fit does change some backbone weight.
+    """
+    method, model, dense = fitted(toy, method_name, task_name)
+    before = dense.state_dict()
+    after = model.backbone.state_dict()
+    assert after.keys() == before.keys()
+    changed = [k for k in before if after[k].dtype != before[k].dtype or not torch.equal(after[k], before[k])]
+    if method.reference_network == "dense":
+        assert not changed, (
+            f"{method_name}'s fit changed backbone tensors {changed}: declare the network its full budget "
+            "reproduces in Method.reference_network (e.g. 'fine-tuned backbone'), or freeze the backbone"
+        )
+    else:
+        assert changed, (
+            f"{method_name} declares reference_network={method.reference_network!r} but its fit left the "
+            "backbone bit-identical: declare 'dense'"
+        )
+
+
+@per_task
+def test_full_budget_check_fails_when_a_read_weight_changes(toy, method_name, task_name):
+    """Mutation check: the full-budget comparison is not vacuous.
+
+    On a deep copy of the fitted model (the session's cached model stays intact), the backbone's parameters are
+    perturbed one at a time, blocks first, until one changes the full-budget output; the same comparison against
+    the reference computed before the perturbation must then fail.
+    """
+    method, model, dense = fitted(toy, method_name, task_name)
+    network, name = reference(method, model, dense)
+    x = eval_inputs(toy, task_name)
+    mutant = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    hit = None
+    with torch.no_grad():
+        expected = network(x)
+        unperturbed = mutant(x, budget=method.full_budget).logits
+        params = sorted(mutant.backbone.named_parameters(), key=lambda kv: not kv[0].startswith("blocks."))
+        for param_name, p in params:
+            saved = p.detach().clone()
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+            if not torch.equal(mutant(x, budget=method.full_budget).logits, unperturbed):
+                hit = param_name
+                break
+            p.copy_(saved)
+    assert hit is not None, f"{method_name}: no backbone parameter changes the full-budget output"
+    with pytest.raises(AssertionError, match=re.escape(name)):
+        assert_full_budget_matches(method, mutant, x, expected, name)
+
+
+def test_full_budget_tolerance_is_tight(method_name):
+    """``full_budget_atol`` is a stated float-rounding tolerance, not room for an approximation of the network."""
+    atol = METHODS.get(method_name).full_budget_atol
+    assert atol <= MAX_FULL_BUDGET_ATOL, (
+        f"{method_name}.full_budget_atol = {atol} > {MAX_FULL_BUDGET_ATOL}: its full budget must run the reference "
+        "network, not an approximation of it"
+    )
+
+
+@per_task
 def test_counted_flops_fall_with_budget_and_match_the_trace(toy, method_name, task_name):
-    method, model = fitted(toy, method_name, task_name)
+    method, model, _ = fitted(toy, method_name, task_name)
     x = eval_inputs(toy, task_name)
     previous = float("inf")
     for budget in method.resolve_budgets(None, model.backbone.n_blocks):  # descending
@@ -96,9 +160,10 @@ def test_counted_flops_fall_with_budget_and_match_the_trace(toy, method_name, ta
         previous = c.total
 
 
+@per_task
 def test_same_seed_same_fit_and_outputs(toy, method_name, task_name):
-    method, model = fitted(toy, method_name, task_name)
-    model2 = fit(toy, METHODS.get(method_name)(), task_name)
+    method, model, _ = fitted(toy, method_name, task_name)
+    model2 = fit(toy, METHODS.get(method_name)(), task_name).model
     x = eval_inputs(toy, task_name)
     with torch.no_grad():
         for budget in method.resolve_budgets(None, model.backbone.n_blocks):
@@ -107,8 +172,9 @@ def test_same_seed_same_fit_and_outputs(toy, method_name, task_name):
             assert torch.equal(a.trace.block_tokens, b.trace.block_tokens)
 
 
+@per_task
 def test_state_dict_round_trip(toy, method_name, task_name):
-    method, model = fitted(toy, method_name, task_name)
+    method, model, _ = fitted(toy, method_name, task_name)
     _, backbone = toy(task_name)
     fresh = METHODS.get(method_name)().wrap(copy.deepcopy(backbone))
     fresh.load_state_dict(model.state_dict())

@@ -82,11 +82,15 @@ def _plot_points(summary_df: pd.DataFrame, task: str, x_metric: str, hardware: s
     return data
 
 
-def _errors(group: pd.DataFrame, column: str, scale: float) -> np.ndarray | None:
-    """Error bar half-widths (std across seeds), or None when there is no spread to show."""
-    if column not in group.columns or not (group["n_seeds"] > 1).any():
+def _errors(group: pd.DataFrame, metric: str, scale: float) -> np.ndarray | None:
+    """``(2, n)`` error bars from the summary's 95% interval of ``metric``, or None when there is none to show."""
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    if low not in group.columns or high not in group.columns:
         return None
-    err = np.nan_to_num(group[column].to_numpy(dtype=float) * scale, nan=0.0)
+    value = group[metric].to_numpy(dtype=float)
+    below = np.nan_to_num(value - group[low].to_numpy(dtype=float), nan=0.0).clip(min=0.0)
+    above = np.nan_to_num(group[high].to_numpy(dtype=float) - value, nan=0.0).clip(min=0.0)
+    err = np.vstack([below, above]) * scale
     return err if (err > 0).any() else None
 
 
@@ -102,7 +106,7 @@ def _draw_dense(ax: Axes, data: pd.DataFrame, x_metric: str, x_scale: float, y_s
     for label in dense["display_label"].unique():
         grp = dense[dense["display_label"] == label]
         x, y = _xy(grp, x_metric, x_scale, y_scale)
-        xerr, yerr = _errors(grp, f"{x_metric}_std", x_scale), _errors(grp, "quality_std", y_scale)
+        xerr, yerr = _errors(grp, x_metric, x_scale), _errors(grp, "quality", y_scale)
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor="black", capsize=3, zorder=5)
         (star,) = ax.plot(x, y, ls="none", marker="*", ms=18, color="black", label=label, zorder=6)
         handles.append(star)
@@ -124,7 +128,7 @@ def _draw_methods(
         color = colors(i % colors.N)
         upper = bool(upper_bound_mask(grp).any())
         container = ax.errorbar(
-            x, y, xerr=_errors(grp, f"{x_metric}_std", x_scale), yerr=_errors(grp, "quality_std", y_scale),
+            x, y, xerr=_errors(grp, x_metric, x_scale), yerr=_errors(grp, "quality", y_scale),
             color=color, marker=_MARKERS[i % len(_MARKERS)], ms=6, lw=1.8, ls="--" if upper else "-",
             capsize=3, label=label, zorder=3,
         )  # fmt: skip

@@ -21,9 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dynbench.analysis.controls import WINS, compare_to_controls
 from dynbench.analysis.plots import compute_histogram, pareto_plot
-from dynbench.analysis.random_baseline import WINS, compare_to_random
-from dynbench.analysis.tables import format_sig, quality_scale, summary_frame, task_markdown, upper_bound_mask
+from dynbench.analysis.tables import (
+    format_sig,
+    quality_formats,
+    quality_scale,
+    summary_frame,
+    task_markdown,
+    upper_bound_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,34 +174,54 @@ def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
     return "\n\n".join(parts)
 
 
-def _random_baseline_notes(summary: pd.DataFrame, task: str) -> str | None:
-    """Each learned controller against its random-allocation baseline at equal FLOPs; ``None`` without pairs."""
-    table = compare_to_random(summary, task)
+def _control_notes(samples: pd.DataFrame, summary: pd.DataFrame, task: str) -> str | None:
+    """Each learned controller against its static and random controls at equal FLOPs; ``None`` without pairs."""
+    table = compare_to_controls(samples, summary, task)
     if table.empty:
         return None
     frame = summary[summary["task"] == task]
     unit = str(frame["quality_unit"].dropna().iloc[0]) if frame["quality_unit"].notna().any() else "quality"
-    factor, q_label = quality_scale(unit, pd.concat([table["quality"], table["random_quality"]]).dropna())
+    factor, q_label = quality_scale(unit, pd.concat([table["quality"], table["control_quality"]]).dropna())
+    q_fmt, d_fmt = quality_formats(factor)
     parts = [
-        "Each learned operating point against the random baseline's quality-vs-FLOPs curve, linearly interpolated "
-        "at the same FLOPs per sample (random baselines are calibrated on fit data, so they rarely land on exactly "
-        "the same FLOPs). Outside the random curve's range a point is compared only where one side dominates. "
-        "Δ > 0: learned better."
+        "Each learned operating point against its controls — `static`: the best single fixed configuration at "
+        "matched FLOPs, chosen on validation data; `random`: random allocation at matched FLOPs — at the same mean "
+        "FLOPs per sample: between two control budgets the control is the mixture that runs a share of the samples "
+        "at each (its per-sample scores mixed in the same proportion), so both sides are scored on the same "
+        "samples. Δ > 0: learned better; `[low, high]` is its 95% interval (paired bootstrap over samples with one "
+        "seed, t over per-seed differences with more); the verdict is better / worse only when the interval "
+        f"excludes 0, else tie. {len(table)} comparisons here: among true ties about 1 in 20 reads better or worse "
+        "by chance."
     ]
-    for (learned, random), grp in table.groupby(["learned", "random"], sort=True):
+    for (learned, control), grp in table.groupby(["learned", "control"], sort=False):
+        counts = grp["verdict"].value_counts()
         wins = int(grp["verdict"].isin(WINS).sum())
+        worse = int(grp["verdict"].isin(["worse", "worse, more FLOPs"]).sum())
         lines = [
-            f"**{learned}** vs **{random}**: learned better at {wins} of {len(grp)} budgets.",
+            f"**{learned}** vs **{control}** ({grp['kind'].iloc[0]} control): learned better at {wins} of "
+            f"{len(grp)} budgets, worse at {worse}, tie at {int(counts.get('tie', 0))}"
+            f"{_network_note(frame, learned)}.",
             "",
-            f"| budget | FLOPs ratio | {q_label}, learned | {q_label}, random at equal FLOPs | Δ | verdict |",
-            "|---:|---:|---:|---:|---:|---|",
+            f"| budget | FLOPs ratio | {q_label}, learned | {q_label}, control at equal FLOPs | Δ [95%] | seeds "
+            "| verdict |",
+            "|---:|---:|---:|---:|---:|---:|---|",
         ]
         for row in grp.sort_values("budget", ascending=False).itertuples():
-            cells = [f"{row.budget:.3g}", format_sig(row.flops_ratio), format_sig(row.quality * factor, 4)]
-            cells += [format_sig(row.random_quality * factor, 4), format_sig(row.delta * factor, 3), row.verdict]
+            interval = f" [{d_fmt(row.ci_low)}, {d_fmt(row.ci_high)}]" if np.isfinite(row.ci_low) else ""
+            cells = [f"{row.budget:.3g}", format_sig(row.flops_ratio), q_fmt(row.quality), q_fmt(row.control_quality)]
+            cells += [f"{d_fmt(row.delta)}{interval}", str(row.seeds)]
+            cells += [row.verdict]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _network_note(frame: pd.DataFrame, label: str) -> str:
+    """``; all on <network>`` when the method's reference network is not the task's dense backbone."""
+    if "reference" not in frame.columns:
+        return ""
+    names = {str(v) for v in frame.loc[frame["method_label"] == label, "reference"].dropna()} - {"", "dense backbone"}
+    return f"; learned and controls all run {names.pop()}" if len(names) == 1 else ""
 
 
 def _task_figures(
@@ -293,7 +320,7 @@ def _write_task(
             "### Plots",
             _join_blocks(figures),
             *([f"### Upper bounds\n\n{notes}"] if (notes := _upper_bound_notes(task_rows)) else []),
-            *([f"### Learned vs random allocation\n\n{cmp}"] if (cmp := _random_baseline_notes(summary, task)) else []),
+            *([f"### Learned vs static vs random\n\n{cmp}"] if (cmp := _control_notes(samples, summary, task)) else []),
             "### Tables",
             f"Also as [{task_dir.name}/table.md]({task_dir.name}/table.md).",
             nested.rstrip("\n"),
@@ -355,8 +382,9 @@ def write_report(
         sections.append(section)
         written += files
     intro = (
-        f"{len(rows)} result rows, tasks: {', '.join(tasks)}. Points are means over seeds; "
-        "error bars and `±` are the standard deviation across seeds. Upper bounds (oracle) are dashed "
+        f"{len(rows)} result rows, tasks: {', '.join(tasks)}. Points are means over seeds; error bars and "
+        "`[low, high]` are 95% intervals (over seeds with two or more, else over evaluation samples or timed "
+        "calls: each table says which). Upper bounds (oracle) are dashed "
         "and excluded from the Pareto front; `(reconstructed)` marks methods whose mechanism dynbench "
         "reconstructed from an incomplete paper."
     )

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dynbench.analysis.pareto import pareto_front
+from dynbench.stats import seed_interval
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +25,14 @@ __all__ = [
     "display_label",
     "format_flops",
     "format_sig",
+    "interval_note",
     "pareto_mask",
+    "quality_formats",
     "quality_scale",
     "summary_frame",
     "upper_bound_mask",
     "task_markdown",
+    "with_interval",
 ]
 
 # One summary line per operating point; ``reconstructed`` is part of the key so numbers re-derived from
@@ -39,17 +43,23 @@ _REQUIRED = (
     "batch_size", "metric", "value", "unit", "higher_is_better",
 )  # fmt: skip
 # Measured once per budget at the evaluation batch size, identical on every hardware target.
-_HARDWARE_FREE = ("quality", "flops_per_sample", "flops_ratio", "mean_layers")
+_HARDWARE_FREE = ("quality", "quality_delta", "flops_per_sample", "flops_ratio", "mean_layers")
 # Read at the latency batch size (batch 1 by default: the per-request serving cost).
-_AT_LATENCY_BATCH = ("latency_ms", "speedup_realized", "controller_ms", "peak_mem_bytes")
+_AT_LATENCY_BATCH = ("latency_ms", "speedup_realized", "realization", "controller_ms", "peak_mem_bytes")
 _METRIC_COLUMNS = (*_HARDWARE_FREE, *_AT_LATENCY_BATCH, "throughput")
+# Metrics whose summary carries a 95% interval: `<metric>_ci_low`, `_ci_high` and `_ci_over`.
+INTERVAL_METRICS: tuple[str, ...] = (
+    "quality", "quality_delta", "flops_ratio", "latency_ms", "speedup_realized", "realization", "throughput",
+    "peak_mem_bytes",
+)  # fmt: skip
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "task", "hardware", "method", "method_label", "display_label", "reconstructed", "upper_bound", "budget",
-    "quality", "quality_std", "quality_unit", "quality_higher_is_better",
+    "quality", "quality_std", "quality_unit", "quality_higher_is_better", "quality_delta",
     "flops_per_sample", "flops_per_sample_std", "flops_ratio",
-    "latency_ms", "latency_ms_std", "speedup_realized", "controller_ms",
+    "latency_ms", "latency_ms_std", "speedup_realized", "realization", "controller_ms",
     "throughput", "throughput_std", "throughput_batch_size",
-    "peak_mem_bytes", "peak_mem_bytes_std", "mean_layers", "n_seeds", "latency_batch_size",
+    "peak_mem_bytes", "peak_mem_bytes_std", "mean_layers", "n_seeds", "latency_batch_size", "suspect", "reference",
+    *(f"{m}_ci_{end}" for m in INTERVAL_METRICS for end in ("low", "high", "over")),
 )  # fmt: skip
 # Upper bounds (not deployable): drawn dashed and kept off every Pareto front. Rows say so in their `upper_bound`
 # column (methods that see the evaluation labels); these names count as upper bounds in rows without it.
@@ -179,20 +189,41 @@ def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _attach(out: pd.DataFrame, sub: pd.DataFrame, keys: list[str], metrics: tuple[str, ...]) -> pd.DataFrame:
-    """Merge mean and std over seeds of each of ``metrics`` (rows in ``sub``) onto ``out``.
+    """Merge the mean over seeds, its std and its 95% interval for each of ``metrics`` (rows in ``sub``) onto ``out``.
 
-    Metrics without rows become NaN columns, so callers can rely on every column existing.
+    The interval: with one seed, the row's own (a bootstrap over samples or timed calls, or ``exact``); with two
+    or more seeds, a t-interval over the per-seed values (:func:`dynbench.stats.seed_interval`). Metrics without
+    rows become NaN columns, so callers can rely on every column existing.
     """
     columns = [name for metric in metrics for name in (metric, f"{metric}_std")]
+    intervals = [f"{m}_ci_{end}" for m in metrics if m in INTERVAL_METRICS for end in ("low", "high", "over")]
     sub = sub[sub["metric"].isin(metrics)]
     if sub.empty:
-        return out.assign(**dict.fromkeys(columns, np.nan))
+        return out.assign(**dict.fromkeys(columns + intervals, np.nan))
+    sub = sub.assign(**{c: sub[c] if c in sub.columns else np.nan for c in ("ci_low", "ci_high")})
+    sub = sub.assign(ci_over=sub["ci_over"].fillna("") if "ci_over" in sub.columns else "")
     # Average repeats within a seed first so every seed weighs the same.
-    per_seed = sub.groupby([*keys, "metric", "seed"], dropna=False)["value"].mean()
-    stats = per_seed.groupby(level=[*keys, "metric"], dropna=False).agg(["mean", "std"]).unstack("metric")
-    stats.columns = [metric if stat == "mean" else f"{metric}_std" for stat, metric in stats.columns]
-    stats = stats.reindex(columns=columns)
+    per_seed = sub.groupby([*keys, "metric", "seed"], dropna=False).agg(
+        value=("value", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"), ci_over=("ci_over", "first")
+    )
+    stats = per_seed.groupby(level=[*keys, "metric"], dropna=False).apply(_seed_summary).unstack("metric")
+    stats.columns = [f"{metric}{suffix}" for suffix, metric in stats.columns]
+    stats = stats.reindex(columns=columns + intervals)
     return out.merge(stats.reset_index(), on=keys, how="left")
+
+
+def _seed_summary(group: pd.DataFrame) -> pd.Series:
+    """Mean, std and 95% interval of one operating point's metric over its seeds."""
+    values = group["value"].to_numpy(dtype=float)
+    if len(values) == 1:
+        low, high, over = group["ci_low"].iloc[0], group["ci_high"].iloc[0], group["ci_over"].iloc[0] or ""
+    else:
+        ci = seed_interval(values)
+        low, high, over = ci.low, ci.high, f"{ci.n} seeds"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return pd.Series(
+        {"": float(np.mean(values)), "_std": std, "_ci_low": low, "_ci_high": high, "_ci_over": over}, dtype=object
+    )
 
 
 def _first_hardware(sub: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -243,7 +274,10 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
     target (the alphabetically first that has them). Latency, realized speedup and peak memory are read
     at ``latency_batch_size``; throughput at the largest batch size measured on that task and hardware.
     Every number is a mean over seeds; ``*_std`` columns hold the standard deviation across seeds (NaN
-    with one seed). Metrics that were not measured give NaN columns, never missing ones.
+    with one seed), and ``<metric>_ci_low/_ci_high/_ci_over`` its 95% interval (:data:`INTERVAL_METRICS`: over
+    seeds with two or more, else the row's own over samples or timed calls). ``suspect`` is True where a timing
+    row of the point was flagged (a realization that stayed above 1.1 after a re-measure). Metrics that were not
+    measured give NaN columns, never missing ones.
 
     Args:
         rows: result rows with the columns of ``dynbench.types.ROW_COLUMNS``.
@@ -270,6 +304,15 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
     out = _attach(out, rows[rows["batch_size"] == latency_batch_size], keys, _AT_LATENCY_BATCH)
     out = _attach_throughput(out, rows, keys)
     out = _attach_quality_spec(out, rows)
+    reference = rows["reference"] if "reference" in rows.columns else pd.Series("dense backbone", index=rows.index)
+    networks = reference.fillna("dense backbone").groupby([rows[k] for k in keys], dropna=False).first()
+    out = out.merge(networks.rename("reference").reset_index(), on=keys, how="left")
+    flagged = rows["suspect"].map(_as_bool) if "suspect" in rows.columns else pd.Series(False, index=rows.index)
+    suspect = flagged[rows["batch_size"] == latency_batch_size].groupby(
+        [rows[k] for k in keys], dropna=False
+    ).any().rename("suspect")
+    out = out.merge(suspect.reset_index(), on=keys, how="left")
+    out["suspect"] = out["suspect"].map(_as_bool).astype(bool)
     upper = rows.groupby("method")["upper_bound"].any()
     out = out.assign(latency_batch_size=latency_batch_size, upper_bound=out["method"].map(upper).astype(bool))
     out = out.assign(
@@ -285,19 +328,33 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
     return out.reset_index(drop=True)[list(SUMMARY_COLUMNS)]
 
 
-def _with_std(
-    mean: float,
-    std: float,
-    n_seeds: int,
-    fmt: Callable[[float], str],
-    fmt_std: Callable[[float], str] | None = None,
+def quality_formats(factor: float) -> tuple[Callable[[float], str], Callable[[float], str]]:
+    """Formatters of a quality and of a quality difference shown with :func:`quality_scale`'s ``factor``.
+
+    Percentages get 2 decimals (a difference in points, signed); other units 4 significant digits (a difference 3).
+    """
+    if factor != 1.0:
+        return (lambda v: f"{v * factor:.2f}"), (lambda v: f"{v * factor:+.2f}")
+    return (lambda v: format_sig(v, 4)), (lambda v: f"{'+' if v > 0 else ''}{format_sig(v, 3)}")
+
+
+def with_interval(
+    row: pd.Series, metric: str, fmt: Callable[[float], str], bound_fmt: Callable[[float], str] | None = None
 ) -> str:
-    """``mean ± std`` when several seeds stand behind the mean, else just the mean."""
-    if not math.isfinite(mean):
+    """``value [low, high]`` when the summary row holds a 95% interval for ``metric``, else just the value.
+
+    An ``exact`` interval (a deterministic measurement), or one of zero width (the same value on every seed),
+    prints as the value alone.
+    """
+    value = row.get(metric, math.nan)
+    if value is None or not math.isfinite(float(value)):
         return _MISSING
-    if n_seeds > 1 and math.isfinite(std):
-        return f"{fmt(mean)} ± {(fmt_std or fmt)(std)}"
-    return fmt(mean)
+    low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
+    exact = str(row.get(f"{metric}_ci_over", "")) == "exact"
+    if exact or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)) or low == high:
+        return fmt(float(value))
+    bound = bound_fmt or fmt
+    return f"{fmt(float(value))} [{bound(float(low))}, {bound(float(high))}]"
 
 
 def _column_specs(section: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
@@ -306,37 +363,51 @@ def _column_specs(section: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Se
     factor, quality_label = quality_scale(unit.iloc[0] if len(unit) else "quality", section["quality"])
     higher = section["quality_higher_is_better"].dropna()
     arrow = "" if higher.empty else (" ↑" if bool(higher.iloc[0]) else " ↓")
-    # Percentages get 2 decimals; other units 4 significant digits for the mean, 2 for the spread.
-    quality_fmt: Callable[[float], str] = (
-        (lambda v: f"{v * factor:.2f}") if factor != 1.0 else (lambda v: format_sig(v, 4))
-    )
-    std_fmt: Callable[[float], str] = quality_fmt if factor != 1.0 else (lambda v: format_sig(v, 2))
+    quality_fmt, delta_fmt = quality_formats(factor)
     lat_bs = int(section["latency_batch_size"].iloc[0])
     thr_bs = section["throughput_batch_size"].dropna()
     thr_header = f"throughput b{int(thr_bs.iloc[0])} (samples/s)" if len(thr_bs) else "throughput (samples/s)"
+    times: Callable[[float], str] = lambda v: f"{v:.2f}×"  # noqa: E731
+    flagged = lambda r, text: f"{text} ⚠" if bool(r.get("suspect", False)) and text != _MISSING else text  # noqa: E731
     return [
-        (
-            "quality",
-            quality_label + arrow,
-            lambda r: _with_std(r["quality"], r["quality_std"], r["n_seeds"], quality_fmt, std_fmt),
-        ),
+        ("quality", quality_label + arrow, lambda r: with_interval(r, "quality", quality_fmt)),
+        ("quality_delta", "Δ vs dense", lambda r: with_interval(r, "quality_delta", delta_fmt)),
         ("flops_per_sample", "FLOPs/sample", lambda r: format_flops(r["flops_per_sample"])),
-        ("flops_ratio", "FLOPs ratio", lambda r: format_sig(r["flops_ratio"])),
+        ("flops_ratio", "FLOPs ratio", lambda r: with_interval(r, "flops_ratio", format_sig)),
         ("mean_layers", "mean layers", lambda r: format_sig(r["mean_layers"])),
-        (
-            "latency_ms",
-            f"latency b{lat_bs} (ms)",
-            lambda r: _with_std(r["latency_ms"], r["latency_ms_std"], r["n_seeds"], format_sig),
-        ),
+        ("latency_ms", f"latency b{lat_bs} (ms)", lambda r: with_interval(r, "latency_ms", format_sig)),
         (
             "speedup_realized",
             f"speedup b{lat_bs}",
-            lambda r: _MISSING if not math.isfinite(r["speedup_realized"]) else f"{r['speedup_realized']:.2f}×",
+            lambda r: flagged(r, with_interval(r, "speedup_realized", times, lambda v: f"{v:.2f}")),
         ),
+        ("realization", f"realization b{lat_bs}", lambda r: flagged(r, with_interval(r, "realization", format_sig))),
         ("controller_ms", f"controller b{lat_bs} (ms)", lambda r: format_sig(r["controller_ms"])),
-        ("throughput", thr_header, lambda r: format_sig(r["throughput"])),
-        ("peak_mem_bytes", f"peak mem b{lat_bs} (MiB)", lambda r: format_sig(r["peak_mem_bytes"] / _MIB)),
+        ("throughput", thr_header, lambda r: with_interval(r, "throughput", format_sig)),
+        (
+            "peak_mem_bytes",
+            f"peak mem b{lat_bs} (MiB)",
+            lambda r: with_interval(r, "peak_mem_bytes", lambda v: format_sig(v / _MIB)),
+        ),
     ]
+
+
+def interval_note(section: pd.DataFrame) -> str:
+    """What the brackets of a summary table mean, for the seeds present."""
+    seeds = sorted({int(n) for n in section["n_seeds"]})
+    note = "`[low, high]` = 95% interval: "
+    if max(seeds) >= 2:
+        note += "over seeds (Student t of per-seed values) for points with 2 or more seeds"
+        note += " — with 2 seeds it spans 12.7 standard errors — " if 2 in seeds else "; "
+        if min(seeds) == 1:
+            note += "for single-seed points, "
+    if min(seeds) == 1:
+        note += (
+            "a bootstrap over the evaluation samples (quality, Δ vs dense paired with dense on the same samples, "
+            "FLOPs ratio) or over the timed calls (latency, speedup and realization paired call by call with dense, "
+            "throughput); it holds one backbone and fit fixed, so it shows sample and timing noise, not seed noise"
+        )
+    return note.rstrip("; —") + "."
 
 
 def _hardware_markdown(section: pd.DataFrame, hardware: str) -> str:
@@ -344,7 +415,10 @@ def _hardware_markdown(section: pd.DataFrame, hardware: str) -> str:
     specs = _column_specs(section)
     shown = [spec for spec in specs if section[spec[0]].notna().any()]
     # no controller column means no method here has controller modules, not a measurement left out
-    missing = [h for column, h, _ in specs if not section[column].notna().any() and column != "controller_ms"]
+    missing = [  # no controller / Δ column: no controller modules, or only dense here — nothing left out
+        h for column, h, _ in specs
+        if not section[column].notna().any() and column not in ("controller_ms", "quality_delta")
+    ]  # fmt: skip
     front = pareto_mask(section, "flops_per_sample")
     headers = ["method", "budget", *[header for _, header, _ in shown], "seeds", "Pareto"]
     lines = [
@@ -360,8 +434,20 @@ def _hardware_markdown(section: pd.DataFrame, hardware: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     notes = ["`*` = Pareto-optimal on quality vs FLOPs per sample across all methods (upper bounds excluded)."]
-    if (section["n_seeds"] > 1).any():
-        notes.append("Values are means over seeds; `±` is the standard deviation across seeds.")
+    notes.append(interval_note(section))
+    own = sorted({str(r) for r in section["reference"].dropna()} - {"dense backbone"})
+    if own:
+        notes.append(
+            "Δ vs dense, speedups and realization compare each method with the dense twin its rows name; for "
+            + ", ".join(f"`{n}`" for n in own)
+            + " that is not the task's dense backbone (its fit fine-tunes the backbone), so read its Δ against its "
+            "own network and compare its quality with dense's row directly."
+        )
+    if section["suspect"].any():
+        notes.append(
+            "⚠ = a realization above 1.1 (more time saved than FLOPs) that persisted after a re-measure: the timing "
+            "is suspect (a load spike, or different paths timed than counted), not a result."
+        )
     if section["controller_ms"].notna().any():
         notes.append(
             "`controller` = time per call inside the method's decision modules (routers, gates, exit heads, "

@@ -3,17 +3,20 @@
 Tensor memory comes from the target (profiler events on CPU, the allocator on CUDA); the footprint is the peak
 resident set of the process.
 
-``peak_mem_bytes`` = bytes of the model's parameters and buffers + the input batch + the transient peak the
-forward pass allocated on top. The same definition holds on every target, so methods compare fairly (a method
-with extra heads pays for their weights). For a dynamic model the peak depends on the path, so it is the
-maximum over several inputs, the costliest paths first.
+``peak_mem_bytes`` = bytes of the parameters and buffers the operating point reads (its operating modules,
+:meth:`~dynbench.methods.base.DynamicModel.operating_modules`) + the input batch + the transient peak the forward
+pass allocated on top: what a deployment of that one operating point needs. The same definition holds on every
+target, so methods compare fairly (a method with extra heads pays for their weights; a method that keeps one
+trained model per budget pays for one of them). For a dynamic model the peak depends on the path, so it is the
+maximum over several inputs, the costliest paths first. ``resident_bytes`` = bytes of the whole model, every
+budget's state included: what the benchmark process holds to sweep all operating points.
 """
 
 from __future__ import annotations
 
 import resource
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,21 +30,34 @@ from dynbench.hardware.base import HardwareTarget
 class MemoryStats:
     """Memory of one model at one batch size."""
 
-    peak_bytes: int  # weights + inputs + transient peak
+    peak_bytes: int  # operating weights + inputs + transient peak
     transient_bytes: int  # the forward pass's own peak allocation
     process_peak_bytes: int | None  # peak resident set of the process while running the inputs
+    weight_bytes: int  # parameters and buffers of the operating modules
+    resident_bytes: int  # parameters and buffers of the whole model, every budget's state included
+
+
+def modules_bytes(modules: Iterable[nn.Module]) -> int:
+    """Bytes of every distinct parameter and buffer storage of ``modules`` together.
+
+    A storage reached from two modules (a tied head, a readout shared by exit heads, a submodule listed with its
+    parent) counts once.
+    """
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            storage = t.untyped_storage()
+            key = (str(t.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+    return total
 
 
 def module_bytes(module: nn.Module) -> int:
     """Bytes of every distinct parameter and buffer storage of ``module``."""
-    seen: set[int] = set()
-    total = 0
-    for t in [*module.parameters(), *module.buffers()]:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in seen:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-    return total
+    return modules_bytes([module])
 
 
 def reset_process_peak() -> bool:
@@ -71,17 +87,20 @@ def measure_memory(
     inputs: Sequence[Tensor],
     order: Sequence[int],
     target: HardwareTarget,
+    operating: Sequence[nn.Module] | None = None,
 ) -> MemoryStats:
     """Peak memory of ``run(i)`` over the inputs at ``order`` (costliest first).
 
     Args:
-        model: the model whose weights count as resident.
+        model: the whole model: its weights are ``resident_bytes``.
         run: ``run(i)`` executes one forward pass on ``inputs[i]``.
-        inputs: the input batches (their bytes count as resident).
+        inputs: the input batches (their bytes count toward the peak).
         order: which inputs to measure.
         target: reads the transient tensor peak.
+        operating: the modules ``run`` reads, whose weights count toward the peak; ``None`` = all of ``model``.
     """
-    weights = module_bytes(model)
+    resident = module_bytes(model)
+    weights = resident if operating is None else modules_bytes(operating)
     peak = transient = 0
     for i in order:
         t = target.tensor_peak(lambda i=i: run(i))
@@ -92,4 +111,10 @@ def measure_memory(
         for i in order:
             run(i)
         proc = process_peak()
-    return MemoryStats(peak_bytes=peak, transient_bytes=transient, process_peak_bytes=proc)
+    return MemoryStats(
+        peak_bytes=peak,
+        transient_bytes=transient,
+        process_peak_bytes=proc,
+        weight_bytes=weights,
+        resident_bytes=resident,
+    )

@@ -12,6 +12,7 @@ Each budget is measured in separate passes so no measurement disturbs another (D
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from dynbench.methods.base import METHODS, DynamicModel, Method
 from dynbench.models.backbone import Backbone
 from dynbench.models.training import atomic_torch_save, backbone_key, config_digest
 from dynbench.registry import Registry, RegistryError
+from dynbench.stats import Interval
 from dynbench.tasks.base import TASKS, Task
 from dynbench.types import METRICS, Batch
 
@@ -127,11 +129,19 @@ def fitted_model(plan: RunPlan, backbone: Backbone, cache_dir: Path | None) -> D
 
     The cache holds what the fit made or changed, not the backbone it started from: a layer ranking is a few bytes
     even on a 135 M-parameter model, while a method that retrains or fine-tunes the backbone keeps those weights.
+
+    The fit runs with the task's evaluation split sealed (:meth:`Task.sealed`): it may read ``train`` and the
+    validation split only, so nothing it chooses is chosen on the samples it is scored on. Only
+    :func:`fitted_eval` (an upper bound's ``fit_eval``) sees the evaluation samples.
+
+    Raises:
+        EvalSplitAccessError: the method's fit read the evaluation split.
     """
     model = plan.method.wrap(backbone)
     if plan.method.learns():
-        seed = plan.spec.seed
-        cached_fit(plan, model, "", cache_dir, lambda: plan.method.fit(model, plan.task, seed=seed))
+        seed, task = plan.spec.seed, plan.task
+        with task.sealed(task.eval_split, reader=f"the fit of method '{plan.method.name}'"):
+            cached_fit(plan, model, "", cache_dir, lambda: plan.method.fit(model, task, seed=seed))
     return model.eval()
 
 
@@ -227,6 +237,8 @@ class RowMaker:
             "method_label": plan.spec.method.label,
             "reconstructed": m.reconstructed,
             "upper_bound": m.sees_eval_labels,  # fitted on the evaluation labels: not deployable
+            # the network of the dense twin that Δ vs dense and the speedups compare with
+            "reference": "dense backbone" if m.reference_network == "dense" else f"{m.name}'s {m.reference_network}",
             "seed": plan.spec.seed,
             "hardware": plan.hardware.label,
             "git_sha": prov.git_sha,
@@ -237,8 +249,30 @@ class RowMaker:
             "started_at": started_at,
         }
 
-    def __call__(self, budget: float, batch_size: int, metric: str, value: float, n: int, **kw: Any) -> dict:
-        """One row; ``unit`` and ``higher_is_better`` come from :data:`METRICS` unless given."""
+    def __call__(
+        self,
+        budget: float,
+        batch_size: int,
+        metric: str,
+        value: float,
+        n: int,
+        *,
+        ci: Interval | None = None,
+        suspect: bool = False,
+        **kw: Any,
+    ) -> dict:
+        """One row; ``unit`` and ``higher_is_better`` come from :data:`METRICS` unless given.
+
+        Args:
+            budget: the operating point.
+            batch_size: the batch size it was measured at.
+            metric: the metric's name.
+            value: the measured value.
+            n: observations behind it.
+            ci: its 95% interval (``ci_low``, ``ci_high``, ``ci_over``); none = NaN ends and an empty ``ci_over``.
+            suspect: the measurement broke physics even after a re-measure (a realization above the limit).
+            **kw: ``unit`` and ``higher_is_better`` for metrics outside :data:`METRICS`.
+        """
         unit, hib = METRICS.get(metric, (kw.get("unit", ""), kw.get("higher_is_better", False)))
         return {
             **self.base,
@@ -250,6 +284,10 @@ class RowMaker:
             "unit": kw.get("unit", unit),
             "higher_is_better": bool(kw.get("higher_is_better", hib)),
             "n": int(n),
+            "ci_low": math.nan if ci is None else float(ci.low),
+            "ci_high": math.nan if ci is None else float(ci.high),
+            "ci_over": "" if ci is None else ci.over,
+            "suspect": bool(suspect),
         }
 
 
@@ -290,15 +328,28 @@ def execute(plan: RunPlan, *, store: ResultStore, cache_dir: Path | None, progre
     dense = METHODS.get("dense")().wrap(backbone).eval()
     rows: list[dict] = []
     samples: list[dict] = []
+    timings: list[dict] = []
     with torch.inference_mode():
-        dense_flops = measure.flops_pass(dense, 1.0, batches) if spec.measure.flops else None
+        twin = DenseTwin(
+            quality=None if plan.method.name == "dense" else measure.quality_pass(dense, 1.0, batches, plan.task),
+            flops=measure.flops_pass(dense, 1.0, batches) if spec.measure.flops else None,
+        )
         for done, budget in enumerate(plan.budgets):
             say(done, len(plan.budgets), f"budget {budget:.3g}")
-            r, s = measure_budget(plan, model, dense, budget, batches, dense_flops, make_row)
+            r, s, t = measure_budget(plan, model, dense, budget, batches, twin, make_row)
             rows.extend(r)
             samples.extend(s)
-    store.write(plan.run_key, rows, samples)
+            timings.extend(t)
+    store.write(plan.run_key, rows, samples, timings)
     say(len(plan.budgets), len(plan.budgets), "done")
+
+
+@dataclass
+class DenseTwin:
+    """The dense model's passes over the same samples: the reference of every ratio and paired difference."""
+
+    quality: measure.QualityResult | None  # None when the run is dense itself (every delta would be 0)
+    flops: measure.FlopsResult | None  # None when FLOPs are not counted
 
 
 def measure_budget(
@@ -307,40 +358,30 @@ def measure_budget(
     dense: DynamicModel,
     budget: float,
     batches: list[Batch],
-    dense_flops: measure.FlopsResult | None,
+    twin: DenseTwin,
     make_row: RowMaker,
-) -> tuple[list[dict], list[dict]]:
-    """All passes at one budget → (rows, per-sample records)."""
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """All passes at one budget → (rows, per-sample records, timed-call records)."""
     spec, task = plan.spec, plan.task
     ebs = spec.measure.eval_batch_size
     q = measure.quality_pass(model, budget, batches, task)
     n = len(q.scores)
-    rows = [
-        make_row(budget, ebs, "quality", task.metric.aggregate(q.scores), n, **_quality_kw(task)),
-        make_row(budget, ebs, "mean_layers", float(q.trace.layers_executed.double().mean()), n),
-    ]
+    rows = measure.quality_rows(make_row, budget, ebs, task, q, twin.quality)
+    rows.append(make_row(budget, ebs, "mean_layers", float(q.trace.layers_executed.double().mean()), n))
     extras = {**task.metric.secondary(q.correct), **model.trace_metrics(q.trace)}
     for name, (value, unit, hib) in extras.items():
         rows.append(make_row(budget, ebs, name, value, n, unit=unit, higher_is_better=hib))
     flops = None
-    if spec.measure.flops and dense_flops is not None:
+    if spec.measure.flops and twin.flops is not None:
         flops = measure.flops_pass(model, budget, batches)
-        theo = dense_flops.mean / flops.mean
-        rows += [
-            make_row(budget, ebs, "flops_per_sample", flops.mean, n),
-            make_row(budget, ebs, "controller_flops_per_sample", flops.controller_mean, n),
-            make_row(budget, ebs, "flops_ratio", flops.mean / dense_flops.mean, n),
-            make_row(budget, ebs, "speedup_theoretical", theo, n),
-            make_row(budget, ebs, "flops_count_gap", flops.count_gap, n),
-        ]
+        rows += measure.flops_rows(make_row, budget, ebs, flops, twin.flops)
+    timings: list[dict] = []
     for bs in spec.batch_sizes:
         inputs = measure.timing_inputs(q, batches, bs, spec.measure.timing_inputs)
         if spec.measure.timing:
-            rows += measure.timing_rows(plan, model, dense, budget, inputs, flops, dense_flops, make_row)
+            r, record = measure.timing_rows(plan, model, dense, budget, inputs, flops, twin.flops, make_row)
+            rows += r
+            timings.append(record)
         if spec.measure.memory:
             rows += measure.memory_rows(plan, model, budget, inputs, q, make_row)
-    return rows, measure.sample_records(plan, budget, q, flops)
-
-
-def _quality_kw(task: Task) -> dict[str, Any]:
-    return {"unit": task.metric.spec.unit, "higher_is_better": task.metric.spec.higher_is_better}
+    return rows, measure.sample_records(plan, budget, q, flops), timings

@@ -4,6 +4,8 @@ Layout under the results directory::
 
     runs/<run_key>.jsonl       tidy rows (DESIGN §5), written last: its presence means the run finished
     samples/<run_key>.jsonl    per-sample records (sample id, FLOPs, layers, score, correct …)
+    timings/<run_key>.jsonl    every timed call per (budget, batch size): method and dense durations in
+                               interleaved pairs, the input each pair ran and its FLOPs (intervals, comparisons)
 
 Each file is written to a temporary name and renamed into place, so a killed sweep leaves no partial file,
 a resumed sweep skips finished ``run_key``s, and many workers can write at once without a lock.
@@ -64,16 +66,28 @@ class ResultStore:
         """Where a run's per-sample records live."""
         return self.root / "samples" / f"{run_key}.jsonl"
 
+    def timings_path(self, run_key: str) -> Path:
+        """Where a run's timed-call records live."""
+        return self.root / "timings" / f"{run_key}.jsonl"
+
     def has(self, run_key: str) -> bool:
         """Whether the run finished (its rows file exists)."""
         return self.rows_path(run_key).exists()
 
-    def write(self, run_key: str, rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
-        """Store a finished run: samples first, rows last (rows mark completion)."""
+    def write(
+        self,
+        run_key: str,
+        rows: list[dict[str, Any]],
+        samples: list[dict[str, Any]],
+        timings: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Store a finished run: samples and timed calls first, rows last (rows mark completion)."""
         missing = [c for c in ROW_COLUMNS if rows and c not in rows[0]]
         if missing:
             raise ValueError(f"Rows for run {run_key} lack columns {missing}; every row needs {list(ROW_COLUMNS)}.")
         _write_jsonl_atomic(self.samples_path(run_key), samples)
+        if timings:
+            _write_jsonl_atomic(self.timings_path(run_key), ({"run_key": run_key, **t} for t in timings))
         _write_jsonl_atomic(self.rows_path(run_key), rows)
 
     def run_keys(self) -> list[str]:
@@ -93,6 +107,13 @@ class ResultStore:
     def samples(self) -> pd.DataFrame:
         """Every stored per-sample record as one DataFrame."""
         folder = self.root / "samples"
+        keys = set(self.run_keys())
+        paths = sorted(p for p in folder.glob("*.jsonl") if p.stem in keys) if folder.exists() else []
+        return pd.DataFrame.from_records([r for p in paths for r in _read_jsonl(p)])
+
+    def timings(self) -> pd.DataFrame:
+        """Every stored timed-call record (one per run, budget and batch size) as one DataFrame."""
+        folder = self.root / "timings"
         keys = set(self.run_keys())
         paths = sorted(p for p in folder.glob("*.jsonl") if p.stem in keys) if folder.exists() else []
         return pd.DataFrame.from_records([r for p in paths for r in _read_jsonl(p)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,24 +20,30 @@ from torch import nn
 
 from dynbench.config import MeasureConfig
 from dynbench.hardware.base import HardwareTarget
+from dynbench.methods.base import ControllerClock, controller_clock
 
 
 @dataclass(frozen=True)
 class TimingStats:
-    """Distribution of one model's call durations."""
+    """Distribution of one model's call durations, with every call kept (intervals and comparisons need them)."""
 
-    median_ms: float  # median call time
+    median_ms: float  # median call time: the batch-1 latency a request sees
     p90_ms: float  # 90th percentile
     iqr_ms: float  # interquartile range (p75 - p25)
-    mean_ms: float  # mean, for reference
+    mean_ms: float  # mean call time: what throughput and speedups are made of (FLOPs are means too)
     n: int  # timed calls
+    durations_ms: tuple[float, ...] = ()  # every timed call, in call order
+    inputs: tuple[int, ...] = ()  # the input index of each timed call
 
     @classmethod
-    def of(cls, durations_ms: Sequence[float]) -> TimingStats:
-        """Summarise durations."""
+    def of(cls, durations_ms: Sequence[float], inputs: Sequence[int] = ()) -> TimingStats:
+        """Summarise durations (and keep them)."""
         d = np.asarray(durations_ms, dtype=np.float64)
         q25, q50, q75, q90 = np.percentile(d, [25, 50, 75, 90])
-        return cls(float(q50), float(q90), float(q75 - q25), float(d.mean()), int(d.size))
+        return cls(
+            float(q50), float(q90), float(q75 - q25), float(d.mean()), int(d.size),
+            tuple(float(x) for x in d), tuple(int(i) for i in inputs),
+        )  # fmt: skip
 
 
 def timed_enough(n: int, elapsed_s: float, cfg: MeasureConfig) -> bool:
@@ -50,19 +57,26 @@ def time_interleaved(
     warmup: Sequence[int],
     target: HardwareTarget,
     cfg: MeasureConfig,
+    *,
+    timed: Sequence[int] | None = None,
 ) -> dict[str, TimingStats]:
     """Time every callable in ``calls`` on the same inputs, alternating their order call by call.
 
     Args:
         calls: name → ``fn(i)`` that runs one forward pass on input ``i``.
-        n_inputs: inputs are ``0 … n_inputs-1``; the timed loop cycles through them.
+        n_inputs: inputs are ``0 … n_inputs-1``.
         warmup: input indices run (by every callable) before timing — one per execution path and more.
         target: supplies the timer and synchronisation.
         cfg: ``min_iters``, ``min_time_s`` and ``max_time_s``.
+        timed: the input indices the timed loop cycles through, in order (default: all of them). Warm-up-only
+            inputs (one per rare execution path) stay out of it, so the timed calls are a plain sample.
 
     Returns:
-        name → timing statistics.
+        name → timing statistics, each call's duration and input index kept.
     """
+    cycle = list(range(n_inputs)) if timed is None else list(timed)
+    if not cycle:
+        raise ValueError("time_interleaved got no inputs to time; pass n_inputs >= 1 or a non-empty `timed`.")
     names = list(calls)
     for i in warmup:
         for name in names:
@@ -71,21 +85,23 @@ def time_interleaved(
     timers = {name: target.timer() for name in names}
     t0 = time.perf_counter()
     n = 0
+    called: list[int] = []
     while True:
         if timed_enough(n, time.perf_counter() - t0, cfg):
             break
-        i = n % n_inputs
+        i = cycle[n % len(cycle)]
         order = names if n % 2 == 0 else names[::-1]
         for name in order:
             timers[name].time(lambda name=name, i=i: calls[name](i))
+        called.append(i)
         n += 1
     target.synchronize()
-    return {name: TimingStats.of(timers[name].elapsed_ms()) for name in names}
+    return {name: TimingStats.of(timers[name].elapsed_ms(), called) for name in names}
 
 
 @dataclass(frozen=True)
 class ControllerTiming:
-    """Wall time spent inside a model's controller modules (routers, gates, exit heads, policies)."""
+    """Wall time spent inside a model's controller: its controller modules and controller spans."""
 
     median_ms: float  # controller time per call, median over the calls
     share: float  # controller time ÷ the model's whole call time, summed over the calls
@@ -99,12 +115,16 @@ def time_controllers(
     target: HardwareTarget,
     cfg: MeasureConfig,
 ) -> ControllerTiming | None:
-    """Time the controller modules' share of each call, in a pass of its own.
+    """Time the controller's share of each call, in a pass of its own.
 
-    Forward hooks read the clock when the outermost controller module is entered and left (a controller called
-    inside another counts once); on a GPU they synchronise first, which slows the call, so this pass never feeds
-    the latency rows, only the split of a call's time into controller and the rest. The loop runs under the same
-    ``min_iters`` / ``min_time_s`` / ``max_time_s`` rule as the timing loop; inputs are warm already.
+    The clock is read when the outermost piece of controller work is entered and left. Controller work is an
+    eager call of a controller module (forward pre/post hooks) or a
+    :meth:`~dynbench.methods.base.DynamicModel.controller_span` (how a method marks a traced, compiled or
+    CUDA-graph controller stage, which fires no hooks); both share one nesting depth, so a controller inside
+    another, a module inside a span or a span inside a module, counts once. On a GPU the clock reads synchronise
+    first, which slows the call, so this pass never feeds the latency rows, only the split of a call's time into
+    controller and the rest. The loop runs under the same ``min_iters`` / ``min_time_s`` / ``max_time_s`` rule as
+    the timing loop; inputs are warm already. Hooks and the span clock are removed afterwards, also on an exception.
 
     Args:
         controllers: the model's :meth:`~dynbench.methods.base.DynamicModel.controller_modules`.
@@ -114,30 +134,44 @@ def time_controllers(
         cfg: the loop's limits.
 
     Returns:
-        The timing, or ``None`` when the model has no controller modules.
+        The timing, or ``None`` when the model has no controller: no controller modules, and no span entered in
+        the first call (which is then the only call made).
     """
     modules = list({id(m): m for m in controllers}.values())  # a module listed twice is hooked once
-    if not modules:
-        return None
-    depth, entered, spent = 0, 0, 0
+    depth, entered, spent, spans = 0, 0, 0, 0
 
-    def enter(module: nn.Module, args: Any) -> None:
+    def enter() -> None:
         nonlocal depth, entered
         if depth == 0:
             target.synchronize()
             entered = time.perf_counter_ns()
         depth += 1
 
-    def leave(module: nn.Module, args: Any, output: Any) -> None:
+    def leave() -> None:
         nonlocal depth, spent
         depth -= 1
         if depth == 0:
             target.synchronize()
             spent += time.perf_counter_ns() - entered
 
-    handles = [h for m in modules for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
-    inside, whole = [], []
-    try:
+    def enter_span() -> None:
+        nonlocal spans
+        spans += 1
+        enter()
+
+    def enter_module(module: nn.Module, args: Any) -> None:
+        enter()
+
+    def leave_module(module: nn.Module, args: Any, output: Any) -> None:
+        leave()
+
+    inside: list[int] = []
+    whole: list[int] = []
+    with ExitStack() as cleanup:  # unwinds hooks and the span clock however the loop ends
+        for m in modules:
+            cleanup.callback(m.register_forward_pre_hook(enter_module).remove)
+            cleanup.callback(m.register_forward_hook(leave_module).remove)
+        cleanup.enter_context(controller_clock(ControllerClock(enter_span, leave)))
         t0 = time.perf_counter()
         while True:
             n = len(whole)
@@ -150,8 +184,7 @@ def time_controllers(
             target.synchronize()
             whole.append(time.perf_counter_ns() - start)
             inside.append(spent)
-    finally:
-        for h in handles:
-            h.remove()
+            if not modules and spans == 0:  # nothing hooked and no span marked: the model has no controller
+                return None
     share = sum(inside) / sum(whole) if sum(whole) else 0.0
     return ControllerTiming(float(np.median(inside)) / 1e6, float(share), len(whole))

@@ -4,7 +4,10 @@ Part of the Transformer^-1 reconstruction (Ji et al., "Transformer^-1: Input-Ada
 Resource-Constrained Deployment", https://arxiv.org/abs/2501.16394; :mod:`dynbench.methods.transformer_inverse`).
 The paper restricts depths to a few *fold points* and precompiles the path to each; we prepare the blocks between
 two fold points (a *segment*) as one static graph: ``torch.jit.trace`` on CPU, one captured CUDA graph per segment
-and batch shape on CUDA. The controller's stages (predictor, policy step) are traced on CPU the same way.
+and batch shape on CUDA. The controller's stages (predictor, policy step) are traced on CPU the same way. A prepared
+graph fires no module hooks, so the caller runs each controller stage's call inside
+:meth:`~dynbench.methods.base.DynamicModel.controller_span` (the harness's controller time sees it that way);
+segments are backbone work and need none.
 
 Kept apart from the plugin because none of it depends on the method's decisions: a segment is a run of blocks, a
 stage is whatever the model's ``start_stage`` / ``step_stage`` compute. Graphs are used only for no-grad inference
@@ -39,7 +42,7 @@ class StagedModel(Protocol):
     Implemented by :class:`dynbench.methods.transformer_inverse.TransformerInverseModel`.
     """
 
-    def start_stage(self, inputs: Tensor, embedded: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+    def start_stage(self, inputs: Tensor, embedded: Tensor, first: Tensor) -> tuple[Tensor, Tensor]: ...
 
     def step_stage(
         self, x: Tensor, start: Tensor, h: Tensor, k: int, lam: float, probe: Tensor | None = None
@@ -77,7 +80,7 @@ class Stage(nn.Module):
         self.consts = consts
 
     def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
-        """``start``: (inputs, embedded); ``step``: (x, start, h, probe); ``probe+step``: (x, start, h)."""
+        """``start``: (inputs, embedded, first); ``step``: (x, start, h, probe); ``probe+step``: (x, start, h)."""
         return run_stage(self.model, self.name, self.consts, args)  # type: ignore[arg-type]
 
 

@@ -20,8 +20,10 @@ gradient in training (Eq. 2), argmax at inference. Three training phases, all on
 
 Budgets: a budget is the target β; each β ∈ ``targets`` (default 0.75, 0.6, 0.4, 0.25, the paper's) gets its own
 fine-tuned copy of the model (phase 3 is run once per β from the same distilled and gate-trained start), all kept
-in the state dict under ``variants``. Budget 1.0 is the distilled model with every learner on every token and no
-gate: the dense FLOPs, and the dense outputs within ``ACM.full_budget_atol`` (distillation is approximate).
+in the state dict under ``variants``. Budget 1.0 is the dense backbone itself, exactly dense (as MoD's capacity
+1.0): the distilled model with every learner on every token and no gate costs the dense FLOPs and only approximates
+the dense outputs, so it is dominated by dense and is no operating point. Its trace is the dense trace, with the
+extras of every token choosing all N learners.
 
 Inference: per module, tokens are sorted by their k once, so the tokens that need learner i are a contiguous
 prefix of the sorted rows; learner i is one matmul over those rows, for i = 1 … max k **inclusive** (the released
@@ -46,7 +48,8 @@ What we changed / reconstructed:
   trains the gates too (the released training forward uses the argmax indices and gives gates only the
   auxiliary losses' gradients);
 - budget calibration (``calibrate``, our addition): a learner price λ per fine-tuned model lowers logit k by λ·k
-  (:func:`set_price`), set by bisection so the argmax choices spend β on training samples, before phase 3 (it
+  (:func:`set_price`), set by bisection so the argmax choices spend β on validation samples (a calibration, so
+  on ``task.validation_split``, never on the evaluation split; v1/v2 used training samples), before phase 3 (it
   starts at β) and after it (the sampled Gumbel choices the budget loss sees are not the argmax choices, and a
   few hundred steps do not make the gates confident enough for the two to agree);
 - CPU-sized recipe: a few hundred steps per phase instead of 2 + 1 + 97 ImageNet epochs (batches of ~1024
@@ -60,8 +63,9 @@ log-mel energy lies above the midpoint between the clip's loudest and quietest t
 on the CLS token, the border patches and the inner patches. The full per-token choices ``(B, L, T)`` are in
 ``extra["acm_choice"]`` for heat maps.
 
-Memory: the state holds the backbone, the distilled ACMs and one fine-tuned copy per β; the harness's
-``peak_mem_bytes`` counts all of them, although one budget needs only its own copy.
+Memory: the state holds the backbone, the distilled ACMs and one fine-tuned copy per β (``resident_bytes`` counts
+all of them); one operating point reads only the backbone (1.0) or its own β's copy
+(:meth:`ACMModel.operating_modules`), and that is what ``peak_mem_bytes`` counts.
 """
 
 from __future__ import annotations
@@ -122,8 +126,8 @@ class ACMConfig:
     finetune_steps: int = 150  # phase 3 steps per β (the paper's 97 epochs are out of reach on a CPU)
     finetune_lr: float = 1e-3  # phase 3 peak learning rate: 10× the paper's 1e-4 for 1000× fewer samples
     gate_lr_scale: float = 10.0  # phase 3 gates learn this much faster: they must reach β in a few hundred steps
-    calibrate: bool = True  # price learners so the argmax choices spend β on training data (our addition)
-    calibration_samples: int = 128  # training samples the price is set on (before and after phase 3)
+    calibrate: bool = True  # price learners so the argmax choices spend β on validation data (our addition)
+    calibration_samples: int = 128  # validation samples the price is set on (before and after phase 3)
     out_bias: bool = True  # an output bias per learner when the MLP has biases (released: hidden biases only)
     max_epochs: float = 3.0  # no phase passes over the training split more often (keeps toy fits short)
 
@@ -149,7 +153,7 @@ class ACMConfig:
         ):
             raise ValueError(
                 f"ACMConfig.targets must be distinct budgets strictly between 0 and 1, got {self.targets}. "
-                "Use e.g. targets=0.75;0.6;0.4;0.25 (budget 1.0, all learners, is always there)."
+                "Use e.g. targets=0.75;0.6;0.4;0.25 (budget 1.0, the dense backbone, is always there)."
             )
         steps = (self.distill_steps, self.gate_steps, self.finetune_steps)
         positive = (self.max_epochs, self.tau, self.gumbel_tau, self.gate_lr_scale)
@@ -181,6 +185,11 @@ def voiced_tokens(features: Tensor, stack: int) -> Tensor:
 # The dynamic model
 
 
+def is_full(budget: Budget) -> bool:
+    """Whether ``budget`` is 1.0, the dense backbone (up to float rounding)."""
+    return abs(budget - 1.0) < 1e-9
+
+
 def budget_key(budget: Budget) -> str:
     """ModuleDict key of a target budget (dots are not allowed in module names): 0.25 → ``b02500``."""
     return f"b{round(budget * 10000):05d}"
@@ -195,14 +204,15 @@ def with_acms(backbone: Backbone, acms: Sequence[LearnerStack]) -> Backbone:
 
 
 class ACMModel(DynamicModel):
-    """The backbone with its MLPs replaced by learner stacks: distilled (budget 1.0) and fine-tuned per β.
+    """The dense backbone (budget 1.0) and, per target β, a fine-tuned copy whose MLPs are gated learner stacks.
 
     Args:
-        backbone: the dense model (never modified).
+        backbone: the dense model (never modified); run as is at budget 1.0.
         cfg: the method's options.
 
     Submodules:
-        distilled: ``(L,)`` learner stacks after phases 1 and 2, run with the backbone's other weights at 1.0.
+        distilled: ``(L,)`` learner stacks after phases 1 and 2, the common start of every β's fine-tuning; no
+            budget runs them.
         variants: one fine-tuned copy of the whole model per target β (key :func:`budget_key`), whose blocks'
             ``mlp`` are learner stacks.
     """
@@ -229,14 +239,18 @@ class ACMModel(DynamicModel):
         self._vit_masks: Tensor | None = None  # (1, 3, T) CLS/border/inner token masks, built on first use
         self.variants = nn.ModuleDict({budget_key(b): with_acms(backbone, self.distilled) for b in self.targets})
 
-    def stacks(self, budget: Budget) -> tuple[Backbone, list[LearnerStack], bool]:
-        """``(network, its learner stacks, gated?)`` for ``budget``.
+    def stacks(self, budget: Budget) -> tuple[Backbone, list[LearnerStack]]:
+        """``(network, its learner stacks)``: the fine-tuned model of the target β ``budget``.
 
         Raises:
-            ValueError: a budget with no fine-tuned model.
+            ValueError: budget 1.0 (the dense backbone, which has no learner stacks), or a budget with no
+                fine-tuned model.
         """
-        if abs(budget - 1.0) < 1e-9:
-            return self.backbone, list(self.distilled), False
+        if is_full(budget):
+            raise ValueError(
+                "acm budget 1.0 runs the dense backbone, which has no learner stacks; ask for a target β "
+                f"among {list(self.targets)}."
+            )
         key = budget_key(budget)
         if key not in self.variants:
             raise ValueError(
@@ -244,43 +258,70 @@ class ACMModel(DynamicModel):
                 f"Add it to the targets (acm[targets=...]) and fit again."
             )
         net = self.variants[key]
-        return net, [block.mlp for block in net.blocks], True
+        return net, [block.mlp for block in net.blocks]
 
     def controller_modules(self) -> list[nn.Module]:
         """Every gate: their FLOPs are the decision overhead."""
         return [acm.gate for acm in self.modules() if isinstance(acm, LearnerStack)]
 
+    def operating_modules(self, budget: Budget) -> list[nn.Module]:
+        """1.0: the dense backbone; a target β: its fine-tuned model (learner stacks and gates inside), nothing else.
+
+        The distilled stacks and the other β's models are fitting state no budget reads.
+
+        Raises:
+            ValueError: a budget with no fine-tuned model.
+        """
+        return [self.backbone if is_full(budget) else self.stacks(budget)[0]]
+
     def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
-        """Run the model of ``budget``: all learners at 1.0, gated learner stacks at a target β.
+        """Run the model of ``budget``: the dense backbone at 1.0, β's fine-tuned gated learner stacks at a target β.
 
         Returns:
-            Logits and a trace with ``block_mlp_units`` (executed learner widths × tokens), gate FLOPs as
+            Logits and a trace. At 1.0: the dense trace (every MLP whole, no gate), with the extras of every token
+            choosing all N learners. At β: ``block_mlp_units`` (executed learner widths × tokens), gate FLOPs as
             controller FLOPs and the extras described in the module docstring.
         """
-        net, acms, gated = self.stacks(budget)
+        if is_full(budget):
+            bb = self.backbone
+            trace = bb.dense_trace(inputs)
+            B, L = trace.block_tokens.shape
+            every = torch.full((B, L, bb.n_tokens(tuple(inputs.shape[1:]))), self.n, dtype=torch.long)  # (B, L, T)
+            trace.extra = self.extras(inputs, every)
+            return StepOutput(bb(inputs), trace)
+        net, acms = self.stacks(budget)
         x = net.embed(inputs)  # (B, T, C)
         B, T, C = x.shape
         choices = []
         for block, acm in zip(net.blocks, acms):
             h, z = attend(block, x)  # (B, T, C) each
             z = z.reshape(B * T, C)  # (M, C)
-            if gated:
-                k = acm.choose(z)  # (M,)
-                y = acm.gated(z, k)  # (M, C)
-            else:
-                k = torch.full((B * T,), self.n, dtype=torch.long, device=x.device)  # (M,)
-                y = acm(z)  # (M, C)
+            k = acm.choose(z)  # (M,)
+            y = acm.gated(z, k)  # (M, C)
             x = h + block.drop(y.view(B, T, C))  # (B, T, C)
             choices.append(k.view(B, T))
         logits = net.readout(x)  # (B, K) or (B, T, V)
-        gate_flops = acms[0].gate_flops() if gated else 0.0
-        return StepOutput(logits, self.trace(inputs, torch.stack(choices, dim=1), gate_flops))
+        return StepOutput(logits, self.trace(inputs, torch.stack(choices, dim=1), acms[0].gate_flops()))
 
     def trace(self, inputs: Tensor, k: Tensor, gate_flops: float) -> Trace:
-        """The trace of a pass whose per-token choices were ``k`` ``(B, L, T)``."""
+        """The trace of a gated pass whose per-token choices were ``k`` ``(B, L, T)``."""
         B, L, T = k.shape
         k = k.cpu()
         full = torch.full((B, L), T, dtype=torch.long)
+        return Trace(
+            block_tokens=full,
+            block_kv=full.clone(),
+            block_heads=torch.full((B, L), self.backbone.n_heads, dtype=torch.long),
+            readout=torch.ones(B, dtype=torch.long),
+            controller_flops=torch.full((B,), L * T * gate_flops, dtype=torch.float64),
+            extra=self.extras(inputs, k),
+            block_mlp_units=k.sum(dim=2) * self.width,  # (B, L) learner-tokens × width
+        )
+
+    def extras(self, inputs: Tensor, k: Tensor) -> dict[str, Tensor]:
+        """Where compute went, from the per-token choices ``k`` ``(B, L, T)`` (see the module docstring)."""
+        T = k.shape[2]
+        k = k.cpu()
         shares = F.one_hot(k, self.n + 1).double().mean(dim=(1, 2))  # (B, K) share of token-blocks per k
         per_token = k.double().mean(dim=1)  # (B, T) learners per token, averaged over blocks
         extra = {"acm_choice": k.to(torch.uint8), "acm_mean_learners": per_token.mean(dim=1)}
@@ -289,15 +330,7 @@ class ACMModel(DynamicModel):
         if names:
             means = (per_token[:, None] * masks).sum(dim=2) / masks.sum(dim=2)  # (B, R); NaN: empty region
             extra.update({f"acm_learners_{name}": means[:, r] for r, name in enumerate(names)})
-        return Trace(
-            block_tokens=full,
-            block_kv=full.clone(),
-            block_heads=torch.full((B, L), self.backbone.n_heads, dtype=torch.long),
-            readout=torch.ones(B, dtype=torch.long),
-            controller_flops=torch.full((B,), L * T * gate_flops, dtype=torch.float64),
-            extra=extra,
-            block_mlp_units=k.sum(dim=2) * self.width,  # (B, L) learner-tokens × width
-        )
+        return extra
 
     def regions(self, inputs: Tensor, T: int) -> tuple[list[str], Tensor]:
         """Where compute goes: region names and ``(B or 1, R, T)`` 0/1 token masks (float64).
@@ -379,16 +412,14 @@ def dense_mlp_io(backbone: Backbone, inputs: Tensor) -> list[tuple[Tensor, Tenso
 class ACM(Method):
     """Adaptive Computation Modules: MLPs as N learners, a per-token gate picks how many run."""
 
-    version = "1"
+    version = "3"  # 2: budget 1.0 runs the dense backbone (1: the distilled learners, all on); 3: the price is
+    # calibrated on the validation split, not on training samples
     paper = "https://arxiv.org/abs/2312.10193"
     reconstructed = False
     Config = ACMConfig
     budget_range = (0.0, 1.0)
     full_budget = 1.0
-    # The distilled learners approximate each MLP, so budget 1.0 is close to dense, not equal: the default fits of
-    # the toy tasks (24 distillation steps) stay within 0.2 (vision) and 0.5 (text) of the dense logits.
-    full_budget_atol = 1.0
-    budget_doc = "target fraction of learner FLOPs β: 1.0 (all learners) and each fitted target (0.75 … 0.25)"
+    budget_doc = "target fraction of learner FLOPs β: 1.0 (the dense backbone) and each fitted target (0.75 … 0.25)"
 
     def wrap(self, backbone: Backbone) -> ACMModel:
         """Replace every MLP by a learner stack (copies; ``backbone`` itself is kept intact).
@@ -405,7 +436,7 @@ class ACM(Method):
         return ACMModel(backbone, self.config)
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
-        """1.0 (every learner) then the fitted targets, descending."""
+        """1.0 (the dense backbone) then the fitted targets, descending."""
         return (1.0, *sorted(self.config.targets, reverse=True))
 
     def resolve_budgets(self, override: Sequence[Budget] | None, n_blocks: int) -> tuple[Budget, ...]:
@@ -429,7 +460,7 @@ class ACM(Method):
 
         Args:
             model: the wrapped model, trained in place (its backbone stays frozen and unchanged).
-            task: supplies the training split and the task loss.
+            task: supplies the training split, the task loss and the validation inputs the price is set on.
             seed: seeds initialisation, batch order and Gumbel noise.
         """
         cfg = self.config
@@ -465,8 +496,9 @@ class ACM(Method):
             order_units(model, next(batches(0)).inputs.to(device))
         distill(model, batches(1), recipe(cfg.distill_steps, cfg.distill_lr), cfg.distill_mode == "detach")
         pretrain_gates(model, batches(2), recipe(cfg.gate_steps, cfg.gate_lr), cfg)
-        n_cal = min(cfg.calibration_samples, task.n_samples("train"))
-        calibration = next(task.batches("train", batch_size=n_cal, seed=seed, shuffle=True)).inputs.to(device)
+        held_out = task.validation_split  # the price is a calibration: set on held-out inputs
+        n_cal = min(cfg.calibration_samples, task.n_samples(held_out))
+        calibration = next(task.batches(held_out, batch_size=n_cal, seed=seed, shuffle=True)).inputs.to(device)
         for i, beta in enumerate(model.targets):
             finetune(model, beta, task, batches(3 + i), recipe(cfg.finetune_steps, cfg.finetune_lr), cfg, calibration)
         model.train(was_training)

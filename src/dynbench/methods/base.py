@@ -10,13 +10,15 @@ A method is one file, one class, one decorator::
         def budgets(self, n_blocks): ...  # operating points for an L-block backbone, the full budget first
 
 Every piece of fitted state lives in the dynamic model's ``state_dict`` (parameters and buffers), so the harness
-can cache and reload it. At the full budget a dynamic model must reproduce the dense backbone's outputs.
+can cache and reload it. At the full budget a dynamic model must reproduce the dense backbone's outputs (or,
+for a method whose fit changes the backbone's weights, the network it names in ``reference_network``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -28,6 +30,55 @@ from dynbench.types import Batch, Budget, NoOptions, StepOutput, Trace
 
 if TYPE_CHECKING:
     from dynbench.tasks.base import Task
+
+
+class ControllerClock:
+    """What the harness's controller pass calls on entering and leaving a :meth:`DynamicModel.controller_span`.
+
+    The object is the span's context manager too. It holds no state of its own (the harness keeps the nesting
+    depth it shares with its module hooks), so spans nest and one object serves every span of the pass.
+
+    Args:
+        enter: called when a span is entered.
+        leave: called when it is left, also when the block raised.
+    """
+
+    __slots__ = ("_enter", "_leave")
+
+    def __init__(self, enter: Callable[[], None], leave: Callable[[], None]) -> None:
+        self._enter, self._leave = enter, leave
+
+    def __enter__(self) -> None:
+        self._enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._leave()
+
+
+_NO_SPAN = nullcontext()  # what a span is while no clock is installed: shared, so a span allocates nothing
+_clock: ControllerClock | None = None  # the installed clock; process-wide, as the harness times one model at a time
+
+
+@contextmanager
+def controller_clock(clock: ControllerClock) -> Iterator[None]:
+    """Install ``clock`` for the block: every controller span entered inside it calls the clock.
+
+    Used by :func:`dynbench.harness.timing.time_controllers`; removed when the block ends, also on an exception.
+
+    Raises:
+        RuntimeError: a clock is installed already (controller passes do not nest).
+    """
+    global _clock
+    if _clock is not None:
+        raise RuntimeError(
+            f"A controller clock is installed already ({_clock!r}); controller passes cannot nest. Let the running "
+            "pass (timing.time_controllers) finish before starting another."
+        )
+    _clock = clock
+    try:
+        yield
+    finally:
+        _clock = None
 
 
 class DynamicModel(nn.Module, ABC):
@@ -57,6 +108,35 @@ class DynamicModel(nn.Module, ABC):
         """Modules whose FLOPs are decision-making overhead (exit heads, routers …), reported on their own."""
         return []
 
+    def controller_span(self) -> AbstractContextManager[None]:
+        """Mark controller work that runs outside an eager call of a controller module, for the controller clock.
+
+        Wrap the *call* of a traced, scripted, compiled or CUDA-graph controller stage (predictor, policy step,
+        exit-head probe) in ``with self.controller_span():``. Such a call fires no module hooks, so without a span
+        its time counts as the rest of the call. Never put a span inside code that is traced or compiled: the
+        graph does not keep it. Spans share one nesting depth with the hooks on :meth:`controller_modules`, so a
+        hooked module inside a span, or a span inside one, counts once.
+
+        Returns:
+            The clock of the harness's controller pass (:func:`dynbench.harness.timing.time_controllers`) while
+            that pass runs; otherwise one shared no-op context (a span then costs a global read and an empty `with`).
+        """
+        clock = _clock
+        return _NO_SPAN if clock is None else clock
+
+    def operating_modules(self, budget: Budget) -> list[nn.Module]:
+        """The modules whose parameters and buffers a deployment of the one operating point ``budget`` must hold.
+
+        Exactly what :meth:`forward` at ``budget`` reads: ``peak_mem_bytes`` counts their distinct storages, while
+        ``resident_bytes`` counts the whole model. The default, the whole model, is right for a method whose every
+        budget may read every tensor (per-sample paths); a method that keeps state per budget (one trained model
+        per capacity) or statically skips modules at a budget returns only what that budget reads.
+
+        Args:
+            budget: one of the method's budgets.
+        """
+        return [self]
+
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
         """Method-specific summary metrics of a whole eval pass: ``name → (value, unit, higher_is_better)``."""
         return {}
@@ -73,9 +153,14 @@ class Method(ABC):
         Config: frozen dataclass of options; every field has a default.
         budget_range: inclusive range a budget must lie in.
         full_budget: the budget at which outputs equal the dense backbone's.
-        full_budget_atol: how close (absolute, on logits) the full budget's outputs are to the dense backbone's:
-            float rounding only for methods that run the dense weights; larger, and stated, for methods that
-            replace modules by trained approximations (ACM's distilled learners).
+        full_budget_atol: how close (absolute, on logits) the full budget's outputs are to the reference network's:
+            float rounding (the contract test refuses more than 1e-5). A method whose full-compute mechanism only
+            approximates dense (ACM's distilled learners) runs the dense network itself at the full budget.
+        reference_network: which network the full budget reproduces. ``"dense"`` (the default): the backbone as
+            it was wrapped; :meth:`fit` must leave every backbone tensor bit-identical. Any other value names the
+            network a method whose fit changes the backbone's weights reproduces instead, e.g. DHT's
+            ``"fine-tuned backbone"``: the plain dense backbone loaded with the fitted model's backbone weights.
+            Such a method's dense twin in rows and reports is that network, not the pretrained dense model.
         budget_doc: what a budget means, for ``bench ls methods``.
         sees_eval_labels: True for an upper bound that is fitted on the evaluation samples themselves (the oracle):
             the harness calls :meth:`fit_eval` with exactly the batches it measures; rows say ``upper_bound``.
@@ -96,6 +181,7 @@ class Method(ABC):
     budget_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     full_budget: ClassVar[Budget] = 1.0
     full_budget_atol: ClassVar[float] = 1e-6
+    reference_network: ClassVar[str] = "dense"
     budget_doc: ClassVar[str] = ""
     sees_eval_labels: ClassVar[bool] = False
     controls: ClassVar[Mapping[str, Mapping[str, str]]] = {}
@@ -109,9 +195,12 @@ class Method(ABC):
         """Build the (untrained) dynamic model around ``backbone``. No training here."""
 
     def fit(self, model: DynamicModel, task: Task, *, seed: int) -> None:  # noqa: B027 — optional hook
-        """Train whatever the method learns (exit heads, routers, statistics) on ``task``'s training split.
+        """Train whatever the method learns (exit heads, routers, statistics) on ``task``'s data.
 
-        The default learns nothing. Must be deterministic given ``seed``.
+        Weights train on the ``train`` split; anything that ranks, calibrates, thresholds or selects reads
+        ``task.validation_split``. The harness runs this with the evaluation split sealed
+        (:meth:`~dynbench.tasks.base.Task.sealed`): reading it raises ``EvalSplitAccessError``. The default learns
+        nothing. Must be deterministic given ``seed``.
         """
 
     def fit_eval(  # noqa: B027 — optional hook

@@ -36,9 +36,9 @@ Reconstructed (everything beyond the abstract, following ``shared/reference/meth
   reported (``train_flops_ratio``). By default the fine-tuning takes a quarter of the dense recipe's steps.
 - *Refinement*: the tables saw a network that was changing, so afterwards each budget's arm statistics are reset
   and re-learned with the network frozen (forward passes only, UCB + TS as in training), on the task's held-out
-  ``val`` split by default (``refine_split``): on the training samples it was just fine-tuned on, a one-block
-  sub-network looks as right as the dense one, and every budget collapses to the cheapest arm. The head
-  posteriors are kept: they record which heads the fine-tuning trained.
+  validation split by default (``refine_split="val"``, which means ``task.validation_split``): on the training
+  samples it was just fine-tuned on, a one-block sub-network looks as right as the dense one, and every budget
+  collapses to the cheapest arm. The head posteriors are kept: they record which heads the fine-tuning trained.
 - *Inference* exploits: the arm of largest mean reward (UCB with κ = 0; an arm never played is not chosen; a
   context never seen uses the statistics pooled over contexts) and the top-h heads by posterior mean α/(α+β),
   computed once at the end of ``fit`` into lookup buffers. Lower budgets are constrained never to pick a costlier
@@ -50,9 +50,14 @@ Reconstructed (everything beyond the abstract, following ``shared/reference/meth
 - *Random baseline* (``policy="random"``): the same fitted model, but each sample gets a random depth, head count
   and random heads per executed layer, ignoring its context. Depth and head count are drawn from the
   maximum-entropy distribution over the arms whose mean FLOPs equal the bandit policy's expected FLOPs at that
-  budget (``p ∝ exp(−τ·FLOPs)``, τ by bisection; the expectation uses the training data's context shares), so
+  budget (``p ∝ exp(−τ·FLOPs)``, τ by bisection; the expectation uses the validation split's context shares), so
   both run the same average compute. Draws are seeded per sample from its input bytes (repeatable, the same for
   every budget: common random numbers keep compute monotone in the budget).
+- *Static control* (``policy="static"``): the same fitted model, every sample through ONE arm per budget. Each arm
+  gets fixed heads: per layer the top-h by the head posteriors pooled over every table and context (what the
+  fine-tuning trained; an exhaustive search over head subsets is combinatorial). At each budget the arm of best
+  validation quality among those costing at most the bandit policy's mean FLOPs on the task's validation split
+  (none fits: the cheapest), chosen in ``fit`` on that split, never the evaluation split.
 """
 
 from __future__ import annotations
@@ -78,24 +83,29 @@ from dynbench.methods._bandits import (
     ucb_select,
     ucb_update,
 )
+from dynbench.methods._operating import TensorSet, backbone_parts
+from dynbench.methods._static_control import best_fixed_config, validation_split
 from dynbench.methods.base import DynamicModel, Method, register_method
 from dynbench.models.backbone import Backbone
 from dynbench.models.training import endless, fit_loop
 from dynbench.tasks.base import QualityMetric, Task, TrainConfig
 from dynbench.types import Batch, Budget, StepOutput, Trace
 
-POLICIES = ("bandit", "random")
+POLICIES = ("bandit", "static", "random")
 CORRECTNESS = ("accuracy", "likelihood")
 REFINE_SPLITS = ("val", "train")
 KMEANS_BATCH = 256
 """Batch size of the embedding passes that collect the k-means points."""
+STATIC_SAMPLES = 4096
+"""Validation samples (a seeded shuffle) each arm is scored on when the static control is chosen."""
 
 
 @dataclass(frozen=True)
 class DHTConfig:
     """Bandit, budget and fitting options. Budgets are fitted ahead: each one is its own bandit table."""
 
-    policy: str = "bandit"  # "bandit" (UCB + Thompson sampling, the method) or "random" (matched-compute baseline)
+    policy: str = "bandit"  # "bandit" (UCB + Thompson sampling, the method), "static" (the best fixed arm at matched
+    # compute, chosen on validation data) or "random" (random sub-networks at matched compute): the controls
     contexts: int = 4  # M k-means clusters of the pooled embedding: a disjoint bandit table per cluster
     kappa: float = 1.0  # UCB exploration scale κ: 1 is UCB1 for rewards in [0, 1]
     lambda_max: float = 0.5  # compute penalty at budget 0; λ = lambda_max·(1 − b); ≥ 1 would zero the dense reward
@@ -108,7 +118,8 @@ class DHTConfig:
     warmup_steps: int = 20  # linear warm-up before the cosine decay
     weight_decay: float = 0.01  # mild: the weights start trained
     refine_per_arm: int = 3  # frozen-network refinement: batches per budget table = this × arms (L × heads)
-    refine_split: str = "val"  # where the refinement plays: held-out data, because on the training samples the
+    refine_split: str = "val"  # where the refinement plays: "val" = task.validation_split, or "train"; held-out by
+    # default, because on the training samples the
     # sub-networks were just fine-tuned on, small ones look as right as the dense one (spoken-digits: all ~100%)
     kmeans_samples: int = 4096  # training samples the clusters are fitted on
     kmeans_iters: int = 50  # Lloyd iterations at most (stops early when assignments settle)
@@ -119,8 +130,9 @@ class DHTConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(
-                f"DHTConfig.policy must be one of {POLICIES}, got {self.policy!r}. "
-                "Use 'bandit' (the method) or 'random' (random sub-networks at the same mean compute)."
+                f"DHTConfig.policy must be one of {POLICIES}, got {self.policy!r}. Use 'bandit' (the method), "
+                "'static' (the best fixed sub-network at the same mean compute) or 'random' (random sub-networks "
+                "at the same mean compute)."
             )
         if self.refine_split not in REFINE_SPLITS:
             raise ValueError(
@@ -213,7 +225,10 @@ class DHTModel(DynamicModel):
         arm_count, arm_reward: ``(K, M, A)`` float64 UCB observations and summed rewards.
         unit_alpha, unit_beta: ``(K, M, L, U)`` float64 Beta posteriors of the head units.
         policy_arm: ``(K, M)`` long exploited arm per context; policy_units: ``(K, M, L, U)`` bool exploited heads.
-        context_share: ``(M,)`` float64 share of training samples per context.
+        context_share: ``(M,)`` float64 share of validation samples per context.
+        static_arm: ``(K,)`` long the static control's arm per table; static_units: ``(K, L, U)`` bool its heads.
+        static_quality: ``(A,)`` float64 validation quality of each arm with its fixed heads (higher is better);
+        static_cap: ``(K,)`` float64 the bandit policy's mean FLOPs per sample on the validation split.
         fitted: ``()`` bool; random_seed: ``()`` long (the random policy's draws).
         train_flops, dense_train_flops, fit_flops: ``()`` float64; NaN until fitted.
     """
@@ -225,6 +240,10 @@ class DHTModel(DynamicModel):
     policy_arm: Tensor
     policy_units: Tensor
     context_share: Tensor
+    static_arm: Tensor
+    static_units: Tensor
+    static_quality: Tensor
+    static_cap: Tensor
     fitted: Tensor
     random_seed: Tensor
     train_flops: Tensor
@@ -249,6 +268,10 @@ class DHTModel(DynamicModel):
         self.register_buffer("policy_arm", torch.full((K, M), L * U - 1, dtype=torch.long))
         self.register_buffer("policy_units", torch.ones(K, M, L, U, dtype=torch.bool))
         self.register_buffer("context_share", torch.full((M,), 1.0 / M, dtype=f64))
+        self.register_buffer("static_arm", torch.full((K,), L * U - 1, dtype=torch.long))
+        self.register_buffer("static_units", torch.ones(K, L, U, dtype=torch.bool))
+        self.register_buffer("static_quality", torch.full((L * U,), float("nan"), dtype=f64))
+        self.register_buffer("static_cap", torch.full((K,), float("nan"), dtype=f64))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("random_seed", torch.zeros((), dtype=torch.long))
         for name in ("train_flops", "dense_train_flops", "fit_flops"):
@@ -312,7 +335,7 @@ class DHTModel(DynamicModel):
 
         Returns:
             Logits and a trace whose ``extra`` holds ``depth``, ``heads`` (per executed layer) and ``context``
-            (``-1`` where no context was computed: the full budget and the random policy), each ``(B,)``.
+            (``-1`` where no context was computed: the full budget, the static and the random policy), each ``(B,)``.
 
         Raises:
             ValueError: a budget without a table, or no fitted tables below the full budget.
@@ -338,6 +361,10 @@ class DHTModel(DynamicModel):
             per_context = {c: self.policy_config(k, c) for c in torch.unique(context).tolist()}
             configs = [per_context[c] for c in context.tolist()]
             controller = self.context_clusters.flops()
+        elif self.config.policy == "static":  # one sub-network for every sample: no context is computed
+            context = torch.full((B,), -1, dtype=torch.long)
+            configs = [self.static_config(k)] * B
+            controller = 0.0
         else:
             context = torch.full((B,), -1, dtype=torch.long)
             configs = self.random_configs(inputs, k, shape)
@@ -365,10 +392,17 @@ class DHTModel(DynamicModel):
 
     def policy_config(self, k: int, context: int) -> tuple[int, tuple]:
         """The exploited ``(depth, per-layer unit tuples or None)`` of table ``k`` for ``context``."""
-        depth, n = self.arm_shape(int(self.policy_arm[k, context]))
+        return self.arm_config(int(self.policy_arm[k, context]), self.policy_units[k, context])
+
+    def static_config(self, k: int) -> tuple[int, tuple]:
+        """The static control's ``(depth, per-layer unit tuples or None)`` at table ``k``, the same for every sample."""
+        return self.arm_config(int(self.static_arm[k]), self.static_units[k])
+
+    def arm_config(self, arm: int, mask: Tensor) -> tuple[int, tuple]:
+        """``(depth, per-layer unit tuples, or None for every unit)`` of ``arm`` with the units of ``mask`` (L, U)."""
+        depth, n = self.arm_shape(arm)
         if n == self.n_units:
             return depth, (None,) * depth
-        mask = self.policy_units[k, context]  # (L, U)
         return depth, tuple(tuple(mask[layer].nonzero()[:, 0].tolist()) for layer in range(depth))
 
     def random_target(self, k: int, inputs_shape: tuple[int, ...]) -> tuple[Tensor, float]:
@@ -452,6 +486,30 @@ class DHTModel(DynamicModel):
         """The context assignment: its matmul is the decision overhead."""
         return [self.context_clusters]
 
+    def operating_modules(self, budget: Budget) -> list[nn.Module]:
+        """1.0: the backbone. Below: the blocks the budget's table reaches, the readout and the policy it reads.
+
+        The bandit policy reaches the deepest arm it exploits in any context and reads the context centres; the
+        static control runs its one arm; the random policy may draw any arm. The bandit statistics (counts,
+        rewards, head posteriors) and the static control's validation scores are fitting state no forward reads.
+
+        Raises:
+            ValueError: a budget without a table.
+        """
+        bb = self.backbone
+        if budget == 1.0:
+            return [bb]
+        k = self.table_index(budget)
+        if self.config.policy == "bandit":
+            deepest = max(self.arm_shape(int(arm))[0] for arm in self.policy_arm[k].tolist())
+            policy = TensorSet([self.fitted, self.policy_arm, self.policy_units])
+            return [*backbone_parts(bb, range(deepest)), self.context_clusters, policy]
+        if self.config.policy == "static":
+            depth = self.arm_shape(int(self.static_arm[k]))[0]
+            return [*backbone_parts(bb, range(depth)), TensorSet([self.fitted, self.static_arm, self.static_units])]
+        policy = TensorSet([self.fitted, self.random_seed, self.context_share, self.policy_arm])
+        return [*backbone_parts(bb, range(bb.n_blocks)), policy]
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The method
@@ -512,13 +570,15 @@ def bandit_round(
 class DHT(Method):
     """DHT-style dynamic depth and heads per sample by contextual bandits (UCB + combinatorial TS), reconstructed."""
 
-    version = "1"
+    version = "3"  # 2: the static control's buffers (a cached v1 fit lacks them); 3: context shares measured on
+    # the validation split (were training samples), refinement on task.validation_split
     paper = "https://arxiv.org/abs/2312.03038"
     reconstructed = True
     Config = DHTConfig
-    controls = {"random": {"policy": "random"}}  # random allocation at matched mean FLOPs
+    controls = {"static": {"policy": "static"}, "random": {"policy": "random"}}  # matched mean FLOPs, see the doc
     budget_range = (0.0, 1.0)
     full_budget = 1.0
+    reference_network = "fine-tuned backbone"  # fit fine-tunes blocks and readout; budget 1.0 runs them densely
     budget_doc = "compute-penalty knob b: λ = lambda_max·(1 − b); 1.0 = dense, one fitted bandit table per budget"
 
     def wrap(self, backbone: Backbone) -> DHTModel:
@@ -530,11 +590,16 @@ class DHT(Method):
         return tuple(sorted(self.config.budgets, reverse=True))
 
     def fit_identity(self) -> DHTConfig:
-        """The config less ``policy``: the fit does not depend on it, so ``dht[policy=random]`` reuses the bandit's."""
+        """The config less ``policy``: the fit does not depend on it, so the static and random controls reuse it.
+
+        The fit chooses the static control's arms whatever ``policy`` is, so the cached fit serves all three.
+        """
         return dataclasses.replace(self.config, policy="bandit")
 
     def fit(self, model: DHTModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
         """Cluster the contexts, fine-tune on bandit-chosen sub-networks, refine the tables, fix the policy.
+
+        Last, whatever ``policy`` says, the static control's arms are chosen on the validation split.
 
         Args:
             model: the wrapped model; its blocks, readout and bandit buffers change in place.
@@ -542,7 +607,7 @@ class DHT(Method):
             seed: seeds the clustering, the batch order, the bandit draws and the random policy.
 
         Raises:
-            ValueError: fewer training samples than contexts.
+            ValueError: fewer training samples than contexts, or an empty validation split.
         """
         cfg = self.config
         torch.manual_seed(seed)
@@ -563,10 +628,9 @@ class DHT(Method):
         model.arm_count.zero_()  # the statistics of a changing network are stale: re-learn them frozen
         model.arm_reward.zero_()
         model.eval()
+        refine = task.validation_split if cfg.refine_split == "val" else "train"  # never the evaluation split
         batches = endless(
-            lambda e: task.batches(
-                cfg.refine_split, batch_size=recipe.batch_size, seed=1000 * seed + 500 + e, shuffle=True
-            )
+            lambda e: task.batches(refine, batch_size=recipe.batch_size, seed=1000 * seed + 500 + e, shuffle=True)
         )
         with torch.no_grad():
             for _ in range(cfg.refine_per_arm * model.n_arms if lambdas else 0):
@@ -575,11 +639,58 @@ class DHT(Method):
                 for k, lam in enumerate(lambdas):
                     fit_flops += bandit_round(model, task.metric, x, batch.targets.to(device), (k, lam), costs, rng)[1]
         model.compute_policy(shape)
+        if lambdas:
+            self._fit_static(model, task, seed, device, recipe.batch_size)
         model.train_flops.fill_(train)
         model.dense_train_flops.fill_(dense_train)
         model.fit_flops.fill_(fit_flops)
         model.fitted.fill_(True)
         model.train(was_training)
+
+    def _fit_static(self, model: DHTModel, task: Task, seed: int, device: torch.device, batch_size: int) -> None:
+        """Choose the static control's arm and heads per table on the validation split (see the module docstring).
+
+        Not counted in ``fit_flops``: it serves the control, not the method.
+
+        Raises:
+            ValueError: the validation split is empty.
+        """
+        split = validation_split(task)
+        n = min(STATIC_SAMPLES, task.n_samples(split))
+        if n == 0:
+            raise ValueError(
+                f"dht chooses its static control on the validation split '{split}', which is empty for task "
+                f"'{task.name}'. Give the task validation samples."
+            )
+        bb, U = model.backbone, model.n_units
+        shape = tuple(next(task.batches(split, batch_size=1)).inputs.shape[1:])
+        costs = model.arm_flops(shape)  # (A,) no controller: the static control computes no context
+        pooled_alpha = 1 + (model.unit_alpha - 1).sum(dim=(0, 1))  # (L, U) every table's and context's evidence
+        pooled_beta = 1 + (model.unit_beta - 1).sum(dim=(0, 1))  # (L, U)
+        masks = [exploit_units(pooled_alpha, pooled_beta, u) for u in range(1, U + 1)]  # (L, U) each, nested in u
+        scores: list[list[Tensor]] = [[] for _ in range(model.n_arms)]
+        learned = torch.zeros(len(model.table_budgets), dtype=torch.float64)  # (K,) summed bandit FLOPs
+        with torch.no_grad():
+            for batch in task.batches(split, batch_size=batch_size, seed=seed, shuffle=True, limit=n):
+                x = bb.embed(batch.inputs.to(device))  # (B, T, C)
+                targets = batch.targets.to(device)
+                context = model.contexts(x).cpu()  # (B,)
+                learned += costs[model.policy_arm.cpu()[:, context]].sum(dim=1)  # (K, B) → (K,)
+                for arm in range(model.n_arms):
+                    depth, units = model.arm_config(arm, masks[model.arm_shape(arm)[1] - 1])
+                    chosen = [None if u is None else torch.tensor(u) for u in units]
+                    logits = model.run_subnetwork(x, depth, chosen)  # (B, K) or (B, T, V)
+                    scores[arm].append(task.metric.score(logits, targets).double().cpu())  # (B,)
+        metric = task.metric
+        sign = 1.0 if metric.spec.higher_is_better else -1.0
+        quality = torch.tensor([sign * metric.aggregate(torch.cat(s).numpy()) for s in scores], dtype=torch.float64)
+        cap = learned / n + model.context_clusters.flops()  # (K,) the bandit's mean FLOPs per sample
+        model.static_quality.copy_(quality)
+        model.static_cap.copy_(cap)
+        for k in range(len(model.table_budgets)):
+            arm = best_fixed_config(quality, costs, float(cap[k]))
+            model.static_arm[k] = arm
+            model.static_units[k] = masks[model.arm_shape(arm)[1] - 1]
 
     def recipe(self, task: Task) -> TrainConfig:
         """The fine-tuning recipe on ``task``, with the automatic steps and batch size resolved."""
@@ -593,7 +704,10 @@ class DHT(Method):
         )
 
     def _fit_contexts(self, model: DHTModel, task: Task, seed: int, device: torch.device) -> float:
-        """k-means on pooled embeddings of training samples; fills the centres and context shares.
+        """k-means on pooled embeddings of training samples; the context shares of validation samples.
+
+        The shares calibrate the random control's compute (:meth:`DHTModel.random_target`), so they are measured
+        on held-out inputs, as every calibration is.
 
         Returns:
             The embedding FLOPs spent.
@@ -613,9 +727,19 @@ class DHT(Method):
             )
         centres = kmeans(points, cfg.contexts, cfg.kmeans_iters, torch.Generator().manual_seed(seed))
         model.context_clusters.centroids.copy_(centres.to(model.context_clusters.centroids))
+        assign = []
         with torch.no_grad():
-            assign = model.context_clusters(points.to(device)).cpu()  # (N,)
-        model.context_share.copy_(torch.bincount(assign, minlength=cfg.contexts).double() / len(points))
+            held_out = task.validation_split
+            for b in task.batches(held_out, batch_size=KMEANS_BATCH, seed=seed, shuffle=True, limit=cfg.kmeans_samples):
+                assign.append(model.contexts(bb.embed(b.inputs.to(device))).cpu())  # (B,)
+                spent += len(b) * bb.embed_flops(tuple(b.inputs.shape[1:]))
+        if not assign:
+            raise ValueError(
+                f"dht measures its context shares on the validation split {held_out!r}, which is empty for task "
+                f"'{task.name}'. Give the task validation samples."
+            )
+        shares = torch.bincount(torch.cat(assign), minlength=cfg.contexts).double()  # (M,)
+        model.context_share.copy_(shares / shares.sum())
         return spent
 
     def _finetune(

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.methods._operating import backbone_parts, exit_parts
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
 from dynbench.methods.layer_skip import depth_budgets, n_kept
 from dynbench.models.backbone import Backbone, Readout
@@ -214,6 +215,20 @@ class EarlyExitModel(DynamicModel):
     def controller_modules(self) -> list[nn.Module]:
         """The exit heads: their FLOPs are the decision overhead."""
         return list(self.exit_heads)
+
+    def operating_modules(self, budget: Budget) -> list[nn.Module]:
+        """Confidence rule: the whole model. Depth rule: blocks ``0 … k-1`` and exit head ``k-1`` (readout at k = L).
+
+        Under the confidence rule a sample may leave at any exit, and every exit it passes decides, so every block
+        and head can be read at every threshold (τ = 1 included: the heads still run).
+        """
+        if self.rule != "depth":
+            return [self]
+        bb = self.backbone
+        k = n_kept(budget, bb.n_blocks, 1)
+        if k == bb.n_blocks:
+            return backbone_parts(bb, range(k))
+        return [*backbone_parts(bb, range(k), readout=False), *exit_parts(self.exit_heads[k - 1])]
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
         """``exit_rate``: the share of samples that left before the last block."""

@@ -9,9 +9,10 @@ needs keys/values of a skipped block, so no KV propagation is needed and the sav
 
 What we changed / reconstructed: no fine-tuning of the kept blocks (the backbone stays frozen). Which
 blocks to keep is our choice: ``uniform`` spreads them evenly (the paper's "skip every other layer" is the
-k = L/2 case of this idea); ``importance`` (default) keeps the k blocks whose removal alone hurts the training
-loss most, a ranking measured once in ``fit``, so its kept sets are nested as k grows. The budget is the
-fraction of blocks executed: ``k = floor(budget · L + 0.5)`` (nearest, halves up), clamped to
+k = L/2 case of this idea); ``importance`` (default) keeps the k blocks whose removal alone hurts the loss most
+on the task's validation split (``task.validation_split``: a ranking is a selection, so it is made on held-out
+data — v1 ranked on the training split), measured once in ``fit``, so its kept sets are nested as k grows. The
+budget is the fraction of blocks executed: ``k = floor(budget · L + 0.5)`` (nearest, halves up), clamped to
 ``[min_layers, L]``.
 """
 
@@ -21,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from dynbench.methods._operating import TensorSet, backbone_parts
 from dynbench.methods.base import DynamicModel, Method, freeze, no_controller_flops, register_method
 from dynbench.models.backbone import Backbone
 from dynbench.tasks.base import Task
@@ -39,7 +41,7 @@ class LayerSkipConfig:
 
     pattern: str = "importance"  # "importance" (measured in fit) or "uniform" (evenly spaced, no fit)
     min_layers: int = 1  # fewest blocks ever run: k = 0 would leave only the embedding and the readout
-    importance_batches: int = 8  # training batches the loss increases are averaged over (512 samples)
+    importance_batches: int = 8  # validation batches the loss increases are averaged over (512 samples at most)
     batch_size: int = 64  # batch size of those importance batches
     importance_flops: float = 1e13  # cap on the importance pass's FLOPs: a 30-block LM gets ~17 windows, not 512
 
@@ -149,6 +151,14 @@ class LayerSkipModel(DynamicModel):
             )
         return sorted(ranking[:k])
 
+    def operating_modules(self, budget: Budget) -> list[nn.Module]:
+        """The embedding, the kept blocks, the readout and the ranking: a skipped block is never read.
+
+        Raises:
+            ValueError: as :meth:`kept_blocks`.
+        """
+        return [*backbone_parts(self.backbone, self.kept_blocks(budget)), TensorSet([self.ranking])]
+
     def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
         """Run only the kept blocks, then the backbone readout.
 
@@ -195,14 +205,14 @@ class LayerSkipModel(DynamicModel):
 
 
 def importance_samples(cfg: LayerSkipConfig, backbone: Backbone, task: Task) -> int:
-    """Training samples the importance is averaged over, fewer than configured when over ``importance_flops``.
+    """Validation samples the importance is averaged over, fewer than configured when over ``importance_flops``.
 
     Configured: ``importance_batches × batch_size``. One sample costs a dense pass plus, per skipped block ``l``,
     the blocks after it and a readout: about ``(L + 3) / 2`` dense passes (exact for the blocks when the readout
     is cheap).
     """
     L = backbone.n_blocks
-    shape = tuple(next(task.batches("train", batch_size=1)).inputs.shape[1:])
+    shape = tuple(next(task.batches(task.validation_split, batch_size=1)).inputs.shape[1:])
     per_sample = backbone.dense_flops(shape) * (L + 3) / 2
     return max(1, min(cfg.importance_batches * cfg.batch_size, int(cfg.importance_flops // per_sample)))
 
@@ -211,7 +221,7 @@ def importance_samples(cfg: LayerSkipConfig, backbone: Backbone, task: Task) -> 
 class LayerSkip(Method):
     """Static layer skipping: the same k of L blocks for every sample, by importance or evenly spaced."""
 
-    version = "1"
+    version = "2"  # 2: the importance ranking is measured on the validation split, not the training split
     paper = "https://arxiv.org/abs/2410.20022"
     reconstructed = False
     Config = LayerSkipConfig
@@ -238,15 +248,15 @@ class LayerSkip(Method):
         return depth_budgets(n_blocks, self.config.min_layers)
 
     def fit(self, model: LayerSkipModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
-        """Measure each block's importance on the training split (no-op for ``uniform``).
+        """Measure each block's importance on the task's validation split (no-op for ``uniform``).
 
         Importance of block l = mean task loss with block l alone skipped minus the dense loss, over
-        ``importance_batches`` shuffled training batches. The ranking sorts blocks by importance, descending,
+        ``importance_batches`` shuffled validation batches. The ranking sorts blocks by importance, descending,
         ties broken by the lower index.
 
         Args:
             model: the wrapped model whose ``ranking``/``importance`` buffers are filled.
-            task: supplies the training split and the loss.
+            task: supplies the validation split and the loss.
             seed: seeds the batch order.
         """
         cfg = self.config
@@ -261,13 +271,15 @@ class LayerSkip(Method):
         seen = 0
         limit = importance_samples(cfg, model.backbone, task)
         batch_size = min(cfg.batch_size, limit)
-        for batch in task.batches("train", batch_size=batch_size, seed=seed, shuffle=True, limit=limit):
+        split = task.validation_split  # a ranking is a selection: made on held-out data, never on eval
+        for batch in task.batches(split, batch_size=batch_size, seed=seed, shuffle=True, limit=limit):
             losses = model.skip_losses(batch.inputs.to(device), batch.targets.to(device), task)  # (L + 1,)
             total += losses * len(batch)
             seen += len(batch)
         if seen == 0:
             raise ValueError(
-                f"Task '{task.name}' has an empty training split ({seen} samples): cannot rank the blocks."
+                f"Task '{task.name}' has an empty validation split {split!r} ({seen} samples): cannot rank the "
+                "blocks. Give the task validation data, or use layer_skip[pattern=uniform]."
             )
         mean = total / seen  # (L + 1,)
         importance = mean[:-1] - mean[-1]  # (L,)

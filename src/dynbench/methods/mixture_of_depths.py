@@ -30,7 +30,9 @@ Design choices (ours, documented because the paper leaves them open or the contr
 - *Capacity 1.0 is the dense backbone.* With every token selected there is nothing to route, and the paper's
   baseline is the vanilla transformer, so budget 1.0 runs the wrapped backbone itself (exactly dense, as the
   contract requires). Below 1.0 each capacity is its own trained model (the paper trains one model per capacity),
-  all kept in the method's state dict; a budget equals a trained capacity.
+  all kept in the method's state dict; a budget equals a trained capacity. A deployment of one capacity holds only
+  its own model (:meth:`MixtureOfDepthsModel.operating_modules`), which ``peak_mem_bytes`` counts; the sum over
+  capacities is ``resident_bytes``.
 - *Raw router weight with a bias starting at 1* (``weight="raw"``, the paper's equation uses ``r`` itself;
   ``"sigmoid"`` is the common alternative). The bias does not change which tokens win the top-k, only the update's
   scale, and starting it at 1 makes a routed block start as the plain block on its chosen tokens — the paper's
@@ -459,6 +461,27 @@ class MixtureOfDepthsModel(DynamicModel):
         for v in self.variants.values():
             mods.extend(v.routers.values())
             mods.extend(v.predictors.values())
+        return mods
+
+    def operating_modules(self, budget: Budget, routing: str | None = None) -> list[nn.Module]:
+        """What one capacity reads: 1.0 the dense backbone, capacity c only that capacity's trained model.
+
+        Of that model, the network and routers, and the predictors under the predictor rule (top-k never runs
+        them). No other capacity's model is read, nor (below 1.0) the wrapped backbone's weights.
+
+        Args:
+            budget: 1.0 or a trained capacity.
+            routing: the evaluation rule, as :meth:`forward` takes it (``None`` = the configured one).
+
+        Raises:
+            ValueError: a capacity with no trained model.
+        """
+        if budget == 1.0:
+            return [self.backbone]
+        v = self.variant(budget)
+        mods: list[nn.Module] = [v.net, v.routers]
+        if self.routing_rule(routing) == "predictor":
+            mods.append(v.predictors)
         return mods
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:

@@ -16,7 +16,7 @@ static early exit; for LM-sized heads — ``exits="auto"`` — through early_exi
 translator per depth fitted by least squares on the training split, because on SmolLM2 the untrained exits are worse
 than anything else and the "upper bound" fell below the tuned exits of ``early_exit`` from 18 blocks down), evenly
 spaced layer skipping keeping k blocks (:func:`dynbench.methods.layer_skip.uniform_blocks`), layer skipping keeping
-the k most important blocks (``ranked_skips``: ``layer_skip``'s importance ranking, measured on the training split —
+the k most important blocks (``ranked_skips``: ``layer_skip``'s importance ranking, on the validation split —
 without it the upper bound fell below that static method on SmolLM2, 442 against 99 ppl at 24 of 30 blocks), and
 ``random_per_depth`` seeded random k-subsets, for depths ``k`` on a grid of at most ``max_depths`` (all depths of a
 model up to 8 blocks) plus the depth of each solved budget (without those, 24 of 30 blocks on SmolLM2 was only a
@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from dynbench.methods._knapsack import ordered_sum, solve
+from dynbench.methods._operating import TensorSet, backbone_parts
 from dynbench.methods.base import DynamicModel, Method, register_method
 from dynbench.methods.early_exit import EarlyExitConfig, EarlyExitModel, TunedExit, exit_kind, fit_translators
 from dynbench.methods.layer_skip import LayerSkip, uniform_blocks
@@ -74,7 +75,7 @@ class OracleConfig:
     # 30-block LM (SmolLM2) gets 8 depths → 8 early exits + 7 uniform + 7 ranked + 21 random ≈ 43 configs, ~20 dense
     # passes per window with prefix sharing (53 min on a loaded CPU thread), plus the solved budgets' depths
     random_per_depth: int = 3  # seeded random k-subsets per depth k < L, distinct from the other candidates
-    ranked_skips: bool = True  # also keep the k most important blocks (layer_skip's ranking on the training split):
+    ranked_skips: bool = True  # also keep the k most important blocks (layer_skip's ranking, validation split):
     # the static baseline an upper bound must not fall below; costs layer_skip's importance pass (L + 1 forwards)
     exits: str = "auto"  # early-exit candidates read out through: "readout" (the backbone's own head, untrained, as
     # the paper's static exit), "tuned" (early_exit's fitted translators; on SmolLM2 they beat every untrained exit
@@ -148,7 +149,7 @@ def candidate_configs(
 
 
 def importance_ranking(backbone: Backbone, task: Task, seed: int) -> list[int]:
-    """``layer_skip``'s block ranking (most important first), measured on ``task``'s training split."""
+    """``layer_skip``'s block ranking (most important first), measured on ``task``'s validation split."""
     method = LayerSkip()
     skip = method.wrap(backbone)
     method.fit(skip, task, seed=seed)
@@ -298,6 +299,24 @@ class OracleModel(DynamicModel):
     def controller_modules(self) -> list[nn.Module]:
         """The tuned exits' translators: the head they lead into is the backbone's readout, counted as such."""
         return [exit_.translator for exit_ in self.exits]
+
+    def operating_modules(self, budget: Budget) -> list[nn.Module]:
+        """The blocks and tuned exits of the configurations solved for ``budget``, the readout, and the solution.
+
+        A block no sample's configuration at this budget contains is never read.
+
+        Raises:
+            ValueError: a budget that was not solved.
+        """
+        k = self.budget_index(budget)
+        configs = self.configs.cpu()
+        chosen = torch.unique(self.choices[k].cpu()).tolist()  # candidate indices some sample uses at this budget
+        used = [tuple(torch.nonzero(configs[m]).flatten().tolist()) for m in chosen]
+        blocks = {b for config in used for b in config}
+        exits = [self.exits[len(config) - 1] for config in used if self.is_exit(config)]
+        looked_up = [self.configs, self.sample_hashes, self.solved_budgets, self.choices, self.metric_kind]
+        scores = [self.selection_half, self.heldout_half]  # the trace carries each sample's control scores
+        return [*backbone_parts(self.backbone, blocks), *exits, TensorSet(looked_up + scores)]
 
     def rows_of(self, inputs: Tensor) -> Tensor:
         """``(B,)`` index of each input among the solved ones.
@@ -505,8 +524,9 @@ def allocate(
 class Oracle(Method):
     """Per-sample layer sets chosen with the evaluation labels by an exact knapsack: an upper bound."""
 
-    version = "4"  # 2: no selection-bias control without a second view; 3: importance-ranked skip candidates;
-    # 4: tuned exits for LM heads, and candidates at each solved budget's depth
+    version = "5"  # 2: no selection-bias control without a second view; 3: importance-ranked skip candidates;
+    # 4: tuned exits for LM heads, and candidates at each solved budget's depth; 5: layer_skip v2's ranking (on the
+    # validation split), so the ranked candidates stay layer_skip's kept sets
     paper = "https://arxiv.org/abs/2410.20022"
     reconstructed = False
     sees_eval_labels = True

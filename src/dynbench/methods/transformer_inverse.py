@@ -43,7 +43,8 @@ What we reconstructed or changed:
   deployment: 2-fold cross-fitting (v1 split the samples in halves, which left the policy 3 useful episodes on
   spoken-digits); the deployed trees see all of them. The policy's view of the hidden state is 4-dimensional
   (``proj_dim``): with 16 it memorised the few hard samples of a small fit set instead of reading the exit-head
-  confidence. Fit samples come from the task's held-out `val` split by default: on the backbone's own training
+  confidence. Fit samples come from the task's held-out validation split by default (``fit_split="val"`` means
+  ``task.validation_split``: imagenet's ``minival``, never an evaluation split): on the backbone's own training
   data the shallow exits are right far more often than on unseen inputs, so both would learn to stop too early.
   The exit heads train on `train`, as early_exit's do.
 - Decisions are per sample (a sequence exits as a whole, as in early_exit). The policy can only move a stop later
@@ -53,6 +54,10 @@ What we reconstructed or changed:
   overhead (as early_exit's heads do).
 - ``policy="random"``: a baseline that gives each sample a random fold depth (a seeded hash of the input, so it
   does not depend on the batch) with the same mean depth the learned policy had on the fit samples at that budget.
+- ``policy="static"``: the control of fixed depth. At each default budget every sample stops at ONE fold point:
+  of the fold points whose FLOPs per sample do not exceed the learned policy's mean FLOPs on the task's validation
+  split at that budget, the one of best validation quality (none fits: the shallowest). Chosen in ``fit`` on the
+  validation split, never the evaluation split; between default budgets the FLOPs cap is interpolated.
 
 Two self-contained parts live in private modules: the tree ensemble in buffers
 (:mod:`dynbench.methods._tree_ensemble`) and the static segment / stage graphs (:mod:`dynbench.methods._static_paths`).
@@ -72,7 +77,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.methods._operating import TensorSet, backbone_parts, exit_parts
 from dynbench.methods._ppo import PPOConfig, StoppingEpisodes, first_stop, train_stopping_policy
+from dynbench.methods._static_control import best_fixed_config, validation_split
 from dynbench.methods._static_paths import (
     CudaGraphSegment,
     GraphCache,
@@ -90,7 +97,7 @@ from dynbench.models.block import block_flops
 from dynbench.tasks.base import Split, Task
 from dynbench.types import Budget, StepOutput, Trace
 
-POLICIES = ("learned", "random")
+POLICIES = ("learned", "static", "random")
 FIT_SPLITS = ("val", "train")
 ALL_DEPTHS_UP_TO = 8
 """With ``n_paths=0`` every depth is a fold point for backbones up to this deep, else 4 fold points."""
@@ -108,14 +115,16 @@ TINV_HEADS = tuple(k for k in HEAD_KINDS if k != "tuned")
 class TransformerInverseConfig:
     """Paths, predictor, policy and training recipe. Every default is sized for seconds on the toy tasks."""
 
-    policy: str = "learned"  # "learned": predictor + PPO policy; "random": random depth at the learned mean depth
+    policy: str = "learned"  # "learned": predictor + PPO policy; "static": the best fixed depth at the learned
+    # mean FLOPs (chosen on validation data); "random": random depth at the learned mean depth
     compiled: bool = False  # run segments as traced graphs (CPU) / captured CUDA graphs (CUDA) instead of eagerly
     n_paths: int = 0  # fold points (depths a sample can stop at); 0 = every depth for L <= 8, else 4
     lambda_max: float = 1.0  # compute price at budget 0: stopping one whole model earlier is worth 1 correct answer
     text_tolerance: float = 0.05  # nats per token: a depth is "sufficient" for a sequence within this of full CE
     feature_tokens: int = 16  # token outputs: positions block 0's exit head reads for the predictor's features
-    fit_split: str = "val"  # where the predictor and policy learn when exits fail: held-out data, because on the
-    # backbone's own training split its shallow exits are right far more often than on unseen inputs
+    fit_split: str = "val"  # where the predictor and policy learn: "val" = task.validation_split, or "train";
+    # held-out by default, because on the backbone's own training split its shallow exits are right far more often
+    # than on unseen inputs
     fit_samples: int = 4096  # samples of fit_split the predictor and policy see (half each)
     fit_flops: float = 4e11  # cap on the dense FLOPs of collecting them: fewer samples for big models
     collect_batch: int = 128  # batch size while collecting hidden states and exit outputs (no grad)
@@ -136,7 +145,10 @@ class TransformerInverseConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ValueError(f"TransformerInverseConfig.policy must be one of {POLICIES}, got {self.policy!r}.")
+            raise ValueError(
+                f"TransformerInverseConfig.policy must be one of {POLICIES}, got {self.policy!r}. Use 'learned' "
+                "(the method), 'static' (the best fixed depth at matched FLOPs) or 'random' (random depths)."
+            )
         if self.fit_split not in FIT_SPLITS:
             raise ValueError(
                 f"TransformerInverseConfig.fit_split must be one of {FIT_SPLITS}, got {self.fit_split!r}. "
@@ -322,7 +334,7 @@ class TransformerInverseModel(DynamicModel):
         backbone: the dense model (frozen by the fit).
         depths: fold points, ascending, the last equal to the backbone's depth.
         shared: exit heads share the backbone's readout (early_exit's ``SharedExit``).
-        policy: ``"learned"`` or ``"random"``.
+        policy: ``"learned"``, ``"static"`` or ``"random"``.
         compiled: run segments as prepared graphs.
         lambda_max: compute price at budget 0.
         budgets: the default budgets (the grid the policy trains on and the random baseline is calibrated at).
@@ -332,11 +344,19 @@ class TransformerInverseModel(DynamicModel):
     Buffers:
         fitted: ``()`` bool; calib_budgets / calib_depth: ``(n_budgets,)`` the learned policy's mean depth on
         the fit samples at each default budget.
+        static_quality / static_cost: ``(K,)`` float64 validation quality (higher is better) and FLOPs per
+        sample of stopping every sample at each fold point; static_cap: ``(n_budgets,)`` the learned policy's
+        mean FLOPs per sample on the validation split; static_path: ``(n_budgets,)`` long, the static control's
+        fold-point index at each default budget (see the module docstring).
     """
 
     fitted: Tensor
     calib_budgets: Tensor
     calib_depth: Tensor
+    static_quality: Tensor
+    static_cost: Tensor
+    static_cap: Tensor
+    static_path: Tensor
 
     def __init__(
         self,
@@ -367,11 +387,44 @@ class TransformerInverseModel(DynamicModel):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("calib_budgets", torch.tensor(list(budgets), dtype=torch.float64))
         self.register_buffer("calib_depth", torch.full((len(budgets),), float("nan"), dtype=torch.float64))
+        K, nan = len(depths), float("nan")
+        self.register_buffer("static_quality", torch.full((K,), nan, dtype=torch.float64))
+        self.register_buffer("static_cost", torch.full((K,), nan, dtype=torch.float64))
+        self.register_buffer("static_cap", torch.full((len(budgets),), nan, dtype=torch.float64))
+        self.register_buffer("static_path", torch.full((len(budgets),), K - 1, dtype=torch.long))  # unfitted: full
         self._graphs = GraphCache()
 
     def controller_modules(self) -> list[nn.Module]:
         """Predictor, policy and exit heads: everything that is not the backbone."""
         return [self.predictor, self.policy, *self.exit_heads]
+
+    def operating_modules(self, budget: Budget) -> list[nn.Module]:
+        """What forward at ``budget`` reads under the configured policy.
+
+        Learned: every block, the predictor, the policy less its critic (training only), block 0's exit head and
+        the exit heads of the fold points. Random: every block and the fold points' exit heads (a sample may stop
+        at any of them) and the calibration. Static: its one path (blocks and exit head, the readout on the last
+        path). The random and static policies run the backbone alone at the full budget. Exit heads after a block
+        that is no fold point are never read.
+        """
+        bb = self.backbone
+        L, K = bb.n_blocks, len(self.depths)
+        folds = [d - 1 for d in self.depths[:-1]]  # exit heads a stop at a fold point reads
+        if self.policy_kind == "learned" and K > 1:
+            policy = [self.policy.proj, self.policy.w_ih, self.policy.w_hh, self.policy.actor]
+            mods = [*backbone_parts(bb, range(L)), self.predictor, *policy, TensorSet([self.fitted])]
+            heads = sorted({0, *folds})
+        elif budget >= 1.0 or K == 1:
+            return [*backbone_parts(bb, range(L)), TensorSet([self.fitted])]
+        elif self.policy_kind == "static":
+            depth = self.depths[self.static_index(budget)]
+            state = [self.static_path, self.calib_budgets, self.static_quality, self.static_cost, self.static_cap]
+            mods = [*backbone_parts(bb, range(depth), readout=depth == L), TensorSet([self.fitted, *state])]
+            heads = [] if depth == L else [depth - 1]
+        else:
+            mods = [*backbone_parts(bb, range(L)), TensorSet([self.fitted, self.calib_budgets, self.calib_depth])]
+            heads = folds
+        return mods + [part for i in heads for part in exit_parts(self.exit_heads[i])]
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
         """How often the policy moved a stop past the predicted bucket, the predicted depth, predictor ops."""
@@ -415,11 +468,14 @@ class TransformerInverseModel(DynamicModel):
             self._graphs[key] = graph
         return graph(x)
 
-    def start_stage(self, inputs: Tensor, embedded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Block 0, the predictor's features and the predictor → (block 0's output, buckets ``(B,)``, head 0)."""
-        first = self.run_blocks(embedded, 0, 1)  # (B, T, C)
+    def start_stage(self, inputs: Tensor, embedded: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
+        """The predictor's features and the predictor, on block 0's output ``first`` → (buckets ``(B,)``, head 0).
+
+        Block 0 itself is backbone work and runs before, as a segment: a stage is controller work only, so its
+        call is the controller time (:meth:`_stage`).
+        """
         feats, head0 = self.features(inputs, embedded, first)
-        return first, self.predictor(feats).to(first.device), head0
+        return self.predictor(feats).to(first.device), head0
 
     def step_stage(
         self, x: Tensor, start: Tensor, h: Tensor, k: int, lam: float, probe: Tensor | None = None
@@ -437,17 +493,24 @@ class TransformerInverseModel(DynamicModel):
         return h, go, probe
 
     def _stage(self, key: str | tuple, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """Run a controller stage, traced once per key and input shape when compiled on CPU (eager otherwise)."""
+        """Run a controller stage, traced once per key and input shape when compiled on CPU (eager otherwise).
+
+        The call runs in a controller span, traced or eager: a traced stage fires no module hooks, and the span
+        makes both paths time the same work (features, confidence statistics and pooling included), so eager and
+        compiled controller times compare. Tracing a new graph stays outside the span.
+        """
         name, *consts = key if isinstance(key, tuple) else (key,)
         device = args[0].device
         if not self.compiled or not graphs_allowed() or device.type != "cpu":
-            return run_stage(self, name, tuple(consts), args)  # CUDA: the controller stays eager (small, few ops)
+            with self.controller_span():
+                return run_stage(self, name, tuple(consts), args)  # CUDA: the controller stays eager (few ops)
         full_key = (key, device, args[0].dtype, tuple(args[0].shape[1:]))
         graph = self._graphs.get(full_key)
         if graph is None:
             graph = trace_segment(Stage(self, name, *consts), args)
             self._graphs[full_key] = graph
-        return graph(*args)
+        with self.controller_span():
+            return graph(*args)
 
     def pool(self, x: Tensor) -> Tensor:
         """``(A, T, C)`` → ``(A, C)``: the CLS token for pooled readouts, else the mean over positions."""
@@ -483,7 +546,13 @@ class TransformerInverseModel(DynamicModel):
         return feats.double(), logits
 
     def path_index(self, budget: Budget, inputs: Tensor) -> Tensor:
-        """Random baseline: ``(B,)`` fold-point index per sample, at the learned policy's mean depth."""
+        """Fixed-depth policies: ``(B,)`` fold-point index per sample, known before any block runs.
+
+        ``"static"``: every sample the same index, :meth:`static_index`. ``"random"``: a random index per sample
+        (a hash of its bytes) with the learned policy's mean depth at ``budget``.
+        """
+        if self.policy_kind == "static":
+            return torch.full((inputs.shape[0],), self.static_index(budget), dtype=torch.long)
         lo_first = self.calib_budgets.flip(0).cpu().numpy(), self.calib_depth.flip(0).cpu().numpy()
         target = float(np.interp(budget, *lo_first))  # mean depth to match
         D = torch.tensor(self.depths, dtype=torch.float64)
@@ -494,6 +563,32 @@ class TransformerInverseModel(DynamicModel):
             return torch.full((inputs.shape[0],), len(self.depths) - 1, dtype=torch.long)
         p_up = (target - D[j]) / (D[j + 1] - D[j])  # chance of the deeper neighbour, so the mean is the target
         return torch.where(sample_uniforms(inputs) < p_up, j + 1, j).long()
+
+    def static_index(self, budget: Budget) -> int:
+        """The static control's fold-point index at ``budget``.
+
+        At a default budget the index fitted there; between them the same rule at a FLOPs cap interpolated
+        between the default budgets (the nearest one's outside them); the full budget runs every block.
+        """
+        if budget >= 1.0:
+            return len(self.depths) - 1
+        hit = (self.calib_budgets - budget).abs() < 1e-9  # (n_budgets,)
+        if bool(hit.any()):
+            return int(self.static_path[hit][0])
+        lo_first = self.calib_budgets.flip(0).cpu().numpy(), self.static_cap.flip(0).cpu().numpy()
+        return best_fixed_config(self.static_quality, self.static_cost, float(np.interp(budget, *lo_first)))
+
+    def path_flops(self, inputs_shape: tuple[int, ...]) -> Tensor:
+        """``(K,)`` float64 FLOPs per sample of stopping at each fold point, the depth known before any block runs.
+
+        As the static and random policies run: no predictor, no policy steps; the exit head counts as controller.
+        """
+        K = len(self.depths)
+        at = torch.arange(K)  # (K,) one row per fold point
+        none = torch.zeros(K, dtype=torch.long)
+        tokens = self.backbone.n_tokens(inputs_shape)
+        trace = self._trace(at, at, none, none, torch.zeros(K, dtype=torch.bool), tokens, False)
+        return self.backbone.flops(trace, inputs_shape)
 
     def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
         """Predictor → start bucket, segments up to it, then the policy at each later fold point; see the module doc.
@@ -520,10 +615,11 @@ class TransformerInverseModel(DynamicModel):
         steps = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) policy steps per sample
         head0: Tensor | None = None
         if learned:
-            first, start, head0 = self._stage("start", (inputs, x))  # (B, T, C), (B,) buckets, block 0's head
+            first = self.run_blocks(x, 0, 1)  # (B, T, C) block 0, the predictor's input: backbone, not controller
+            start, head0 = self._stage("start", (inputs, x, first))  # (B,) buckets, block 0's head
             x, reached = first, 1
             h = torch.zeros(B, self.policy.hidden, device=dev)  # (A, H)
-        else:  # random baseline (or a single path): the depth is known before any block runs
+        else:  # static or random baseline (or a single path): the depth is known before any block runs
             target = torch.full((B,), K - 1, dtype=torch.long) if full or K == 1 else self.path_index(budget, inputs)
             start = target.to(dev)
         active = torch.arange(B, device=dev)  # (A,) batch positions still running
@@ -712,11 +808,11 @@ def cross_fitted_buckets(
 class TransformerInverse(Method):
     """Reconstructed Transformer^-1: GBDT complexity predictor + PPO stop policy over precompiled depth paths."""
 
-    version = "2"
+    version = "3"  # 3: the static control's buffers (a cached v2 fit lacks them)
     paper = "https://arxiv.org/abs/2501.16394"
     reconstructed = True
     Config = TransformerInverseConfig
-    controls = {"random": {"policy": "random"}}  # random allocation at matched mean FLOPs
+    controls = {"static": {"policy": "static"}, "random": {"policy": "random"}}  # matched mean FLOPs, see the doc
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     budget_doc = "b ∈ [0, 1]: compute price λ = λ_max·(1 − b)²; 1.0 = dense (nothing stops) … 0.5"
@@ -726,8 +822,12 @@ class TransformerInverse(Method):
         return (1.0, 0.97, 0.93, 0.85, 0.7, 0.5)
 
     def fit_identity(self) -> TransformerInverseConfig:
-        """The config less ``policy``: the fit never reads it, so ``tinv[policy=random]`` reuses the learned fit."""
-        return dataclasses.replace(self.config, policy="learned")
+        """The config less ``policy`` and ``compiled``: the fit reads neither, so controls and traced paths share it.
+
+        The fit chooses the static control's paths whatever ``policy`` is, so the cached fit serves all three;
+        ``compiled`` only changes how the fitted paths execute (the contract tests check they agree).
+        """
+        return dataclasses.replace(self.config, policy="learned", compiled=False)
 
     def wrap(self, backbone: Backbone) -> TransformerInverseModel:
         """Exit heads after every block, an empty predictor and an untrained policy around ``backbone``."""
@@ -751,8 +851,10 @@ class TransformerInverse(Method):
     def fit(self, model: TransformerInverseModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
         """Exit heads (early_exit's loop), then collect fold-point outputs, fit the predictor, train the policy.
 
+        Last, whatever ``policy`` says, the static control's paths are chosen on the validation split.
+
         Raises:
-            ValueError: the training split has fewer than 4 samples.
+            ValueError: the training split has fewer than 4 samples, or the validation split is empty.
         """
         cfg = self.config
         torch.manual_seed(seed)
@@ -769,17 +871,23 @@ class TransformerInverse(Method):
         if K > 1:
             self._fit_controller(model, task, seed)
         model.fitted.fill_(True)
+        if K > 1:  # one path: static is that path (the buffer's default)
+            self._fit_static(model, task, seed)
         model.train(was_training)
 
     def _fit_controller(self, model: TransformerInverseModel, task: Task, seed: int) -> None:
         cfg = self.config
         bb = model.backbone
-        shape = tuple(next(task.batches(cfg.fit_split, batch_size=1)).inputs.shape[1:])
+        split = task.validation_split if cfg.fit_split == "val" else "train"  # "val" names the role: imagenet's
+        # validation split is minival, its "val" the evaluation split
+        shape = tuple(next(task.batches(split, batch_size=1)).inputs.shape[1:])
         dense = bb.dense_flops(shape)
-        n = min(cfg.fit_samples, task.n_samples(cfg.fit_split), max(4, int(cfg.fit_flops // dense)))
+        n = min(cfg.fit_samples, task.n_samples(split), max(4, int(cfg.fit_flops // dense)))
         if n < 4:
-            raise ValueError(f"transformer_inverse needs >= 4 training samples, task '{task.name}' has {n}.")
-        data = collect(model, task, split=cfg.fit_split, n=n, batch_size=cfg.collect_batch, seed=seed)
+            raise ValueError(
+                f"transformer_inverse needs >= 4 fit samples, split {split!r} of task '{task.name}' has {n}."
+            )
+        data = collect(model, task, split=split, n=n, batch_size=cfg.collect_batch, seed=seed)
         text = bb.readout.pool == "none"
         labels = sufficient_bucket(data, text=text, tolerance=cfg.text_tolerance)  # (N,)
         start = cross_fitted_buckets(model.predictor, data.features, labels, cfg, seed)  # (N,) out-of-fold
@@ -823,3 +931,87 @@ class TransformerInverse(Method):
                 logits, _ = model.policy.unroll(pooled, conf, start, lam)  # (N_B, K)
                 go_on = (logits > 0) | (b >= 1.0)
                 model.calib_depth[i] = depth_of[first_stop(go_on, start)].mean()
+
+    def _fit_static(self, model: TransformerInverseModel, task: Task, seed: int) -> None:
+        """Choose the static control's fold point per default budget on the validation split (module docstring).
+
+        Raises:
+            ValueError: the validation split is empty.
+        """
+        cfg = self.config
+        bb = model.backbone
+        split = validation_split(task)
+        available = task.n_samples(split)
+        if available == 0:
+            raise ValueError(
+                f"transformer_inverse chooses its static control on the validation split '{split}', which is empty "
+                f"for task '{task.name}'. Give the task validation samples."
+            )
+        shape = tuple(next(task.batches(split, batch_size=1)).inputs.shape[1:])
+        n = min(cfg.fit_samples, available, max(4, int(cfg.fit_flops // bb.dense_flops(shape))))
+        budgets = model.calib_budgets.tolist()
+        scores, learned = validation_costs(
+            model, task, split=split, n=n, batch_size=cfg.collect_batch, seed=seed, budgets=budgets
+        )  # (N, K), (n_budgets,)
+        metric = task.metric
+        sign = 1.0 if metric.spec.higher_is_better else -1.0
+        quality = torch.tensor([sign * metric.aggregate(scores[:, k].numpy()) for k in range(scores.shape[1])])
+        model.static_quality.copy_(quality)
+        model.static_cost.copy_(model.path_flops(shape))
+        model.static_cap.copy_(learned)
+        for i, b in enumerate(budgets):
+            full = b >= 1.0  # the full budget reproduces dense: the last path, whatever the validation says
+            pick = len(model.depths) - 1 if full else best_fixed_config(quality, model.static_cost, float(learned[i]))
+            model.static_path[i] = pick
+
+
+@torch.no_grad()
+def validation_costs(
+    model: TransformerInverseModel,
+    task: Task,
+    *,
+    split: Split,
+    n: int,
+    batch_size: int,
+    seed: int,
+    budgets: Sequence[Budget],
+) -> tuple[Tensor, Tensor]:
+    """What the static control is chosen from: each fold point's per-sample scores and the learned policy's FLOPs.
+
+    Args:
+        model: the fitted model (any ``policy_kind``: the learned policy runs here).
+        task: supplies ``split`` and the metric.
+        split: the validation split's name.
+        n: samples to use (a seeded shuffle of ``split``).
+        batch_size: samples per forward.
+        seed: the shuffle's seed.
+        budgets: where to measure the learned policy.
+
+    Returns:
+        ``(N, K)`` float64 metric scores of stopping every sample at each fold point, and ``(len(budgets),)``
+        float64 mean FLOPs per sample of the learned policy at each budget (controller included).
+    """
+    bb, device = model.backbone, next(model.backbone.parameters()).device
+    L = bb.n_blocks
+    scores: list[Tensor] = []
+    flops = torch.zeros(len(budgets), dtype=torch.float64)
+    seen = 0
+    kind, model.policy_kind = model.policy_kind, "learned"  # the cap is the learned policy's compute
+    try:
+        for batch in task.batches(split, batch_size=batch_size, seed=seed, shuffle=True, limit=n):
+            inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+            shape = tuple(inputs.shape[1:])
+            x, reached, per_point = bb.embed(inputs), 0, []  # (B, T, C)
+            for depth in model.depths:
+                for block in list(bb.blocks)[reached:depth]:
+                    x = block(x)  # (B, T, C)
+                reached = depth
+                out = bb.readout(x) if depth == L else model.exit_heads[depth - 1](x)  # what a stop there outputs
+                per_point.append(task.metric.score(out, targets).double().cpu())  # (B,)
+            scores.append(torch.stack(per_point, dim=1))  # (B, K)
+            for i, b in enumerate(budgets):
+                flops[i] += bb.flops(model(inputs, budget=b).trace, shape).sum()
+            seen += len(inputs)
+    finally:
+        model.policy_kind = kind
+    return torch.cat(scores), flops / max(seen, 1)

@@ -10,15 +10,21 @@ A task is one file, one class, one decorator::
         def build_backbone(self): ...          # untrained dense model
         def load_split(self, split): ...       # → TensorSplit (or override ``batches`` to stream)
 
+Every task has three disjoint splits: ``train`` (weights are trained on it), a validation split
+(``Task.validation_split``: thresholds, rankings, calibrations and any selection are made on it) and an evaluation
+split (``Task.eval_split``: quality is reported on it). While a method fits, the harness seals the evaluation split
+(:meth:`Task.sealed`): reading it raises :class:`EvalSplitAccessError`.
+
 The dense backbone is trained once per (task config, seed) by the shared loop in
 :mod:`dynbench.models.training` and cached, so every method reuses the same trained model.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -32,7 +38,10 @@ from dynbench.models.backbone import Backbone
 from dynbench.registry import Registry
 from dynbench.types import Batch, NoOptions, QualitySpec
 
-Split = Literal["train", "val", "test"]
+Split = Literal["train", "val", "test", "minival"]
+"""A split's name. ``val`` is the validation split of every task but ``imagenet``, whose ``val`` is ImageNet's official
+50,000-image validation set — its evaluation split — and whose validation split is ``minival``, carved from train.
+Code never assumes a name: it reads ``"train"``, ``task.validation_split`` and ``task.eval_split``."""
 Modality = Literal["vision", "speech", "text"]
 
 
@@ -49,9 +58,17 @@ class QualityMetric(ABC):
     def score(self, logits: Tensor, targets: Tensor) -> Tensor:
         """``(B,)`` per-sample scores that :meth:`aggregate` combines."""
 
-    @abstractmethod
     def aggregate(self, scores: np.ndarray) -> float:
-        """The task's quality from all per-sample scores."""
+        """The task's quality from all per-sample scores: :meth:`from_mean` of their mean."""
+        return float(self.from_mean(np.asarray(np.mean(scores))))
+
+    def from_mean(self, mean: np.ndarray) -> np.ndarray:
+        """The quality from the mean per-sample score, elementwise (bootstrap resamples pass many means at once).
+
+        Every quality dynbench reports is a function of the mean score — accuracy is the mean, perplexity the
+        exponential of the mean NLL — so intervals resample the scores and transform after.
+        """
+        return mean
 
     @abstractmethod
     def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -75,10 +92,6 @@ class TopOneAccuracy(QualityMetric):
         """1.0 where the arg-max is the label."""
         return self.correct(logits, targets)
 
-    def aggregate(self, scores: np.ndarray) -> float:
-        """Mean accuracy."""
-        return float(np.mean(scores))
-
     def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         """1.0 where the arg-max is the label."""
         return (logits.argmax(dim=-1) == targets).double()
@@ -98,9 +111,9 @@ class Perplexity(QualityMetric):
         nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
         return nll.double().mean(dim=1)
 
-    def aggregate(self, scores: np.ndarray) -> float:
+    def from_mean(self, mean: np.ndarray) -> np.ndarray:
         """exp(mean NLL); every sequence has the same length, so this is the token-level perplexity."""
-        return float(math.exp(float(np.mean(scores))))
+        return np.exp(mean)
 
     def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Per-sequence next-token accuracy."""
@@ -149,6 +162,26 @@ class TensorSplit:
             yield Batch(self.inputs[idx], self.targets[idx], idx.clone())
 
 
+class EvalSplitAccessError(RuntimeError):
+    """A sealed split (the evaluation split, while a method fits) was read. See :meth:`Task.sealed`."""
+
+
+SPLIT_READERS = ("split", "load_split", "batches", "n_samples")
+"""Task methods whose first argument is a split and that read it: every task's own versions are checked too."""
+
+
+def _checks_split(read: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a split reader so it calls :meth:`Task.check_readable` on its split first."""
+
+    @functools.wraps(read)
+    def checked(self: Task, split: Split, *args: Any, **kwargs: Any) -> Any:
+        self.check_readable(split, via=f"{type(self).__name__}.{read.__name__}({split!r})")
+        return read(self, split, *args, **kwargs)
+
+    checked._checks_split = True  # type: ignore[attr-defined]
+    return checked
+
+
 class Task(ABC):
     """A task: data + backbone recipe + quality metric. See the module docstring for the contract.
 
@@ -162,6 +195,12 @@ class Task(ABC):
         metric: the quality metric.
         Config: frozen dataclass with the data, backbone shape and a ``train`` :class:`TrainConfig`.
         eval_split: the split quality is reported on.
+        validation_split: the held-out split fits calibrate, rank and select on; disjoint from ``eval_split``.
+        splits: every split the task has: ``"train"``, ``validation_split`` and ``eval_split``, all different.
+
+    Reading a split (:meth:`split`, :meth:`load_split`, :meth:`batches`, :meth:`n_samples` — a subclass's own
+    versions included — and task-specific readers that call :meth:`check_readable`) checks that the task has it
+    and that it is not sealed (:meth:`sealed`).
     """
 
     name: ClassVar[str] = ""
@@ -173,10 +212,94 @@ class Task(ABC):
     metric: ClassVar[QualityMetric]
     Config: ClassVar[type] = NoOptions
     eval_split: ClassVar[Split] = "test"
+    validation_split: ClassVar[Split] = "val"
+    splits: ClassVar[tuple[Split, ...]] = ("train", "val", "test")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check the split roles and make the subclass's own split readers check their split (see the class doc).
+
+        Raises:
+            TypeError: ``"train"``, ``validation_split`` and ``eval_split`` are not three different entries of
+                ``splits`` (a task must have a validation split apart from its evaluation split).
+        """
+        super().__init_subclass__(**kwargs)
+        roles = ("train", cls.validation_split, cls.eval_split)
+        if len(set(roles)) != 3 or not set(roles) <= set(cls.splits):
+            raise TypeError(
+                f"Task {cls.__qualname__}: train, validation_split={cls.validation_split!r} and "
+                f"eval_split={cls.eval_split!r} must be three different splits listed in splits={cls.splits}. "
+                "Give the task a validation split of its own, disjoint from the evaluation split."
+            )
+        for name in SPLIT_READERS:
+            read = cls.__dict__.get(name)
+            if callable(read) and not getattr(read, "_checks_split", False):
+                setattr(cls, name, _checks_split(read))
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()
         self._splits: dict[str, TensorSplit] = {}
+        self._seals: dict[str, list[str]] = {}  # sealed split → who is fitting, innermost last
+
+    def check_readable(self, split: str, *, via: str = "") -> None:
+        """Check that ``split`` may be read now: the task has it, and no :meth:`sealed` block forbids it.
+
+        Task-specific readers (a streamed split, a play's text) call this before reading.
+
+        Args:
+            split: the split about to be read.
+            via: what reads it, for the message (e.g. ``"ImageNet.lazy_split('val')"``).
+
+        Raises:
+            ValueError: the task has no such split.
+            EvalSplitAccessError: the split is sealed.
+        """
+        if split not in self.splits:
+            raise ValueError(
+                f"Task '{self.name}' has no split {split!r}; its splits are {', '.join(self.splits)}. Read 'train' "
+                f"to train, task.validation_split ({self.validation_split!r}) to calibrate or select, "
+                f"task.eval_split ({self.eval_split!r}) to evaluate."
+            )
+        seals = self.__dict__.get("_seals", {})
+        readers = seals.get(split)
+        if readers:
+            role = "evaluation split" if split == self.eval_split else "sealed split"
+            allowed = " and ".join(repr(s) for s in self.splits if s not in seals)
+            raise EvalSplitAccessError(
+                f"{readers[-1]} read the {role} {split!r} of task '{self.name}'{f' ({via})' if via else ''}; "
+                f"fits may read {allowed} only. Train weights on 'train' and calibrate, rank or select on the "
+                f"validation split task.validation_split ({self.validation_split!r}); only a method with "
+                "sees_eval_labels (an upper bound) sees the evaluation samples, through fit_eval."
+            )
+
+    @contextmanager
+    def sealed(self, split: Split | None = None, *, reader: str = "code under Task.sealed") -> Iterator[Task]:
+        """Forbid reading ``split`` (default: the evaluation split) inside the ``with`` block.
+
+        The harness fits every method under ``task.sealed(task.eval_split, reader="the fit of method 'x'")``, so a
+        fit that reads the evaluation split fails instead of quietly selecting on it. Seals nest; each lifts when
+        its block ends, normally or by an exception.
+
+        Args:
+            split: the split to seal; ``None`` = :attr:`eval_split`.
+            reader: who runs inside the block, for the error message.
+
+        Yields:
+            The task itself.
+
+        Raises:
+            ValueError: the task has no such split.
+        """
+        split = self.eval_split if split is None else split
+        if split not in self.splits:
+            self.check_readable(split)  # raises: the task has no such split
+        seals = self.__dict__.setdefault("_seals", {})
+        seals.setdefault(split, []).append(reader)
+        try:
+            yield self
+        finally:
+            seals[split].pop()
+            if not seals[split]:
+                del seals[split]
 
     @abstractmethod
     def build_backbone(self) -> Backbone:
@@ -191,12 +314,14 @@ class Task(ABC):
         """Recipe for the dense backbone; tasks keep it in ``Config.train``."""
         return getattr(self.config, "train", TrainConfig())
 
+    @_checks_split
     def split(self, split: Split) -> TensorSplit:
         """The split, loaded once."""
         if split not in self._splits:
             self._splits[split] = self.load_split(split)
         return self._splits[split]
 
+    @_checks_split
     def batches(
         self, split: Split, *, batch_size: int, seed: int = 0, shuffle: bool = False, limit: int | None = None
     ) -> Iterator[Batch]:
@@ -212,6 +337,7 @@ class Task(ABC):
         with torch.device("meta"):
             return self.build_backbone().n_blocks
 
+    @_checks_split
     def n_samples(self, split: Split) -> int:
         """Samples in ``split``."""
         return len(self.split(split))

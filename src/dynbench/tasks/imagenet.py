@@ -2,8 +2,17 @@
 
 Data: the user's ImageNet-1k (Russakovsky et al., https://arxiv.org/abs/1409.0575), an image folder or a Hugging
 Face dataset saved to disk; see :mod:`dynbench.tasks.data.imagenet` for the layouts and ``bench data prepare
-imagenet --path DIR``. Quality = top-1 on the 50,000 validation images (the ``val`` split; ImageNet's test labels
-are not public). Images are decoded batch by batch (:class:`~dynbench.tasks.data.images.LazyImageSplit`).
+imagenet --path DIR``. Quality = top-1 on the 50,000 validation images (the ``val`` split, the evaluation split;
+ImageNet's test labels are not public). Images are decoded batch by batch
+(:class:`~dynbench.tasks.data.images.LazyImageSplit`).
+
+Splits: ``val`` is evaluated on, so fits calibrate and select on ``minival`` (``Task.validation_split``), held out of
+the training images as the ViT paper's "minival" is: per class, the first ``minival_per_class`` (10) images of a
+permutation seeded by ``split_seed`` (at most half of a class), 10,000 images of the full set, class-balanced and
+the same on every machine for the same copy. ``train`` is the other 1,271,167. Caveat: the pretrained weights were
+trained on all of ImageNet's training images, minival included, so minival is held out from dynbench's fits but
+not from the backbone — its shallow exits look better on it than on ``val``. Taking the validation split from the
+50,000 would keep it unseen but change the evaluation set every published top-1 is measured on.
 
 Model: ViT-S/16 or ViT-B/16 at 224 px (Dosovitskiy et al., https://arxiv.org/abs/2010.11929) with the shapes of
 timm's and torchvision's: patch 16, d = 384 / 768, 12 blocks, 6 / 12 heads, MLP 4×, LayerNorm ε = 1e-6, exact
@@ -78,7 +87,28 @@ class ImageNetConfig:
     interpolation: Literal["auto", "bilinear", "bicubic"] = "auto"  # resize filter; auto: the weights' library
     crop_pct: float = 0.0  # crop / resized shorter side; 0 = the weights' library (torchvision 0.875, timm ViT 0.9)
     max_samples: int = 0  # per split, evenly spaced over the split (every class kept); 0 = all 50,000 val images
+    minival_per_class: int = 10  # training images per class held out as `minival`, the validation split (10,000)
+    split_seed: int = 0  # which training images minival takes (the same for every training seed)
     decode_threads: int = 0  # threads decoding a batch (Pillow releases the GIL); 0 = the usable CPUs, at most 8
+
+
+def minival_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of the training images held out as ``minival``.
+
+    Per class (in class order), the first ``per_class`` images of a permutation drawn from one generator seeded by
+    ``seed``, and at most half of the class, so a small copy keeps training images of every class.
+
+    Args:
+        labels: ``(N,)`` class index of every training image.
+        per_class: images per class to hold out.
+        seed: the permutations' seed.
+    """
+    order = np.argsort(labels, kind="stable")  # (N,) images grouped by class, in index order within a class
+    classes, starts = np.unique(labels[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(order[a:b])[: min(per_class, (b - a) // 2)] for a, b in zip(starts, ends)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
 def evenly_spaced(n: int, k: int) -> np.ndarray:
@@ -92,13 +122,18 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
 class ImageNet(Task):
     """ImageNet-1k, pretrained ViT-S/16 or ViT-B/16 from a timm/torchvision file; quality = top-1 on val."""
 
-    version = "1"
+    version = "2"  # 2: minival, the validation split, is taken out of train
     modality = "vision"
     description = "ImageNet-1k (your copy: image folder or HF save_to_disk), pretrained ViT-S/16 or ViT-B/16"
-    size = "1,281,167 train / 50,000 val images, 1,000 classes; ViT-S/16 22 M or ViT-B/16 86 M parameters"
+    size = (
+        "1,331,167 images (1,271,167 train / 10,000 minival / 50,000 val), 1,000 classes; ViT-S/16 22 M or ViT-B/16 "
+        "86 M parameters"
+    )
     metric = TopOneAccuracy()
     Config = ImageNetConfig
-    eval_split = "val"
+    eval_split = "val"  # ImageNet's own validation set: the evaluation split (its test labels are not public)
+    validation_split = "minival"  # carved from train (module docstring)
+    splits = ("train", "minival", "val")
 
     def __init__(self, config: ImageNetConfig | None = None) -> None:
         super().__init__(config)
@@ -108,10 +143,16 @@ class ImageNet(Task):
                 f"imagenet: crop_pct={cfg.crop_pct} must be in [0, 1] (0 = the weights' own), max_samples="
                 f"{cfg.max_samples} and decode_threads={cfg.decode_threads} must be >= 0 (0 = all / automatic)."
             )
+        if cfg.minival_per_class < 1:
+            raise ValueError(
+                f"imagenet: minival_per_class={cfg.minival_per_class} must be >= 1: fits calibrate and select on "
+                "minival, never on val. Use e.g. 10."
+            )
         if self.model_config.channels != 3:
             raise ValueError(f"imagenet: images are RGB; model.channels must be 3, got {self.model_config.channels}.")
         self._format: WeightFormat | None = None
         self._lazy: dict[str, LazyImageSplit] = {}
+        self._index: dict[str, SplitIndex] = {}  # the copy's train / val listing: train and minival share one
 
     @property
     def model_config(self) -> ViTConfig:
@@ -189,18 +230,45 @@ class ImageNet(Task):
         resize = math.floor(crop / crop_pct)  # timm's rule; 224 / 0.875 = 256 exactly
         return EvalTransform(crop=crop, resize=resize, interpolation=interpolation, mean=mean, std=std)
 
-    def lazy_split(self, split: Split) -> LazyImageSplit:
-        """The split as labels plus image references (listed once per task), decoded per batch.
+    def check_readable(self, split: str, *, via: str = "") -> None:
+        """As :meth:`Task.check_readable`, saying why there is no ``test`` split.
 
         Raises:
-            DatasetMissingError: no ImageNet copy, or it lacks the split; says how to get it.
-            ValueError: ``test`` was asked for, or the copy's class count differs from the model's outputs.
+            ValueError: an unknown split (``test``: its labels are not public).
+            EvalSplitAccessError: the split is sealed.
         """
         if split == "test":
             raise ValueError(
                 "imagenet has no labelled test split (ImageNet's test labels are not public); quality is "
-                "reported on 'val'."
+                "reported on 'val', and fits calibrate and select on 'minival' (carved from train)."
             )
+        super().check_readable(split, via=via)
+
+    def source_rows(self, labels: np.ndarray, split: Split) -> np.ndarray:
+        """Indices of ``split``'s images in the copy's split they come from, before ``max_samples``.
+
+        ``val``: all of the copy's val; ``train`` and ``minival``: complementary parts of its train
+        (:func:`minival_rows`).
+
+        Args:
+            labels: ``(N,)`` labels of the copy's val (for ``val``) or train (for ``train`` and ``minival``).
+            split: the task's split.
+        """
+        if split == "val":
+            return np.arange(len(labels))
+        held = minival_rows(labels, self.config.minival_per_class, self.config.split_seed)
+        return held if split == "minival" else np.setdiff1d(np.arange(len(labels)), held, assume_unique=True)
+
+    def lazy_split(self, split: Split) -> LazyImageSplit:
+        """The split as labels plus image references (listed once per task), decoded per batch.
+
+        Raises:
+            DatasetMissingError: no ImageNet copy, or it lacks the split (``train`` for ``minival``); says how to
+                get it.
+            ValueError: an unknown split (``test``), or the copy's class count differs from the model's outputs.
+            EvalSplitAccessError: the split is sealed (a fit reading ``val``).
+        """
+        self.check_readable(split, via=f"ImageNet.lazy_split({split!r})")
         if split not in self._lazy:
             copy = IMAGENET.find(self._path())
             reader = IMAGENET.reader(copy)
@@ -210,8 +278,12 @@ class ImageNet(Task):
                     f"imagenet: the data at {copy.root} has {len(classes)} classes, the model has "
                     f"{self.model_config.n_classes} outputs. Use the full data set or a model with that many classes."
                 )
-            index: SplitIndex = reader.index(split)
-            keep = evenly_spaced(len(index.labels), self.config.max_samples)
+            source = "val" if split == "val" else "train"
+            if source not in self._index:
+                self._index[source] = reader.index(source)
+            index = self._index[source]
+            rows = self.source_rows(index.labels, split)  # (N,)
+            keep = rows[evenly_spaced(len(rows), self.config.max_samples)]
             self._lazy[split] = LazyImageSplit(
                 index.labels[keep],
                 lambda idx, keep=keep, fetch=index.fetch: fetch(keep[idx]),

@@ -162,6 +162,7 @@ class Shakespeare(Task):
 
         Other text tasks (pretrained models, lm-eval tasks) use this to score the same held-out plays.
         """
+        self.check_readable(split, via=f"Shakespeare.text({split!r})")
         return "".join(shp.read_play(p) for p in getattr(self.play_split(), split))
 
     def train_tokens(self) -> Tensor:

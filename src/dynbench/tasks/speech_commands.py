@@ -171,6 +171,7 @@ class SpeechCommands(Task):
 
     def split_files(self, copy: SpeechCommandsCopy, split: Split) -> list[tuple[str, int]]:
         """``(word/file.wav, label)`` of ``split``: the official list (or the rest, for train), cut to ``limit``."""
+        self.check_readable(split, via=f"SpeechCommands.split_files({split!r})")
         files = copy.split_files(split)
         if self.config.limit and len(files) > self.config.limit:
             keep = np.random.default_rng(self.config.split_seed).permutation(len(files))[: self.config.limit]

@@ -179,6 +179,7 @@ class SpokenDigits(Task):
 
     def split_rows(self, corpus: espeak.Corpus, split: Split) -> np.ndarray:
         """Indices of the corpus clips spoken by ``split``'s voices (every word, speed and pitch of each)."""
+        self.check_readable(split, via=f"SpokenDigits.split_rows({split!r})")
         voice_ids = [corpus.spec.voices.index(v) for v in self.config.voices(split)]
         return np.flatnonzero(np.isin(corpus.labels[:, 0], voice_ids))
 

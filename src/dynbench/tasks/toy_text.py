@@ -19,7 +19,7 @@ class ToyTextConfig:
     """Synthetic Markov-chain text and a tiny GPT."""
 
     n_train: int = 512  # training sequences
-    n_test: int = 128  # evaluation sequences
+    n_test: int = 128  # validation and (another draw) evaluation sequences
     seq_len: int = 16  # tokens per sequence (inputs); targets are the next tokens
     vocab_size: int = 16  # distinct tokens
     successors: int = 3  # each token is followed by one of this many tokens: lower = more predictable
@@ -34,7 +34,7 @@ class ToyText(Task):
 
     modality = "text"
     description = "synthetic Markov-chain sequences, 2-block GPT (tests only)"
-    size = "512 train / 128 test sequences of 16 tokens (generated)"
+    size = "512 train / 128 val / 128 test sequences of 16 tokens (generated)"
     metric = Perplexity()
     Config = ToyTextConfig
 
@@ -43,7 +43,7 @@ class ToyText(Task):
         return GPT(self.config.model)
 
     def load_split(self, split: Split) -> TensorSplit:
-        """Sample sequences from the chain; inputs are tokens 0..T-1, targets tokens 1..T."""
+        """Sample sequences from the chain (splits are separately seeded draws); inputs 0..T-1, targets 1..T."""
         cfg = self.config
         n = cfg.n_train if split == "train" else cfg.n_test
         g = torch.Generator().manual_seed(cfg.data_seed)

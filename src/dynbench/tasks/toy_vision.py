@@ -20,7 +20,7 @@ class ToyVisionConfig:
     """Synthetic data and a tiny ViT."""
 
     n_train: int = 512  # training images
-    n_test: int = 128  # evaluation images
+    n_test: int = 128  # validation and (another draw) evaluation images
     n_classes: int = 4  # template classes
     noise: tuple[float, float] = (0.2, 1.5)  # per-sample noise std range: the spread of difficulty
     data_seed: int = 1234  # the data never changes with the training seed
@@ -34,7 +34,7 @@ class ToyVision(Task):
 
     modality = "vision"
     description = "synthetic 8×8 images, 4 classes, 2-block ViT (tests only)"
-    size = "512 train / 128 test images (generated)"
+    size = "512 train / 128 val / 128 test images (generated)"
     metric = TopOneAccuracy()
     Config = ToyVisionConfig
 

@@ -111,7 +111,7 @@ def test_index_links_every_file_and_explains_gaps(report):
         assert f'src="{rel}"' in page or f'href="{rel}"' in page
     cls, lm = md.split("## lm")
     assert "not measured (no `peak_mem_bytes` rows at batch size 1 on cuda)" in cls
-    assert "Not measured on cuda: FLOPs ratio, mean layers, speedup b1, peak mem b1 (MiB)." in cls
+    assert "Not measured on cuda: FLOPs ratio, mean layers, speedup b1, realization b1, peak mem b1 (MiB)." in cls
     assert "not measured (no `latency_ms` rows at batch size 1 on cpu)" in lm
     assert "not measured (no `peak_mem_bytes` rows at batch size 1 on cuda)" in lm
     assert "Per-sample executed FLOPs:** not measured (no per-sample records)" in lm

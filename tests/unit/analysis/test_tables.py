@@ -162,12 +162,14 @@ def test_task_markdown_formatting_and_front():
     lines = md.splitlines()
     ee_half = next(line for line in lines if line.startswith("| early_exit | 0.5 |"))
     cells = [c.strip() for c in ee_half.strip("|").split("|")]
-    assert cells[2] == f"{_quality('early_exit', 0.5, True) * 100:.2f} ± 1.41"
-    assert "520 M" in cells and "6.00 ± 0.141" in cells and "75.0" in cells
+    # two seeds: a t-interval over them (12.7 standard errors wide), not a standard deviation
+    assert cells[2] == f"{_quality('early_exit', 0.5, True) * 100:.2f} [56.69, 82.10]"
+    assert "520 M" in cells and "6.00 [4.73, 7.27]" in cells and "75.0" in cells  # memory: the same on both seeds
+    assert "with 2 seeds it spans 12.7 standard errors" in md
     assert cells[-1] == "*"  # Pareto-optimal
     ls_half = next(line for line in lines if line.startswith("| layer_skip(pattern=uniform) | 0.5 |"))
     assert ls_half.rstrip().endswith("|  |")  # dominated: no marker
-    assert any(c.endswith("×") for c in cells)
+    assert "1.83× [1.45, 2.22]" in cells  # speedup: a ratio of the two seeds' mean times, t-interval
     assert "latency b1 (ms)" in md and "throughput b8 (samples/s)" in md and "peak mem b1 (MiB)" in md
 
 
@@ -190,6 +192,6 @@ def test_task_markdown_lower_is_better_and_not_measured():
     assert "ppl ↓" in md and "latency" not in md.split("\n\n")[1].splitlines()[0]
     assert "Not measured on cpu: latency b1 (ms), speedup b1" in md
     dense = next(line for line in md.splitlines() if line.startswith("| dense | 1 |"))
-    assert "| 20.00 ± 0.014 |" in dense and dense.rstrip().endswith("| * |")
+    assert "| 20.00 [19.87, 20.13] |" in dense and dense.rstrip().endswith("| * |")
     with pytest.raises(ValueError, match="No result rows for task 'nope'"):
         task_markdown(make_rows(), "nope")

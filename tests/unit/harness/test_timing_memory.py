@@ -20,6 +20,20 @@ def test_stats_are_percentiles():
     assert 4.0 < s.p90_ms < 100.0
 
 
+def test_stats_keep_every_call_and_its_input():
+    s = TimingStats.of([1.0, 2.0, 3.0], [4, 5, 4])
+    assert s.durations_ms == (1.0, 2.0, 3.0) and s.inputs == (4, 5, 4) and s.mean_ms == 2.0
+
+
+def test_timed_loop_cycles_the_timed_inputs_only():
+    calls: list[tuple[str, int]] = []
+    fns = {"a": lambda i: calls.append(("a", i))}
+    cfg = MeasureConfig(min_iters=5, min_time_s=0.0)
+    stats = time_interleaved(fns, n_inputs=4, warmup=[3], target=CPU(), cfg=cfg, timed=[0, 2])
+    assert calls == [("a", 3), ("a", 0), ("a", 2), ("a", 0), ("a", 2), ("a", 0)]
+    assert stats["a"].inputs == (0, 2, 0, 2, 0)
+
+
 def test_interleaving_alternates_order_and_meets_min_iters():
     calls: list[tuple[str, int]] = []
     fns = {"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))}
@@ -96,7 +110,9 @@ def test_batch1_timing_warms_every_path_up_to_the_input_limit():
     batches = [Batch(torch.arange(n * 3, dtype=torch.float32).reshape(n, 3), torch.zeros(n), torch.arange(n))]
     q = QualityResult(np.zeros(n), np.zeros(n), np.arange(n), trace, np.zeros(n))
     ti = timing_inputs(q, batches, 1, limit=8)
-    assert [int(m[0]) for m in ti.members] == [0, 1, 6, 2, 3, 4, 5, 7] and ti.warmup == [0, 1, 2]
+    assert [int(m[0]) for m in ti.members] == list(range(8)) and ti.warmup == [0, 1, 6] and ti.timed == list(range(8))
+    ti = timing_inputs(q, batches, 1, limit=4)  # the dense path's first sample (6) is warmed, never timed
+    assert [int(m[0]) for m in ti.members] == [0, 1, 2, 3, 6] and ti.warmup == [0, 1, 4] and ti.timed == [0, 1, 2, 3]
     trace.block_heads[:, 1] = torch.arange(n)  # a path per sample (random sub-networks)
     ti = timing_inputs(q, batches, 1, limit=4)
     assert [int(m[0]) for m in ti.members] == [0, 1, 2, 3] and ti.warmup == [0, 1, 2, 3]  # not all ten

@@ -47,7 +47,12 @@ def fitted(task, backbone, config: DHTConfig = FIT, seed: int = 0) -> DHTModel:
 
 def random_twin(model: DHTModel) -> DHTModel:
     """The random policy on the same fitted weights and tables."""
-    twin = DHT(dataclasses.replace(model.config, policy="random")).wrap(copy.deepcopy(model.backbone))
+    return policy_twin(model, "random")
+
+
+def policy_twin(model: DHTModel, policy: str) -> DHTModel:
+    """``policy`` ("bandit", "static" or "random") on the same fitted weights and tables, as a cached fit loads."""
+    twin = DHT(dataclasses.replace(model.config, policy=policy)).wrap(copy.deepcopy(model.backbone))
     twin.load_state_dict(model.state_dict())
     return twin.eval()
 
@@ -89,6 +94,8 @@ def test_registered_reconstructed_with_full_budget_first() -> None:
     auto = method.recipe(TASKS.get("toy-vision")())  # a quarter of the dense recipe's 150 steps, its batch size
     assert (auto.steps, auto.batch_size) == (37, 64)
     assert DHT(DHTConfig(policy="random", contexts=3)).fit_identity() == DHTConfig(contexts=3)  # one shared fit
+    assert DHT(DHTConfig(policy="static", contexts=3)).fit_identity() == DHTConfig(contexts=3)
+    assert DHT.controls == {"static": {"policy": "static"}, "random": {"policy": "random"}}
     given = DHT(DHTConfig(steps=5, batch_size=8)).recipe(TASKS.get("toy-text")())
     assert (given.steps, given.batch_size) == (5, 8)
 
@@ -122,7 +129,9 @@ def test_options_parse_from_the_command_line_syntax() -> None:
     cfg, errors = build_dataclass(DHTConfig, spec.options_dict(), "method 'dht'")
     assert errors == [] and cfg.policy == "random" and cfg.budgets == (1.0, 0.7, 0.3)
     _, errors = build_dataclass(DHTConfig, {"policy": "oracle"}, "method 'dht'")
-    assert len(errors) == 1 and "policy must be one of" in errors[0]
+    assert len(errors) == 1 and "policy must be one of ('bandit', 'static', 'random')" in errors[0]
+    cfg, errors = build_dataclass(DHTConfig, parse_plugin("dht[policy=static]").options_dict(), "method 'dht'")
+    assert errors == [] and cfg.policy == "static"
 
 
 def test_unfitted_or_unknown_budgets_are_refused(setups: dict) -> None:
@@ -243,11 +252,11 @@ def test_correctness_is_likelihood_or_accuracy() -> None:
 # Execution: what runs, its FLOPs, the dense budget
 
 
-@pytest.mark.parametrize("policy", ["bandit", "random"])
+@pytest.mark.parametrize("policy", ["bandit", "static", "random"])
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_full_budget_is_the_dense_backbone(setups: dict, name: str, policy: str) -> None:
     _, _, model, twin, inputs = setups[name]
-    m = model if policy == "bandit" else twin
+    m = {"bandit": model, "random": twin}.get(policy) or policy_twin(model, policy)
     with torch.no_grad():
         out = m(inputs, budget=1.0)
         assert torch.equal(out.logits, m.backbone(inputs))
@@ -259,11 +268,11 @@ def test_full_budget_is_the_dense_backbone(setups: dict, name: str, policy: str)
 
 
 @pytest.mark.parametrize("batch", [16, 1])
-@pytest.mark.parametrize("policy", ["bandit", "random"])
+@pytest.mark.parametrize("policy", ["bandit", "static", "random"])
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_counted_flops_equal_the_trace(setups: dict, name: str, policy: str, batch: int) -> None:
     _, backbone, model, twin, inputs = setups[name]
-    m = model if policy == "bandit" else twin
+    m = {"bandit": model, "random": twin}.get(policy) or policy_twin(model, policy)
     x = inputs[:batch]
     for budget in DHT(FIT).resolve_budgets(None, backbone.n_blocks):
         counted = count_flops(lambda b=budget: m(x, budget=b), m, m.controller_modules())
@@ -378,6 +387,127 @@ def test_random_policy_matches_the_bandit_mean_compute(deep: tuple) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The static control
+
+
+def pooled_heads(model: DHTModel, n: int) -> torch.Tensor:
+    """``(L, U)`` bool: per layer the ``n`` units of largest posterior mean pooled over every table and context."""
+    alpha = 1 + (model.unit_alpha - 1).sum(dim=(0, 1))  # (L, U)
+    beta = 1 + (model.unit_beta - 1).sum(dim=(0, 1))
+    return exploit_units(alpha, beta, n)
+
+
+def static_reference(model: DHTModel, inputs: torch.Tensor, budget: float) -> torch.Tensor:
+    """The static control's logits built by hand: the stored arm's blocks with the pooled top heads, the readout."""
+    depth, n = model.arm_shape(int(model.static_arm[model.table_index(budget)]))
+    mask = pooled_heads(model, n)
+    x = model.backbone.embed(inputs)
+    for j in range(depth):
+        heads = None if n == model.n_units else model.head_index(mask[j].nonzero()[:, 0], x.device)
+        x = model.backbone.blocks[j](x, head_idx=heads)
+    return model.backbone.readout(x)
+
+
+@pytest.mark.parametrize("where", ["toy-vision", "toy-text", "deep"])
+def test_static_runs_one_subnetwork_for_every_sample(setups: dict, deep: tuple, where: str) -> None:
+    model, inputs = (deep[1], deep[2]) if where == "deep" else (setups[where][2], setups[where][4])
+    static = policy_twin(model, "static")
+    B, cpu = len(inputs), torch.device("cpu")
+    calls: list[tuple[int, int, list[int] | None]] = []
+
+    def record(args: tuple, kwargs: dict, j: int) -> None:
+        head_idx = kwargs.get("head_idx")
+        calls.append((j, args[0].shape[0], None if head_idx is None else head_idx.tolist()))
+
+    hooks = [
+        b.register_forward_hook(lambda m, a, kw, o, j=j: record(a, kw, j), with_kwargs=True)
+        for j, b in enumerate(static.backbone.blocks)
+    ]
+    try:
+        for budget in model.table_budgets:
+            depth, n = model.arm_shape(int(model.static_arm[model.table_index(budget)]))
+            calls.clear()
+            with torch.no_grad():
+                out = static(inputs, budget=budget)
+            tr = out.trace
+            assert tr.extra["depth"].tolist() == [depth] * B
+            assert tr.extra["heads"].tolist() == [n * model.unit_size] * B
+            assert (tr.extra["context"] == -1).all() and float(tr.controller_flops.sum()) == 0.0
+            assert torch.equal(tr.block_heads, tr.block_heads[:1].expand_as(tr.block_heads))  # one trace row
+            mask = pooled_heads(model, n)  # the heads the bandit's posteriors prefer, fixed for every sample
+            heads = [None if n == model.n_units else model.head_index(mask[j].nonzero()[:, 0], cpu).tolist()
+                     for j in range(depth)]  # fmt: skip
+            assert calls == [(j, B, heads[j]) for j in range(depth)]  # one group: each block once, whole batch
+            with torch.no_grad():
+                torch.testing.assert_close(out.logits, static_reference(model, inputs, budget), atol=1e-5, rtol=1e-5)
+    finally:
+        for h in hooks:
+            h.remove()
+    costs = model.arm_flops(tuple(inputs.shape[1:]))[model.static_arm]  # (K,) budgets descending
+    assert (costs[1:] <= costs[:-1]).all()  # never costlier at a lower budget
+
+
+def test_static_is_the_best_arm_within_the_bandits_validation_flops(deep: tuple) -> None:
+    """Re-derive the choice from forward passes on the validation split: bandit FLOPs cap, every arm's quality."""
+    task, model, _ = deep
+    val = task.split("val")
+    shape = tuple(val.inputs.shape[1:])
+    metric = task.metric
+    static = policy_twin(model, "static")
+    costs = model.arm_flops(shape)
+    quality = []
+    probe = policy_twin(model, "static")
+    for arm in range(model.n_arms):  # each arm with its fixed heads, run through the static forward
+        probe.static_arm[0] = arm
+        probe.static_units[0] = pooled_heads(model, model.arm_shape(arm)[1])
+        with torch.no_grad():
+            out = probe(val.inputs, budget=model.table_budgets[0])
+        assert float(probe.backbone.flops(out.trace, shape).mean()) == pytest.approx(float(costs[arm]), rel=1e-12)
+        quality.append(metric.aggregate(metric.score(out.logits, val.targets).numpy()))
+    torch.testing.assert_close(model.static_quality, torch.tensor(quality, dtype=torch.float64))  # accuracy: up
+    chosen_somewhere_cheaper = False
+    for k, budget in enumerate(model.table_budgets):
+        with torch.no_grad():
+            cap = float(model.backbone.flops(model(val.inputs, budget=budget).trace, shape).mean())
+            mine = float(static.backbone.flops(static(val.inputs, budget=budget).trace, shape).mean())
+        assert float(model.static_cap[k]) == pytest.approx(cap, rel=1e-12)
+        arm = int(model.static_arm[k])
+        assert mine <= cap * (1 + 1e-12), f"budget {budget}: static {mine} > bandit {cap} FLOPs on validation"
+        fits = [a for a in range(model.n_arms) if float(costs[a]) <= cap * (1 + 1e-12)]
+        assert quality[arm] == max(quality[a] for a in fits)
+        assert all(float(costs[a]) >= float(costs[arm]) for a in fits if quality[a] == quality[arm])  # ties: cheaper
+        chosen_somewhere_cheaper |= arm != model.n_arms - 1
+    assert chosen_somewhere_cheaper  # the toy fit really exercises the cap
+
+
+def test_static_is_chosen_on_the_validation_split_only(setups: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    task, backbone, model, _, _ = setups["toy-vision"]
+    read: list[str] = []
+    real_batches, real_split = task.batches, task.split
+
+    def batches(split, **kwargs):
+        if split == task.eval_split:
+            raise AssertionError(f"the fit read the evaluation split '{split}'")
+        read.append(split)
+        return real_batches(split, **kwargs)
+
+    def split_of(split):
+        if split == task.eval_split:
+            raise AssertionError(f"the fit read the evaluation split '{split}'")
+        return real_split(split)
+
+    monkeypatch.setattr(task, "batches", batches)
+    monkeypatch.setattr(task, "split", split_of)
+    cfg = dataclasses.replace(FIT, steps=0, refine_per_arm=1)
+    again = fitted(task, backbone, cfg)  # the whole fit, never the evaluation split
+    assert "val" in read and bool(again.fitted)
+    read.clear()
+    monkeypatch.setattr(task, "validation_split", "train", raising=False)  # a task naming another validation split
+    DHT(cfg)._fit_static(again, task, 0, torch.device("cpu"), 32)
+    assert set(read) == {"train"}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Fitting
 
 
@@ -414,9 +544,15 @@ def test_fit_is_deterministic_and_its_state_round_trips(setups: dict, name: str)
         assert torch.equal(state[key], state2[key]), key
     fresh = DHT(FIT).wrap(copy.deepcopy(backbone)).eval()
     fresh.load_state_dict(state)
+    static = DHT(dataclasses.replace(FIT, policy="static")).wrap(copy.deepcopy(backbone)).eval()
+    static.load_state_dict(state)  # the bandit's fit carries the static control's choice
+    assert static.static_arm.tolist() == model.static_arm.tolist()
+    assert torch.equal(static.static_units, model.static_units)
     with torch.no_grad():
         for budget in (1.0, 0.6, 0.2):
             assert torch.equal(fresh(inputs, budget=budget).logits, model(inputs, budget=budget).logits)
+            expected = model(inputs, budget=1.0).logits if budget == 1.0 else static_reference(model, inputs, budget)
+            torch.testing.assert_close(static(inputs, budget=budget).logits, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_other_seed_gives_another_fit(setups: dict) -> None:

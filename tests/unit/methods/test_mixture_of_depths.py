@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dynbench.harness.flops import count_flops, flop_counter
+from dynbench.harness.memory import module_bytes, modules_bytes
 from dynbench.methods._token_gather import padded_positions, topk_positions
 from dynbench.methods.base import METHODS
 from dynbench.methods.mixture_of_depths import (
@@ -410,3 +411,22 @@ class _SixteenTokenText:
     def batches(self, split: str, **kw):
         for b in self.task.batches(split, **kw):
             yield type(b)(b.inputs[:, :24] % 16, b.targets[:, :24] % 16, b.sample_ids)
+
+
+@pytest.mark.parametrize(("kind", "rule"), [("vit", "topk"), ("learned", "predictor"), ("learned", "topk")])
+def test_one_capacity_holds_one_model(kind: str, rule: str) -> None:
+    """1.0 reads the dense backbone; capacity c only its own network and routers (+ predictors under their rule)."""
+    bb = tiny_vit() if kind == "vit" else tiny_gpt(kind)
+    model = wrap(bb, routing=rule)
+    dense = modules_bytes(METHODS.get("dense")().wrap(bb).operating_modules(1.0))
+    assert model.operating_modules(1.0) == [model.backbone]
+    assert modules_bytes(model.operating_modules(1.0)) == pytest.approx(dense, rel=0.1)
+    for c in (0.5, 0.25, 0.125):
+        v = model.variant(c)
+        expected = [v.net, v.routers, *([v.predictors] if rule == "predictor" else [])]
+        assert model.operating_modules(c) == expected
+        assert model.operating_modules(c, routing="topk") == [v.net, v.routers]  # the per-call override, as forward
+        assert dense < modules_bytes(expected) < 1.1 * dense
+    assert module_bytes(model) > 3.9 * dense  # the backbone and three capacities' copies
+    with pytest.raises(ValueError, match="no model trained at capacity 0.3"):
+        model.operating_modules(0.3)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,8 @@ def test_registered_with_alias_paper_and_budgets() -> None:
     assert method.reconstructed and method.learns() and "2501.16394" in (method.paper or "")
     # the random baseline reuses the learned fit (the same cache key): only the forward reads the policy
     assert TransformerInverse(TransformerInverseConfig(policy="random")).fit_identity() == method.fit_identity()
+    assert TransformerInverse(TransformerInverseConfig(policy="static")).fit_identity() == method.fit_identity()
+    assert TransformerInverse.controls == {"static": {"policy": "static"}, "random": {"policy": "random"}}
 
 
 def test_fold_depths() -> None:
@@ -90,7 +93,7 @@ def test_fold_depths() -> None:
 @pytest.mark.parametrize(
     ("option", "value", "match"),
     [
-        ("policy", "oracle", "policy must be one of"),
+        ("policy", "oracle", r"policy must be one of \('learned', 'static', 'random'\), got 'oracle'"),
         ("heads", "big", "heads must be one of"),
         ("n_paths", -1, "n_paths must be >= 0"),
         ("lambda_max", 0.0, "lambda_max must be > 0"),
@@ -190,7 +193,7 @@ def test_static_paths_only_replace_eager_inference() -> None:
 
 
 @pytest.mark.parametrize("name", (*TASK_NAMES, "deep"))
-@pytest.mark.parametrize("policy", ["learned", "random"])
+@pytest.mark.parametrize("policy", ["learned", "static", "random"])
 def test_full_budget_reproduces_dense(setups: dict, name: str, policy: str) -> None:
     _, model, x = setups[name]
     m = variant(model, policy=policy)
@@ -202,7 +205,7 @@ def test_full_budget_reproduces_dense(setups: dict, name: str, policy: str) -> N
 
 
 @pytest.mark.parametrize("name", (*TASK_NAMES, "deep"))
-@pytest.mark.parametrize("policy", ["learned", "random"])
+@pytest.mark.parametrize("policy", ["learned", "static", "random"])
 def test_depth_never_increases_as_the_budget_falls(setups: dict, name: str, policy: str) -> None:
     _, model, x = setups[name]
     m = variant(model, policy=policy)
@@ -216,7 +219,7 @@ def test_depth_never_increases_as_the_budget_falls(setups: dict, name: str, poli
 
 
 @pytest.mark.parametrize("name", (*TASK_NAMES, "deep"))
-@pytest.mark.parametrize("policy", ["learned", "random"])
+@pytest.mark.parametrize("policy", ["learned", "static", "random"])
 @pytest.mark.parametrize("batch", [16, 1])
 def test_counted_flops_equal_the_trace(setups: dict, name: str, policy: str, batch: int) -> None:
     _, model, x = setups[name]
@@ -239,7 +242,7 @@ def manual_output(model: TransformerInverseModel, x: torch.Tensor, depth: int) -
 
 
 @pytest.mark.parametrize("name", ("deep", "toy-text"))
-@pytest.mark.parametrize("policy", ["learned", "random"])
+@pytest.mark.parametrize("policy", ["learned", "static", "random"])
 def test_grouping_by_path_runs_exactly_the_chosen_blocks(setups: dict, name: str, policy: str) -> None:
     _, model, x = setups[name]
     m = variant(model, policy=policy)
@@ -259,7 +262,7 @@ def test_grouping_by_path_runs_exactly_the_chosen_blocks(setups: dict, name: str
 
 
 @pytest.mark.parametrize("name", (*TASK_NAMES, "deep"))
-@pytest.mark.parametrize("policy", ["learned", "random"])
+@pytest.mark.parametrize("policy", ["learned", "static", "random"])
 def test_compiled_paths_equal_eager(setups: dict, name: str, policy: str) -> None:
     _, model, x = setups[name]
     eager = variant(model, policy=policy, compiled=False)
@@ -308,6 +311,8 @@ def test_fit_leaves_the_backbone_alone_and_its_cache_round_trips(setups: dict, t
             a, c = fitted(x, budget=b), loaded(x, budget=b)
             assert torch.equal(a.logits, c.logits) and torch.equal(a.trace.exit_layer, c.trace.exit_layer)
             assert torch.equal(a.logits, model(x, budget=b).logits)  # the same seed fits the same model
+    for name in ("static_quality", "static_cost", "static_cap", "static_path"):  # the static choice: cached, same
+        assert torch.equal(getattr(loaded, name), getattr(model, name)), name
 
 
 @pytest.mark.parametrize("name", ("toy-text", "deep"))
@@ -316,9 +321,14 @@ def test_state_dict_round_trips_onto_a_fresh_wrap(setups: dict, name: str) -> No
     fresh = TransformerInverse(FIT).wrap(copy.deepcopy(model.backbone))
     fresh.load_state_dict(model.state_dict())
     fresh.eval()
+    static = TransformerInverse(dataclasses.replace(FIT, policy="static")).wrap(copy.deepcopy(model.backbone))
+    static.load_state_dict(model.state_dict())  # the learned fit carries the static control's choice
+    static.eval()
+    assert static.static_path.tolist() == model.static_path.tolist()
     with torch.no_grad():
         for b in budgets(model):
             assert torch.equal(fresh(x, budget=b).logits, model(x, budget=b).logits)
+            assert torch.equal(static(x, budget=b).logits, variant(model, policy="static")(x, budget=b).logits)
 
 
 def test_random_baseline_matches_the_calibrated_mean_depth(setups: dict) -> None:
@@ -330,6 +340,75 @@ def test_random_baseline_matches_the_calibrated_mean_depth(setups: dict) -> None
         mean = float(depths[m.path_index(b, x)].mean()) if b < 1 else float(m.backbone.n_blocks)
         assert mean == pytest.approx(target, abs=0.05), b
     assert torch.equal(m.path_index(0.5, x[:7]), m.path_index(0.5, x)[:7])  # independent of the batch
+
+
+@pytest.mark.parametrize("name", ("toy-text", "deep"))
+def test_static_runs_one_fold_point_per_budget(setups: dict, name: str) -> None:
+    _, model, x = setups[name]
+    m = variant(model, policy="static")
+    shape = tuple(x.shape[1:])
+    calibrated = dict(zip(m.calib_budgets.tolist(), m.static_path.tolist()))
+    previous = None
+    with torch.no_grad():
+        for b in budgets(m):  # the default budgets, and 0.2 and 0.0 beyond them
+            tr = m(x, budget=b).trace
+            j = m.static_index(b)
+            assert tr.exit_layer.tolist() == [m.depths[j] - 1] * len(x), b  # every sample: one fold point
+            assert j == calibrated.get(b, j) and (b < 1.0 or j == len(m.depths) - 1)
+            assert m.backbone.flops(tr, shape).tolist() == [float(m.static_cost[j])] * len(x)
+            assert float(tr.extra["predictor_ops"].sum()) == 0 and not tr.extra["policy_moved"].any()
+            assert previous is None or j <= previous
+            previous = j
+    assert len(set(m.static_path.tolist())) > 1  # the toy fits choose a shallower path below the full budget
+
+
+def test_static_is_the_best_fold_point_within_the_learned_validation_flops(setups: dict) -> None:
+    """Re-derive the choice by forward passes on the validation split (all 128 samples: fit_samples is 256)."""
+    task, model, _ = setups["deep"]
+    val = task.split("val")
+    shape = tuple(val.inputs.shape[1:])
+    static = variant(model, policy="static")
+    quality, cost = [], []
+    with torch.no_grad():
+        for depth in model.depths:  # every sample stopped at this fold point
+            logits = manual_output(model, val.inputs, depth)
+            quality.append(task.metric.aggregate(task.metric.score(logits, val.targets).numpy()))  # accuracy: up
+        for j in range(len(model.depths)):
+            static.static_path.fill_(j)  # a probe: the static executor pinned to fold point j
+            cost.append(float(static.backbone.flops(static(val.inputs, budget=0.5).trace, shape).mean()))
+    torch.testing.assert_close(model.static_quality, torch.tensor(quality, dtype=torch.float64))
+    assert model.static_cost.tolist() == cost
+    for i, b in enumerate(model.calib_budgets.tolist()):
+        with torch.no_grad():
+            cap = float(model.backbone.flops(model(val.inputs, budget=b).trace, shape).mean())
+        assert float(model.static_cap[i]) == pytest.approx(cap, rel=1e-9), b
+        j = int(model.static_path[i])
+        if b >= 1.0:
+            assert j == len(model.depths) - 1  # the full budget reproduces dense
+            continue
+        assert cost[j] <= cap, f"budget {b}: static {cost[j]} > learned {cap} FLOPs on validation"
+        fits = [k for k in range(len(cost)) if cost[k] <= cap]
+        assert quality[j] == max(quality[k] for k in fits) and j == min(k for k in fits if quality[k] == quality[j])
+
+
+def test_static_is_chosen_on_the_validation_split_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = TASKS.get("toy-vision")(ToyVisionConfig(train=QUICK))
+    read: list[str] = []
+    real_batches, real_split = task.batches, task.split
+
+    def guard(split: str) -> None:
+        if split == task.eval_split:
+            raise AssertionError(f"the fit read the evaluation split '{split}'")
+        read.append(split)
+
+    monkeypatch.setattr(task, "batches", lambda split, **kw: (guard(split), real_batches(split, **kw))[1])
+    monkeypatch.setattr(task, "split", lambda split: (guard(split), real_split(split))[1])
+    model = fit(task)  # the whole fit (exit heads, predictor, policy, static choice), never the evaluation split
+    assert "val" in read and bool(model.fitted)
+    read.clear()
+    monkeypatch.setattr(task, "validation_split", "train", raising=False)  # a task naming another validation split
+    TransformerInverse(FIT)._fit_static(model, task, seed=0)
+    assert set(read) == {"train"}
 
 
 def test_trace_metrics_and_controller_overhead(setups: dict) -> None:

@@ -62,7 +62,7 @@ def test_registered_as_a_vision_task_that_is_not_default():
 
 def test_folder_labels_are_sorted_wnids_in_imagefolder_order(folder: Path):
     task = tiny_task(folder)
-    assert task.n_samples("val") == 12 and task.n_samples("train") == 12
+    assert task.n_samples("val") == 12 and task.n_samples("train") + task.n_samples("minival") == 12
     batches = list(task.batches("val", batch_size=5))
     assert [len(b) for b in batches] == [5, 5, 2]
     assert all(b.inputs.shape[1:] == (3, 16, 16) and b.inputs.dtype == torch.float32 for b in batches)
@@ -89,6 +89,27 @@ def test_max_samples_keeps_every_class_and_load_split_holds_small_splits(folder:
         tiny_task(folder).n_samples("test")
     with pytest.raises(ValueError, match="has 3 classes, the model has 1000 outputs"):
         ImageNet(ImageNetConfig(path=str(folder))).n_samples("val")
+
+
+def test_minival_is_a_seeded_class_balanced_part_of_train_and_val_stays_the_evaluation_split(folder: Path):
+    """Fits select on minival, carved from train (half of each 4-image class here); val is evaluated on, whole."""
+    task = tiny_task(folder)
+    assert (task.eval_split, task.validation_split, task.splits) == ("val", "minival", ("train", "minival", "val"))
+    labels = np.repeat(np.arange(3), 4)  # the copy's train labels, as the folder lists them
+    held = task.source_rows(labels, "minival")
+    rest = task.source_rows(labels, "train")
+    assert len(held) == 6 and np.bincount(labels[held]).tolist() == [2, 2, 2]  # min(10, 4 // 2) per class
+    assert sorted(np.concatenate([held, rest]).tolist()) == list(range(12)) and not set(held) & set(rest)
+    assert np.array_equal(held, tiny_task(folder).source_rows(labels, "minival"))  # deterministic
+    other = tiny_task(folder, split_seed=1).source_rows(np.repeat(np.arange(3), 40), "minival")
+    assert not np.array_equal(other, task.source_rows(np.repeat(np.arange(3), 40), "minival"))
+    assert np.bincount(np.repeat(np.arange(3), 40)[other]).tolist() == [10, 10, 10]
+    names = {s: {task.lazy_split(s).name(i) for i in range(task.n_samples(s))} for s in task.splits}
+    assert len(names["minival"]) == 6 and len(names["train"]) == 6 and len(names["val"]) == 12
+    assert not names["minival"] & names["train"] and not (names["minival"] | names["train"]) & names["val"]
+    assert sorted(next(task.batches("minival", batch_size=6)).targets.tolist()) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="minival_per_class=0 must be >= 1"):
+        tiny_task(folder, minival_per_class=0)
 
 
 def test_224_crop_geometry_and_normalisation_are_torchvisions(tmp_path: Path):

@@ -4,6 +4,7 @@ errors, and one short end-to-end run through ``dynbench.api``."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import wave
 from pathlib import Path
 
@@ -65,6 +66,18 @@ def test_registered_as_a_35_word_speech_task_that_is_not_the_default():
         SpeechCommandsConfig(model=dataclasses.replace(TINY_MODEL, n_classes=12))
     with pytest.raises(ValueError, match="out of range"):
         SpeechCommandsConfig(limit=-1)
+
+
+def test_splits_are_disjoint_by_clip_and_speaker_also_when_limited(layout: Path):
+    """The official lists hold speakers out; ``limit`` keeps a subset of each split, so they stay disjoint."""
+    for cfg in (SpeechCommandsConfig(path=str(layout)), SpeechCommandsConfig(path=str(layout), limit=20)):
+        task = SpeechCommands(cfg)
+        copy = SPEECH_COMMANDS.locate(layout)
+        files = {s: {name for name, _ in task.split_files(copy, s)} for s in task.splits}
+        speakers = {s: {name.split("/")[1].split("_nohash_")[0] for name in f} for s, f in files.items()}
+        assert all(files.values()) and {len(f) for f in files.values()} == {cfg.limit or 35}
+        for a, b in itertools.combinations(task.splits, 2):
+            assert not files[a] & files[b] and not speakers[a] & speakers[b], (a, b)
 
 
 def test_splits_labels_shapes_and_limit(layout: Path):
