@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
@@ -63,6 +64,42 @@ def test_rows_have_the_schema_and_every_metric(results: Path):
     assert set(q.unit) == {"ppl"} and not q.higher_is_better.any()
     dense_flops = rows[(rows.method == "dense") & (rows.metric == "flops_ratio")].value
     assert (dense_flops == 1.0).all()
+
+
+def test_rows_carry_intervals_and_every_timed_call_is_stored(results: Path):
+    rows = pd.concat(pd.read_json(p, lines=True) for p in sorted((results / "res" / "runs").glob("*.jsonl")))
+    over = {"quality": "samples", "quality_delta": "samples", "flops_ratio": "samples",
+            "speedup_realized": "calls", "realization": "calls", "throughput": "calls", "latency_ms": "calls",
+            "peak_mem_bytes": "exact", "flops_per_sample": "exact"}  # fmt: skip
+    skip = rows[rows.method == "layer_skip"]
+    for metric, kind in over.items():
+        sub = skip[skip.metric == metric]
+        assert len(sub) and set(sub.ci_over) == {kind}, metric
+        assert ((sub.ci_low <= sub.value + 1e-12) & (sub.value <= sub.ci_high + 1e-12)).all(), metric
+    assert not rows[rows.method == "dense"].metric.eq("quality_delta").any()  # dense against itself: no row
+    assert rows.suspect.dtype == bool and set(rows.reference) == {"dense backbone"}
+    for path in (results / "res" / "timings").glob("*.jsonl"):
+        for rec in (json.loads(line) for line in path.read_text().splitlines()):
+            n = len(rec["method_ms"])
+            assert n and len(rec["dense_ms"]) == len(rec["inputs"]) == len(rec["method_flops"]) == n
+            assert rec["attempts"] in (1, 2) and isinstance(rec["suspect"], bool)
+    assert len(list((results / "res" / "timings").glob("*.jsonl"))) == 6
+
+
+def test_realization_divides_mean_times_by_the_mean_flops_of_the_same_calls(results: Path):
+    """Constant (layer_skip) and varying (early_exit) per-sample compute: both sides are means over the timed calls."""
+    rows = pd.concat(pd.read_json(p, lines=True) for p in sorted((results / "res" / "runs").glob("*.jsonl")))
+    for method in ("layer_skip", "early_exit"):
+        (path,) = (results / "res" / "timings").glob(f"toy-vision__{method}__*.jsonl")
+        for rec in (json.loads(line) for line in path.read_text().splitlines()):
+            realized = np.mean(rec["dense_ms"]) / np.mean(rec["method_ms"])
+            theoretical = np.mean(rec["dense_flops"]) / np.mean(rec["method_flops"])
+            same = np.isclose(rows.budget, rec["budget"], rtol=0, atol=1e-12)  # read_json parses floats loosely
+            at = rows[(rows.task == "toy-vision") & (rows.method == method) & same
+                      & (rows.batch_size == rec["batch_size"])].set_index("metric").value  # fmt: skip
+            assert at["speedup_realized"] == pytest.approx(realized, rel=1e-9)
+            assert at["realization"] == pytest.approx(realized / theoretical, rel=1e-9)
+            assert at["throughput"] == pytest.approx(rec["batch_size"] * 1000 / np.mean(rec["method_ms"]), rel=1e-9)
 
 
 def test_sample_files_have_one_record_per_sample_and_budget(results: Path):

@@ -36,7 +36,7 @@ from dynbench.stats import bootstrap, seed_interval, verdict
 if TYPE_CHECKING:
     from dynbench.tasks.base import QualityMetric
 
-__all__ = ["COMPARISON_COLUMNS", "WINS", "compare_to_controls", "control_pairs"]
+__all__ = ["COMPARISON_COLUMNS", "WINS", "compare_at_equal_flops", "compare_to_controls", "control_pairs"]
 
 WINS = frozenset({"better", "better, fewer FLOPs", "as good, fewer FLOPs"})
 """Verdicts where the learned point is at least as good at no more FLOPs and resolved ahead on one of the two."""
@@ -176,18 +176,59 @@ def compare_to_controls(
     metric = metric or _metric_of(task)
     transform = metric.from_mean if metric is not None else (lambda m: m)
     sign = 1.0 if bool(points["quality_higher_is_better"].dropna().iloc[0]) else -1.0
-    ratios = points.groupby(["method_label", "budget"])["flops_ratio"].first()
     out = []
     for pair in control_pairs(frame["method_label"].astype(str).unique()):
-        learned, control = _points(frame, pair.learned), _points(frame, pair.control)
-        full = float(points.loc[points["method_label"] == pair.learned, "budget"].max())
-        budgets = sorted({b for curve in learned.values() for b in curve if b < full}, reverse=True)
-        for budget in budgets:
-            row = _compare_point(learned, control, budget, transform, sign)
-            if row is not None:
-                ratio = float(ratios.get((pair.learned, budget), math.nan))
-                out.append((pair.learned, pair.control, pair.kind, budget, row[0], ratio, *row[1:]))
+        out += _compare_labels(frame, points, pair.learned, pair.control, pair.kind, transform, sign)
     return pd.DataFrame(out, columns=list(COMPARISON_COLUMNS))
+
+
+def compare_at_equal_flops(
+    samples: pd.DataFrame,
+    summary: pd.DataFrame,
+    task: str,
+    method: str,
+    against: str,
+    *,
+    metric: QualityMetric | None = None,
+) -> pd.DataFrame:
+    """Every operating point of ``method`` below its full budget against ``against``'s curve at equal mean FLOPs.
+
+    The same paired comparison as :func:`compare_to_controls`, for any two method labels (early exit against
+    layer skipping, say); ``kind`` is empty. Arguments and result as there.
+    """
+    frame = samples[(samples["task"] == task) & samples["method_label"].isin([method, against])]
+    points = summary[summary["task"] == task]
+    if frame.empty or points.empty:
+        return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
+    if "hardware" in frame.columns:
+        frame = frame[frame["hardware"] == frame["hardware"].min()]
+    metric = metric or _metric_of(task)
+    transform = metric.from_mean if metric is not None else (lambda m: m)
+    sign = 1.0 if bool(points["quality_higher_is_better"].dropna().iloc[0]) else -1.0
+    rows = _compare_labels(frame, points, method, against, "", transform, sign)
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+
+
+def _compare_labels(
+    frame: pd.DataFrame,
+    points: pd.DataFrame,
+    learned_label: str,
+    control_label: str,
+    kind: str,
+    transform: Callable[[np.ndarray], np.ndarray],
+    sign: float,
+) -> list[tuple]:
+    """Rows of :data:`COMPARISON_COLUMNS` for every point of ``learned_label`` below its full budget."""
+    learned, control = _points(frame, learned_label), _points(frame, control_label)
+    ratios = points.groupby(["method_label", "budget"])["flops_ratio"].first()
+    full = float(points.loc[points["method_label"] == learned_label, "budget"].max())
+    out = []
+    for budget in sorted({b for curve in learned.values() for b in curve if b < full}, reverse=True):
+        row = _compare_point(learned, control, budget, transform, sign)
+        if row is not None:
+            ratio = float(ratios.get((learned_label, budget), math.nan))
+            out.append((learned_label, control_label, kind, budget, row[0], ratio, *row[1:]))
+    return out
 
 
 def _compare_point(

@@ -31,6 +31,7 @@ from dynbench.analysis.tables import (
     task_markdown,
     upper_bound_mask,
 )
+from dynbench.stats import seed_interval
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,15 @@ def _depth_points(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[finite & ((summary["method"] == "dense") | varies).to_numpy()]
 
 
+def _over_seeds(rows: pd.DataFrame, metric: str) -> str:
+    """`` [low, high] over N seeds`` (percent) of a per-run metric when two or more seeds ran, else nothing."""
+    per_seed = rows[rows["metric"] == metric].groupby("seed")["value"].first()
+    if len(per_seed) < 2:
+        return ""
+    ci = seed_interval(per_seed.to_numpy(dtype=float))
+    return f" [{100 * ci.low:.1f}, {100 * ci.high:.1f}] (95% t-interval over {ci.n} seeds)"
+
+
 def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
     """For methods that saw the evaluation labels: the matching budget and the selection-bias control table.
 
@@ -151,13 +161,14 @@ def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
         held = mean["matching_budget_heldout"].dropna() if "matching_budget_heldout" in mean else pd.Series()
         text = (
             f"**{label} (upper bound)** matches the full model's quality ({unit} {'≥' if higher else '≤'} the full "
-            f"model's) with **{100 * match.iloc[0]:.1f}%** of the layers on average (smallest knapsack capacity; the "
-            "allocation is chosen with the evaluation labels on the samples it is scored on)."
+            f"model's) with **{100 * match.iloc[0]:.1f}%**{_over_seeds(grp, 'matching_budget')} of the layers on "
+            "average (smallest knapsack capacity; the allocation is chosen with the evaluation labels on the samples "
+            "it is scored on)."
         )
         if len(held):
             text += (
                 f" Selection-bias control: scored on the held-out half, the smallest solved budget that still matches "
-                f"is **{100 * held.iloc[0]:.0f}%**."
+                f"is **{100 * held.iloc[0]:.0f}%**{_over_seeds(grp, 'matching_budget_heldout')}."
             )
         else:
             text += (

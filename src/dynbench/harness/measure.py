@@ -372,7 +372,8 @@ def memory_rows(
     operating = model.operating_modules(budget)
     mem = measure_memory(model, lambda i: model(inputs[i], budget=budget), inputs, order, plan.hardware, operating)
     rows = [
-        make_row(budget, batch_size, "peak_mem_bytes", mem.peak_bytes, len(order)),
+        # the tensor peak of a path is deterministic (profiler events on CPU, the allocator on CUDA): no spread
+        make_row(budget, batch_size, "peak_mem_bytes", mem.peak_bytes, len(order), ci=exact(mem.peak_bytes, 1)),
         make_row(budget, batch_size, "transient_mem_bytes", mem.transient_bytes, len(order)),
         make_row(budget, batch_size, "resident_bytes", mem.resident_bytes, 1),  # one count of the state, not a sample
     ]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dynbench.analysis.controls import WINS, compare_to_controls, control_pairs
+from dynbench.analysis.controls import WINS, compare_at_equal_flops, compare_to_controls, control_pairs
 from dynbench.analysis.report import write_report
 from dynbench.tasks.base import Perplexity, TopOneAccuracy
 
@@ -151,3 +151,19 @@ def test_report_shows_learned_vs_static_vs_random(tmp_path) -> None:
     index = (tmp_path / "index.md").read_text()
     assert index.count("### Learned vs static vs random") == 1
     assert "**early_exit** vs **early_exit[rule=depth]** (static control): learned better at 3 of 3 budgets" in index
+
+
+def test_any_two_labels_compare_at_equal_flops() -> None:
+    """Early exit against layer skipping (no control relation): the same paired comparison, kind left empty."""
+    full, exit_half, skip_half = correct(0.9), correct(0.85), correct(0.5)
+    points = {
+        "early_exit[rule=depth]": {1.0: (100.0, full), 0.5: (50.0, exit_half)},
+        "layer_skip": {1.0: (100.0, full), 0.5: (50.0, skip_half)},
+    }
+    frame = summary(list(points), {k: list(v) for k, v in points.items()})
+    table = compare_at_equal_flops(samples(points), frame, "t", "early_exit[rule=depth]", "layer_skip",
+                                   metric=TopOneAccuracy())  # fmt: skip
+    row = table.iloc[0]
+    assert (row["control"], row["kind"], row["budget"]) == ("layer_skip", "", 0.5)
+    assert row["delta"] == pytest.approx(exit_half.mean() - skip_half.mean()) and row["verdict"] == "better"
+    assert compare_to_controls(samples(points), frame, "t", metric=TopOneAccuracy()).empty  # not a control pair

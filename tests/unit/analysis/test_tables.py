@@ -195,3 +195,20 @@ def test_task_markdown_lower_is_better_and_not_measured():
     assert "| 20.00 [19.87, 20.13] |" in dense and dense.rstrip().endswith("| * |")
     with pytest.raises(ValueError, match="No result rows for task 'nope'"):
         task_markdown(make_rows(), "nope")
+
+
+def test_single_seed_points_show_their_own_interval_and_the_suspect_flag():
+    rows = make_rows(tasks=("cls",), hardware=("cpu",), seeds=(0,))
+    rows = rows.assign(ci_low=np.nan, ci_high=np.nan, ci_over="", suspect=False)
+    quality = (rows.metric == "quality") & (rows.method == "early_exit") & (rows.budget == 0.5)
+    rows.loc[quality, ["ci_low", "ci_high", "ci_over"]] = [0.6, 0.7, "samples"]
+    speed = (rows.metric == "speedup_realized") & (rows.method == "early_exit") & (rows.budget == 0.5)
+    rows.loc[speed & (rows.batch_size == 1), "suspect"] = True
+    summary = summary_frame(rows).set_index(["method_label", "budget"])
+    point = summary.loc[("early_exit", 0.5)]
+    assert (point["quality_ci_low"], point["quality_ci_high"], point["quality_ci_over"]) == (0.6, 0.7, "samples")
+    assert point["suspect"] and not summary.loc[("early_exit", 0.75), "suspect"]
+    md = task_markdown(rows, "cls")
+    line = next(x for x in md.splitlines() if x.startswith("| early_exit | 0.5 |"))
+    assert "[60.00, 70.00]" in line and "× ⚠" in line  # a suspect speedup is marked, not hidden
+    assert "a bootstrap over the evaluation samples" in md and "⚠ = a realization above 1.1" in md

@@ -48,8 +48,8 @@ def test_memory_rows_count_one_capacity_and_report_resident_bytes() -> None:
     ti = timing_inputs(q, batches, 1, limit=n)
     plan = SimpleNamespace(spec=SimpleNamespace(measure=MeasureConfig(memory_inputs=2)), hardware=CPU())
 
-    def make_row(budget: float, batch_size: int, metric: str, value: float, n: int) -> dict:
-        return {"budget": budget, "batch_size": batch_size, "metric": metric, "value": value, "n": n}
+    def make_row(budget: float, batch_size: int, metric: str, value: float, n: int, **kw) -> dict:
+        return {"budget": budget, "batch_size": batch_size, "metric": metric, "value": value, "n": n, **kw}
 
     assert METRICS["resident_bytes"] == ("bytes", False)
     input_bytes = 1 * 8 * 8 * 4
@@ -57,6 +57,7 @@ def test_memory_rows_count_one_capacity_and_report_resident_bytes() -> None:
         rows = {r["metric"]: r for r in memory_rows(plan, model, budget, ti, q, make_row)}
         assert {"peak_mem_bytes", "transient_mem_bytes", "resident_bytes"} <= set(rows)
         assert rows["resident_bytes"]["value"] == module_bytes(model)
+        assert rows["peak_mem_bytes"]["ci"].over == "exact"  # a deterministic measurement: no interval to draw
         weights = rows["peak_mem_bytes"]["value"] - input_bytes - rows["transient_mem_bytes"]["value"]
         assert weights == modules_bytes(model.operating_modules(budget))  # every input has the same bytes
         assert rows["resident_bytes"]["value"] > 3.9 * modules_bytes(model.operating_modules(budget))
