@@ -7,19 +7,11 @@ dht and tinv pick that configuration with one rule, here, from numbers measured 
 from __future__ import annotations
 
 import math
-from typing import cast
 
 from torch import Tensor
 
-from dynbench.tasks.base import Split
-
 COST_RTOL = 1e-12
 """Relative slack on the FLOPs cap: the costs and the cap are sums of float64 analytic counts."""
-
-
-def validation_split(task: object) -> Split:
-    """The split a control is chosen on: the task's ``validation_split`` where it names one, else ``"val"``."""
-    return cast(Split, getattr(task, "validation_split", "val"))
 
 
 def best_fixed_config(quality: Tensor, cost: Tensor, cap: float) -> int:

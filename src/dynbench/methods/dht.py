@@ -84,7 +84,7 @@ from dynbench.methods._bandits import (
     ucb_update,
 )
 from dynbench.methods._operating import TensorSet, backbone_parts
-from dynbench.methods._static_control import best_fixed_config, validation_split
+from dynbench.methods._static_control import best_fixed_config
 from dynbench.methods.base import DynamicModel, Method, register_method
 from dynbench.models.backbone import Backbone
 from dynbench.models.training import endless, fit_loop
@@ -655,7 +655,7 @@ class DHT(Method):
         Raises:
             ValueError: the validation split is empty.
         """
-        split = validation_split(task)
+        split = task.validation_split
         n = min(STATIC_SAMPLES, task.n_samples(split))
         if n == 0:
             raise ValueError(

@@ -79,7 +79,7 @@ from torch import Tensor, nn
 
 from dynbench.methods._operating import TensorSet, backbone_parts, exit_parts
 from dynbench.methods._ppo import PPOConfig, StoppingEpisodes, first_stop, train_stopping_policy
-from dynbench.methods._static_control import best_fixed_config, validation_split
+from dynbench.methods._static_control import best_fixed_config
 from dynbench.methods._static_paths import (
     CudaGraphSegment,
     GraphCache,
@@ -940,7 +940,7 @@ class TransformerInverse(Method):
         """
         cfg = self.config
         bb = model.backbone
-        split = validation_split(task)
+        split = task.validation_split
         available = task.n_samples(split)
         if available == 0:
             raise ValueError(
