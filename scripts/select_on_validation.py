@@ -24,16 +24,17 @@ import torch
 
 from dynbench.analysis.controls import compare_at_equal_flops
 from dynbench.analysis.tables import summary_frame
-from dynbench.api import default_cache_dir
+from dynbench.cache_dirs import model_cache_dir
 from dynbench.config import ConfigError, PluginSpec, RunSpec, parse_plugin
 from dynbench.harness import measure
-from dynbench.harness.runner import fitted_model, plan_suite
+from dynbench.harness.fit_cache import fitted_model
+from dynbench.harness.planning import plan_suite
 
 
 def score(spec: PluginSpec, task: str, seed: int, extra: dict[str, str]) -> tuple[list[dict], list[dict]]:
     """Rows (quality, FLOPs ratio and method extras) and per-sample records of one candidate on the validation split."""
     plan = plan_suite([RunSpec(task=parse_plugin(task), method=spec, seed=seed)])[0]
-    cache = default_cache_dir()
+    cache = model_cache_dir()
     backbone = plan.task.backbone(seed, cache_dir=cache)
     model = fitted_model(plan, backbone, cache)
     split = plan.task.validation_split

@@ -1,36 +1,47 @@
 """The Python API that the CLI and notebooks share: run suites, load results, write reports.
 
-from dynbench.api import run_suite, load_results
-from dynbench.config import SuiteSpec, parse_plugin_list
-suite = SuiteSpec(methods=parse_plugin_list("dense,early_exit"), tasks=parse_plugin_list("digits"))
-outcome = run_suite(suite, out=Path("results"))
-rows, samples = load_results(Path("results"))
+Two methods on the toy text task, on 16 evaluation samples, without the timing and memory passes (a
+smoke run of seconds; leave ``measure`` out to measure everything):
+
+>>> import shutil, tempfile
+>>> from pathlib import Path
+>>> from dynbench.api import RunOptions, load_results, run_suite
+>>> from dynbench.config import MeasureConfig, SuiteSpec, parse_plugin_list
+>>> work = Path(tempfile.mkdtemp())
+>>> suite = SuiteSpec(
+...     methods=parse_plugin_list("dense,layer_skip"),
+...     tasks=parse_plugin_list("toy-text"),
+...     batch_sizes=(1,),
+...     limit=16,
+...     measure=MeasureConfig(timing=False, memory=False),
+... )
+>>> outcome = run_suite(suite, RunOptions(out=work / "results", cache_dir=work / "cache"))
+>>> len(outcome.done), outcome.failed
+(2, {})
+>>> rows, samples = load_results(work / "results")
+>>> sorted(rows["method"].unique())
+['dense', 'layer_skip']
+>>> shutil.rmtree(work)
+
+``cache_dir`` left out means :func:`dynbench.cache_dirs.model_cache_dir` (``$DYNBENCH_CACHE``, else
+the user's cache).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from dynbench.cache_dirs import model_cache_dir
 from dynbench.config import PluginSpec, SuiteSpec
 from dynbench.hardware.base import HARDWARE
 from dynbench.harness.executors import RunProgress, SuiteOutcome, run_plans
-from dynbench.harness.runner import RunPlan, plan_suite
+from dynbench.harness.planning import RunPlan, plan_suite
 from dynbench.harness.store import ResultStore
 from dynbench.methods.base import METHODS
 from dynbench.tasks.base import TASKS
-
-
-def default_cache_dir() -> Path:
-    """Where trained backbones and method fits are cached: ``$DYNBENCH_CACHE`` or ``~/.cache/dynbench``."""
-    env = os.environ.get("DYNBENCH_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dynbench"
 
 
 def default_tasks() -> tuple[PluginSpec, ...]:
@@ -57,7 +68,7 @@ class RunOptions:
     """How to execute a suite."""
 
     out: Path = Path("results")  # results directory
-    cache_dir: Path | None = None  # backbone/fit cache; None = default_cache_dir()
+    cache_dir: Path | None = None  # backbone/fit cache; None = model_cache_dir() ($DYNBENCH_CACHE)
     executor: str = "inline"  # inline | subprocess
     force: bool = False  # re-run finished runs
 
@@ -71,7 +82,7 @@ def run_suite(
         ConfigError: the suite is invalid (nothing is run or written).
     """
     plans = plan(suite)
-    cache = options.cache_dir or default_cache_dir()
+    cache = options.cache_dir or model_cache_dir()
     return run_plans(
         plans,
         store=ResultStore(options.out),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dynbench.registry import suggest
+from dynbench.validation import choice_message
 
 
 class ConfigError(ValueError):
@@ -142,12 +143,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ValueError(errors[0] if errors else f"{where}: cannot interpret {value!r}")
     if origin is Literal:
-        choices = list(args)
-        if value in choices:
+        if value in args:
             return value
-        close = suggest(str(value), [str(c) for c in choices])
-        hint_txt = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"{where} must be one of {choices}, got {value!r}.{hint_txt}")
+        raise ValueError(choice_message(where, value, args))
     if origin in (tuple, list, Sequence) or hint in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.replace(";", ",").split(",") if v.strip()]

@@ -1,8 +1,9 @@
 """A small generic registry for plugins: methods, tasks and hardware targets.
 
-A plugin registers itself with a decorator in its own file (``@register_method("mod")``). The registry finds
-built-in plugins by importing every module of its package on first use, and third-party plugins through an
-entry-point group (``dynbench.methods`` …), so adding a plugin never edits a list.
+A plugin registers itself with a decorator in its own file (``@register_method("mod")``). The
+registry finds built-in plugins by importing every module of its package on first use, and
+third-party plugins through an entry-point group (``dynbench.methods`` …), so adding a plugin never
+edits a list.
 """
 
 from __future__ import annotations

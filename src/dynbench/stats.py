@@ -2,19 +2,20 @@
 
 Every interval is a 95% interval over one source of variance, and says which (``Interval.over``):
 
-- ``samples``: a percentile bootstrap over evaluation samples — resample sample indices with replacement,
-  recompute the statistic, take the 2.5th and 97.5th percentiles. Statistics of several per-sample columns
-  (a FLOPs ratio, a difference against dense) resample the columns *together*, so the interval is paired and
-  item difficulty cancels.
-- ``calls``: the same bootstrap over timed calls; dense and the method are timed in interleaved pairs, so a
-  speedup resamples the pairs together.
-- ``seeds``: a Student-t interval (df = n − 1) of per-seed values, for n ≥ 2 seeds (with 2 seeds the interval is
-  wide, as it should be: callers may say so instead of printing it).
-- ``exact``: a deterministic measurement (executed FLOPs of a fixed set, the CPU memory profile): no spread.
+- ``samples``: a percentile bootstrap over evaluation samples — resample sample indices with
+  replacement, recompute the statistic, take the 2.5th and 97.5th percentiles. Statistics of several
+  per-sample columns (a FLOPs ratio, a difference against dense) resample the columns *together*, so
+  the interval is paired and item difficulty cancels.
+- ``calls``: the same bootstrap over timed calls; dense and the method are timed in interleaved
+  pairs, so a speedup resamples the pairs together.
+- ``seeds``: a Student-t interval (df = n − 1) of per-seed values, for n ≥ 2 seeds (with 2 seeds the
+  interval is wide, as it should be: callers may say so instead of printing it).
+- ``exact``: a deterministic measurement (executed FLOPs of a fixed set, the CPU memory profile): no
+  spread.
 
-The verdict rule (:func:`verdict`) is the only rule that turns an interval of a difference into better /
-worse / tie; the report, the controls comparison and any later comparison call it. Resampling is seeded, so the
-same rows always give the same intervals.
+The verdict rule (:func:`verdict`) is the only rule that turns an interval of a difference into
+better / worse / tie; the report, the controls comparison and any later comparison call it.
+Resampling is seeded, so the same rows always give the same intervals.
 """
 
 from __future__ import annotations
@@ -111,16 +112,18 @@ def bootstrap(
     """Percentile-bootstrap interval of a statistic of column means, resampling rows together (paired).
 
     Args:
-        columns: ``(n,)`` one column, or ``(n, k)`` / a sequence of k equally long ``(n,)`` columns whose rows
-            belong together (the same sample, the same pair of timed calls).
-        statistic: maps the means ``(..., k)`` to the statistic; ``None`` = the mean of the single column.
+        columns: ``(n,)`` one column, or ``(n, k)`` / a sequence of k equally long ``(n,)`` columns
+            whose rows belong together (the same sample, the same pair of timed calls).
+        statistic: maps the means ``(..., k)`` to the statistic; ``None`` = the mean of the single
+            column.
         over: what a row is, for :attr:`Interval.over` (``samples``, ``calls``).
         resamples: bootstrap resamples.
         level: coverage.
         seed: the resampling seed (fixed, so intervals repeat).
 
     Returns:
-        The interval; NaN ends when there are fewer than 2 rows or the statistic is mostly undefined.
+        The interval; NaN ends when there are fewer than 2 rows or the statistic is mostly
+        undefined.
     """
     data = _as_columns(columns)
     n = data.shape[0]
@@ -162,7 +165,8 @@ def median_interval(
 def seed_interval(values: np.ndarray | Sequence[float], *, level: float = LEVEL) -> Interval:
     """Student-t interval (df = n − 1) of the mean of per-seed values; NaN ends with fewer than 2 seeds.
 
-    Seeds are few, so the t quantile matters: with 3 seeds it is 4.30 standard errors, with 2 it is 12.7.
+    Seeds are few, so the t quantile matters: with 3 seeds it is 4.30 standard errors, with 2 it is
+    12.7.
     """
     from scipy.stats import t  # scipy comes with scikit-learn; imported here to keep `import dynbench` light
 
@@ -179,13 +183,15 @@ def seed_interval(values: np.ndarray | Sequence[float], *, level: float = LEVEL)
 def verdict(low: float, high: float, *, margin: float = 0.0) -> Verdict:
     """The verdict (better / worse / tie) from the interval of a difference oriented so that positive means better.
 
-    Better only when the whole interval lies above ``margin``, worse only when it lies below ``-margin``;
-    anything else — including an interval that is undefined — is a tie: the data cannot tell the two apart.
+    Better only when the whole interval lies above ``margin``, worse only when it lies below
+    ``-margin``; anything else — including an interval that is undefined — is a tie: the data cannot
+    tell the two apart.
 
     Args:
         low: lower end of the difference's interval (positive = better).
         high: upper end.
-        margin: a practical margin the difference must clear (0 = any difference the interval resolves).
+        margin: a practical margin the difference must clear (0 = any difference the interval
+            resolves).
     """
     if not (math.isfinite(low) and math.isfinite(high)):
         return "tie"

@@ -30,7 +30,8 @@ class Batch:
     Attributes:
         inputs: model input, e.g. ``(B, N, P)`` image patches or ``(B, T)`` token ids.
         targets: ``(B,)`` class labels or ``(B, T)`` next-token ids.
-        sample_ids: ``(B,)`` stable ids of the samples within their split, so per-sample files join across runs.
+        sample_ids: ``(B,)`` stable ids of the samples within their split, so per-sample files join
+            across runs.
     """
 
     inputs: Tensor
@@ -54,19 +55,22 @@ class Trace:
     """What actually ran, per sample. The analytic FLOP count is a function of this record alone.
 
     Attributes:
-        block_tokens: ``(B, L)`` query tokens each block processed for each sample; 0 means the block was skipped.
-        block_kv: ``(B, L)`` keys each of those tokens attended over (equal to ``block_tokens`` for self-attention
-            over the processed tokens).
+        block_tokens: ``(B, L)`` query tokens each block processed for each sample; 0 means the
+            block was skipped.
+        block_kv: ``(B, L)`` keys each of those tokens attended over (equal to ``block_tokens`` for
+            self-attention over the processed tokens).
         block_heads: ``(B, L)`` attention heads executed in each block.
-        readout: ``(B,)`` 1 where the backbone's own readout (final norm + head) ran, 0 where a method's head
-            produced the output instead (e.g. an early exit).
-        controller_flops: ``(B,)`` analytic FLOPs of the method's decision-making (exit heads, routers, gates,
-            policies), already included in nothing else.
-        exit_layer: ``(B,)`` index of the last block that ran, or ``None`` when the method has no notion of exit.
-        extra: method-specific per-sample tensors ``(B, ...)``; the 1-D ones are kept in the samples file.
-        block_mlp_units: ``(B, L)`` MLP hidden units executed in each block, summed over the block's tokens
-            (``tokens × mlp_hidden`` for a dense MLP), for methods that run part of an MLP's width per token
-            (ACM learners); ``None`` = every processed token ran the whole MLP.
+        readout: ``(B,)`` 1 where the backbone's own readout (final norm + head) ran, 0 where a
+            method's head produced the output instead (e.g. an early exit).
+        controller_flops: ``(B,)`` analytic FLOPs of the method's decision-making (exit heads,
+            routers, gates, policies), already included in nothing else.
+        exit_layer: ``(B,)`` index of the last block that ran, or ``None`` when the method has no
+            notion of exit.
+        extra: method-specific per-sample tensors ``(B, ...)``; the 1-D ones are kept in the samples
+            file.
+        block_mlp_units: ``(B, L)`` MLP hidden units executed in each block, summed over the block's
+            tokens (``tokens × mlp_hidden`` for a dense MLP), for methods that run part of an MLP's
+            width per token (ACM learners); ``None`` = every processed token ran the whole MLP.
     """
 
     block_tokens: Tensor
@@ -150,7 +154,8 @@ class QualitySpec:
     """How a task scores itself.
 
     Attributes:
-        unit: name of the primary metric, used as the ``unit`` of ``quality`` rows (``top1``, ``ppl``).
+        unit: name of the primary metric, used as the ``unit`` of ``quality`` rows (``top1``,
+            ``ppl``).
         higher_is_better: direction, read by Pareto code (never guessed).
     """
 
@@ -213,6 +218,8 @@ ROW_COLUMNS: tuple[str, ...] = (
     "method_label",
     "reconstructed",
     "reference",  # the dense twin's network: "dense backbone", or e.g. "dht's fine-tuned backbone"
+    "control_of",  # for a control run, the label of the learned configuration it controls ("" otherwise)
+    "control_kind",  # which control it is ("static", "random", ...: a key of the method's `controls`), or ""
     "budget",
     "is_full_budget",
     "seed",

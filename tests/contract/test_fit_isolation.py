@@ -1,6 +1,6 @@
 """No fit reads the evaluation split: every method fits under the harness's seal, and a fit that peeks fails.
 
-Every registered method × every toy task is fitted through :func:`dynbench.harness.runner.fitted_model`, which
+Every registered method × every toy task is fitted through :func:`dynbench.harness.fit_cache.fitted_model`, which
 seals the task's evaluation split (:meth:`Task.sealed`); a method defined here (never registered) that reads the
 evaluation split in its fit must fail with :class:`EvalSplitAccessError`. The seal's own behaviour is unit-tested
 at the end: what it blocks, what it leaves readable, and that it lifts.
@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from dynbench.config import PluginSpec, RunSpec
-from dynbench.harness.runner import RunPlan, eval_batches, fitted_eval, fitted_model, plan_suite
+from dynbench.harness.execution import eval_batches
+from dynbench.harness.fit_cache import fitted_eval, fitted_model
+from dynbench.harness.planning import RunPlan, plan_suite
 from dynbench.methods.base import METHODS, DynamicModel, Method
 from dynbench.models.backbone import Backbone
 from dynbench.tasks.base import TASKS, EvalSplitAccessError, Split, Task, TensorSplit

@@ -1,35 +1,39 @@
 """A learned controller against its controls — the best static configuration and random allocation — at equal FLOPs.
 
-A learned per-sample controller (tinv's policy, dht's bandits, early exit's confidence rule, MoD's router) shows
-that it adapts to the input only if it beats the *static* control (the best single fixed configuration at the same
-mean FLOPs, chosen on validation data) and not only *random* allocation. Each method names its controls in
-``Method.controls`` (``kind → options``), so ``tinv[policy=static]`` is tinv's static control and
-``mod[router=random]`` MoD's random one; nothing here names a method.
+A learned per-sample controller (tinv's policy, dht's bandits, early exit's confidence rule, MoD's
+router) shows that it adapts to the input only if it beats the *static* control (the best single
+fixed configuration at the same mean FLOPs, chosen on validation data) and not only *random*
+allocation. Each method names its controls in ``Method.controls`` (``kind → options``), so
+``tinv[policy=static]`` is tinv's static control and ``mod[router=random]`` MoD's random one; the
+harness records the relation on every control run (``control_of``, ``control_kind``), so nothing
+here names or looks up a method.
 
-A control is calibrated on fit data, so on the evaluation split it rarely lands on the learned point's FLOPs.
-Each learned operating point is therefore compared with the control's curve at the same mean FLOPs per sample:
-between two control budgets, the control is the *mixture* that runs a share ``w`` of the samples at one and the
-rest at the other, which has exactly the interpolated FLOPs; per sample its score is ``w·s₁ + (1−w)·s₂`` (in the
-task's score space — NLL for perplexity — and transformed after). Learned and control are then scored on the same
-samples, so the difference has a paired interval: a bootstrap over samples with one seed, a t-interval over the
-per-seed differences with two or more. The verdict is :func:`dynbench.stats.verdict`'s better / worse / tie.
+A control is calibrated on fit data, so on the evaluation split it rarely lands on the learned
+point's FLOPs. Each learned operating point is therefore compared with the control's curve at the
+same mean FLOPs per sample: between two control budgets, the control is the *mixture* that runs a
+share ``w`` of the samples at one and the rest at the other, which has exactly the interpolated
+FLOPs; per sample its score is ``w·s₁ + (1−w)·s₂`` (in the task's score space — NLL for perplexity —
+and transformed after). Learned and control are then scored on the same samples, so the difference
+has a paired
+interval: a bootstrap over samples with one seed, a t-interval over the per-seed differences with
+two or more. The verdict is :func:`dynbench.stats.verdict`'s better / worse / tie.
 
-Outside the control's FLOPs range a point is compared with the nearest control point and counts only where one
-side dominates: ``better, fewer FLOPs`` / ``as good, fewer FLOPs`` (a tie) when the learned point is cheaper,
-``worse, more FLOPs`` / ``as good, more FLOPs`` when it is costlier; otherwise it is ``not comparable``.
+Outside the control's FLOPs range a point is compared with the nearest control point and counts only
+where one side dominates: ``better, fewer FLOPs`` / ``as good, fewer FLOPs`` (a tie) when the
+learned point is cheaper, ``worse, more FLOPs`` / ``as good, more FLOPs`` when it is costlier;
+otherwise it is ``not comparable``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from dynbench.config import ConfigError, PluginSpec, parse_plugin
 from dynbench.registry import RegistryError
 from dynbench.stats import bootstrap, seed_interval, verdict
 
@@ -55,49 +59,26 @@ class ControlPair:
     kind: str  # "static" or "random" (a key of Method.controls)
 
 
-def _controls_of(name: str) -> dict[str, dict[str, str]]:
-    from dynbench.methods.base import METHODS
+def control_pairs(points: pd.DataFrame) -> list[ControlPair]:
+    """Every (learned, control) pair among the operating points, from the rows' ``control_of``/``control_kind``.
 
-    try:
-        cls = METHODS.get(name)
-    except RegistryError:
-        return {}
-    return {kind: dict(opts) for kind, opts in cls.controls.items()}
+    The harness records on each control run which learned configuration it controls (the method's
+    class declares its controls in ``Method.controls``), so nothing here looks a method up. A
+    control whose learned twin did not run pairs nothing.
 
-
-def _control_only(name: str) -> tuple[str, ...]:
-    from dynbench.methods.base import METHODS
-
-    try:
-        return tuple(METHODS.get(name).control_only_options)
-    except RegistryError:
-        return ()
-
-
-def _learned_twin(label: str) -> tuple[str, str] | None:
-    """``(learned label, kind)`` when ``label`` is a control of some learned configuration, else ``None``."""
-    try:
-        spec = parse_plugin(label)
-    except ConfigError:
-        return None
-    options = {k: str(v).lower() for k, v in spec.options_dict().items()}
-    for kind, control in _controls_of(spec.name).items():
-        if control and all(options.get(k) == str(v).lower() for k, v in control.items()):
-            twin = {k: v for k, v in spec.options_dict().items() if k not in control}
-            for extra in _control_only(spec.name):
-                twin.pop(extra, None)
-            return PluginSpec.make(spec.name, twin).label, kind
-    return None
-
-
-def control_pairs(labels: Iterable[str]) -> list[ControlPair]:
-    """Every (learned, control) pair among ``labels``, sorted; a control without its learned twin pairs nothing."""
-    present = set(labels)
-    pairs = set()
-    for label in present:
-        found = _learned_twin(label)
-        if found is not None and found[0] in present:
-            pairs.add(ControlPair(found[0], label, found[1]))
+    Args:
+        points: rows or a summary with ``method_label`` and, for control runs, ``control_of`` and
+            ``control_kind``.
+    """
+    if points.empty or not {"control_of", "control_kind"} <= set(points.columns):
+        return []
+    present = set(points["method_label"].astype(str))
+    marked = points[points["control_of"].fillna("").astype(str) != ""]
+    pairs = {
+        ControlPair(str(learned), str(label), str(kind))
+        for label, learned, kind in zip(marked["method_label"], marked["control_of"], marked["control_kind"])
+        if str(learned) in present
+    }
     return sorted(pairs, key=lambda p: (p.learned, p.kind != "static", p.control))
 
 
@@ -148,20 +129,23 @@ def compare_to_controls(
     """Every learned operating point below the full budget against each of its controls at equal FLOPs.
 
     Args:
-        samples: per-sample records (``method_label``, ``budget``, ``seed``, ``hardware``, ``sample_id``,
-            ``score``, ``flops``); one hardware target's records are used (quality and FLOPs do not depend on it).
-        summary: :func:`dynbench.analysis.tables.summary_frame` of the same results: the quality's direction,
-            the FLOPs ratios, and which budget is each method's full one (the largest it ran).
+        samples: per-sample records (``method_label``, ``budget``, ``seed``, ``hardware``,
+            ``sample_id``, ``score``, ``flops``); one hardware target's records are used (quality
+            and FLOPs do not depend on it).
+        summary: :func:`dynbench.analysis.tables.summary_frame` of the same results: the quality's
+            direction, the FLOPs ratios, and which budget is each method's full one (the largest it
+            ran).
         task: the task to compare on.
-        metric: how a mean per-sample score becomes the task's quality (``from_mean``); default: the registered
-            task's metric (identity when the task is not registered).
+        metric: how a mean per-sample score becomes the task's quality (``from_mean``); default: the
+            registered task's metric (identity when the task is not registered).
 
     Returns:
-        One row per (learned point, control) with :data:`COMPARISON_COLUMNS`: ``quality`` and ``control_quality``
-        are means over the seeds both ran, ``delta`` the mean difference oriented so that positive means the
-        learned point is better, ``ci_low``/``ci_high`` its 95% interval (``ci_over``: ``samples`` with one seed,
-        ``N seeds`` with more) and ``verdict`` better / worse / tie, or an outside-the-range verdict of the module
-        docstring. :data:`WINS` are the verdicts that count for the learned side.
+        One row per (learned point, control) with :data:`COMPARISON_COLUMNS`: ``quality`` and
+        ``control_quality`` are means over the seeds both ran, ``delta`` the mean difference
+        oriented so that positive means the learned point is better, ``ci_low``/``ci_high`` its 95%
+        interval (``ci_over``: ``samples`` with one seed, ``N seeds`` with more) and ``verdict``
+        better / worse / tie, or an outside-the-range verdict of the module docstring. :data:`WINS`
+        are the verdicts that count for the learned side.
     """
     need = {"task", "method_label", "budget", "seed", "sample_id", "score", "flops"}
     empty = pd.DataFrame(columns=list(COMPARISON_COLUMNS))
@@ -177,7 +161,7 @@ def compare_to_controls(
     transform = metric.from_mean if metric is not None else (lambda m: m)
     sign = 1.0 if bool(points["quality_higher_is_better"].dropna().iloc[0]) else -1.0
     out = []
-    for pair in control_pairs(frame["method_label"].astype(str).unique()):
+    for pair in control_pairs(points):
         out += _compare_labels(frame, points, pair.learned, pair.control, pair.kind, transform, sign)
     return pd.DataFrame(out, columns=list(COMPARISON_COLUMNS))
 
@@ -193,8 +177,8 @@ def compare_at_equal_flops(
 ) -> pd.DataFrame:
     """Every operating point of ``method`` below its full budget against ``against``'s curve at equal mean FLOPs.
 
-    The same paired comparison as :func:`compare_to_controls`, for any two method labels (early exit against
-    layer skipping, say); ``kind`` is empty. Arguments and result as there.
+    The same paired comparison as :func:`compare_to_controls`, for any two method labels (early exit
+    against layer skipping, say); ``kind`` is empty. Arguments and result as there.
     """
     frame = samples[(samples["task"] == task) & samples["method_label"].isin([method, against])]
     points = summary[summary["task"] == task]

@@ -22,9 +22,10 @@ def pareto_front(
     """Mark the points that no other point dominates.
 
     A point dominates another when it costs no more (``x`` lower or equal), is no worse in quality
-    (``y``) and is strictly better in at least one of the two. Points equal in both coordinates do not
-    dominate each other; of such a group exactly one is kept, the one that comes first in the input, so
-    the result is deterministic. Points with a non-finite coordinate are never on the front.
+    (``y``) and is strictly better in at least one of the two. Points equal in both coordinates do
+    not dominate each other; of such a group exactly one is kept, the one that comes first in the
+    input, so the result is deterministic. Points with a non-finite coordinate are never on the
+    front.
 
     Args:
         x: cost of each point, lower is better (FLOPs, latency, memory).
@@ -56,8 +57,8 @@ def pareto_front(
     order = np.lexsort((finite, -gain, xs[finite]))
     best = -np.inf
     for pos in order:
-        # A point survives only if it beats every cheaper-or-equal point already seen; equal quality at
-        # equal or higher cost is dominated (or a duplicate of a point already kept).
+        # A point survives only if it beats every cheaper-or-equal point already seen; equal quality
+        # at equal or higher cost is dominated (or a duplicate of a point already kept).
         if gain[pos] > best:
             on_front[finite[pos]] = True
             best = gain[pos]

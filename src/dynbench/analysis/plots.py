@@ -1,13 +1,15 @@
 """Report figures: quality-vs-cost Pareto plots and per-sample compute histograms.
 
-Figures are built with :class:`matplotlib.figure.Figure` directly instead of pyplot: that needs no GUI
-backend (headless CI works without ``matplotlib.use("Agg")`` changing the backend of the caller's
-process) and leaves no figures behind in pyplot's registry when many plots are drawn in a loop.
+Figures are built with :class:`matplotlib.figure.Figure` directly instead of pyplot: that needs no
+GUI backend (headless CI works without ``matplotlib.use("Agg")`` changing the backend of the
+caller's process) and leaves no figures behind in pyplot's registry when many plots are drawn in a
+loop.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import matplotlib as mpl
@@ -21,7 +23,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from dynbench.analysis.tables import (
-    UPPER_BOUND_METHODS,
     display_label,
     format_flops,
     pareto_mask,
@@ -69,7 +70,8 @@ def _plot_points(summary_df: pd.DataFrame, task: str, x_metric: str, hardware: s
             f"({sorted(data['hardware'].unique())}); pass hardware=<one of them>."
         )
     else:
-        # FLOPs, layers and quality are the same on every hardware: keep one copy of each operating point.
+        # FLOPs, layers and quality are the same on every hardware: keep one copy of each operating
+        # point.
         data = data.drop_duplicates(["method", "method_label", "reconstructed", "budget"])
     finite = np.isfinite(data[x_metric].to_numpy(dtype=float)) & np.isfinite(data["quality"].to_numpy(dtype=float))
     data = data[finite].reset_index(drop=True)
@@ -146,7 +148,8 @@ def _draw_front(ax: Axes, data: pd.DataFrame, x_metric: str, x_scale: float, y_s
         return []
     front = data[mask].sort_values(x_metric)
     x, y = _xy(front, x_metric, x_scale, y_scale)
-    # "post" steps: with cost x_i one can reach quality y_i until the next front point becomes affordable.
+    # "post" steps: with cost x_i one can reach quality y_i until the next front point becomes
+    # affordable.
     ax.step(x, y, where="post", color="0.6", linewidth=3, alpha=0.6, zorder=1)
     ax.scatter(x, y, s=190, facecolors="none", edgecolors="0.35", linewidths=1.2, zorder=4)
     proxy = Line2D(
@@ -195,14 +198,15 @@ def pareto_plot(
     """Plot quality vs a cost for every method of a task and mark the Pareto front across methods.
 
     One line per method label over its budgets (each point annotated with its budget), upper bounds
-    dashed, dense as a black star, the front of all deployable points as a grey staircase with ringed
-    points. Error bars show the standard deviation across seeds when there are several.
+    dashed, dense as a black star, the front of all deployable points as a grey staircase with
+    ringed points. Error bars show the standard deviation across seeds when there are several.
 
     Args:
         summary_df: output of :func:`dynbench.analysis.tables.summary_frame`.
         task: task to plot.
         x_metric: ``flops_per_sample``, ``latency_ms``, ``peak_mem_bytes`` or ``mean_layers``.
-        hardware: hardware target whose rows to use; ``None`` for hardware-independent FLOPs or layers.
+        hardware: hardware target whose rows to use; ``None`` for hardware-independent FLOPs or
+            layers.
         out_path: PNG file to write (parent directories are created).
 
     Returns:
@@ -253,7 +257,9 @@ def _common_bins(flops: np.ndarray, n_bins: int = 40) -> np.ndarray:
     return np.linspace(lo, hi, n_bins + 1)
 
 
-def compute_histogram(samples_df: pd.DataFrame, task: str, out_path: Path | str) -> Path:
+def compute_histogram(
+    samples_df: pd.DataFrame, task: str, out_path: Path | str, *, upper_bounds: Collection[str] = ()
+) -> Path:
     """Histogram of per-sample executed FLOPs: one panel per method, its budgets overlaid.
 
     Each budget is a step histogram normalised to the fraction of its samples (seeds pooled), so
@@ -264,6 +270,7 @@ def compute_histogram(samples_df: pd.DataFrame, task: str, out_path: Path | str)
             (``reconstructed`` is honoured when present).
         task: task to plot.
         out_path: PNG file to write (parent directories are created).
+        upper_bounds: method names whose rows say ``upper_bound`` (labelled so and drawn last).
 
     Returns:
         ``out_path`` as a :class:`~pathlib.Path`.
@@ -279,8 +286,12 @@ def compute_histogram(samples_df: pd.DataFrame, task: str, out_path: Path | str)
     if data.empty:
         raise ValueError(f"No per-sample FLOPs for task {task!r}; run with per-sample records enabled.")
     flags = data["reconstructed"] if "reconstructed" in data.columns else pd.Series(False, index=data.index)
-    labels = [display_label(m, lab, bool(r)) for m, lab, r in zip(data["method"], data["method_label"], flags)]
-    rank = data["method"].map(lambda m: 0 if m == "dense" else 2 if m in UPPER_BOUND_METHODS else 1)
+    upper = data["method"].isin(set(upper_bounds))
+    labels = [
+        display_label(m, lab, bool(r), bool(u))
+        for m, lab, r, u in zip(data["method"], data["method_label"], flags, upper)
+    ]
+    rank = np.where(data["method"] == "dense", 0, np.where(upper, 2, 1))
     data = data.assign(_label=labels, _rank=rank).sort_values(["_rank", "_label"], kind="stable")
     order = list(dict.fromkeys(data["_label"]))
     bins = _common_bins(data["flops"].to_numpy(dtype=float))

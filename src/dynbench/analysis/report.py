@@ -3,7 +3,8 @@
 Layout under ``out_dir``::
 
     index.md, index.html
-    <task>/pareto_flops.png, quality_layers.png, pareto_latency_<hw>.png, pareto_memory_<hw>.png, compute_hist.png,
+    <task>/pareto_flops.png, quality_layers.png, pareto_latency_<hw>.png, pareto_memory_<hw>.png,
+    compute_hist.png,
            table.md
 
 Everything written is a function of the rows and samples only (no "generated at" clock time), so
@@ -119,7 +120,8 @@ def _figure(
 def _depth_points(summary: pd.DataFrame) -> pd.DataFrame:
     """Dense and the methods whose executed layers fall below the task's most at some budget (depth methods).
 
-    Width- and token-adaptive methods (always every layer) would only add vertical lines to a layers plot.
+    Width- and token-adaptive methods (always every layer) would only add vertical lines to a layers
+    plot.
     """
     layers = summary["mean_layers"].to_numpy(dtype=float)
     finite = np.isfinite(layers)
@@ -143,7 +145,8 @@ def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
     """For methods that saw the evaluation labels: the matching budget and the selection-bias control table.
 
     Reads the ``matching_budget``, ``matching_budget_heldout``, ``quality_selection_half`` and
-    ``quality_heldout_half`` rows (means over seeds, the first hardware); ``None`` when there are none.
+    ``quality_heldout_half`` rows (means over seeds, the first hardware); ``None`` when there are
+    none.
     """
     metrics = ("quality", "mean_layers", "quality_selection_half", "quality_heldout_half")
     upper = rows[upper_bound_mask(rows) & rows["metric"].isin((*metrics, "matching_budget", "matching_budget_heldout"))]
@@ -289,12 +292,17 @@ def _task_figures(
             "Per-sample executed FLOPs",
             task_dir / "compute_hist.png",
             f"{rel}/compute_hist.png",
-            lambda p: compute_histogram(samples, task, p),
+            lambda p: compute_histogram(samples, task, p, upper_bounds=_upper_bound_methods(summary)),
             _sample_gap(samples, task),
             written,
         )
     )
     return lines
+
+
+def _upper_bound_methods(summary: pd.DataFrame) -> frozenset[str]:
+    """Names of the methods whose rows are flagged ``upper_bound`` (they saw the evaluation labels)."""
+    return frozenset(summary.loc[summary["upper_bound"].astype(bool), "method"].astype(str))
 
 
 def _join_blocks(items: list[str]) -> str:
@@ -359,13 +367,14 @@ def write_report(
 ) -> list[Path]:
     """Write the full report of a set of results.
 
-    Per task: ``pareto_flops.png``, ``quality_layers.png`` (quality vs mean executed layers, when two or more
-    methods change their depth with the budget), ``pareto_latency_<hw>.png`` and ``pareto_memory_<hw>.png`` per
-    hardware target, ``compute_hist.png`` and ``table.md``, for upper bounds (the oracle) their matching budget
-    and selection-bias table, and for learned controllers run beside their random baseline (``policy=random``,
-    ``router=random``) the comparison at equal FLOPs; then ``index.md`` and a self-contained
-    ``index.html`` (relative image links) with every plot, every table and a provenance line per task.
-    A plot whose metric was not measured is skipped and the index says "not measured" in its place.
+    Per task: ``pareto_flops.png``, ``quality_layers.png`` (quality vs mean executed layers, when
+    two or more methods change their depth with the budget), ``pareto_latency_<hw>.png`` and
+    ``pareto_memory_<hw>.png`` per hardware target, ``compute_hist.png`` and ``table.md``, for upper
+    bounds (the oracle) their matching budget and selection-bias table, and for learned controllers
+    run beside their random baseline (``policy=random``, ``router=random``) the comparison at equal
+    FLOPs; then ``index.md`` and a self-contained ``index.html`` (relative image links) with every
+    plot, every table and a provenance line per task. A plot whose metric was not measured is
+    skipped and the index says "not measured" in its place.
 
     Args:
         rows: result rows (``dynbench.types.ROW_COLUMNS``).
@@ -447,8 +456,8 @@ def _table_html(lines: list[str]) -> str:
 def markdown_to_html(markdown: str, *, title: str) -> str:
     """Render the subset of markdown the report writes as a self-contained HTML page.
 
-    Handles ``#`` headings, pipe tables, ``-`` lists, image lines and paragraphs with inline code, bold,
-    images and links; enough for the report's own markdown, not a general converter.
+    Handles ``#`` headings, pipe tables, ``-`` lists, image lines and paragraphs with inline code,
+    bold, images and links; enough for the report's own markdown, not a general converter.
 
     Args:
         markdown: the markdown text.

@@ -1,7 +1,7 @@
 """Summaries of result rows: one line per operating point, and a readable markdown table per task.
 
-:func:`summary_frame` is the single place where seeds are averaged and batch sizes are chosen, so the
-plots and the tables of a report always show the same numbers.
+:func:`summary_frame` is the single place where seeds are averaged and batch sizes are chosen, so
+the plots and the tables of a report always show the same numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SUMMARY_COLUMNS",
-    "UPPER_BOUND_METHODS",
     "display_label",
     "format_flops",
     "format_sig",
@@ -35,8 +34,8 @@ __all__ = [
     "with_interval",
 ]
 
-# One summary line per operating point; ``reconstructed`` is part of the key so numbers re-derived from
-# a paper are never averaged with numbers measured here.
+# One summary line per operating point; ``reconstructed`` is part of the key so numbers re-derived
+# from a paper are never averaged with numbers measured here.
 KEYS: tuple[str, ...] = ("task", "hardware", "method", "method_label", "reconstructed", "budget")
 _REQUIRED = (
     "task", "hardware", "method", "method_label", "budget", "seed",
@@ -59,11 +58,9 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "latency_ms", "latency_ms_std", "speedup_realized", "realization", "controller_ms",
     "throughput", "throughput_std", "throughput_batch_size",
     "peak_mem_bytes", "peak_mem_bytes_std", "mean_layers", "n_seeds", "latency_batch_size", "suspect", "reference",
+    "control_of", "control_kind",
     *(f"{m}_ci_{end}" for m in INTERVAL_METRICS for end in ("low", "high", "over")),
 )  # fmt: skip
-# Upper bounds (not deployable): drawn dashed and kept off every Pareto front. Rows say so in their `upper_bound`
-# column (methods that see the evaluation labels); these names count as upper bounds in rows without it.
-UPPER_BOUND_METHODS = frozenset({"oracle"})
 # Accuracy-like units stored as fractions in [0, 1] and shown as percentages.
 _PERCENT_UNITS = frozenset({"top1", "top5", "acc", "accuracy"})
 _MISSING = "–"
@@ -74,16 +71,17 @@ def display_label(method: str, method_label: str, reconstructed: bool, upper_bou
     """The legend/table label of an operating point's method.
 
     Args:
-        method: registry name (``oracle`` marks an upper bound).
+        method: registry name.
         method_label: label chosen by the harness, e.g. ``layer_skip(pattern=uniform)``.
         reconstructed: whether the method is a reconstruction (its paper leaves the mechanism open).
-        upper_bound: whether the method saw the evaluation labels (the rows' ``upper_bound`` column).
+        upper_bound: whether the method saw the evaluation labels (the rows' ``upper_bound``
+            column).
 
     Returns:
         ``method_label`` with `` (upper bound)`` and/or `` (reconstructed)`` appended.
     """
     label = str(method_label)
-    if upper_bound or method in UPPER_BOUND_METHODS:
+    if upper_bound:
         label += " (upper bound)"
     if reconstructed:
         label += " (reconstructed)"
@@ -98,7 +96,8 @@ def quality_scale(unit: str, values: Iterable[float]) -> tuple[float, str]:
         values: the quality values that will be shown.
 
     Returns:
-        ``(100.0, "top1 (%)")`` for accuracy-like units whose values are fractions, else ``(1.0, unit)``.
+        ``(100.0, "top1 (%)")`` for accuracy-like units whose values are fractions, else
+        ``(1.0, unit)``.
     """
     arr = np.asarray(list(values), dtype=float)
     arr = arr[np.isfinite(arr)]
@@ -135,7 +134,8 @@ def pareto_mask(frame: pd.DataFrame, x_metric: str = "flops_per_sample") -> np.n
     Upper-bound methods (``oracle``) and rows with a missing coordinate are never on the front.
 
     Args:
-        frame: rows of :func:`summary_frame` for one task (and one hardware when ``x_metric`` depends on it).
+        frame: rows of :func:`summary_frame` for one task (and one hardware when ``x_metric``
+            depends on it).
         x_metric: the cost column, lower is better.
 
     Returns:
@@ -170,11 +170,14 @@ def _as_bool(value: Any) -> bool:
 
 
 def upper_bound_mask(frame: pd.DataFrame) -> np.ndarray:
-    """Which rows are upper bounds: an ``upper_bound`` flag, or a name in :data:`UPPER_BOUND_METHODS`."""
-    by_name = frame["method"].isin(UPPER_BOUND_METHODS).to_numpy()
+    """Which rows are upper bounds: not deployable, drawn dashed, off every Pareto front.
+
+    The rows' own ``upper_bound`` flag says so; the harness sets it for methods that see the evaluation
+    labels.
+    """
     if "upper_bound" not in frame.columns:
-        return by_name
-    return frame["upper_bound"].map(_as_bool).to_numpy(dtype=bool) | by_name
+        return np.zeros(len(frame), dtype=bool)
+    return frame["upper_bound"].map(_as_bool).to_numpy(dtype=bool)
 
 
 def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -191,9 +194,10 @@ def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
 def _attach(out: pd.DataFrame, sub: pd.DataFrame, keys: list[str], metrics: tuple[str, ...]) -> pd.DataFrame:
     """Merge the mean over seeds, its std and its 95% interval for each of ``metrics`` (rows in ``sub``) onto ``out``.
 
-    The interval: with one seed, the row's own (a bootstrap over samples or timed calls, or ``exact``); with two
-    or more seeds, a t-interval over the per-seed values (:func:`dynbench.stats.seed_interval`). Metrics without
-    rows become NaN columns, so callers can rely on every column existing.
+    The interval: with one seed, the row's own (a bootstrap over samples or timed calls, or
+    ``exact``); with two or more seeds, a t-interval over the per-seed values
+    (:func:`dynbench.stats.seed_interval`). Metrics without rows become NaN columns, so callers can
+    rely on every column existing.
     """
     columns = [name for metric in metrics for name in (metric, f"{metric}_std")]
     intervals = [f"{m}_ci_{end}" for m in metrics if m in INTERVAL_METRICS for end in ("low", "high", "over")]
@@ -271,13 +275,14 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
     """Collapse tidy result rows into one line per operating point.
 
     Quality, FLOPs, FLOPs ratio and mean layers are hardware-independent and taken from one hardware
-    target (the alphabetically first that has them). Latency, realized speedup and peak memory are read
-    at ``latency_batch_size``; throughput at the largest batch size measured on that task and hardware.
-    Every number is a mean over seeds; ``*_std`` columns hold the standard deviation across seeds (NaN
-    with one seed), and ``<metric>_ci_low/_ci_high/_ci_over`` its 95% interval (:data:`INTERVAL_METRICS`: over
-    seeds with two or more, else the row's own over samples or timed calls). ``suspect`` is True where a timing
-    row of the point was flagged (a realization that stayed above 1.1 after a re-measure). Metrics that were not
-    measured give NaN columns, never missing ones.
+    target (the alphabetically first that has them). Latency, realized speedup and peak memory are
+    read at ``latency_batch_size``; throughput at the largest batch size measured on that task and
+    hardware. Every number is a mean over seeds; ``*_std`` columns hold the standard deviation
+    across seeds (NaN with one seed), and ``<metric>_ci_low/_ci_high/_ci_over`` its 95% interval
+    (:data:`INTERVAL_METRICS`: over seeds with two or more, else the row's own over samples or timed
+    calls). ``suspect`` is True where a timing row of the point was flagged (a realization that
+    stayed above 1.1 after a re-measure). Metrics that were not measured give NaN columns, never
+    missing ones.
 
     Args:
         rows: result rows with the columns of ``dynbench.types.ROW_COLUMNS``.
@@ -288,8 +293,8 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
         sorted by task, hardware, method (dense first, upper bounds last) and budget descending.
 
     Raises:
-        ValueError: if columns are missing, ``latency_batch_size`` is not positive, or a task's quality rows
-            disagree on their direction.
+        ValueError: if columns are missing, ``latency_batch_size`` is not positive, or a task's
+            quality rows disagree on their direction.
     """
     if latency_batch_size < 1:
         raise ValueError(f"latency_batch_size must be >= 1, got {latency_batch_size}; batch 1 is the usual choice.")
@@ -307,10 +312,18 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
     reference = rows["reference"] if "reference" in rows.columns else pd.Series("dense backbone", index=rows.index)
     networks = reference.fillna("dense backbone").groupby([rows[k] for k in keys], dropna=False).first()
     out = out.merge(networks.rename("reference").reset_index(), on=keys, how="left")
+    for column in ("control_of", "control_kind"):  # which learned configuration a control run controls
+        values = rows[column].fillna("").astype(str) if column in rows.columns else pd.Series("", index=rows.index)
+        first = values.groupby([rows[k] for k in keys], dropna=False).first().rename(column)
+        out = out.merge(first.reset_index(), on=keys, how="left")
+        out[column] = out[column].fillna("")
     flagged = rows["suspect"].map(_as_bool) if "suspect" in rows.columns else pd.Series(False, index=rows.index)
-    suspect = flagged[rows["batch_size"] == latency_batch_size].groupby(
-        [rows[k] for k in keys], dropna=False
-    ).any().rename("suspect")
+    suspect = (
+        flagged[rows["batch_size"] == latency_batch_size]
+        .groupby([rows[k] for k in keys], dropna=False)
+        .any()
+        .rename("suspect")
+    )
     out = out.merge(suspect.reset_index(), on=keys, how="left")
     out["suspect"] = out["suspect"].map(_as_bool).astype(bool)
     upper = rows.groupby("method")["upper_bound"].any()
@@ -331,7 +344,8 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
 def quality_formats(factor: float) -> tuple[Callable[[float], str], Callable[[float], str]]:
     """Formatters of a quality and of a quality difference shown with :func:`quality_scale`'s ``factor``.
 
-    Percentages get 2 decimals (a difference in points, signed); other units 4 significant digits (a difference 3).
+    Percentages get 2 decimals (a difference in points, signed); other units 4 significant digits (a
+    difference 3).
     """
     if factor != 1.0:
         return (lambda v: f"{v * factor:.2f}"), (lambda v: f"{v * factor:+.2f}")
@@ -343,8 +357,8 @@ def with_interval(
 ) -> str:
     """``value [low, high]`` when the summary row holds a 95% interval for ``metric``, else just the value.
 
-    An ``exact`` interval (a deterministic measurement), or one of zero width (the same value on every seed),
-    prints as the value alone.
+    An ``exact`` interval (a deterministic measurement), or one of zero width (the same value on
+    every seed), prints as the value alone.
     """
     value = row.get(metric, math.nan)
     if value is None or not math.isfinite(float(value)):
@@ -463,8 +477,8 @@ def task_markdown(rows: pd.DataFrame, task: str, *, latency_batch_size: int = 1)
 
     FLOPs use K/M/G prefixes with 3 significant digits, times are in ms and memory in MiB with 3
     significant digits, accuracy-like quality is a percentage, speedups read ``1.23×``. The Pareto
-    column marks with ``*`` the budgets on the quality-vs-FLOPs front. Columns of metrics that were not
-    measured are dropped and listed in a note under the table.
+    column marks with ``*`` the budgets on the quality-vs-FLOPs front. Columns of metrics that were
+    not measured are dropped and listed in a note under the table.
 
     Args:
         rows: result rows (all tasks or just this one).

@@ -8,6 +8,7 @@ entry-point group.
 
 from __future__ import annotations
 
+import platform
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -16,6 +17,18 @@ import torch
 
 from dynbench.registry import Registry
 from dynbench.types import NoOptions
+
+
+def cpu_model() -> str:
+    """The host processor's model name (/proc/cpuinfo on Linux): the CPU target's device and provenance's."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class CallTimer(ABC):

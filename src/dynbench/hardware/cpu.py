@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,8 @@ from typing import Any
 
 import torch
 
-from dynbench.hardware.base import CallTimer, HardwareTarget, register_hardware
+from dynbench.hardware.base import CallTimer, HardwareTarget, cpu_model, register_hardware
+from dynbench.validation import check_range
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,7 @@ class CPUConfig:
     threads: int = 0  # intra-op threads for torch; 0 keeps torch's default (usually the physical cores)
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise ValueError(f"cpu.threads must be >= 0, got {self.threads}. Use 0 for torch's default.")
+        check_range("CPUConfig.threads", self.threads, 0, advice="Use 0 for torch's default.")
 
 
 class PerfCounterTimer(CallTimer):
@@ -46,18 +45,6 @@ class PerfCounterTimer(CallTimer):
     def elapsed_ms(self) -> list[float]:
         """Durations in milliseconds."""
         return [ns / 1e6 for ns in self._ns]
-
-
-def cpu_model() -> str:
-    """The processor's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @contextlib.contextmanager

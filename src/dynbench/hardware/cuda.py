@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from dynbench.hardware.base import CallTimer, HardwareTarget, register_hardware
+from dynbench.validation import check_range
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,7 @@ class CUDAConfig:
     index: int = 0  # which visible GPU (cuda:index)
 
     def __post_init__(self) -> None:
-        if self.index < 0:
-            raise ValueError(f"cuda.index must be >= 0, got {self.index}. Use 0 for the first visible GPU.")
+        check_range("CUDAConfig.index", self.index, 0, advice="Use 0 for the first visible GPU.")
 
 
 class CUDAEventTimer(CallTimer):

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynbench.config import RunSpec, runspec_from_dict, runspec_to_dict
-from dynbench.harness.runner import Progress, RunPlan, execute
+from dynbench.harness.execution import Progress, execute
+from dynbench.harness.planning import RunPlan, plan_suite
 from dynbench.harness.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -131,8 +132,6 @@ def die_with_parent(parent_pid: int | None) -> None:
 
 def worker_main() -> int:
     """Entry point of ``python -m dynbench.harness.worker``: one run from a JSON job on stdin."""
-    from dynbench.harness.runner import plan_suite
-
     job = json.loads(sys.stdin.read())
     die_with_parent(job.get("parent_pid"))
     spec: RunSpec = runspec_from_dict(job["spec"])

@@ -1,6 +1,8 @@
-"""The four measurement passes of one budget: quality, FLOPs, timing and memory (DESIGN §4).
+"""The four measurement passes of one budget: quality, FLOPs, timing and memory.
 
-Each pass runs the model on its own, so e.g. the FLOP counter's dispatch overhead never enters a timing.
+Each pass runs the model on its own, so e.g. the FLOP counter's dispatch overhead never enters a timing. The
+passes and their rows are called by :mod:`dynbench.harness.execution`, which owns the order of a run; why each
+pass measures the way it does is in docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,14 +18,13 @@ from torch import Tensor
 
 from dynbench.harness.flops import count_flops
 from dynbench.harness.memory import measure_memory
+from dynbench.harness.planning import RunPlan
+from dynbench.harness.rows import RowMaker
 from dynbench.harness.timing import TimingStats, time_controllers, time_interleaved
 from dynbench.methods.base import DynamicModel
 from dynbench.stats import Interval, bootstrap, exact, median_interval
 from dynbench.tasks.base import Task
 from dynbench.types import Batch, Trace
-
-if TYPE_CHECKING:
-    from dynbench.harness.runner import RowMaker, RunPlan
 
 
 @dataclass
@@ -195,7 +196,7 @@ def timing_inputs(q: QualityResult, batches: list[Batch], batch_size: int, limit
 
 REALIZATION_LIMIT = 1.1
 """Realization above this is physically implausible (the method got back more time than the FLOPs it saved):
-the timing is re-measured once, and flagged ``suspect`` when it persists (statistics.md, DESIGN §4)."""
+the timing is re-measured once, and flagged ``suspect`` when it persists (docs/architecture.md, "A run")."""
 
 
 @dataclass

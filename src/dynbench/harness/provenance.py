@@ -1,12 +1,13 @@
 """Where a result came from: code version, library versions, machine, time.
 
-Recorded in every row (DESIGN §5) so a number can always be traced to the code and machine that produced it.
+Recorded in every row so a number can always be traced to the code and machine that produced it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 import dynbench
+from dynbench.hardware.base import cpu_model
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,6 @@ def git_state(path: Path | None = None) -> tuple[str, bool]:
 
 def machine_line() -> str:
     """``host | OS | Python | CPU model × cores``."""
-    import os
-
-    from dynbench.hardware.cpu import cpu_model
-
     return (
         f"{platform.node()} | {platform.system()} {platform.release()} | "
         f"Python {platform.python_version()} | {cpu_model()} x{os.cpu_count()}"

@@ -2,7 +2,7 @@
 
 Layout under the results directory::
 
-    runs/<run_key>.jsonl       tidy rows (DESIGN §5), written last: its presence means the run finished
+    runs/<run_key>.jsonl       tidy rows (dynbench.types.ROW_COLUMNS), written last: its presence means the run finished
     samples/<run_key>.jsonl    per-sample records (sample id, FLOPs, layers, score, correct …)
     timings/<run_key>.jsonl    every timed call per (budget, batch size): method and dense durations in
                                interleaved pairs, the input each pair ran and its FLOPs (intervals, comparisons)

@@ -1,10 +1,11 @@
 """Latency and throughput: interleaved timing of a method against dense on real inputs.
 
-Protocol (DESIGN §4): real eval inputs, not one repeated tensor; a warm-up that visits every execution path;
-timed calls until both a minimum count and a minimum time are met; the target's own timer (perf counter on
-CPU, CUDA events with one synchronisation at the end on GPU); median, p90 and IQR over the calls. Dense and
-the method alternate call by call (A B, B A, …) on the same input, so slow drift of the machine hits both
-equally and ``speedup_realized`` is a ratio from one run.
+Protocol (docs/architecture.md, "A run"): real eval inputs, not one repeated tensor; a warm-up that
+visits every execution path; timed calls until both a minimum count and a minimum time are met; the
+target's own timer (perf counter on CPU, CUDA events with one synchronisation at the end on GPU);
+median, p90 and IQR over the calls. Dense and the method alternate call by call (A B, B A, …) on the
+same input, so slow drift of the machine hits both equally and ``speedup_realized`` is a ratio from
+one run.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ lm-eval: EleutherAI's LM Evaluation Harness, https://github.com/EleutherAI/lm-ev
         --tasks dynbench_shakespeare_ppl,dynbench_shakespeare_cloze --limit 20
 
 The backbone and the fitted method are the ones ``bench run`` uses: the run is planned and validated by
-:func:`dynbench.harness.runner.plan_run`, the dense backbone comes from the task's (trained, cached) checkpoint
-for ``seed``, and the method is fitted (or loaded from the fit cache) by :func:`~dynbench.harness.runner.fitted_model`.
+:func:`dynbench.harness.planning.plan_run`, the dense backbone comes from the task's (trained, cached)
+checkpoint for ``seed``, and the method is fitted (or loaded from the fit cache) by
+:func:`~dynbench.harness.fit_cache.fitted_model`.
 
 Model arguments (``--model_args k=v,…``; see :class:`LMEvalConfig`): ``task``, ``method``, ``budget``, ``seed``,
 ``max_length``, ``device``, ``threads``, ``cache_dir``, ``flops_json``, ``measured_flops``, plus plugin options
@@ -62,11 +63,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without lm-eval
         "dynbench's lm-eval integration needs lm-eval: `pip install 'dynbench[lm-eval]'` (lm-eval==0.4.13)."
     ) from exc
 
-from dynbench.api import default_cache_dir
+from dynbench.cache_dirs import model_cache_dir
 from dynbench.config import ConfigError, PluginSpec, RunSpec, build_dataclass
+from dynbench.harness.fit_cache import fitted_model
 from dynbench.harness.flops import count_flops
-from dynbench.harness.runner import fitted_model, plan_run
+from dynbench.harness.planning import plan_run
 from dynbench.tasks.base import Task
+from dynbench.validation import check_range
 
 # lm-eval configures only its own logger tree; logging under it makes `lm_eval` show our FLOPs line.
 logger = logging.getLogger("lm_eval.dynbench")
@@ -94,12 +97,10 @@ class LMEvalConfig:
     measured_flops: bool = False  # cross-check every forward with FlopCounterMode (slower)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}. Use e.g. --batch_size 16.")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2 tokens (or None), got {self.max_length}.")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}. Use 0 for torch's default.")
+        check_range("batch_size", self.batch_size, 1, advice="Use e.g. --batch_size 16.")
+        if self.max_length is not None:
+            check_range("max_length", self.max_length, 2, advice="Give at least 2 tokens, or leave it out.")
+        check_range("threads", self.threads, 0, advice="Use 0 for torch's default.")
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ class DynbenchLM(LM):
         self.plan = plan
         self.budget = plan.budgets[0] if cfg.budget is not None else float(plan.method.full_budget)
         plan.hardware.setup()
-        cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+        cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else model_cache_dir()
         backbone = plan.task.backbone(cfg.seed, cache_dir=cache)
         self.model = fitted_model(plan, backbone, cache).to(plan.hardware.device)
         self.backbone = self.model.backbone.eval()

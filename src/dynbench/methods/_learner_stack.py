@@ -1,35 +1,42 @@
 """ACM's learner stack and the paper's gate-label rule and losses, as pure functions of tensors.
 
-Part of :mod:`dynbench.methods.acm` (Wójcik et al., "Adaptive Computation Modules: Granular Conditional
-Computation for Efficient Inference", https://arxiv.org/abs/2312.10193), kept apart because these pieces are
-self-contained: :class:`LearnerStack` (N learners replacing one MLP plus the gate choosing how many run per
-token, executing each learner as one contiguous matmul over the tokens that chose it), the relative-improvement
-labels of gate pre-training and the budget, entropy and diversity losses of fine-tuning.
+Part of :mod:`dynbench.methods.acm` (Wójcik et al., "Adaptive Computation Modules: Granular
+Conditional Computation for Efficient Inference", https://arxiv.org/abs/2312.10193), kept apart
+because these pieces are self-contained: :class:`LearnerStack` (N learners replacing one MLP plus
+the gate choosing how many run per token, executing each learner as one contiguous matmul over the
+tokens that chose it), the relative-improvement labels of gate pre-training and the budget, entropy
+and diversity losses of fine-tuning.
 """
 
 from __future__ import annotations
 
 import math
+import typing
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LABEL_RULES = ("paper", "code")
+from dynbench.validation import choice_message
+
+LabelRule = Literal["paper", "code"]
+"""Gate labels: the paper's text (``"paper"``) or the released code's reading (``"code"``)."""
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The rules and losses of the paper, as pure functions of tensors
 
 
-def improvement_labels(errors: Tensor, tau: float, rule: str = "paper") -> Tensor:
+def improvement_labels(errors: Tensor, tau: float, rule: LabelRule = "paper") -> Tensor:
     """Gate labels from the per-choice errors ``e(n) = ||h(z, n) - o||``, n = 0 … N.
 
     ``rel(n) = e(n) / e(n+1)`` is the improvement bought by learner n+1.
 
-    - ``"paper"``: the smallest n with ``rel(n) < τ`` (the next learner is not worth it), N when there is none.
-    - ``"code"``: the released code's reading: with j the first index where ``rel(j) < τ``, label ``j + 1``,
-      and N when j = 0 or no index qualifies.
+    - ``"paper"``: the smallest n with ``rel(n) < τ`` (the next learner is not worth it), N when
+      there is none.
+    - ``"code"``: the released code's reading: with j the first index where ``rel(j) < τ``, label
+      ``j + 1``, and N when j = 0 or no index qualifies.
 
     Args:
         errors: ``(..., N + 1)`` non-negative errors per choice.
@@ -38,6 +45,9 @@ def improvement_labels(errors: Tensor, tau: float, rule: str = "paper") -> Tenso
 
     Returns:
         ``(...)`` long labels in ``0 … N``.
+
+    Raises:
+        ValueError: ``rule`` is not a :data:`LabelRule`.
     """
     n = errors.shape[-1] - 1
     rel = errors[..., :-1] / errors[..., 1:].clamp_min(1e-12)  # (..., N); a perfect next learner: huge gain
@@ -48,14 +58,15 @@ def improvement_labels(errors: Tensor, tau: float, rule: str = "paper") -> Tenso
         return torch.where(found, first, torch.full_like(first, n))
     if rule == "code":
         return torch.where(first == 0, torch.full_like(first, n), first + 1)
-    raise ValueError(f"label rule must be one of {LABEL_RULES}, got {rule!r}.")
+    raise ValueError(choice_message("ACM gate label rule", rule, typing.get_args(LabelRule)))
 
 
 def budget_loss(onehots: Tensor, costs: Tensor, target: float) -> Tensor:
     """L1 distance between the batch's expected fraction of learner FLOPs and the target β.
 
     Args:
-        onehots: ``(B, T, M, K)`` (straight-through) one-hot choices of M modules with K = N + 1 choices.
+        onehots: ``(B, T, M, K)`` (straight-through) one-hot choices of M modules with K = N + 1
+            choices.
         costs: ``(M, K)`` FLOPs of each choice of each module (learner FLOPs × n).
         target: β.
     """
@@ -64,7 +75,7 @@ def budget_loss(onehots: Tensor, costs: Tensor, target: float) -> Tensor:
 
 
 def entropy_loss(onehots: Tensor) -> Tensor:
-    """Minus the mean normalised entropy of each sample's per-module distribution of choices over its tokens.
+    """Minus the mean normalised entropy of each sample's per-module choices over its tokens.
 
     Args:
         onehots: ``(B, T, M, K)`` one-hot choices.
@@ -76,7 +87,9 @@ def entropy_loss(onehots: Tensor) -> Tensor:
 
 
 def diversity_loss(onehots: Tensor) -> Tensor:
-    """``-(2/B²) Σ_{i,m} |b_i - b_m|`` with b_i = the mean over tokens, modules and choice slots of onehot · index.
+    """``-(2/B²) Σ_{i,m} |b_i - b_m|``, b_i = the mean of onehot · index over a sample's choices.
+
+    The mean runs over tokens, modules and choice slots.
 
     Args:
         onehots: ``(B, T, M, K)`` one-hot choices.
@@ -86,7 +99,7 @@ def diversity_loss(onehots: Tensor) -> Tensor:
     return -2.0 * (b[:, None] - b[None, :]).abs().mean()
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The module
 
 
@@ -104,8 +117,9 @@ def make_gate(d_model: int, choices: int, hidden: int, depth: int) -> nn.Sequent
 class LearnerStack(nn.Module):
     """N learners replacing one MLP, and the gate that picks how many of them run on each token.
 
-    Learner i maps ``z → w_out[i]ᵀ act(w_in[i] z + b_in[i])`` (SwiGLU: ``silu(w_glu[i] z) · (w_in[i] z)``); its
-    weights are stored stacked, so the first n learners are one contiguous slice.
+    Learner i maps ``z → w_out[i]ᵀ act(w_in[i] z + b_in[i])`` (SwiGLU:
+    ``silu(w_glu[i] z) · (w_in[i] z)``); its weights are stored stacked, so the first n learners are
+    one contiguous slice.
 
     Args:
         d_model: residual width C.
@@ -113,7 +127,8 @@ class LearnerStack(nn.Module):
         width: hidden units per learner b.
         swiglu: SwiGLU learners (Llama blocks) instead of GELU ones.
         bias: hidden biases (the dense MLP has biases).
-        out_bias: an output bias per learner (added only where the learner runs, so k = 0 outputs zero).
+        out_bias: an output bias per learner (added only where the learner runs, so k = 0 outputs
+            zero).
         gate_hidden: gate width.
         gate_depth: gate linear layers.
     """
@@ -146,7 +161,7 @@ class LearnerStack(nn.Module):
 
     @torch.no_grad()
     def reset_random(self) -> None:
-        """``nn.Linear``'s default initialisation, learner by learner (the released code's choice)."""
+        """``nn.Linear``'s default initialisation, learner by learner (the released code's)."""
         C = self.w_in.shape[-1]
         for name, p in self.named_parameters(recurse=False):
             fan_in = self.width if name == "w_out" else C
@@ -155,9 +170,10 @@ class LearnerStack(nn.Module):
 
     @torch.no_grad()
     def split_from(self, mlp: nn.Module) -> None:
-        """Learner i := the dense MLP's hidden units ``[i·b, (i+1)·b)``, the output bias on learner 1.
+        """Learner i := the dense MLP's hidden units ``[i·b, (i+1)·b)``; output bias on learner 1.
 
-        All N learners together are then the dense MLP (without ``out_bias``: the MLP minus its output bias).
+        All N learners together are then the dense MLP (without ``out_bias``: the MLP minus its
+        output bias).
         """
         C = self.w_in.shape[-1]
         if self.b_out is not None:
@@ -188,7 +204,7 @@ class LearnerStack(nn.Module):
                 bias.copy_(bias.reshape(-1)[perm].reshape(n, b))
 
     def hidden(self, z: Tensor, lo: int, hi: int) -> Tensor:
-        """Activated hidden units of learners ``lo … hi-1`` side by side: ``(M, C) → (M, (hi-lo)·b)``."""
+        """Activated hidden units of learners ``lo … hi-1``: ``(M, C) → (M, (hi-lo)·b)``."""
         C = z.shape[-1]
         bias = None if self.b_in is None else self.b_in[lo:hi].reshape(-1)
         h = F.linear(z, self.w_in[lo:hi].reshape(-1, C), bias)  # (M, (hi-lo)·b)
@@ -203,7 +219,7 @@ class LearnerStack(nn.Module):
         return h @ self.w_out[i] if self.b_out is None else torch.addmm(self.b_out[i], h, self.w_out[i])  # (M, C)
 
     def forward(self, z: Tensor) -> Tensor:
-        """Every learner on every token (the full budget): one matmul pair, ``(..., C) → (..., C)``."""
+        """Every learner on every token (full budget): one matmul pair, ``(..., C) → (..., C)``."""
         shape = z.shape
         z = z.reshape(-1, shape[-1])  # (M, C)
         h = self.hidden(z, 0, self.n)  # (M, N·b)
@@ -216,7 +232,8 @@ class LearnerStack(nn.Module):
 
         Args:
             z: module inputs.
-            detach: each prefix's gradient reaches only its newest learner (the released code's 'detach').
+            detach: each prefix's gradient reaches only its newest learner (the released code's
+                'detach').
         """
         M = z.shape[0]
         h = self.hidden(z, 0, self.n).view(M, self.n, self.width)  # (M, N, b)
@@ -231,14 +248,15 @@ class LearnerStack(nn.Module):
         return self.gate(z) - self.price * self.choices  # elementwise: 0 FLOPs
 
     def choose(self, z: Tensor) -> Tensor:
-        """Inference choice per token: the argmax of the (priced) gate, ``(M, C) → (M,)`` long in ``0 … N``."""
+        """Inference choice per token: argmax of the priced gate, ``(M, C) → (M,)`` in ``0 … N``."""
         return self.logits(z).argmax(dim=-1)
 
     def gated(self, z: Tensor, k: Tensor) -> Tensor:
         """Run learner i on exactly the tokens with ``k >= i``, grouped: ``(M, C), (M,) → (M, C)``.
 
-        Tokens are sorted by k once (descending), so the tokens needing learner i are the first ``n_i`` sorted
-        rows and each learner is one contiguous matmul. Learners 1 … max(k) all run, the last one included.
+        Tokens are sorted by k once (descending), so the tokens needing learner i are the first
+        ``n_i`` sorted rows and each learner is one contiguous matmul. Learners 1 … max(k) all run,
+        the last one included.
         """
         order = torch.argsort(k, descending=True, stable=True)  # (M,)
         counts = torch.bincount(k, minlength=self.n + 1).tolist()  # tokens per choice; the one host sync

@@ -1,9 +1,10 @@
-"""Building blocks of :meth:`~dynbench.methods.base.DynamicModel.operating_modules`: parts of a backbone.
+"""Parts of a backbone, the building blocks of ``DynamicModel.operating_modules``.
 
-An operating point that skips blocks statically (layer_skip at 0.5, a static exit after k blocks) reads only part of
-the backbone, but the backbone's embedding tensors (a ViT's ``cls_token`` and ``pos_embed``) are its own parameters,
-not a submodule that could be listed. :class:`TensorSet` names such loose tensors as a module, and
-:func:`backbone_parts` lists a backbone as embedding + chosen blocks + readout.
+An operating point that skips blocks statically (layer_skip at 0.5, a static exit after k blocks)
+reads only part of the backbone, but the backbone's embedding tensors (a ViT's ``cls_token`` and
+``pos_embed``) are its own parameters, not a submodule that could be listed. :class:`TensorSet`
+names such loose tensors as a module, :func:`backbone_parts` lists a backbone as embedding + chosen
+blocks + readout, and :func:`exit_parts` an exit head with the readout it borrows.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
+from dynbench.methods._exit_heads import SharedExit
 from dynbench.models.backbone import Backbone
 
 
 class TensorSet(nn.Module):
-    """A module holding given tensors themselves (not copies), so a list of modules can name loose tensors.
+    """A module holding given tensors themselves (not copies), so module lists can name loose ones.
 
-    Only for counting and inspecting: it is never registered in a model, so it adds nothing to a state dict.
+    Only for counting and inspecting: it is never registered in a model, so it adds nothing to a
+    state dict.
 
     Args:
         tensors: parameters stay parameters, anything else is held as a (non-persistent) buffer.
@@ -42,8 +45,8 @@ def backbone_parts(backbone: Backbone, blocks: Iterable[int], *, readout: bool =
         readout: whether the backbone's readout runs (an exit head reads its own head instead).
 
     Returns:
-        The embedding (the backbone's own tensors and every submodule but ``blocks`` and ``readout``), the chosen
-        blocks, and the readout when it runs.
+        The embedding (the backbone's own tensors and every submodule but ``blocks`` and
+        ``readout``), the chosen blocks, and the readout when it runs.
     """
     own = TensorSet([*backbone.parameters(recurse=False), *backbone.buffers(recurse=False)])
     embedding = [m for name, m in backbone.named_children() if name not in ("blocks", "readout")]
@@ -52,11 +55,9 @@ def backbone_parts(backbone: Backbone, blocks: Iterable[int], *, readout: bool =
 
 
 def exit_parts(head: nn.Module) -> list[nn.Module]:
-    """An exit head, and the backbone readout it applies when it holds it outside its own module tree.
+    """An exit head, and the backbone readout it applies when held outside its own module tree.
 
-    Early exit's ``SharedExit`` (and ``TunedExit``) apply the backbone's readout without owning it, so the head alone
-    names none of the readout's weights.
+    A ``SharedExit`` (and a ``TunedExit``) of :mod:`dynbench.methods._exit_heads` applies the
+    backbone's readout without owning it, so the head alone names none of the readout's weights.
     """
-    from dynbench.methods.early_exit import SharedExit  # here: early_exit imports this module
-
     return [head, head.readout] if isinstance(head, SharedExit) else [head]

@@ -1,15 +1,20 @@
-"""PPO for optimal-stopping policies: a walk over steps 0 … S-1 where, at each step, a policy continues or stops.
+"""PPO for optimal-stopping policies: over steps 0 … S-1 a policy continues or stops at each.
 
-Used by :mod:`dynbench.methods.transformer_inverse` (steps are the backbone's fold points), and kept apart so it can
-be tested on toy stopping problems with a known optimum.
+Used by :mod:`dynbench.methods.transformer_inverse` (steps are the backbone's fold points), and kept
+apart so it can be tested on toy stopping problems with a known optimum.
 
-An episode is one sample. Before its ``first`` decision step it always continues; from there on, at step ``t <
-S - 1`` the policy stops (terminal reward ``quality[t]``) or continues (reward ``-cost[t]``, the price of the
-compute up to step ``t + 1``). Reaching the last step ends the episode with ``quality[S - 1]``. Since the
-observations at each step do not depend on the actions (a frozen backbone's hidden states), the episodes are
-precomputed tensors and a rollout is a few tensor operations. PPO (Schulman et al. 2017, clipped surrogate) with
-generalised advantage estimation (GAE) trains the policy; a recurrent policy is re-run over whole episodes
-(teacher forcing), which is exact because its inputs do not depend on earlier actions.
+An episode is one sample. Before its ``first`` decision step it always continues; from there on, at
+step ``t < S - 1`` the policy stops (terminal reward ``quality[t]``) or continues (reward
+``-cost[t]``, the price of the compute up to step ``t + 1``). Reaching the last step ends the
+episode with ``quality[S - 1]``. Since the observations at each step do not depend on the actions (a
+frozen backbone's hidden states), the episodes are precomputed tensors and a rollout is a few tensor
+operations. PPO with the clipped surrogate (Schulman et al., "Proximal Policy Optimization
+Algorithms", https://arxiv.org/abs/1707.06347) and generalised advantage estimation (Schulman et
+al., "High-Dimensional Continuous Control Using Generalized Advantage Estimation",
+https://arxiv.org/abs/1506.02438) trains the policy; a recurrent policy is re-run over whole
+episodes (teacher forcing), which is exact because its inputs do not depend on earlier actions. The
+update is Adam at a constant rate through the one training loop's optimizer
+(:class:`~dynbench.models.training.ScheduledOptimizer`).
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.models.training import ParamGroup, ScheduledOptimizer, constant
+from dynbench.validation import check_range
+
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO recipe. Defaults: the clip and GAE values of the PPO paper; sizes for thousands of short episodes."""
+    """PPO recipe: the PPO paper's clip and GAE values; sizes for thousands of short episodes."""
 
     iterations: int = 40  # rollout → update rounds; a few thousand episodes of <= 6 steps converge in ~30
     epochs: int = 4  # passes over each rollout's episodes (PPO paper: 3–10)
     minibatch: int = 256  # episodes per gradient step
-    lr: float = 3e-3  # Adam learning rate: the policy is a tiny recurrent net
+    lr: float = 3e-3  # constant Adam learning rate: the policy is a tiny recurrent net
     clip: float = 0.2  # clipped-surrogate ε (PPO paper)
     gae_lambda: float = 0.95  # GAE λ (PPO paper)
     gamma: float = 1.0  # no discount: episodes are a handful of steps and the reward is the whole trade-off
@@ -39,17 +47,13 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "epochs", "minibatch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}. Use e.g. 4.")
+            check_range(f"PPOConfig.{name}", getattr(self, name), 1, advice="Use e.g. 4.")
         for name in ("lr", "clip", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)}. Use the default.")
+            check_range(f"PPOConfig.{name}", getattr(self, name), 0, low_open=True, advice="Use the default.")
         for name in ("gae_lambda", "gamma"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"PPOConfig.{name} must lie in [0, 1], got {getattr(self, name)}.")
+            check_range(f"PPOConfig.{name}", getattr(self, name), 0, 1, advice="Use the default.")
         for name in ("entropy_coef", "value_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)}. Use 0 to disable it.")
+            check_range(f"PPOConfig.{name}", getattr(self, name), 0, advice="Use 0 to disable it.")
 
 
 @dataclass
@@ -58,9 +62,12 @@ class StoppingEpisodes:
 
     Attributes:
         quality: ``(N, S)`` terminal reward when the episode stops at step ``t``.
-        cost: ``(N, S)`` price of continuing from step ``t`` to ``t + 1`` (the last column is unused).
-        first: ``(N,)`` long, the first step at which the policy decides; earlier steps always continue.
-        context: per-episode tensors ``(N, ...)`` the policy reads (observations, prices); indexed with the rest.
+        cost: ``(N, S)`` price of continuing from step ``t`` to ``t + 1`` (the last column is
+            unused).
+        first: ``(N,)`` long, the first step at which the policy decides; earlier steps always
+            continue.
+        context: per-episode tensors ``(N, ...)`` the policy reads (observations, prices); indexed
+            with the rest.
     """
 
     quality: Tensor
@@ -88,7 +95,8 @@ class Rollout:
 
     Attributes:
         go_on: ``(N, S)`` bool, the action taken: continue (True) or stop.
-        valid: ``(N, S)`` bool, steps where the policy acted (``first <= t <=`` the episode's last decision).
+        valid: ``(N, S)`` bool, steps where the policy acted (``first <= t <=`` the episode's last
+            decision).
         done: ``(N, S)`` bool, the episode's last transition.
         rewards: ``(N, S)`` reward of each transition (0 where not valid).
         stop: ``(N,)`` long, the step whose output the episode ends with.
@@ -102,7 +110,7 @@ class Rollout:
 
 
 def first_stop(go_on: Tensor, first: Tensor) -> Tensor:
-    """``(N,)`` the step each episode ends at: the first ``t >= first`` (below ``S - 1``) without ``go_on``.
+    """``(N,)`` each episode's last step: the first ``t >= first``, ``t < S - 1``, not ``go_on``.
 
     Args:
         go_on: ``(N, S)`` bool decisions to continue at each step (the last column is ignored).
@@ -116,7 +124,7 @@ def first_stop(go_on: Tensor, first: Tensor) -> Tensor:
 
 
 def rollout(logits: Tensor, episodes: StoppingEpisodes, generator: torch.Generator) -> Rollout:
-    """Sample continue/stop at every step from ``sigmoid(logits)`` and turn the episodes into transitions."""
+    """Sample continue/stop at every step from ``sigmoid(logits)``; episodes become transitions."""
     N, S = logits.shape
     u = torch.rand((N, S), generator=generator, dtype=torch.float32).to(logits.device)  # (N, S)
     go_on = u < torch.sigmoid(logits.detach().float())  # (N, S)
@@ -139,8 +147,8 @@ def gae(
 ) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over padded episodes.
 
-    ``A_t = δ_t + γλ·A_{t+1}`` and ``δ_t = r_t + γ·V_{t+1} − V_t`` within an episode; nothing flows across ``done``
-    (a terminal transition) or into invalid steps.
+    ``A_t = δ_t + γλ·A_{t+1}`` and ``δ_t = r_t + γ·V_{t+1} − V_t`` within an episode; nothing flows
+    across ``done`` (a terminal transition) or into invalid steps.
 
     Args:
         rewards: ``(N, S)`` transition rewards.
@@ -151,7 +159,8 @@ def gae(
         lam: GAE λ.
 
     Returns:
-        ``(advantages, returns)``, each ``(N, S)``, 0 where not valid; ``returns = advantages + values``.
+        ``(advantages, returns)``, each ``(N, S)``, 0 where not valid;
+        ``returns = advantages + values``.
     """
     N, S = rewards.shape
     adv = torch.zeros_like(rewards)  # (N, S)
@@ -170,7 +179,7 @@ def gae(
 
 
 def action_log_prob(logits: Tensor, go_on: Tensor) -> Tensor:
-    """``(N, S)`` log-probability of the taken action under a Bernoulli(continue = sigmoid(logit))."""
+    """``(N, S)`` log-probability of the action taken, Bernoulli(continue = sigmoid(logit))."""
     return torch.where(go_on, F.logsigmoid(logits), F.logsigmoid(-logits))
 
 
@@ -191,10 +200,11 @@ def train_stopping_policy(
     """Train a stopping policy with PPO; deterministic given ``seed``.
 
     Args:
-        policy_fn: episodes → continue logits and values at every step (the policy and critic, differentiable).
+        policy_fn: episodes → continue logits and values at every step (the policy and critic,
+            differentiable).
         params: the parameters of ``policy_fn`` to train.
-        make_episodes: a fresh batch of episodes per iteration (e.g. with newly sampled prices), drawing any
-            randomness from the generator it is given.
+        make_episodes: a fresh batch of episodes per iteration (e.g. with newly sampled prices),
+            drawing any randomness from the generator it is given.
         cfg: the PPO recipe.
         seed: seeds action sampling, episode shuffling and ``make_episodes``.
 
@@ -202,7 +212,10 @@ def train_stopping_policy(
         The mean episode return of every iteration's rollout (sampled actions), for logs and tests.
     """
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    # Adam at a constant rate: AdamW without weight decay is Adam, step for step
+    opt = ScheduledOptimizer(
+        [ParamGroup(params)], constant(cfg.lr), weight_decay=0.0, grad_clip=cfg.max_grad_norm, betas=(0.9, 0.999)
+    )
     history: list[float] = []
     for _ in range(cfg.iterations):
         episodes = make_episodes(gen)
@@ -235,9 +248,5 @@ def train_stopping_policy(
                 value_err = (new_values - returns[idx]) ** 2
                 entropy = bernoulli_entropy(new_logits)
                 per_step = -surrogate + cfg.value_coef * value_err - cfg.entropy_coef * entropy  # (n, S)
-                loss = (per_step * valid).sum() / n
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
+                opt.step((per_step * valid).sum() / n)
     return history

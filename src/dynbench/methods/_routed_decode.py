@@ -1,20 +1,24 @@
-"""KV-cached decoding for a causal GPT whose *routed* blocks run only the tokens a causal predictor picks.
+"""KV-cached decoding for a causal GPT whose *routed* blocks run only the tokens a predictor picks.
 
-The Mixture-of-Depths decode path (:mod:`dynbench.methods.mixture_of_depths`): a token that skips a routed block
-computes nothing there and writes no key or value into that block's cache, so later tokens cannot attend to it
-there — exactly as in training, where skipped tokens are absent from the routed block's attention. Plain blocks
-cache every token, as usual.
+The Mixture-of-Depths decode path (:mod:`dynbench.methods.mixture_of_depths`): a token that skips a
+routed block computes nothing there and writes no key or value into that block's cache, so later
+tokens cannot attend to it there — exactly as in training, where skipped tokens are absent from the
+routed block's attention. Plain blocks cache every token, as usual.
 
-The caches of routed blocks are ragged: each sequence has its own fill ``length`` and its own positions per slot.
-They are stored padded, ``(B, kv_heads, S + 1, head_dim)``, where the extra last slot is a dump for padding writes
-and is never attended. A call processes the next ``n`` tokens of every sequence (a prompt, or one new token):
+The caches of routed blocks are ragged: each sequence has its own fill ``length`` and its own
+positions per slot. They are stored padded, ``(B, kv_heads, S + 1, head_dim)``, where the extra last
+slot is a dump for padding writes and is never attended. A call processes the next ``n`` tokens of
+every sequence (a prompt, or one new token):
 
-- plain block: keys/values of all ``n`` tokens are appended (a slice write; causal mask only inside a prompt);
-- routed block: the predictor decides per token; only the sequences with at least one routed token take part
-  (rows gathered — a dynamic shape, one host sync per routed block), their routed tokens are gathered (padded to
-  the largest count), attend over their own cache slots, and ``r · f`` is scattered back.
+- plain block: keys/values of all ``n`` tokens are appended (a slice write; causal mask only inside
+  a prompt);
+- routed block: the predictor decides per token; only the sequences with at least one routed token
+  take part (rows gathered — a dynamic shape, one host sync per routed block), their routed tokens
+  are gathered (padded to the largest count), attend over their own cache slots, and ``r · f`` is
+  scattered back.
 
-Numerically this is the full-sequence predictor-routed forward computed incrementally; a unit test holds them equal.
+Numerically this is the full-sequence predictor-routed forward computed incrementally; a unit test
+holds them equal.
 """
 
 from __future__ import annotations
@@ -53,9 +57,11 @@ class RoutedDecoder:
     """Incremental forward of a GPT with a KV cache; routed blocks run only predictor-chosen tokens.
 
     Args:
-        net: a causal GPT-style backbone (``tok_embed``, optional learned ``pos_embed``, blocks, readout).
+        net: a causal GPT-style backbone (``tok_embed``, optional learned ``pos_embed``, blocks,
+            readout).
         routers: block index (as a string) → router ``Linear(d → 1)``; empty for a dense decoder.
-        predictors: block index → predictor returning ``(B, n)`` logits; a logit > 0 routes the token.
+        predictors: block index → predictor returning ``(B, n)`` logits; a logit > 0 routes the
+            token.
         weight: router output → update factor (``r`` or ``sigmoid(r)``).
         batch_size: sequences decoded together.
         max_len: most tokens per sequence (prompt + generated).
@@ -134,7 +140,8 @@ class RoutedDecoder:
         key = str(i)
         chosen = self.predictors[key](x) > 0  # (B, n) the causal routing decision
         idx, valid = padded_positions(chosen)  # (B, m), (B, m)
-        rows = valid.any(dim=1).nonzero().squeeze(1)  # (R,) sequences with a routed token (host sync)
+        # sequences with a routed token (host sync)
+        rows = valid.any(dim=1).nonzero().squeeze(1)  # (R,)
         if rows.numel() == 0:
             return x  # nothing routed: nothing computed, nothing cached
         every = rows.numel() == B
@@ -151,7 +158,10 @@ class RoutedDecoder:
         return xr if every else x.index_copy(0, rows, xr)
 
     def _attend_plain(self, block: Block, cache: BlockCache, h: Tensor, pos: Tensor) -> Tensor:
-        """Append all new tokens (equal lengths: slice writes) and attend; ``h`` ``(B, n, C)``, ``pos`` ``(n,)``."""
+        """Append all new tokens (equal lengths: slice writes) and attend.
+
+        ``h`` is ``(B, n, C)``, ``pos`` ``(n,)``.
+        """
         q, k, v = self._qkv(block, h, pos)  # (B, H, n, hd), (B, hk, n, hd) × 2
         start, n = cache.filled, h.shape[1]
         cache.k[:, :, start : start + n] = k
@@ -165,7 +175,10 @@ class RoutedDecoder:
 
     @staticmethod
     def _qkv(block: Block, h: Tensor, ps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values of ``h`` ``(R, m, C)``, rotated to positions ``ps`` (``(m,)`` or ``(R, m)``)."""
+        """Queries, keys and values of ``h`` ``(R, m, C)``, rotated to positions ``ps``.
+
+        ``ps`` is ``(m,)`` or ``(R, m)``.
+        """
         cfg, att = block.cfg, block.attn
         R, m, _ = h.shape
         H, hk, hd = cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -179,10 +192,14 @@ class RoutedDecoder:
 
     @staticmethod
     def _sdpa(block: Block, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
-        """Attention of ``q`` ``(R, H, m, hd)`` over cached ``(R, hk, S, hd)`` keys/values, then ``o_proj``."""
+        """Attention of ``q`` ``(R, H, m, hd)`` over cached keys/values, then ``o_proj``.
+
+        The cache holds ``(R, hk, S, hd)`` keys and values.
+        """
         cfg = block.cfg
         R, H, m, hd = q.shape
-        if cfg.kv_heads != H:  # grouped-query attention: each query head reads its group's k/v (a copy, 0 FLOPs)
+        # grouped-query attention: each query head reads its group's k/v (a copy, 0 FLOPs)
+        if cfg.kv_heads != H:
             keys = keys.repeat_interleave(cfg.group_size, dim=1)
             values = values.repeat_interleave(cfg.group_size, dim=1)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (R, H, m, hd)
@@ -191,7 +208,7 @@ class RoutedDecoder:
     def _attend(
         self, block: Block, cache: BlockCache, h: Tensor, ps: Tensor, valid: Tensor, rows: Tensor | None
     ) -> Tensor:
-        """Write a routed block's new tokens into its ragged ``cache`` and attend over each row's own slots.
+        """Write a routed block's new tokens into its ragged ``cache``, attend over own slots.
 
         Args:
             block: whose attention weights to use.
@@ -208,7 +225,8 @@ class RoutedDecoder:
         q, k, v = self._qkv(block, h, ps)  # (R, H, m, hd), (R, hk, m, hd) × 2
         length = cache.length if rows is None else cache.length[rows]  # (R,)
         offsets = torch.arange(m, device=h.device)  # (m,) valid tokens come first in each row
-        slots = torch.where(valid, length[:, None] + offsets, cache.dump)  # (R, m) padding → the dump slot
+        # padding → the dump slot
+        slots = torch.where(valid, length[:, None] + offsets, cache.dump)  # (R, m)
         row_idx = (torch.arange(R, device=h.device) if rows is None else rows)[:, None]  # (R, 1)
         cache.k[row_idx, :, slots] = k.transpose(1, 2)  # (R, m, hk, hd) into their slots
         cache.v[row_idx, :, slots] = v.transpose(1, 2)
@@ -223,7 +241,9 @@ class RoutedDecoder:
         values = cache.v[:, :, :S] if rows is None else cache.v[rows, :, :S]  # (R, hk, S, hd)
         kpos = cache.pos[:, :S] if rows is None else cache.pos[rows, :S]  # (R, S)
         filled = torch.arange(S, device=h.device)[None, :] < new_length[:, None]  # (R, S)
-        allowed = filled[:, None, :] & (kpos[:, None, :] <= ps[:, :, None])  # (R, m, S) causal on positions
-        # padding queries look at slot 0 (always filled) so no mask row is empty; their outputs are discarded
+        # causal on positions
+        allowed = filled[:, None, :] & (kpos[:, None, :] <= ps[:, :, None])  # (R, m, S)
+        # padding queries look at slot 0 (always filled) so no mask row is empty; their outputs are
+        # discarded
         allowed = allowed | ((~valid)[:, :, None] & (torch.arange(S, device=h.device) == 0))
         return self._sdpa(block, q, keys, values, allowed[:, None])

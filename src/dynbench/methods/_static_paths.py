@@ -1,17 +1,19 @@
-"""Static graphs for layer folding: runs of backbone blocks (and controller stages) prepared once, replayed after.
+"""Static graphs for layer folding: runs of blocks (and controller stages) prepared once, replayed.
 
-Part of the Transformer^-1 reconstruction (Ji et al., "Transformer^-1: Input-Adaptive Computation for
-Resource-Constrained Deployment", https://arxiv.org/abs/2501.16394; :mod:`dynbench.methods.transformer_inverse`).
-The paper restricts depths to a few *fold points* and precompiles the path to each; we prepare the blocks between
-two fold points (a *segment*) as one static graph: ``torch.jit.trace`` on CPU, one captured CUDA graph per segment
-and batch shape on CUDA. The controller's stages (predictor, policy step) are traced on CPU the same way. A prepared
+Part of the Transformer^-1 reconstruction (Ji et al., "Transformer^-1: Input-Adaptive Computation
+for Resource-Constrained Deployment", https://arxiv.org/abs/2501.16394;
+:mod:`dynbench.methods.transformer_inverse`). The paper restricts depths to a few *fold points* and
+precompiles the path to each; we prepare the blocks between two fold points (a *segment*) as one
+static graph: ``torch.jit.trace`` on CPU, one captured CUDA graph per segment and batch shape on
+CUDA. The controller's stages (predictor, policy step) are traced on CPU the same way. A prepared
 graph fires no module hooks, so the caller runs each controller stage's call inside
-:meth:`~dynbench.methods.base.DynamicModel.controller_span` (the harness's controller time sees it that way);
-segments are backbone work and need none.
+:meth:`~dynbench.methods.base.DynamicModel.controller_span` (the harness's controller time sees it
+that way); segments are backbone work and need none.
 
-Kept apart from the plugin because none of it depends on the method's decisions: a segment is a run of blocks, a
-stage is whatever the model's ``start_stage`` / ``step_stage`` compute. Graphs are used only for no-grad inference
-with no Python dispatch mode active (see :func:`graphs_allowed`), so FLOP counters always see the eager ops.
+Kept apart from the plugin because none of it depends on the method's decisions: a segment is a run
+of blocks, a stage is whatever the model's ``start_stage`` / ``step_stage`` compute. Graphs are used
+only for no-grad inference with no Python dispatch mode active (see :func:`graphs_allowed`), so FLOP
+counters always see the eager ops.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class StagedModel(Protocol):
 
 
 class GraphCache(dict):
-    """Prepared segment graphs; a deep copy starts empty (graphs hold references to the original blocks)."""
+    """Prepared segment graphs; a deep copy starts empty (graphs hold the original blocks)."""
 
     def __deepcopy__(self, memo: dict) -> GraphCache:
         return GraphCache()
@@ -80,12 +82,16 @@ class Stage(nn.Module):
         self.consts = consts
 
     def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
-        """``start``: (inputs, embedded, first); ``step``: (x, start, h, probe); ``probe+step``: (x, start, h)."""
+        """The arguments of each stage.
+
+        ``start``: (inputs, embedded, first); ``step``: (x, start, h, probe);
+        ``probe+step``: (x, start, h).
+        """
         return run_stage(self.model, self.name, self.consts, args)  # type: ignore[arg-type]
 
 
 def run_stage(model: StagedModel, name: str, consts: tuple, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Call the model's stage ``name`` (``start``, or a step with constants ``(k, λ)``) on ``args``."""
+    """Call the model's stage ``name`` (``start``, or a step with constants ``(k, λ)``)."""
     if name == "start":
         return model.start_stage(*args)
     k, lam = consts
@@ -94,7 +100,10 @@ def run_stage(model: StagedModel, name: str, consts: tuple, args: tuple[Tensor, 
 
 
 class CudaGraphSegment:
-    """One captured CUDA graph of a segment for one input shape; a call copies in, replays, copies out."""
+    """One captured CUDA graph of a segment for one input shape.
+
+    A call copies the input in, replays the graph and copies the output out.
+    """
 
     def __init__(self, segment: nn.Module, example: Tensor) -> None:
         self.static_in = example.clone()
@@ -116,11 +125,14 @@ class CudaGraphSegment:
 
 
 def trace_segment(segment: nn.Module, example: Tensor | tuple[Tensor, ...]) -> torch.jit.ScriptModule:
-    """``torch.jit.trace`` a segment on one example (the batch size stays free: tracing records shape reads).
+    """``torch.jit.trace`` a segment on one example; the batch size stays free.
 
-    Silenced warnings: the tracer flags the block's Python-level shape checks (head counts, causal flag), which are
-    constants of a segment, and ``torch.jit`` is deprecated in favour of ``torch.compile`` (not tried here: it
-    would recompile per batch size after compaction unless marked dynamic; tracing costs milliseconds per segment).
+    Tracing records shape reads, so the traced graph takes any batch size.
+
+    Silenced warnings: the tracer flags the block's Python-level shape checks (head counts, causal
+    flag), which are constants of a segment, and ``torch.jit`` is deprecated in favour of
+    ``torch.compile`` (not tried here: it would recompile per batch size after compaction unless
+    marked dynamic; tracing costs milliseconds per segment).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -129,7 +141,7 @@ def trace_segment(segment: nn.Module, example: Tensor | tuple[Tensor, ...]) -> t
 
 
 def counting() -> bool:
-    """Whether a Python dispatch mode (FLOP counter, memory tracker) is active: it must see every op."""
+    """Whether a Python dispatch mode (FLOP counter, memory tracker) is on: it must see every op."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     return _get_current_dispatch_mode() is not None
@@ -138,7 +150,8 @@ def counting() -> bool:
 def graphs_allowed() -> bool:
     """Whether a prepared graph may replace eager execution now.
 
-    Not while counting (a graph hides its ops from the dispatch mode), with grad enabled (graphs are for
-    inference), or inside a trace (a stage's trace must record its segments' ops, not nest graphs).
+    Not while counting (a graph hides its ops from the dispatch mode), with grad enabled (graphs are
+    for inference), or inside a trace (a stage's trace must record its segments' ops, not nest
+    graphs).
     """
     return not (counting() or torch.is_grad_enabled() or torch.jit.is_tracing())

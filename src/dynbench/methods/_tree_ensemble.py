@@ -1,15 +1,16 @@
 """A fitted gradient-boosted tree ensemble held in buffers and evaluated with tensor ops.
 
-Part of the Transformer^-1 reconstruction (Ji et al., "Transformer^-1: Input-Adaptive Computation for
-Resource-Constrained Deployment", https://arxiv.org/abs/2501.16394; :mod:`dynbench.methods.transformer_inverse`):
-its *complexity predictor* is a gradient-boosted tree classifier. We fit scikit-learn's
-``HistGradientBoostingClassifier`` (a LightGBM stand-in) and copy its trees into flat node arrays, so the fitted
-predictor lives in the model's state dict (the harness caches fits through it) and runs on the model's device
-without sklearn at inference. Kept apart from the plugin because it knows nothing about transformers: features in,
-labels out.
+Part of the Transformer^-1 reconstruction (Ji et al., "Transformer^-1: Input-Adaptive Computation
+for Resource-Constrained Deployment", https://arxiv.org/abs/2501.16394;
+:mod:`dynbench.methods.transformer_inverse`): its *complexity predictor* is a gradient-boosted tree
+classifier. We fit scikit-learn's ``HistGradientBoostingClassifier`` (a LightGBM stand-in) and copy
+its trees into flat node arrays, so the fitted predictor lives in the model's state dict (the
+harness caches fits through it) and runs on the model's device without sklearn at inference; 2-fold
+cross-fitting gives out-of-sample predictions on the fit samples. Kept apart from the plugin because
+it knows nothing about transformers: features in, labels out.
 
-Cost: a traversal is comparisons and additions only, which the harness's FLOP convention (matmuls and attention)
-counts as 0; :meth:`TreeEnsemble.ops_per_sample` reports the count instead.
+Cost: a traversal is comparisons and additions only, which the harness's FLOP convention (matmuls
+and attention) counts as 0; :meth:`TreeEnsemble.ops_per_sample` reports the count instead.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def traverse(
     roots: Tensor,
     steps: int,
 ) -> Tensor:
-    """``(B, n_trees)`` leaf node of every tree for every sample (sklearn's rule: go left when ``x <= threshold``)."""
+    """``(B, n_trees)`` leaf of every tree per sample (sklearn: go left when ``x <= threshold``)."""
     node = roots.expand(features.shape[0], -1)  # (B, n_trees)
     for _ in range(steps):
         x = features.gather(1, feature[node])  # (B, n_trees) the value each node tests
@@ -44,15 +45,17 @@ def traverse(
 
 
 class TreeEnsemble(nn.Module):
-    """A fitted ``HistGradientBoostingClassifier`` as flat node arrays (buffers) evaluated with tensor ops.
+    """A fitted ``HistGradientBoostingClassifier`` as node arrays (buffers) run by tensor ops.
 
     The buffers' sizes depend on the fitted trees, so loading a state dict resizes them first.
 
     Buffers:
-        feature, threshold, left, right, leaf, missing_left, value: ``(M,)`` per node of all trees (child
-            indices global); roots: ``(n_trees,)`` root of each tree, iteration-major, one tree per raw output;
+        feature, threshold, left, right, leaf, missing_left, value: ``(M,)`` per node of all trees
+            (child indices global); roots: ``(n_trees,)`` root of each tree, iteration-major, one
+            tree per raw output;
         baseline: ``(n_out,)`` initial raw score (1 output for two classes, else one per class);
-        classes: ``(n_classes,)`` label of each class; steps: ``()`` traversal steps (the deepest leaf's depth).
+        classes: ``(n_classes,)`` label of each class; steps: ``()`` traversal steps (the deepest
+            leaf's depth).
     """
 
     def __init__(self) -> None:
@@ -70,7 +73,7 @@ class TreeEnsemble(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Resize every buffer to the incoming one's shape: the trees' size is only known after fitting."""
+        """Resize each buffer to the incoming one's shape: the trees' size is known once fitted."""
         for name, buf in self._buffers.items():
             incoming = state_dict.get(prefix + name)
             if buf is not None and incoming is not None and incoming.shape != buf.shape:
@@ -89,8 +92,8 @@ class TreeEnsemble(nn.Module):
     def fit(self, features: Tensor, labels: Tensor, *, iterations: int, leaves: int, depth: int, seed: int) -> None:
         """Fit a ``HistGradientBoostingClassifier`` and load its trees.
 
-        One distinct label gives a constant predictor (sklearn refuses to fit a single class). sklearn is imported
-        here, not at module import: only fitting needs it.
+        One distinct label gives a constant predictor (sklearn refuses to fit a single class).
+        sklearn is imported here, not at module import: only fitting needs it.
 
         Args:
             features: ``(N, F)`` float64 features (CPU).
@@ -115,8 +118,28 @@ class TreeEnsemble(nn.Module):
         clf.fit(features.numpy(), labels.numpy())
         self.load_sklearn(clf)
 
+    def cross_fitted_predictions(
+        self, features: Tensor, labels: Tensor, *, iterations: int, leaves: int, depth: int, seed: int
+    ) -> Tensor:
+        """``(N,)`` labels predicted by trees fitted on the other half (2-fold cross-fitting).
+
+        A learner downstream of the trees must see the predictions it will get at deployment, which
+        are out-of-sample; predicting the trees' own training samples would be optimistic.
+        Cross-fitting gives every sample an out-of-sample prediction, so none is held back. The
+        ensemble is scratch here: it ends fitted on one half, so :meth:`fit` it on all samples
+        after. Arguments as :meth:`fit`; ``seed`` also draws the halves.
+        """
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+        halves = (order[: len(order) // 2], order[len(order) // 2 :])
+        predicted = torch.zeros(len(labels), dtype=torch.long)
+        for fit_idx, out_idx in (halves, halves[::-1]):
+            self.fit(features[fit_idx], labels[fit_idx], iterations=iterations, leaves=leaves, depth=depth, seed=seed)
+            with torch.no_grad():
+                predicted[out_idx] = self(features[out_idx]).cpu()
+        return predicted
+
     def load_sklearn(self, clf: Any) -> None:
-        """Copy in a fitted ``HistGradientBoostingClassifier``'s trees (private sklearn attributes; tests check)."""
+        """Copy in a fitted sklearn classifier's trees (private sklearn attributes; tests check)."""
         trees = [tree.nodes for iteration in clf._predictors for tree in iteration]  # structured node arrays
         if any(t["is_categorical"].any() for t in trees):
             raise ValueError("TreeEnsemble supports numerical splits only; got a categorical split.")
@@ -142,7 +165,7 @@ class TreeEnsemble(nn.Module):
         self.steps = column(np.asarray(nodes["depth"].max()), torch.long)
 
     def load_constant(self, label: int) -> None:
-        """A predictor without trees that always answers ``label`` (all training labels were equal)."""
+        """A predictor without trees that always answers ``label`` (all training labels equal)."""
         device = self.baseline.device
         for name in ("feature", "left", "right", "roots"):
             setattr(self, name, torch.zeros(0, dtype=torch.long, device=device))
@@ -155,7 +178,7 @@ class TreeEnsemble(nn.Module):
         self.steps = torch.zeros((), dtype=torch.long, device=device)
 
     def raw(self, features: Tensor) -> Tensor:
-        """``(B, n_out)`` float64 raw scores: baseline plus the leaves' values (sklearn's ``_raw_predict``)."""
+        """``(B, n_out)`` float64 raw scores: baseline + leaves (sklearn's ``_raw_predict``)."""
         x = features.double()  # (B, F)
         B, n_out = x.shape[0], self.baseline.numel()
         if self.n_trees == 0:

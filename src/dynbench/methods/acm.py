@@ -1,86 +1,55 @@
-"""Adaptive Computation Modules: every MLP becomes N learners, and a per-token gate picks how many run.
+"""Adaptive Computation Modules: each MLP becomes N learners; a per-token gate picks how many run.
 
-Paper: Wójcik, Devoto, Pustelnik, Minervini, Scardapane, "Adaptive Computation Modules: Granular Conditional
-Computation for Efficient Inference", AAAI 2025, https://arxiv.org/abs/2312.10193; official code
-https://github.com/bartwojcik/adaptive_computation_modules (commit 6760ad6, read, not copied).
+Paper: Wójcik, Devoto, Pustelnik, Minervini, Scardapane, "Adaptive Computation Modules: Granular
+Conditional Computation for Efficient Inference", AAAI 2025, https://arxiv.org/abs/2312.10193;
+code https://github.com/bartwojcik/adaptive_computation_modules (commit 6760ad6, read, not copied).
 
-Mechanism: the MLP of every block is replaced by N small MLPs ("learners") of width ``mlp_hidden / N`` — SwiGLU
-learners for SwiGLU blocks — whose outputs add up: with k learners the module outputs ``s_1(z) + … + s_k(z)``
-(Eq. 1), and all N cost what the MLP cost. A small gate per module reads the module input z of each token and
-picks k ∈ {0 … N} (k = 0 skips the MLP; it sits under a residual): hard Gumbel-softmax with a straight-through
-gradient in training (Eq. 2), argmax at inference. Three training phases, all on the training split:
-
-1. distillation — every ACM learns, in parallel and independently, to reproduce its dense MLP from the dense
-   model's own MLP inputs and outputs: MSE of every prefix ``h(z, n)``, n = 1 … N (Eq. 3);
-2. gate pre-training — learners frozen; each gate is classified onto a label per token from the
-   relative-improvement rule with τ = 1.2 (:func:`improvement_labels`);
-3. end-to-end fine-tuning of the whole model at a target β with the task loss + 0.1 · budget loss
-   + 0.05 · intra-sample entropy loss + 0.05 · inter-sample diversity loss (:func:`budget_loss`,
-   :func:`entropy_loss`, :func:`diversity_loss`).
-
-Budgets: a budget is the target β; each β ∈ ``targets`` (default 0.75, 0.6, 0.4, 0.25, the paper's) gets its own
-fine-tuned copy of the model (phase 3 is run once per β from the same distilled and gate-trained start), all kept
-in the state dict under ``variants``. Budget 1.0 is the dense backbone itself, exactly dense (as MoD's capacity
-1.0): the distilled model with every learner on every token and no gate costs the dense FLOPs and only approximates
-the dense outputs, so it is dominated by dense and is no operating point. Its trace is the dense trace, with the
-extras of every token choosing all N learners.
-
-Inference: per module, tokens are sorted by their k once, so the tokens that need learner i are a contiguous
-prefix of the sorted rows; learner i is one matmul over those rows, for i = 1 … max k **inclusive** (the released
-``forward_gated`` stops one learner early and drops the last learner of the batch's largest choice). Executed
-learner-tokens go into the trace (``Trace.block_mlp_units``), gate FLOPs into ``controller_flops``.
+Mechanism: each MLP becomes N learners whose outputs add up (Eq. 1), and a small gate picks k ∈
+{0 … N} of them per token (Gumbel-softmax in training, argmax at inference). Three phases: distil
+the learners onto the MLP (Eq. 3), pre-train the gates, fine-tune end to end at a target β.
 
 What we changed / reconstructed:
-- learners start as the dense MLP split into N groups of hidden units, ordered by importance (mean |activation|
-  × output-column norm on training data) so learner 1 holds the units that matter most (``init="split"``, our
-  choice; the released code initialises them randomly, ``init="random"``): distillation starts from the dense
-  function, with prefixes that already mean something;
-- each learner has its own output bias when the MLP has biases (``out_bias``; the released config keeps hidden
-  biases only, ``bias='hidden_only'``): k = 0 still outputs exactly zero, and split learners are the MLP exactly;
-- distillation mode ``no_detach`` (every prefix's error reaches all of its learners; the mode the released script
-  asks for and Eq. 3 describes); the released code's effective mode, ``detach``, is an option;
-- gate = ``gate_depth`` linear layers of width 16 with GELU between them (the released "deep Gumbel" gate has
-  depth 3 and width 16 but no nonlinearity between its layers; the paper calls the gate a small MLP);
-- gate pre-training uses plain cross-entropy on the gate's logits; the label rule is the paper's text
-  (``label_rule="paper"``: the smallest n whose next learner improves the error by less than τ; n = 0 allowed) or
-  the released code's (``"code"``: one more learner than that, and N when n would be 0 or none qualifies);
-- phase 3 feeds the straight-through one-hot into the output, ``Σ_n g_n h(z, n)`` (Eq. 2), so the task loss
-  trains the gates too (the released training forward uses the argmax indices and gives gates only the
-  auxiliary losses' gradients);
-- budget calibration (``calibrate``, our addition): a learner price λ per fine-tuned model lowers logit k by λ·k
-  (:func:`set_price`), set by bisection so the argmax choices spend β on validation samples (a calibration, so
-  on ``task.validation_split``, never on the evaluation split; v1/v2 used training samples), before phase 3 (it
-  starts at β) and after it (the sampled Gumbel choices the budget loss sees are not the argmax choices, and a
-  few hundred steps do not make the gates confident enough for the two to agree);
-- CPU-sized recipe: a few hundred steps per phase instead of 2 + 1 + 97 ImageNet epochs (batches of ~1024
-  tokens, and at most ``max_epochs`` passes over a small training split), a 10× learning rate for the gates in
-  phase 3 (``gate_lr_scale``); MLPs only (the paper also replaces ViT-B's q/k/v/o projections; for speech it
-  replaces MLPs only, as here).
-
-Where compute goes (trace extras, per sample): the mean learners and the share of token-blocks at each k; for
-audio encoders the mean learners on voiced and on silent tokens (a token is voiced when its stacked frames' mean
-log-mel energy lies above the midpoint between the clip's loudest and quietest token); for ViTs the mean learners
-on the CLS token, the border patches and the inner patches. The full per-token choices ``(B, L, T)`` are in
-``extra["acm_choice"]`` for heat maps.
-
-Memory: the state holds the backbone, the distilled ACMs and one fine-tuned copy per β (``resident_bytes`` counts
-all of them); one operating point reads only the backbone (1.0) or its own β's copy
-(:meth:`ACMModel.operating_modules`), and that is what ``peak_mem_bytes`` counts.
+- learners start as the dense MLP split into N groups of hidden units, ordered by importance (mean
+  |activation| × output-column norm on training data) so learner 1 holds the units that matter most
+  (``init="split"``, our choice; the released code initialises them randomly, ``init="random"``);
+- each learner has its own output bias when the MLP has biases (``out_bias``; the released config
+  keeps hidden biases only): k = 0 still outputs zero, and split learners are the MLP exactly;
+- distillation mode ``no_detach`` (every prefix's error reaches all of its learners, as Eq. 3 and
+  the released script's arguments say); ``detach``, the released code's effective mode, is optional;
+- gate = ``gate_depth`` linear layers of width 16 with GELU between them (the released "deep Gumbel"
+  gate has no nonlinearity between its layers; the paper calls the gate a small MLP);
+- gate pre-training uses plain cross-entropy; the label rule is the paper's text
+  (``label_rule="paper"``) or the released code's (``"code"``), see
+  :func:`~dynbench.methods._learner_stack.improvement_labels`;
+- phase 3 feeds the straight-through one-hot into the output, ``Σ_n g_n h(z, n)`` (Eq. 2), so the
+  task loss trains the gates too (in the released code only the auxiliary losses reach the gates);
+- each β ∈ ``targets`` gets its own fine-tuned copy; budget 1.0 is the dense backbone itself (the
+  all-learners model only approximates it);
+- inference runs learner i over the contiguous prefix of tokens (sorted by k) that need it, up to
+  max k inclusive (the released ``forward_gated`` drops the last learner of the largest choice);
+- budget calibration (``calibrate``, our addition): a learner price λ per fine-tuned model lowers
+  logit k by λ·k (:func:`set_price`), set by bisection so the argmax choices spend β on
+  ``task.validation_split`` samples, before phase 3 and after it (sampled Gumbel choices are not
+  argmax choices);
+- CPU-sized recipe: a few hundred steps per phase instead of 2 + 1 + 97 ImageNet epochs, at most
+  ``max_epochs`` passes over the training split, a 10× learning rate for the gates in phase 3
+  (``gate_lr_scale``); MLPs only (the paper also replaces ViT-B's q/k/v/o projections).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynbench.methods._learner_stack import (
-    LABEL_RULES,
+    LabelRule,
     LearnerStack,
     budget_loss,
     diversity_loss,
@@ -91,14 +60,11 @@ from dynbench.methods.base import DynamicModel, Method, freeze, register_method
 from dynbench.models.audio import AudioEncoder
 from dynbench.models.backbone import Backbone, mlp_unit_flops
 from dynbench.models.block import Block
-from dynbench.models.training import endless, fit_loop, lr_at
+from dynbench.models.training import ParamGroup, TrainConfig, endless, fit_loop
 from dynbench.models.vit import ViT
-from dynbench.tasks.base import Task, TrainConfig
+from dynbench.tasks.base import Task
 from dynbench.types import Batch, Budget, StepOutput, Trace
-
-INITS = ("split", "random")
-DISTILL_MODES = ("no_detach", "detach")
-FINETUNE_MODES = ("entire_model", "acms_only")
+from dynbench.validation import check_choices, check_range
 
 
 @dataclass(frozen=True)
@@ -107,9 +73,9 @@ class ACMConfig:
 
     n_learners: int = 4  # N learners per MLP (the paper's default); each is mlp_hidden / N wide
     targets: tuple[float, ...] = (0.75, 0.6, 0.4, 0.25)  # β: target fraction of learner FLOPs, one model each
-    init: str = "split"  # "split": learner i starts as the dense MLP's i-th group of hidden units; "random"
-    distill_mode: str = "no_detach"  # "no_detach" (Eq. 3) or "detach" (the released code's effective mode)
-    label_rule: str = "paper"  # gate labels: "paper" (the paper's text) or "code" (the released code's rule)
+    init: Literal["split", "random"] = "split"  # "split": learner i starts as the MLP's i-th group of hidden units
+    distill_mode: Literal["no_detach", "detach"] = "no_detach"  # "no_detach" (Eq. 3) or the released code's
+    label_rule: LabelRule = "paper"  # gate labels: "paper" (the paper's text) or "code" (the released code's rule)
     tau: float = 1.2  # relative-improvement threshold of the label rule (gating_error_factor)
     gate_hidden: int = 16  # gate width (released config: 16)
     gate_depth: int = 3  # gate linear layers (released config: 3)
@@ -117,7 +83,8 @@ class ACMConfig:
     alpha_budget: float = 0.1  # weight of the L1 budget loss (paper: 0.1)
     alpha_entropy: float = 0.05  # weight of the intra-sample entropy loss (paper: 0.05)
     alpha_diversity: float = 0.05  # weight of the inter-sample diversity loss (paper: 0.05)
-    finetune: str = "entire_model"  # phase 3 trains "entire_model" (paper) or "acms_only" (learners and gates)
+    finetune: Literal["entire_model", "acms_only"] = "entire_model"  # phase 3 trains the whole model (paper) or
+    # "acms_only" (learners and gates)
     batch_tokens: int = 1024  # tokens per training batch: batch = batch_tokens / tokens per sample, within [4, 64]
     distill_steps: int = 400  # phase 1 steps: the full-budget error keeps falling beyond this, slowly
     distill_lr: float = 1e-3  # phase 1 Adam learning rate (paper: 1e-3)
@@ -132,44 +99,60 @@ class ACMConfig:
     max_epochs: float = 3.0  # no phase passes over the training split more often (keeps toy fits short)
 
     def __post_init__(self) -> None:
-        choices = {
-            "init": (self.init, INITS),
-            "distill_mode": (self.distill_mode, DISTILL_MODES),
-            "label_rule": (self.label_rule, LABEL_RULES),
-            "finetune": (self.finetune, FINETUNE_MODES),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"ACMConfig.{name} must be one of {allowed}, got {value!r}.")
-        if min(self.n_learners, self.gate_hidden, self.gate_depth, self.batch_tokens) < 1:
-            raise ValueError(
-                f"ACMConfig n_learners={self.n_learners}, gate_hidden={self.gate_hidden}, gate_depth="
-                f"{self.gate_depth} and batch_tokens={self.batch_tokens} must all be >= 1. Use e.g. 4, 16, 3, 1024."
-            )
-        if (
-            not self.targets
-            or any(not 0.0 < b < 1.0 for b in self.targets)
-            or len(set(self.targets)) != len(self.targets)
+        check_choices(
+            self,
+            {
+                "init": "Use split (learners start as the dense MLP) or random (the released code's start).",
+                "distill_mode": "Use no_detach (Eq. 3) or detach (the released code's effective mode).",
+                "label_rule": "Use paper (the paper's text) or code (the released code's rule).",
+                "finetune": "Use entire_model (the paper) or acms_only (learners and gates only).",
+            },
+        )
+        for name, value, use in (
+            ("n_learners", self.n_learners, 4),
+            ("gate_hidden", self.gate_hidden, 16),
+            ("gate_depth", self.gate_depth, 3),
+            ("batch_tokens", self.batch_tokens, 1024),
         ):
+            check_range(f"ACMConfig.{name}", value, 1, advice=f"Use e.g. {name}={use}.")
+        if not self.targets or len(set(self.targets)) != len(self.targets):
             raise ValueError(
                 f"ACMConfig.targets must be distinct budgets strictly between 0 and 1, got {self.targets}. "
                 "Use e.g. targets=0.75;0.6;0.4;0.25 (budget 1.0, the dense backbone, is always there)."
             )
-        steps = (self.distill_steps, self.gate_steps, self.finetune_steps)
-        positive = (self.max_epochs, self.tau, self.gumbel_tau, self.gate_lr_scale)
-        if min(steps) < 0 or min(positive) <= 0:
-            raise ValueError(
-                f"ACMConfig steps {steps} must be >= 0 and max_epochs, tau, gumbel_tau, gate_lr_scale {positive} "
-                "> 0. Use e.g. distill_steps=400, max_epochs=4, tau=1.2, gumbel_tau=0.8, gate_lr_scale=10."
+        for beta in self.targets:
+            check_range(
+                "ACMConfig.targets",
+                beta,
+                0.0,
+                1.0,
+                low_open=True,
+                high_open=True,
+                advice="Use e.g. targets=0.75;0.6;0.4;0.25 (budget 1.0, the dense backbone, is always there).",
             )
+        for name, value, use in (
+            ("distill_steps", self.distill_steps, 400),
+            ("gate_steps", self.gate_steps, 100),
+            ("finetune_steps", self.finetune_steps, 150),
+        ):
+            check_range(f"ACMConfig.{name}", value, 0, advice=f"Use e.g. {name}={use}.")
+        for name, value, use in (
+            ("max_epochs", self.max_epochs, 3),
+            ("tau", self.tau, 1.2),
+            ("gumbel_tau", self.gumbel_tau, 0.8),
+            ("gate_lr_scale", self.gate_lr_scale, 10),
+        ):
+            check_range(f"ACMConfig.{name}", value, 0, low_open=True, advice=f"Use e.g. {name}={use}.")
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Where compute goes
 
 
 def voiced_tokens(features: Tensor, stack: int) -> Tensor:
-    """``(B, P)`` bool: tokens whose stacked frames' mean log-mel lies above the clip's loudest/quietest midpoint.
+    """``(B, P)`` bool: tokens louder than the midpoint of the clip's loudest and quietest token.
+
+    A token's loudness is the mean log-mel of its stacked frames.
 
     Args:
         features: ``(B, frames, mels)`` log-mel features (any affine normalisation).
@@ -181,7 +164,7 @@ def voiced_tokens(features: Tensor, stack: int) -> Tensor:
     return energy > mid
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The dynamic model
 
 
@@ -191,7 +174,7 @@ def is_full(budget: Budget) -> bool:
 
 
 def budget_key(budget: Budget) -> str:
-    """ModuleDict key of a target budget (dots are not allowed in module names): 0.25 → ``b02500``."""
+    """ModuleDict key of a target budget (module names have no dots): 0.25 → ``b02500``."""
     return f"b{round(budget * 10000):05d}"
 
 
@@ -204,17 +187,17 @@ def with_acms(backbone: Backbone, acms: Sequence[LearnerStack]) -> Backbone:
 
 
 class ACMModel(DynamicModel):
-    """The dense backbone (budget 1.0) and, per target β, a fine-tuned copy whose MLPs are gated learner stacks.
+    """The dense backbone (budget 1.0) and per target β a fine-tuned copy with gated learner stacks.
 
     Args:
         backbone: the dense model (never modified); run as is at budget 1.0.
         cfg: the method's options.
 
     Submodules:
-        distilled: ``(L,)`` learner stacks after phases 1 and 2, the common start of every β's fine-tuning; no
-            budget runs them.
-        variants: one fine-tuned copy of the whole model per target β (key :func:`budget_key`), whose blocks'
-            ``mlp`` are learner stacks.
+        distilled: ``(L,)`` learner stacks after phases 1 and 2, the common start of every β's
+            fine-tuning; no budget runs them.
+        variants: one fine-tuned copy of the whole model per target β (key :func:`budget_key`),
+            whose blocks' ``mlp`` are learner stacks.
     """
 
     def __init__(self, backbone: Backbone, cfg: ACMConfig) -> None:
@@ -243,8 +226,8 @@ class ACMModel(DynamicModel):
         """``(network, its learner stacks)``: the fine-tuned model of the target β ``budget``.
 
         Raises:
-            ValueError: budget 1.0 (the dense backbone, which has no learner stacks), or a budget with no
-                fine-tuned model.
+            ValueError: budget 1.0 (the dense backbone, which has no learner stacks), or a budget
+                with no fine-tuned model.
         """
         if is_full(budget):
             raise ValueError(
@@ -265,7 +248,7 @@ class ACMModel(DynamicModel):
         return [acm.gate for acm in self.modules() if isinstance(acm, LearnerStack)]
 
     def operating_modules(self, budget: Budget) -> list[nn.Module]:
-        """1.0: the dense backbone; a target β: its fine-tuned model (learner stacks and gates inside), nothing else.
+        """1.0: the dense backbone; a target β: its fine-tuned model (stacks, gates), nothing else.
 
         The distilled stacks and the other β's models are fitting state no budget reads.
 
@@ -275,12 +258,12 @@ class ACMModel(DynamicModel):
         return [self.backbone if is_full(budget) else self.stacks(budget)[0]]
 
     def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
-        """Run the model of ``budget``: the dense backbone at 1.0, β's fine-tuned gated learner stacks at a target β.
+        """Run the model of ``budget``: the dense backbone at 1.0, β's gated learner stacks at a β.
 
         Returns:
-            Logits and a trace. At 1.0: the dense trace (every MLP whole, no gate), with the extras of every token
-            choosing all N learners. At β: ``block_mlp_units`` (executed learner widths × tokens), gate FLOPs as
-            controller FLOPs and the extras described in the module docstring.
+            Logits and a trace. At 1.0: the dense trace (every MLP whole, no gate), with the extras
+            of every token choosing all N learners. At β: ``block_mlp_units`` (executed learner
+            widths × tokens), gate FLOPs as controller FLOPs and the extras of :meth:`extras`.
         """
         if is_full(budget):
             bb = self.backbone
@@ -319,7 +302,13 @@ class ACMModel(DynamicModel):
         )
 
     def extras(self, inputs: Tensor, k: Tensor) -> dict[str, Tensor]:
-        """Where compute went, from the per-token choices ``k`` ``(B, L, T)`` (see the module docstring)."""
+        """Where compute went, per sample, from the per-token choices ``k`` ``(B, L, T)``.
+
+        The mean learners and the share of token-blocks at each k; for audio encoders the mean
+        learners on voiced and on silent tokens, for ViTs on the CLS token, the border patches and
+        the inner patches (:meth:`regions`). The full choices are in ``acm_choice`` ``(B, L, T)``
+        for heat maps.
+        """
         T = k.shape[2]
         k = k.cpu()
         shares = F.one_hot(k, self.n + 1).double().mean(dim=(1, 2))  # (B, K) share of token-blocks per k
@@ -335,8 +324,8 @@ class ACMModel(DynamicModel):
     def regions(self, inputs: Tensor, T: int) -> tuple[list[str], Tensor]:
         """Where compute goes: region names and ``(B or 1, R, T)`` 0/1 token masks (float64).
 
-        Audio encoders: voiced and silent tokens (:func:`voiced_tokens`); ViTs: the CLS token, the border patches
-        and the inner patches; other backbones: none.
+        Audio encoders: voiced and silent tokens (:func:`voiced_tokens`); ViTs: the CLS token, the
+        border patches and the inner patches; other backbones: none.
         """
         bb = self.backbone
         if isinstance(bb, AudioEncoder):
@@ -356,7 +345,7 @@ class ACMModel(DynamicModel):
         return [], torch.zeros(1, 0, T, dtype=torch.float64)
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
-        """Mean learners per token-block, the share of token-blocks at each k, and the per-region means."""
+        """Mean learners per token-block, the share of token-blocks at each k, per-region means."""
         ex = trace.extra
         out = {"mean_learners": (float(ex["acm_mean_learners"].mean()), "learners", False)}
         for n in range(self.n + 1):
@@ -367,7 +356,7 @@ class ACMModel(DynamicModel):
         return out
 
     def train_forward(self, net: Backbone, inputs: Tensor, gumbel_tau: float) -> tuple[Tensor, Tensor]:
-        """Phase-3 forward: hard Gumbel-softmax choices, output ``Σ_n g_n h(z, n)`` (straight-through).
+        """Phase-3 forward: hard Gumbel-softmax choices, output ``Σ_n g_n h(z, n)``.
 
         Returns:
             Logits and the ``(B, T, M, K)`` one-hot choices of the M = L modules.
@@ -386,14 +375,14 @@ class ACMModel(DynamicModel):
 
 
 def attend(block: Block, x: Tensor) -> tuple[Tensor, Tensor]:
-    """A block's attention half: ``(h, z)`` = residual stream after attention, and the normalised MLP input."""
+    """A block's attention half: ``(h, z)`` = stream after attention, normalised MLP input."""
     h = x + block.drop(block.attn(block.attn_norm(x)))  # (B, T, C)
     return h, block.mlp_norm(h)
 
 
 @torch.no_grad()
 def dense_mlp_io(backbone: Backbone, inputs: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Every block's MLP input and output ``(M, C)`` in the dense backbone, the distillation pairs."""
+    """Every block's MLP input and output ``(M, C)`` in the dense backbone: distillation pairs."""
     x = backbone.embed(inputs)  # (B, T, C)
     pairs = []
     for block in backbone.blocks:
@@ -404,7 +393,7 @@ def dense_mlp_io(backbone: Backbone, inputs: Tensor) -> list[tuple[Tensor, Tenso
     return pairs
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The method
 
 
@@ -456,11 +445,12 @@ class ACM(Method):
         return budgets
 
     def fit(self, model: ACMModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
-        """The three phases: distil every MLP, pre-train the gates, fine-tune one model per target β.
+        """The three phases: distil every MLP, pre-train the gates, fine-tune a model per target β.
 
         Args:
             model: the wrapped model, trained in place (its backbone stays frozen and unchanged).
-            task: supplies the training split, the task loss and the validation inputs the price is set on.
+            task: supplies the training split, the task loss and the validation inputs the price is
+                set on.
             seed: seeds initialisation, batch order and Gumbel noise.
         """
         cfg = self.config
@@ -510,10 +500,11 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def order_units(model: ACMModel, inputs: Tensor) -> None:
-    """Re-split every MLP by importance: learner 1 gets the ``b`` hidden units that matter most, and so on.
+    """Re-split every MLP by importance: learner 1 gets the ``b`` hidden units that matter most.
 
-    Importance of a hidden unit = its mean absolute activation on ``inputs`` × the norm of its output column,
-    the size of its contribution to the MLP output. The split learners still sum to the MLP.
+    Importance of a hidden unit = its mean absolute activation on ``inputs`` × the norm of its
+    output column, the size of its contribution to the MLP output. The split learners still sum to
+    the MLP.
     """
     x = model.backbone.embed(inputs)  # (B, T, C)
     for acm, block in zip(model.distilled, model.backbone.blocks):
@@ -526,7 +517,7 @@ def order_units(model: ACMModel, inputs: Tensor) -> None:
 
 
 def distill(model: ACMModel, batches: Iterator[Batch], recipe: TrainConfig, detach: bool) -> float:
-    """Phase 1: every learner stack learns its dense MLP from the dense model's own MLP inputs and outputs."""
+    """Phase 1: every learner stack learns its dense MLP from that MLP's own inputs and outputs."""
     params = [p for acm in model.distilled for name, p in acm.named_parameters() if not name.startswith("gate.")]
     for p in params:
         p.requires_grad_(True)
@@ -544,7 +535,7 @@ def distill(model: ACMModel, batches: Iterator[Batch], recipe: TrainConfig, deta
 
 
 def pretrain_gates(model: ACMModel, batches: Iterator[Batch], recipe: TrainConfig, cfg: ACMConfig) -> float:
-    """Phase 2: learners frozen; each gate classifies its tokens onto the relative-improvement labels."""
+    """Phase 2: learners frozen; each gate learns the relative-improvement labels of its tokens."""
     for acm in model.distilled:
         acm.requires_grad_(False)
     params = [p for acm in model.distilled for p in acm.gate.parameters()]
@@ -574,9 +565,10 @@ def finetune(
     cfg: ACMConfig,
     calibration: Tensor,
 ) -> float:
-    """Phase 3 at one β: a fresh copy of backbone + distilled stacks, trained end to end with the three losses.
+    """Phase 3 at one β: a copy of backbone + distilled stacks, trained end to end with 3 losses.
 
-    With ``cfg.calibrate`` the learner price is set to spend β on ``calibration`` inputs before and after.
+    With ``cfg.calibrate`` the learner price is set to spend β on ``calibration`` inputs before and
+    after.
     """
     net = with_acms(model.backbone, model.distilled)
     model.variants[budget_key(beta)] = net
@@ -588,8 +580,8 @@ def finetune(
     trained.requires_grad_(True)
     gates = {id(p) for block in net.blocks for p in block.mlp.gate.parameters()}
     groups = [
-        ([p for p in trained.parameters() if id(p) not in gates], 1.0),
-        ([p for p in trained.parameters() if id(p) in gates], cfg.gate_lr_scale),
+        ParamGroup([p for p in trained.parameters() if id(p) not in gates]),
+        ParamGroup([p for p in trained.parameters() if id(p) in gates], lr_scale=cfg.gate_lr_scale),
     ]
     net.train()
     width = model.width
@@ -603,7 +595,7 @@ def finetune(
         loss = loss + cfg.alpha_entropy * entropy_loss(onehots)
         return loss + cfg.alpha_diversity * diversity_loss(onehots)
 
-    final = fit_groups(groups, step_loss, batches, recipe)
+    final = fit_loop(groups, step_loss, batches, recipe)
     net.eval()
     if cfg.calibrate:
         set_price(model, beta, calibration)
@@ -612,11 +604,14 @@ def finetune(
 
 @torch.no_grad()
 def set_price(model: ACMModel, beta: float, inputs: Tensor) -> float:
-    """Set the learner price λ of β's model so that its argmax choices spend β of the learner FLOPs on ``inputs``.
+    """Set the learner price λ of β's model: its argmax choices spend β of the learner FLOPs.
 
-    The Lagrangian view of the budget: ``argmax_k (logit_k - λ k)`` trades each gate's preference against the
-    cost of k learners. One λ serves every gate of the model; it is found by bisection on full forward passes
-    (a higher λ spends less). The price only moves the decision boundary; the gates' weights are untouched.
+    The spend is measured on ``inputs``.
+
+    The Lagrangian view of the budget: ``argmax_k (logit_k - λ k)`` trades each gate's preference
+    against the cost of k learners. One λ serves every gate of the model; it is found by bisection
+    on full forward passes (a higher λ spends less). The price only moves the decision boundary; the
+    gates' weights are untouched.
 
     Returns:
         λ.
@@ -638,28 +633,3 @@ def set_price(model: ACMModel, beta: float, inputs: Tensor) -> float:
     spend(lo)
     net.train(was_training)
     return lo
-
-
-def fit_groups(
-    groups: list[tuple[list[nn.Parameter], float]],
-    step_loss: Callable[[Batch], Tensor],
-    batches: Iterator[Batch],
-    cfg: TrainConfig,
-) -> float:
-    """:func:`~dynbench.models.training.fit_loop` with a learning-rate multiplier per parameter group."""
-    params = [p for group, _ in groups for p in group]
-    opt = torch.optim.AdamW(
-        [{"params": g, "scale": s} for g, s in groups if g], lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95)
-    )
-    tail: list[float] = []
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg) * group["scale"]
-        loss = step_loss(next(batches))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        if step >= cfg.steps * 0.9:
-            tail.append(loss.item())
-    return sum(tail) / max(1, len(tail))

@@ -1,78 +1,92 @@
-"""DHT: per-sample depth and attention heads chosen by contextual bandits (a documented reconstruction).
+"""DHT: per-sample depth and attention heads chosen by contextual bandits.
 
-Paper: Meng, Zhang, Chen, Wang, "Sample-based Dynamic Hierarchical Transformer with Layer and Head Flexibility via
-Contextual Bandit", https://arxiv.org/abs/2312.03038 (withdrawn from arXiv; only the abstract is available, and
-no code exists).
+Paper: Meng, Zhang, Chen, Wang, "Sample-based Dynamic Hierarchical Transformer with Layer and Head
+Flexibility via Contextual Bandit", https://arxiv.org/abs/2312.03038. The paper is withdrawn from
+arXiv, only its abstract is available and no code exists, so everything beyond the abstract is our
+reconstruction (``reconstructed = True``).
 
-Mechanism (the abstract's): no auxiliary network decides; a contextual bandit chooses per sample how many layers
-and how many heads run (an upper-confidence-bound rule) and combinatorial Thompson sampling chooses *which* heads;
-the chosen sub-network alone runs, in training (so training compute falls too) and at inference.
+Mechanism (the abstract's): no auxiliary network decides; a contextual bandit chooses per sample how
+many layers and how many heads run (an upper-confidence-bound rule) and combinatorial Thompson
+sampling chooses *which* heads; the chosen sub-network alone runs, in training (so training compute
+falls too) and at inference.
 
-Reconstructed (everything beyond the abstract, following ``shared/reference/methods.md`` §2):
+What we reconstructed (the bandit rules are in :mod:`dynbench.methods._bandits`):
 
-- *Context*: one of ``contexts`` (M = 4) k-means clusters of the sample's mean-pooled token embedding
-  (``backbone.embed``), fitted on training samples (k-means++ then Lloyd, in torch, seeded). Assigning a sample is
-  one ``(C → M)`` matmul against the centroids (``2·M·C`` FLOPs, charged as ``controller_flops``; the embedding is
-  the backbone's own first step). The embedding (and a head tied to it) stays frozen, so the contexts never drift.
-- *Arms*: one joint UCB arm per (depth a ∈ 1..L, head count h), per context: the sample runs blocks ``0..a-1``
-  with the same head count h in each, then the backbone's readout. Selection is UCB1 with a scale κ:
-  ``argmax_arm Q̂ + κ·sqrt(2 ln N_c / n_arm)``, every arm played once first (lowest index first).
-- *Which heads*: a Beta(α, β) posterior per (context, layer, head), from Beta(1, 1); Thompson sampling draws
-  θ ~ Beta per head and keeps the h largest in each executed layer. Semi-bandit update with the shared outcome:
-  each chosen head gets ``α += r, β += 1 − r`` per sample (r fractional, not Bernoulli-ised).
-- *Reward*: ``r = clip(correct − λ·f, 0, 1)`` with f = analytic FLOPs of the sub-network / dense FLOPs (embedding
-  and readout included). ``correct`` is, by default (``correctness="likelihood"``), ``exp(−CE)``: the probability
-  of the label, or for token outputs ``(B, T, V)`` ``exp(−mean next-token CE)`` of the sequence (perplexity-
-  aligned). ``"accuracy"`` gives the literal 1[correct] (next-token accuracy for text); its variance on small
-  held-out splits drowns the arms' quality gaps.
-- *Budgets*: budget b ∈ [0, 1] sets λ = ``lambda_max``·(1 − b); one bandit table per budget (tiny buffers), fitted
-  for the configured ``budgets`` only. b = 1 runs the dense backbone itself, without the controller.
-- *Training* (practical design): one bandit draw per context per training step, so a batch splits into ≤ M groups,
-  each run as ONE real sub-network (prefix depth, heads sliced via ``Block``'s ``head_idx``). The blocks and the
-  readout are fine-tuned with the task loss on those sub-networks, then the draw's statistics are updated with the
-  per-sample rewards. Steps cycle through the budgets' tables (the full budget's steps train the dense network, so
-  the dense network stays good: the fine-tuned backbone is the harness's dense reference and the full budget).
-  Training FLOPs (3 × analytic forward FLOPs of what ran) and their dense equivalent are kept as buffers and
-  reported (``train_flops_ratio``). By default the fine-tuning takes a quarter of the dense recipe's steps.
-- *Refinement*: the tables saw a network that was changing, so afterwards each budget's arm statistics are reset
-  and re-learned with the network frozen (forward passes only, UCB + TS as in training), on the task's held-out
-  validation split by default (``refine_split="val"``, which means ``task.validation_split``): on the training
-  samples it was just fine-tuned on, a one-block sub-network looks as right as the dense one, and every budget
-  collapses to the cheapest arm. The head posteriors are kept: they record which heads the fine-tuning trained.
-- *Inference* exploits: the arm of largest mean reward (UCB with κ = 0; an arm never played is not chosen; a
-  context never seen uses the statistics pooled over contexts) and the top-h heads by posterior mean α/(α+β),
-  computed once at the end of ``fit`` into lookup buffers. Lower budgets are constrained never to pick a costlier
-  arm than the next higher budget for the same context (the tables are learned independently; this keeps compute
-  monotone in the budget). The choice depends only on the context, so a batch is grouped by configuration and
-  each group's sub-network runs once.
-- *Grouped-query attention*: heads are chosen in whole k/v groups (the "head" arms and posteriors are over k/v
-  groups, h = groups × group size), so the trace's FLOPs stay exact (see :mod:`dynbench.models.block`).
-- *Random baseline* (``policy="random"``): the same fitted model, but each sample gets a random depth, head count
-  and random heads per executed layer, ignoring its context. Depth and head count are drawn from the
-  maximum-entropy distribution over the arms whose mean FLOPs equal the bandit policy's expected FLOPs at that
-  budget (``p ∝ exp(−τ·FLOPs)``, τ by bisection; the expectation uses the validation split's context shares), so
-  both run the same average compute. Draws are seeded per sample from its input bytes (repeatable, the same for
-  every budget: common random numbers keep compute monotone in the budget).
-- *Static control* (``policy="static"``): the same fitted model, every sample through ONE arm per budget. Each arm
-  gets fixed heads: per layer the top-h by the head posteriors pooled over every table and context (what the
-  fine-tuning trained; an exhaustive search over head subsets is combinatorial). At each budget the arm of best
-  validation quality among those costing at most the bandit policy's mean FLOPs on the task's validation split
-  (none fits: the cheapest), chosen in ``fit`` on that split, never the evaluation split.
+- *Context*: one of ``contexts`` (M = 4) k-means clusters of the sample's mean-pooled token
+  embedding (``backbone.embed``), fitted on training samples (k-means++ then Lloyd, in torch,
+  seeded). Assigning a sample is one ``(C → M)`` matmul against the centroids (``2·M·C`` FLOPs,
+  charged as ``controller_flops``; the embedding is the backbone's own first step). The embedding
+  (and a head tied to it) stays frozen, so the contexts never drift.
+- *Arms*: one joint UCB arm per (depth a ∈ 1..L, head count h), per context: the sample runs blocks
+  ``0..a-1`` with the same head count h in each, then the backbone's readout. Selection is UCB1 with
+  a scale κ: ``argmax_arm Q̂ + κ·sqrt(2 ln N_c / n_arm)``, every arm played once first (lowest index
+  first).
+- *Which heads*: a Beta(α, β) posterior per (context, layer, head), from Beta(1, 1); Thompson
+  sampling draws θ ~ Beta per head and keeps the h largest in each executed layer. Semi-bandit
+  update with the shared outcome: each chosen head gets ``α += r, β += 1 − r`` per sample (r
+  fractional, not Bernoulli-ised).
+- *Reward*: ``r = clip(correct − λ·f, 0, 1)`` with f = analytic FLOPs of the sub-network / dense
+  FLOPs (embedding and readout included). ``correct`` is, by default (``correctness="likelihood"``),
+  ``exp(−CE)``: the probability of the label, or for token outputs ``(B, T, V)``
+  ``exp(−mean next-token CE)`` of the sequence (perplexity-aligned). ``"accuracy"`` gives the
+  literal 1[correct] (next-token accuracy for text), whose variance on small held-out splits drowns
+  the arms' quality gaps.
+- *Budgets*: budget b ∈ [0, 1] sets λ = ``lambda_max``·(1 − b); one bandit table per budget (tiny
+  buffers), fitted for the configured ``budgets`` only. b = 1 runs the dense backbone itself,
+  without the controller.
+- *Training*: one bandit draw per context per training step, so a batch splits into ≤ M groups, each
+  run as ONE real sub-network (prefix depth, heads sliced via ``Block``'s ``head_idx``). The blocks
+  and the readout are fine-tuned with the task loss on those sub-networks, then the draw's
+  statistics are updated with the per-sample rewards. Steps cycle through the budgets' tables; the
+  full budget's steps train the dense network, so it stays good (the fine-tuned backbone is the
+  harness's dense reference and the full budget). Training FLOPs (3 × analytic forward FLOPs of what
+  ran) and their dense equivalent are kept as buffers and reported (``train_flops_ratio``). By
+  default the fine-tuning takes a quarter of the dense recipe's steps.
+- *Refinement*: the tables saw a network that was changing, so afterwards each budget's arm
+  statistics are reset and re-learned with the network frozen (forward passes only, UCB + TS as in
+  training), on the task's held-out validation split by default (``refine_split="val"``, which means
+  ``task.validation_split``): on the samples it was just fine-tuned on, a one-block sub-network
+  looks as right as the dense one, and every budget collapses to the cheapest arm. The head
+  posteriors are kept: they record which heads the fine-tuning trained.
+- *Inference* exploits: the arm of largest mean reward (UCB with κ = 0; an arm never played is not
+  chosen; a context never seen uses the statistics pooled over contexts) and the top-h heads by
+  posterior mean α/(α+β), computed once at the end of ``fit`` into lookup buffers. A lower budget
+  never picks a costlier arm than the next higher budget for the same context (the tables are
+  learned independently; this keeps compute monotone in the budget). The choice depends only on the
+  context, so a batch is grouped by configuration and each group's sub-network runs once.
+- *Grouped-query attention*: heads are chosen in whole k/v groups (the "head" arms and posteriors
+  are over k/v groups, h = groups × group size), so the trace's FLOPs stay exact (see
+  :mod:`dynbench.models.block`).
+- *Random baseline* (``policy="random"``): the same fitted model, but each sample gets a random
+  depth, head count and random heads per executed layer, ignoring its context. Depth and head count
+  are drawn from the maximum-entropy distribution over the arms whose mean FLOPs equal the bandit
+  policy's expected FLOPs at that budget (``p ∝ exp(−τ·FLOPs)``, τ by bisection; the expectation
+  uses the validation split's context shares), so both run the same average compute. Each sample's
+  draws come from its content hash and the fit seed (:mod:`dynbench.methods._sample_hash`):
+  repeatable, and the same at every budget (common random numbers keep compute monotone in the
+  budget).
+- *Static control* (``policy="static"``): the same fitted model, every sample through ONE arm per
+  budget. Each arm gets fixed heads: per layer the top-h by the head posteriors pooled over every
+  table and context (what the fine-tuning trained; an exhaustive search over head subsets is
+  combinatorial). At each budget the arm of best validation quality among those costing at most the
+  bandit policy's mean FLOPs on the task's validation split (none fits: the cheapest), chosen in
+  ``fit`` on that split, never the evaluation split.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.methods import _sample_hash, _static_control
 from dynbench.methods._bandits import (
     beta_update,
     exploit_arm,
@@ -84,16 +98,24 @@ from dynbench.methods._bandits import (
     ucb_update,
 )
 from dynbench.methods._operating import TensorSet, backbone_parts
+from dynbench.methods._sample_hash import sample_generators
 from dynbench.methods._static_control import best_fixed_config
 from dynbench.methods.base import DynamicModel, Method, register_method
 from dynbench.models.backbone import Backbone
-from dynbench.models.training import endless, fit_loop
-from dynbench.tasks.base import QualityMetric, Task, TrainConfig
+from dynbench.models.training import TrainConfig, endless, fit_loop
+from dynbench.tasks.base import QualityMetric, Task
 from dynbench.types import Batch, Budget, StepOutput, Trace
+from dynbench.validation import check_choices, check_range
 
-POLICIES = ("bandit", "static", "random")
-CORRECTNESS = ("accuracy", "likelihood")
-REFINE_SPLITS = ("val", "train")
+Correctness = Literal["accuracy", "likelihood"]
+"""The reward's quality term: ``accuracy`` = 1[correct]; ``likelihood`` = exp(−cross-entropy)."""
+CHOICE_ADVICE = {
+    "policy": "Use 'bandit' (the method), 'static' (the best fixed sub-network at the same mean compute) or "
+    "'random' (random sub-networks at the same mean compute).",
+    "refine_split": "Use 'val' (held-out, the default) or 'train'.",
+    "correctness": "Use 'accuracy' (1[correct]) or 'likelihood' (exp(−cross-entropy)).",
+}
+"""The sentence each choice field's error message ends with."""
 KMEANS_BATCH = 256
 """Batch size of the embedding passes that collect the k-means points."""
 STATIC_SAMPLES = 4096
@@ -102,75 +124,53 @@ STATIC_SAMPLES = 4096
 
 @dataclass(frozen=True)
 class DHTConfig:
-    """Bandit, budget and fitting options. Budgets are fitted ahead: each one is its own bandit table."""
+    """Bandit, budget and fitting options; each fitted budget is its own bandit table."""
 
-    policy: str = "bandit"  # "bandit" (UCB + Thompson sampling, the method), "static" (the best fixed arm at matched
-    # compute, chosen on validation data) or "random" (random sub-networks at matched compute): the controls
+    policy: Literal["bandit", "static", "random"] = "bandit"  # "bandit" (UCB + Thompson sampling, the method),
+    # "static" (the best fixed arm at matched compute, chosen on validation data) or "random"
+    # (random sub-networks at matched compute): the controls
     contexts: int = 4  # M k-means clusters of the pooled embedding: a disjoint bandit table per cluster
     kappa: float = 1.0  # UCB exploration scale κ: 1 is UCB1 for rewards in [0, 1]
     lambda_max: float = 0.5  # compute penalty at budget 0; λ = lambda_max·(1 − b); ≥ 1 would zero the dense reward
     budgets: tuple[float, ...] = (1.0, 0.98, 0.95, 0.9, 0.8, 0.6)  # fitted points, 1.0 incl.: λ = 0 … 0.2, where
-    # the rewards' quality gaps lie (a gap of 0.02 in correctness against 0.7 of the compute fraction)
+    # the rewards' quality gaps lie (a gap of 0.02 in correctness against 0.7 of the compute
+    # fraction)
     steps: int = -1  # joint fine-tuning steps, cycling through the budgets; 0 = bandit on the frozen backbone;
-    # -1 = a quarter of the task's dense recipe (spoken-digits 100, shakespeare 125, fashion-mnist 750, toys 37)
+    # -1 = a quarter of the task's dense recipe
     lr: float = 1e-3  # peak AdamW learning rate of the fine-tuning: below the dense recipes' 2e-3 … 6e-3
     batch_size: int = 0  # samples per fine-tuning and refinement step; 0 = the task's recipe batch size
     warmup_steps: int = 20  # linear warm-up before the cosine decay
     weight_decay: float = 0.01  # mild: the weights start trained
     refine_per_arm: int = 3  # frozen-network refinement: batches per budget table = this × arms (L × heads)
-    refine_split: str = "val"  # where the refinement plays: "val" = task.validation_split, or "train"; held-out by
-    # default, because on the training samples the
-    # sub-networks were just fine-tuned on, small ones look as right as the dense one (spoken-digits: all ~100%)
+    refine_split: Literal["val", "train"] = "val"  # where the refinement plays: "val" means
+    # task.validation_split (held-out: on the samples the sub-networks were just fine-tuned on,
+    # small ones look as right as the dense one), or "train"
     kmeans_samples: int = 4096  # training samples the clusters are fitted on
     kmeans_iters: int = 50  # Lloyd iterations at most (stops early when assignments settle)
-    correctness: str = "likelihood"  # reward's quality term: "likelihood" = exp(−mean CE), the target's probability
-    # (low-variance: with 1[correct] the small held-out splits rank the arms by noise — spoken-digits then picked
-    # 1 block even at λ = 0.01); "accuracy" = top-1 / next-token accuracy, the literal 1[correct] of the spec
+    correctness: Correctness = "likelihood"  # reward's quality term: "likelihood" = exp(−mean CE), the target's
+    # probability (low-variance: with 1[correct] the small held-out splits rank the arms by noise);
+    # "accuracy" = top-1 / next-token accuracy, the literal 1[correct] of the spec
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(
-                f"DHTConfig.policy must be one of {POLICIES}, got {self.policy!r}. Use 'bandit' (the method), "
-                "'static' (the best fixed sub-network at the same mean compute) or 'random' (random sub-networks "
-                "at the same mean compute)."
-            )
-        if self.refine_split not in REFINE_SPLITS:
-            raise ValueError(
-                f"DHTConfig.refine_split must be one of {REFINE_SPLITS}, got {self.refine_split!r}. "
-                "Use 'val' (held-out, the default) or 'train'."
-            )
-        if self.correctness not in CORRECTNESS:
-            raise ValueError(
-                f"DHTConfig.correctness must be one of {CORRECTNESS}, got {self.correctness!r}. "
-                "Use 'accuracy' (1[correct]) or 'likelihood' (exp(−cross-entropy))."
-            )
-        if self.contexts < 1:
-            raise ValueError(f"DHTConfig.contexts must be >= 1, got {self.contexts}. Use e.g. 4 (1 = no context).")
-        if self.kappa < 0:
-            raise ValueError(f"DHTConfig.kappa must be >= 0, got {self.kappa}. Use e.g. 1.0 (0 = greedy).")
-        if not 0 < self.lambda_max < 1:
-            raise ValueError(
-                f"DHTConfig.lambda_max must lie in (0, 1), got {self.lambda_max}. At 1 the dense network's reward "
-                "is 0; use e.g. 0.5."
-            )
+        check_choices(self, CHOICE_ADVICE)
+        name = type(self).__name__
+        check_range(f"{name}.contexts", self.contexts, 1, advice="Use e.g. 4 (1 = no context).")
+        check_range(f"{name}.kappa", self.kappa, 0, advice="Use e.g. 1.0 (0 = greedy).")
+        lam_advice = "At 1 the dense network's reward is 0; use e.g. 0.5."
+        check_range(f"{name}.lambda_max", self.lambda_max, 0, 1, low_open=True, high_open=True, advice=lam_advice)
         bad = [b for b in self.budgets if not 0.0 <= b <= 1.0]
         if bad or 1.0 not in self.budgets or len(set(self.budgets)) != len(self.budgets):
             raise ValueError(
                 f"DHTConfig.budgets must be distinct values in [0, 1] including the full budget 1.0, got "
                 f"{self.budgets}. Use e.g. budgets=1;0.8;0.5."
             )
-        if self.steps < -1:
-            raise ValueError(f"DHTConfig.steps must be >= -1, got {self.steps}. Use -1 (auto), 0 (none) or a count.")
-        for name in ("batch_size", "refine_per_arm", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DHTConfig.{name} must be >= 0, got {getattr(self, name)}. Use 0 for the default.")
-        for name in ("kmeans_samples", "kmeans_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DHTConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if not self.lr > 0:
-            raise ValueError(f"DHTConfig.lr must be > 0, got {self.lr}. Use e.g. 1e-3.")
-        if self.weight_decay < 0:
-            raise ValueError(f"DHTConfig.weight_decay must be >= 0, got {self.weight_decay}. Use 0 to disable it.")
+        check_range(f"{name}.steps", self.steps, -1, advice="Use -1 (auto), 0 (none) or a count.")
+        for field_name in ("batch_size", "refine_per_arm", "warmup_steps"):
+            check_range(f"{name}.{field_name}", getattr(self, field_name), 0, advice="Use 0 for the default.")
+        for field_name in ("kmeans_samples", "kmeans_iters"):
+            check_range(f"{name}.{field_name}", getattr(self, field_name), 1)
+        check_range(f"{name}.lr", self.lr, 0, low_open=True, advice="Use e.g. 1e-3.")
+        check_range(f"{name}.weight_decay", self.weight_decay, 0, advice="Use 0 to disable it.")
 
     @property
     def table_budgets(self) -> tuple[float, ...]:
@@ -178,8 +178,8 @@ class DHTConfig:
         return tuple(sorted((b for b in self.budgets if b != 1.0), reverse=True))
 
 
-def sample_correctness(logits: Tensor, targets: Tensor, metric: QualityMetric, kind: str) -> Tensor:
-    """``(B,)`` float64 correctness in [0, 1]: top-1 for classes; exp(−mean CE) or accuracy per sequence."""
+def sample_correctness(logits: Tensor, targets: Tensor, metric: QualityMetric, kind: Correctness) -> Tensor:
+    """``(B,)`` float64 correctness in [0, 1]: top-1; exp(−mean CE) or accuracy per sequence."""
     if kind == "likelihood":
         scores = logits.float().transpose(1, 2) if logits.dim() == 3 else logits.float()  # (B, V, T) or (B, K)
         nll = F.cross_entropy(scores, targets, reduction="none").double()  # (B, T) or (B,)
@@ -187,12 +187,12 @@ def sample_correctness(logits: Tensor, targets: Tensor, metric: QualityMetric, k
     return metric.correct(logits, targets).double()  # (B,)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # The dynamic model
 
 
 class ContextClusters(nn.Module):
-    """Assigns a pooled embedding to its nearest k-means centre: the bandit's context (the controller).
+    """The controller: a pooled embedding's nearest k-means centre is the bandit's context.
 
     Buffers:
         centroids: ``(M, C)`` cluster centres.
@@ -205,7 +205,7 @@ class ContextClusters(nn.Module):
         self.register_buffer("centroids", torch.zeros(n_contexts, d_model))
 
     def forward(self, pooled: Tensor) -> Tensor:
-        """``(B, C)`` → ``(B,)`` long nearest centre; ``‖x‖²`` is the same for every centre, so it is dropped."""
+        """``(B, C)`` → ``(B,)`` nearest centre (``‖x‖²``, equal for every centre, is dropped)."""
         cross = F.linear(pooled, self.centroids.to(pooled.dtype))  # (B, M): 2·M·C FLOPs per sample
         return ((self.centroids**2).sum(dim=1).to(pooled.dtype) - 2 * cross).argmin(dim=1)  # (B,)
 
@@ -224,12 +224,15 @@ class DHTModel(DynamicModel):
     Buffers (K = budgets below 1.0, M contexts, A = L·U arms, U = k/v groups = heads for plain MHA):
         arm_count, arm_reward: ``(K, M, A)`` float64 UCB observations and summed rewards.
         unit_alpha, unit_beta: ``(K, M, L, U)`` float64 Beta posteriors of the head units.
-        policy_arm: ``(K, M)`` long exploited arm per context; policy_units: ``(K, M, L, U)`` bool exploited heads.
+        policy_arm: ``(K, M)`` long exploited arm per context.
+        policy_units: ``(K, M, L, U)`` bool exploited heads.
         context_share: ``(M,)`` float64 share of validation samples per context.
-        static_arm: ``(K,)`` long the static control's arm per table; static_units: ``(K, L, U)`` bool its heads.
-        static_quality: ``(A,)`` float64 validation quality of each arm with its fixed heads (higher is better);
-        static_cap: ``(K,)`` float64 the bandit policy's mean FLOPs per sample on the validation split.
-        fitted: ``()`` bool; random_seed: ``()`` long (the random policy's draws).
+        static_arm: ``(K,)`` long the static control's arm per table.
+        static_units: ``(K, L, U)`` bool the static control's heads.
+        static_quality: ``(A,)`` float64 validation quality of each arm with its fixed heads (higher
+            is better).
+        static_cap: ``(K,)`` float64 the bandit policy's mean FLOPs per sample on validation data.
+        fitted: ``()`` bool; random_seed: ``()`` long, the fit seed the random draws mix in.
         train_flops, dense_train_flops, fit_flops: ``()`` float64; NaN until fitted.
     """
 
@@ -277,14 +280,14 @@ class DHTModel(DynamicModel):
         for name in ("train_flops", "dense_train_flops", "fit_flops"):
             self.register_buffer(name, torch.full((), float("nan"), dtype=f64))
 
-    # -- arms ------------------------------------------------------------------------------------------
+    # -- arms --------------------------------------------------------------------------------------
 
     def arm_shape(self, arm: int) -> tuple[int, int]:
-        """``(depth a, units u)`` of an arm; arms are ordered depth-major: ``arm = (a − 1)·U + (u − 1)``."""
+        """``(depth a, units u)`` of an arm, ordered depth-major: ``arm = (a − 1)·U + (u − 1)``."""
         return arm // self.n_units + 1, arm % self.n_units + 1
 
     def arm_flops(self, inputs_shape: tuple[int, ...]) -> Tensor:
-        """``(A,)`` float64 analytic FLOPs per sample of each arm's sub-network (embedding and readout incl.)."""
+        """``(A,)`` float64 analytic FLOPs per sample of each arm (embedding and readout incl.)."""
         arms = [self.arm_shape(i) for i in range(self.n_arms)]
         depth = torch.tensor([a for a, _ in arms])  # (A,)
         heads = torch.tensor([u * self.unit_size for _, u in arms])  # (A,)
@@ -313,29 +316,30 @@ class DHTModel(DynamicModel):
         heads = (units[:, None] * g + torch.arange(g)).reshape(-1)  # (u·g,)
         return heads.to(device)
 
-    # -- execution -------------------------------------------------------------------------------------
+    # -- execution ---------------------------------------------------------------------------------
 
     def contexts(self, x: Tensor) -> Tensor:
-        """``(B, T, C)`` embedded tokens → ``(B,)`` long context (mean over tokens, nearest centre)."""
+        """``(B, T, C)`` embedded tokens → ``(B,)`` long context (token mean, nearest centre)."""
         return self.context_clusters(x.mean(dim=1))  # (B,)
 
     def run_subnetwork(self, x: Tensor, depth: int, units: Sequence[Tensor | None]) -> Tensor:
-        """Blocks ``0..depth-1`` with the given head units per layer (``None`` = all), then the readout."""
+        """Blocks ``0..depth-1`` with the given head units each (``None``: all), the readout."""
         bb = self.backbone
         for layer in range(depth):
             x = bb.blocks[layer](x, head_idx=self.head_index(units[layer], x.device))  # (G, T, C)
         return bb.readout(x)  # (G, K) or (G, T, V)
 
     def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
-        """Run each sample's sub-network, grouped by configuration; budget 1.0 is the dense backbone.
+        """Run each sample's sub-network, grouped by configuration; budget 1.0 runs the backbone.
 
         Args:
             inputs: the task input batch.
             budget: one of the fitted budgets.
 
         Returns:
-            Logits and a trace whose ``extra`` holds ``depth``, ``heads`` (per executed layer) and ``context``
-            (``-1`` where no context was computed: the full budget, the static and the random policy), each ``(B,)``.
+            Logits and a trace whose ``extra`` holds ``depth``, ``heads`` (per executed layer) and
+            ``context`` (``-1`` where no context was computed: the full budget, the static and the
+            random policy), each ``(B,)``.
 
         Raises:
             ValueError: a budget without a table, or no fitted tables below the full budget.
@@ -391,15 +395,15 @@ class DHTModel(DynamicModel):
         return self.backbone.n_heads if first is None else len(first) * self.unit_size
 
     def policy_config(self, k: int, context: int) -> tuple[int, tuple]:
-        """The exploited ``(depth, per-layer unit tuples or None)`` of table ``k`` for ``context``."""
+        """The exploited ``(depth, per-layer units or None)`` of table ``k`` for ``context``."""
         return self.arm_config(int(self.policy_arm[k, context]), self.policy_units[k, context])
 
     def static_config(self, k: int) -> tuple[int, tuple]:
-        """The static control's ``(depth, per-layer unit tuples or None)`` at table ``k``, the same for every sample."""
+        """The static control's ``(depth, per-layer units or None)`` at table ``k``."""
         return self.arm_config(int(self.static_arm[k]), self.static_units[k])
 
     def arm_config(self, arm: int, mask: Tensor) -> tuple[int, tuple]:
-        """``(depth, per-layer unit tuples, or None for every unit)`` of ``arm`` with the units of ``mask`` (L, U)."""
+        """``(depth, per-layer unit tuples or None = all)`` of ``arm`` with ``mask``'s units."""
         depth, n = self.arm_shape(arm)
         if n == self.n_units:
             return depth, (None,) * depth
@@ -412,16 +416,14 @@ class DHTModel(DynamicModel):
         return costs, float(bandit) + self.context_clusters.flops()
 
     def random_configs(self, inputs: Tensor, k: int, inputs_shape: tuple[int, ...]) -> list[tuple[int, tuple]]:
-        """Per sample, a random (depth, heads, which heads) at the bandit's mean FLOPs; see the module docstring."""
+        """Per sample, a random (depth, heads, which heads) at the bandit's mean FLOPs."""
         costs, target = self.random_target(k, inputs_shape)
         probs = tilted_distribution(costs, target)  # (A,)
         order = torch.argsort(costs, stable=True)  # (A,) cheapest first
         cdf = torch.cumsum(probs[order], dim=0).numpy()  # (A,)
-        rows = inputs.detach().cpu().numpy()
         L, U = self.backbone.n_blocks, self.n_units
         configs = []
-        for row in rows:
-            rng = np.random.default_rng([int(self.random_seed), zlib.crc32(np.ascontiguousarray(row).tobytes())])
+        for rng in sample_generators(inputs, int(self.random_seed)):
             draw = rng.random()
             perms = [rng.permutation(U) for _ in range(L)]  # drawn in full: the same stream at every budget
             pick = min(int(np.searchsorted(cdf, draw, side="right")), len(cdf) - 1)
@@ -435,7 +437,7 @@ class DHTModel(DynamicModel):
     def _trace(
         self, depth: Tensor, heads: Tensor, context: Tensor, inputs_shape: tuple[int, ...], controller: float
     ) -> Trace:
-        """The trace of prefix sub-networks: ``depth`` blocks, ``heads`` heads in each, the readout."""
+        """The trace of prefix sub-networks: ``depth`` blocks, ``heads`` heads each, the readout."""
         bb = self.backbone
         n = len(depth)
         ran = (torch.arange(bb.n_blocks)[None, :] < depth[:, None]).long()  # (B, L)
@@ -449,10 +451,10 @@ class DHTModel(DynamicModel):
             extra={"depth": depth.clone(), "heads": heads.clone(), "context": context.clone()},
         )
 
-    # -- fitting helpers -------------------------------------------------------------------------------
+    # -- fitting helpers ---------------------------------------------------------------------------
 
     def compute_policy(self, inputs_shape: tuple[int, ...]) -> None:
-        """Fill ``policy_arm``/``policy_units`` from the statistics (exploitation; see the module docstring)."""
+        """Fill ``policy_arm``/``policy_units`` from the statistics (exploitation, module doc)."""
         costs = self.arm_flops(inputs_shape).to(self.arm_count.device)  # (A,)
         M = self.config.contexts
         cap = torch.full((M,), math.inf, dtype=torch.float64, device=costs.device)  # costliest arm allowed, per context
@@ -471,7 +473,7 @@ class DHTModel(DynamicModel):
                 self.policy_units[k, c] = exploit_units(self.unit_alpha[k, c], self.unit_beta[k, c], n)
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
-        """``mean_depth``, ``mean_heads`` (per executed layer) and, once fitted, the fit's training FLOPs."""
+        """``mean_depth``, ``mean_heads`` (per executed layer) and, once fitted, training FLOPs."""
         out = {
             "mean_depth": (float(trace.extra["depth"].double().mean()), "layers", False),
             "mean_heads": (float(trace.extra["heads"].double().mean()), "heads", False),
@@ -487,11 +489,12 @@ class DHTModel(DynamicModel):
         return [self.context_clusters]
 
     def operating_modules(self, budget: Budget) -> list[nn.Module]:
-        """1.0: the backbone. Below: the blocks the budget's table reaches, the readout and the policy it reads.
+        """1.0: the backbone. Below: the blocks the budget's table reaches, the readout, the policy.
 
-        The bandit policy reaches the deepest arm it exploits in any context and reads the context centres; the
-        static control runs its one arm; the random policy may draw any arm. The bandit statistics (counts,
-        rewards, head posteriors) and the static control's validation scores are fitting state no forward reads.
+        The bandit policy reaches the deepest arm it exploits in any context and reads the context
+        centres; the static control runs its one arm; the random policy may draw any arm. The bandit
+        statistics (counts, rewards, head posteriors) and the static control's validation scores are
+        fitting state no forward reads.
 
         Raises:
             ValueError: a budget without a table.
@@ -511,7 +514,7 @@ class DHTModel(DynamicModel):
         return [*backbone_parts(bb, range(bb.n_blocks)), policy]
 
 
-# ---------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # The method
 
 
@@ -524,7 +527,7 @@ def bandit_round(
     costs: Tensor,
     rng: np.random.Generator,
 ) -> tuple[Tensor, float]:
-    """One bandit round per context present in a batch: select (UCB + TS), run, reward, update the statistics.
+    """One bandit round per context in a batch: select (UCB + TS), run, reward, update statistics.
 
     Shared by the fine-tuning (with gradients) and the frozen refinement.
 
@@ -568,10 +571,10 @@ def bandit_round(
 
 @register_method("dht")
 class DHT(Method):
-    """DHT-style dynamic depth and heads per sample by contextual bandits (UCB + combinatorial TS), reconstructed."""
+    """Reconstructed DHT: per-sample depth and heads by contextual bandits (UCB + Thompson)."""
 
-    version = "3"  # 2: the static control's buffers (a cached v1 fit lacks them); 3: context shares measured on
-    # the validation split (were training samples), refinement on task.validation_split
+    version = "4"  # what each version changed: docs/architecture.md
+    shared_parts = (_sample_hash, _static_control)
     paper = "https://arxiv.org/abs/2312.03038"
     reconstructed = True
     Config = DHTConfig
@@ -590,16 +593,18 @@ class DHT(Method):
         return tuple(sorted(self.config.budgets, reverse=True))
 
     def fit_identity(self) -> DHTConfig:
-        """The config less ``policy``: the fit does not depend on it, so the static and random controls reuse it.
+        """The config less ``policy``: the fit does not read it, so the controls reuse the fit.
 
-        The fit chooses the static control's arms whatever ``policy`` is, so the cached fit serves all three.
+        The fit chooses the static control's arms whatever ``policy`` is, so the cached fit serves
+        all three.
         """
         return dataclasses.replace(self.config, policy="bandit")
 
     def fit(self, model: DHTModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
-        """Cluster the contexts, fine-tune on bandit-chosen sub-networks, refine the tables, fix the policy.
+        """Cluster contexts, fine-tune on bandit-chosen sub-networks, refine tables, fix the policy.
 
-        Last, whatever ``policy`` says, the static control's arms are chosen on the validation split.
+        Last, whatever ``policy`` says, the static control's arms are chosen on the validation
+        split.
 
         Args:
             model: the wrapped model; its blocks, readout and bandit buffers change in place.
@@ -648,7 +653,7 @@ class DHT(Method):
         model.train(was_training)
 
     def _fit_static(self, model: DHTModel, task: Task, seed: int, device: torch.device, batch_size: int) -> None:
-        """Choose the static control's arm and heads per table on the validation split (see the module docstring).
+        """Choose the static control's arm and heads per table on the validation split (module doc).
 
         Not counted in ``fit_flops``: it serves the control, not the method.
 
@@ -704,10 +709,10 @@ class DHT(Method):
         )
 
     def _fit_contexts(self, model: DHTModel, task: Task, seed: int, device: torch.device) -> float:
-        """k-means on pooled embeddings of training samples; the context shares of validation samples.
+        """k-means on pooled embeddings of training samples; context shares of validation samples.
 
-        The shares calibrate the random control's compute (:meth:`DHTModel.random_target`), so they are measured
-        on held-out inputs, as every calibration is.
+        The shares calibrate the random control's compute (:meth:`DHTModel.random_target`), so they
+        are measured on held-out inputs, as every calibration is.
 
         Returns:
             The embedding FLOPs spent.
@@ -753,7 +758,7 @@ class DHT(Method):
         rng: np.random.Generator,
         recipe: TrainConfig,
     ) -> tuple[float, float]:
-        """Fine-tune blocks and readout on bandit-chosen sub-networks, cycling through the budgets' tables.
+        """Fine-tune blocks and readout on bandit-chosen sub-networks, cycling through the tables.
 
         Returns:
             ``(training FLOPs that ran, dense-equivalent training FLOPs)``, both 3 × forward.

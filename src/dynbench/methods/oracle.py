@@ -1,109 +1,101 @@
-"""Oracle: each sample runs the layer set that its own labels say is best, within an average-layers budget.
+"""Oracle: each sample runs the layer set its own labels say is best, within an average budget.
 
-Paper: Glavas et al., "Dynamic layer selection in decoder-only transformers", https://arxiv.org/abs/2410.20022
-(the oracle controller; ``src/analysis/knapsack_solver.py::KnapsackSolver`` in the official code).
+Paper: Glavas et al., "Dynamic layer selection in decoder-only transformers",
+https://arxiv.org/abs/2410.20022 (the oracle controller; ``KnapsackSolver`` in the authors' code).
 
-Mechanism: every evaluation sample is scored under a set of candidate layer configurations. A multiple-choice
-knapsack then picks one configuration per sample (groups = samples, items = configurations, weight = executed
-layers, value = the sample's quality) to maximise total quality under an average-layers budget. The DP is exact
-and gives the optimum for every capacity at once (:mod:`dynbench.methods._knapsack`). At inference a sample is
-recognised by a hash of its input and runs only its chosen blocks, then the backbone's readout. The oracle sees the
-evaluation labels (``sees_eval_labels``), so it is an UPPER BOUND and not deployable.
+Mechanism: every evaluation sample is scored under a set of candidate layer configurations, and an
+exact multiple-choice knapsack picks one configuration per sample to maximise total quality under an
+average-layers budget (:mod:`dynbench.methods._layer_allocation`). At inference a sample is
+recognised by a hash of its input and runs only its chosen blocks, then the backbone's readout. The
+oracle sees the evaluation labels (``sees_eval_labels``), so it is an UPPER BOUND and not
+deployable.
 
-What we changed / reconstructed: the paper's candidate set is not recoverable (methods.md §4a), so ours is: early
-exit at each depth k (the first k blocks then the backbone's own final norm and head, untrained, as the paper's
-static early exit; for LM-sized heads — ``exits="auto"`` — through early_exit's tuned exits instead, an affine
-translator per depth fitted by least squares on the training split, because on SmolLM2 the untrained exits are worse
-than anything else and the "upper bound" fell below the tuned exits of ``early_exit`` from 18 blocks down), evenly
-spaced layer skipping keeping k blocks (:func:`dynbench.methods.layer_skip.uniform_blocks`), layer skipping keeping
-the k most important blocks (``ranked_skips``: ``layer_skip``'s importance ranking, on the validation split —
-without it the upper bound fell below that static method on SmolLM2, 442 against 99 ppl at 24 of 30 blocks), and
-``random_per_depth`` seeded random k-subsets, for depths ``k`` on a grid of at most ``max_depths`` (all depths of a
-model up to 8 blocks) plus the depth of each solved budget (without those, 24 of 30 blocks on SmolLM2 was only a
-mixture of 22 and 26, and fell below static layer skipping at 24). Candidates sharing a prefix of blocks share its
-computation (one forward for all early exits). The value is the task's own per-sample score: correctness for
-classification, -mean NLL of the window for text (perplexity = exp(mean NLL); the paper scores ROUGE of
-generations). The whole window runs the chosen set
-(the paper keeps prompt tokens at full depth; our text windows have no prompt). At the full budget every sample
-runs the whole network (dense); below it, of the allocations with the optimal total quality the lightest is used.
-Samples with identical inputs cannot be told apart at inference, so they form one knapsack group.
+What we changed / reconstructed: the paper's candidate set is not recoverable, so ours is, for
+depths ``k`` on a grid of at most ``max_depths`` plus the depth of each solved budget (so a budget
+has candidates of exactly its depth, not only mixtures of its neighbours):
 
-Selection bias: the best of many candidates on the very samples it is scored on is optimistic. The same allocation
-is also scored on a disjoint half: for text, select on the loss of even positions and score on odd ones, and the
-reverse; for classification, select on the original inputs and score on a second view ``task.augment(inputs)``
-(seeded), and the reverse. A task without augmentation (``augment`` the identity, e.g. ``fashion-mnist`` by
-default) has no second view: the control is then absent (no held-out rows, NaN in the buffers), never reported as
-equal to the selection.
+- early exit at depth k: the first k blocks, then the backbone's own final norm and head, untrained,
+  as the paper's static early exit; for LM-sized heads (``exits="auto"``) through a tuned exit
+  instead (:mod:`dynbench.methods._exit_heads`, fitted on the training split), because untrained
+  exits of a deep LM are worse than anything else and would put the "upper bound" below the tuned
+  exits of ``early_exit``;
+- evenly spaced layer skipping keeping k blocks, and the k most important blocks (``ranked_skips``:
+  ``layer_skip``'s importance ranking on the validation split, from
+  :mod:`dynbench.methods._layer_sets`), so the upper bound never falls below that static method;
+- ``random_per_depth`` seeded random k-subsets.
+
+Candidates sharing a prefix of blocks share its computation (one forward for all early exits). The
+value is the task's own per-sample score: correctness for classification, -mean NLL of the window
+for text (perplexity = exp(mean NLL); the paper scores ROUGE of generations). The whole window runs
+the chosen set (the paper keeps prompt tokens at full depth; our text windows have no prompt). The
+selection-bias control (the allocation scored on a disjoint half) is described in
+:mod:`dynbench.methods._layer_allocation`; for classification the second half is a seeded second
+view ``task.augment(inputs)``, absent for a task without augmentation.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dynbench.methods._knapsack import ordered_sum, solve
+from dynbench.methods import _exit_heads, _layer_sets, _sample_hash
+from dynbench.methods._exit_heads import RIDGE, TUNED_SAMPLES, TunedExit, exit_kind, fit_translators
+from dynbench.methods._layer_allocation import BUDGET_TOL, KINDS, aggregate, allocate, metric_kind
+from dynbench.methods._layer_sets import rank_blocks, uniform_blocks
 from dynbench.methods._operating import TensorSet, backbone_parts
+from dynbench.methods._sample_hash import input_hashes
 from dynbench.methods.base import DynamicModel, Method, register_method
-from dynbench.methods.early_exit import EarlyExitConfig, EarlyExitModel, TunedExit, exit_kind, fit_translators
-from dynbench.methods.layer_skip import LayerSkip, uniform_blocks
 from dynbench.models.backbone import Backbone
-from dynbench.tasks.base import Perplexity, Task, TopOneAccuracy
+from dynbench.tasks.base import Task
 from dynbench.types import Batch, Budget, StepOutput, Trace
+from dynbench.validation import check_choices, check_range
 
 Config = tuple[int, ...]
 """A candidate configuration: the indices of the blocks it runs, ascending."""
 
-KINDS: dict[int, tuple[type, str, bool]] = {0: (TopOneAccuracy, "mean", True), 1: (Perplexity, "exp_mean", False)}
-"""Metric kind code → (metric class, aggregation of per-sample scores, higher is better)."""
-BUDGET_TOL = 1e-9
-"""Two budgets closer than this are the same operating point."""
-EXITS = ("auto", "readout", "tuned")
+CHOICE_ADVICE = {
+    "exits": "Use 'readout' (the backbone's own head, untrained), 'tuned' (fitted translators before it) or "
+    "'auto' (tuned for LM-sized heads, else readout).",
+}
+"""The sentence each choice field's error message ends with."""
 
 
 @dataclass(frozen=True)
 class OracleConfig:
     """The candidate set and the memory bounds of the solve."""
 
-    max_depths: int = 8  # depths k evaluated, evenly spaced with 1 and L included: all of them up to 8 blocks; a
-    # 30-block LM (SmolLM2) gets 8 depths → 8 early exits + 7 uniform + 7 ranked + 21 random ≈ 43 configs, ~20 dense
-    # passes per window with prefix sharing (53 min on a loaded CPU thread), plus the solved budgets' depths
-    random_per_depth: int = 3  # seeded random k-subsets per depth k < L, distinct from the other candidates
-    ranked_skips: bool = True  # also keep the k most important blocks (layer_skip's ranking, validation split):
-    # the static baseline an upper bound must not fall below; costs layer_skip's importance pass (L + 1 forwards)
-    exits: str = "auto"  # early-exit candidates read out through: "readout" (the backbone's own head, untrained, as
-    # the paper's static exit), "tuned" (early_exit's fitted translators; on SmolLM2 they beat every untrained exit
-    # and, from 18 of 30 blocks down, every skip) or "auto" (tuned where early_exit's heads=auto tunes: LM heads)
-    logits_mb: int = 256  # memory cap on one candidate forward's logits: a 49k-word LM scores ~10 windows at a time
-    checkpoint_every: int = 0  # DP checkpoint spacing in samples; 0 = ceil(sqrt(N)) (memory ~ 2·sqrt(N) capacity rows)
+    max_depths: int = 8  # depths k evaluated, evenly spaced with 1 and L included: all of them up
+    # to 8 blocks; a deep LM gets 8 early exits + 7 uniform + 7 ranked + 21 random candidates, a few
+    # dense passes each with prefix sharing, plus the solved budgets' depths
+    random_per_depth: int = 3  # seeded random k-subsets per depth k < L, distinct from the others
+    ranked_skips: bool = True  # also keep the k most important blocks (layer_skip's ranking,
+    # validation split): the static baseline an upper bound must not fall below; costs its
+    # importance pass (L + 1 forwards)
+    exits: Literal["auto", "readout", "tuned"] = "auto"  # early-exit candidates read out through:
+    # "readout" (the backbone's own head, untrained, as the paper's static exit), "tuned" (fitted
+    # translators, which on an LM beat every untrained exit) or "auto" (tuned where early_exit's
+    # heads=auto tunes: LM heads)
+    logits_mb: int = 256  # memory cap on one candidate forward's logits: an LM scores a few windows
+    # at a time
+    checkpoint_every: int = 0  # DP checkpoint spacing (samples); 0 = ceil(sqrt(N)), ~2·sqrt(N) rows
 
     def __post_init__(self) -> None:
-        if self.max_depths < 2:
-            raise ValueError(
-                f"OracleConfig.max_depths must be >= 2 (depth 1 and the full depth), got {self.max_depths}. Use e.g. 8."
-            )
-        if self.random_per_depth < 0:
-            raise ValueError(
-                f"OracleConfig.random_per_depth must be >= 0, got {self.random_per_depth}. Use 0 for no random subsets."
-            )
-        if self.exits not in EXITS:
-            raise ValueError(f"OracleConfig.exits must be one of {EXITS}, got {self.exits!r}.")
-        if self.logits_mb < 1:
-            raise ValueError(f"OracleConfig.logits_mb must be >= 1, got {self.logits_mb}. Use e.g. 256.")
-        if self.checkpoint_every < 0:
-            raise ValueError(
-                f"OracleConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}. Use 0 for sqrt(N)."
-            )
+        check_choices(self, CHOICE_ADVICE)
+        name = type(self).__name__
+        check_range(f"{name}.max_depths", self.max_depths, 2, advice="Depths 1 and L always run; use e.g. 8.")
+        check_range(f"{name}.random_per_depth", self.random_per_depth, 0, advice="Use 0 for no random subsets.")
+        check_range(f"{name}.logits_mb", self.logits_mb, 1, advice="Use e.g. 256.")
+        check_range(f"{name}.checkpoint_every", self.checkpoint_every, 0, advice="Use 0 for sqrt(N).")
 
 
 def depth_grid(n_blocks: int, max_depths: int) -> list[int]:
-    """Depths ``1..L``, or ``max_depths`` of them evenly spaced (1 and ``L`` included), ascending."""
+    """Depths ``1..L``, or ``max_depths`` of them evenly spaced (1 and ``L`` included)."""
     if n_blocks <= max_depths:
         return list(range(1, n_blocks + 1))
     return sorted({1 + (2 * i * (n_blocks - 1) + max_depths - 1) // (2 * (max_depths - 1)) for i in range(max_depths)})
@@ -116,15 +108,16 @@ def candidate_configs(
     ranking: Sequence[int] | None = None,
     extra_depths: Sequence[int] = (),
 ) -> list[Config]:
-    """The candidate block sets, the full network first: early exits, uniform skips, ranked skips, random subsets.
+    """The candidate block sets, the full network first: exits, uniform, ranked, random sets.
 
     Args:
         n_blocks: depth L.
         cfg: the candidate options.
         seed: seeds the random subsets.
-        ranking: blocks from most to least important (``layer_skip``'s); each depth then also keeps its top k.
-        extra_depths: depths added to the grid (those of the solved budgets, so each budget has candidates of
-            exactly its depth rather than only mixtures of its neighbours).
+        ranking: blocks from most to least important (``layer_skip``'s); each depth then also keeps
+            its top k.
+        extra_depths: depths added to the grid (those of the solved budgets, so each budget has
+            candidates of exactly its depth rather than only mixtures of its neighbours).
     """
     L = n_blocks
     depths = sorted(set(depth_grid(L, cfg.max_depths)) | {k for k in extra_depths if 1 <= k <= L})
@@ -148,23 +141,6 @@ def candidate_configs(
     return list(configs)
 
 
-def importance_ranking(backbone: Backbone, task: Task, seed: int) -> list[int]:
-    """``layer_skip``'s block ranking (most important first), measured on ``task``'s validation split."""
-    method = LayerSkip()
-    skip = method.wrap(backbone)
-    method.fit(skip, task, seed=seed)
-    return skip.ranking.tolist()
-
-
-def input_hashes(inputs: Tensor) -> Tensor:
-    """``(B,)`` int64 content hash of each sample's input tensor (its dtype, shape and bytes)."""
-    flat = inputs.detach().cpu().contiguous().reshape(inputs.shape[0], -1)  # (B, D)
-    raw = flat.view(torch.uint8).numpy() if flat.numel() else np.zeros((inputs.shape[0], 0), np.uint8)  # (B, bytes)
-    header = f"{inputs.dtype}|{tuple(inputs.shape[1:])}|".encode()
-    digests = [hashlib.blake2b(header + row.tobytes(), digest_size=8).digest() for row in raw]
-    return torch.tensor([int.from_bytes(d, "little", signed=True) for d in digests], dtype=torch.long)
-
-
 class CandidateScorer:
     """Per-sample scores of every candidate on a batch, sharing the blocks of common prefixes.
 
@@ -172,7 +148,8 @@ class CandidateScorer:
         backbone: the dense model.
         configs: candidate block sets.
         score: ``(logits, targets) → {name: (B,) score}``, called once per candidate.
-        readout_for: a candidate's output head (default: the backbone's readout for every candidate).
+        readout_for: a candidate's output head (default: the backbone's readout for every
+            candidate).
     """
 
     def __init__(
@@ -195,7 +172,7 @@ class CandidateScorer:
         return {name: torch.stack(cols, dim=1) for name, cols in out.items()}  # type: ignore[misc]
 
     def _walk(self, x: Tensor, depth: int, members: list[int], targets: Tensor, out: dict) -> None:
-        """Score the candidates ending after ``depth`` blocks, then extend the others block by block."""
+        """Score the candidates ending after ``depth`` blocks, then extend the others."""
         children: dict[int, list[int]] = {}
         for m in members:
             config = self.configs[m]
@@ -216,15 +193,18 @@ class OracleModel(DynamicModel):
         sample_hashes: ``(G,)`` int64, sorted content hashes of the distinct solved inputs.
         solved_budgets: ``(K,)`` float64, the budgets solved.
         choices: ``(K, G)`` int64, the configuration of each input at each budget.
-        selection_half, heldout_half: ``(K, G)`` float64, the selection-bias control's per-sample task scores.
-        matching_budget: ``()`` smallest fraction of layers at which the oracle matches the full model (exact, from
-            the DP curve); matching_budget_heldout: the same on the held-out half, over the solved budgets.
+        selection_half, heldout_half: ``(K, G)`` float64, the selection-bias control's per-sample
+            task scores.
+        matching_budget: ``()`` smallest fraction of layers at which the oracle matches the full
+            model (exact, from the DP curve); matching_budget_heldout: the same on the held-out
+            half, over the solved budgets.
         metric_kind: ``()`` key of :data:`KINDS` (-1 unsolved).
 
     Args:
         backbone: the dense model.
         tuned_exits: early-exit candidates (a proper prefix of the blocks) read out through a fitted
-            :class:`~dynbench.methods.early_exit.TunedExit` (``exits[k-1]`` after k blocks) instead of the readout.
+            :class:`~dynbench.methods._exit_heads.TunedExit` (``exits[k-1]`` after k blocks) instead
+            of the readout.
     """
 
     SOLUTION = (
@@ -256,7 +236,7 @@ class OracleModel(DynamicModel):
         self.register_buffer("metric_kind", torch.tensor(-1, dtype=torch.long))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Resize the solution buffers to the saved solution's shapes first (their size depends on the solve)."""
+        """Resize the solution buffers to the saved solution's shapes (they depend on the solve)."""
         for name in self.SOLUTION:
             saved = state_dict.get(prefix + name)
             if saved is not None:
@@ -265,7 +245,7 @@ class OracleModel(DynamicModel):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
-        """The selection-bias control (quality of the selection and of the held-out half) and the matching budget."""
+        """The selection-bias control (selection, held-out half) and the matching budget."""
         if "selection_half_score" not in trace.extra:
             return {}
         _, agg, hib = KINDS[int(self.metric_kind)]
@@ -281,7 +261,7 @@ class OracleModel(DynamicModel):
         }
 
     def is_exit(self, config: Config) -> bool:
-        """Whether ``config`` reads out through a tuned exit: tuned exits on, and a proper prefix of the blocks."""
+        """Whether ``config`` reads out through a tuned exit: tuned exits on, a proper prefix."""
         k = len(config)
         return self.tuned_exits and 0 < k < self.backbone.n_blocks and config == tuple(range(k))
 
@@ -290,18 +270,18 @@ class OracleModel(DynamicModel):
         return self.exits[len(config) - 1] if self.is_exit(config) else self.backbone.readout
 
     def exit_flops(self, tokens: int) -> float:
-        """FLOPs a tuned exit adds to the readout (its translator), per sample; 0 without tuned exits."""
+        """FLOPs a tuned exit adds to the readout (its translator) per sample; 0 without."""
         if not self.tuned_exits:
             return 0.0
         exit_ = self.exits[0]
         return float(exit_.flops(tokens) - self.backbone.readout.flops(tokens))
 
     def controller_modules(self) -> list[nn.Module]:
-        """The tuned exits' translators: the head they lead into is the backbone's readout, counted as such."""
+        """The tuned exits' translators; the head they lead into counts as the readout."""
         return [exit_.translator for exit_ in self.exits]
 
     def operating_modules(self, budget: Budget) -> list[nn.Module]:
-        """The blocks and tuned exits of the configurations solved for ``budget``, the readout, and the solution.
+        """The blocks and tuned exits of the sets solved for ``budget``, readout and solution.
 
         A block no sample's configuration at this budget contains is never read.
 
@@ -310,12 +290,14 @@ class OracleModel(DynamicModel):
         """
         k = self.budget_index(budget)
         configs = self.configs.cpu()
-        chosen = torch.unique(self.choices[k].cpu()).tolist()  # candidate indices some sample uses at this budget
+        # candidate indices some sample uses at this budget
+        chosen = torch.unique(self.choices[k].cpu()).tolist()
         used = [tuple(torch.nonzero(configs[m]).flatten().tolist()) for m in chosen]
         blocks = {b for config in used for b in config}
         exits = [self.exits[len(config) - 1] for config in used if self.is_exit(config)]
         looked_up = [self.configs, self.sample_hashes, self.solved_budgets, self.choices, self.metric_kind]
-        scores = [self.selection_half, self.heldout_half]  # the trace carries each sample's control scores
+        # the trace carries each sample's control scores
+        scores = [self.selection_half, self.heldout_half]
         return [*backbone_parts(self.backbone, blocks), *exits, TensorSet(looked_up + scores)]
 
     def rows_of(self, inputs: Tensor) -> Tensor:
@@ -353,15 +335,16 @@ class OracleModel(DynamicModel):
         return int(hit[0])
 
     def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
-        """Run each sample's chosen blocks: the batch is grouped by configuration, one forward per group.
+        """Run each sample's chosen blocks: the batch grouped by configuration, one forward each.
 
         Args:
             inputs: the task input batch; every sample must be one the oracle was solved on.
             budget: a solved average-layers budget (fraction of L).
 
         Returns:
-            Logits and a trace whose ``extra`` holds ``oracle_config`` (the candidate index) and the selection-bias
-            control's per-sample scores ``selection_half_score`` and ``heldout_half_score``.
+            Logits and a trace whose ``extra`` holds ``oracle_config`` (the candidate index) and the
+            selection-bias control's per-sample scores ``selection_half_score`` and
+            ``heldout_half_score``.
         """
         if int(self.metric_kind) < 0:
             raise ValueError(
@@ -376,7 +359,8 @@ class OracleModel(DynamicModel):
         B = x.shape[0]
         configs = self.configs.cpu()
         logits: Tensor | None = None
-        exits = torch.zeros(len(configs), dtype=torch.bool)  # (M,) candidates read out through a tuned exit
+        # candidates read out through a tuned exit
+        exits = torch.zeros(len(configs), dtype=torch.bool)  # (M,)
         for m in torch.unique(chosen).tolist():
             members = torch.nonzero(chosen == m).flatten()  # (b,)
             h = x if len(members) == B else x[members.to(x.device)]  # (b, T, C)
@@ -399,7 +383,8 @@ class OracleModel(DynamicModel):
             block_kv=ran * tokens,
             block_heads=ran * bb.n_heads,
             readout=torch.ones(B, dtype=torch.long),
-            controller_flops=exits[chosen].double() * self.exit_flops(tokens),  # (B,) translators only
+            # translators only
+            controller_flops=exits[chosen].double() * self.exit_flops(tokens),  # (B,)
             extra={
                 "oracle_config": chosen,
                 "selection_half_score": self.selection_half[k].cpu()[rows],
@@ -409,124 +394,12 @@ class OracleModel(DynamicModel):
         return StepOutput(logits, trace)
 
 
-def aggregate(scores: Tensor | np.ndarray, how: str) -> float:
-    """Task quality from per-sample scores: their mean, or exp of the mean (perplexity from mean NLLs)."""
-    mean = float(np.mean(np.asarray(scores, dtype=np.float64)))
-    return math.exp(mean) if how == "exp_mean" else mean
-
-
-def metric_kind(task: Task) -> int:
-    """The :data:`KINDS` code of ``task``'s metric.
-
-    Raises:
-        ValueError: a metric the oracle cannot turn into per-sample knapsack values.
-    """
-    for code, (cls, _, _) in KINDS.items():
-        if isinstance(task.metric, cls):
-            return code
-    raise ValueError(
-        f"oracle: task '{task.name}' scores with {type(task.metric).__name__}; the oracle supports "
-        f"{[k[0].__name__ for k in KINDS.values()]} (per-sample values that add up to the task's quality)."
-    )
-
-
-def allocate(
-    table: dict[str, np.ndarray],
-    hashes: np.ndarray,
-    layers: Sequence[int],
-    n_blocks: int,
-    budgets: Sequence[Budget],
-    kind: int,
-    checkpoint_every: int = 0,
-) -> dict[str, Tensor]:
-    """Solve the knapsacks: the allocation per budget, its selection-bias control and the matching budgets.
-
-    Args:
-        table: ``(N, M)`` per-sample task scores of every candidate: ``score`` (the whole sample), ``a`` and ``b``
-            (the two disjoint halves of the control).
-        hashes: ``(N,)`` input hashes; identical inputs form one knapsack group.
-        layers: ``(M,)`` blocks each candidate runs; candidate 0 is the whole network.
-        n_blocks: depth L.
-        budgets: fractions of L to solve; the full budget 1.0 runs the whole network for everyone.
-        kind: key of :data:`KINDS`.
-        checkpoint_every: DP checkpoint spacing in groups (0 = sqrt).
-
-    Returns:
-        :class:`OracleModel`'s solution buffers except ``configs``.
-
-    Raises:
-        ValueError: a budget below one block per sample.
-    """
-    _, how, hib = KINDS[kind]
-    sign = 1.0 if hib else -1.0  # knapsack values are maximised: -NLL for perplexity
-    uniq, group, counts = np.unique(hashes, return_inverse=True, return_counts=True)  # (G,), (N,), (G,)
-    N, G = len(hashes), len(uniq)
-
-    def per_group(x: np.ndarray) -> np.ndarray:
-        """``(N, ...)`` → ``(G, ...)``: sums over identical inputs."""
-        out = np.zeros((G, *x.shape[1:]))
-        np.add.at(out, group, x)
-        return out
-
-    weights = counts[:, None] * np.asarray(layers)[None, :]  # (G, M) executed layers
-    total = N * n_blocks
-    ordered = sorted({float(b) for b in budgets}, reverse=True)
-    partial = [b for b in ordered if abs(b - 1.0) >= BUDGET_TOL]
-    caps = [int(math.floor(b * total + BUDGET_TOL)) for b in partial]
-    if any(c < N for c in caps):
-        raise ValueError(
-            f"oracle: budget {min(partial)} is below one block per sample (1/L = {1 / n_blocks:.4g}); "
-            f"use budgets >= {1 / n_blocks:.4g}."
-        )
-    chunk = checkpoint_every or None
-    values = sign * per_group(table["score"])  # (G, M)
-    main = solve(weights, values, [*caps, total], chunk=chunk)  # the total capacity: the curve up to L
-    full_total = ordered_sum(values[:, 0])  # as the DP adds the groups
-    reach = np.flatnonzero(main.best >= full_total - 1e-9 * (1.0 + abs(full_total)))
-    matching = int(reach[0]) / total if reach.size else 1.0
-    pick_a = pick_b = main.choices
-    if caps:  # select on half A, score on B, and the reverse (classification's half A is the main solve)
-        if kind != 0:
-            pick_a = solve(weights, sign * per_group(table["a"]), caps, chunk=chunk).choices
-        pick_b = solve(weights, sign * per_group(table["b"]), caps, chunk=chunk).choices
-    rows = np.arange(N)
-    a, b = table["a"], table["b"]  # (N, M)
-    control = kind != 0 or not np.array_equal(a, b)  # the second view of an identity augment is the first
-    choices, sel, held = [], [], []
-    for budget in ordered:
-        if budget in partial:
-            i = partial.index(budget)
-            ca, cb, cm = pick_a[i], pick_b[i], main.choices[i]
-        else:
-            ca = cb = cm = np.zeros(G, dtype=np.int64)  # the whole network
-        sa, sb = ca[group], cb[group]  # (N,)
-        sel.append(per_group(0.5 * (a[rows, sa] + b[rows, sb])) / counts)  # (G,) mean over identical inputs
-        held.append(per_group(0.5 * (b[rows, sa] + a[rows, sb])) / counts)
-        choices.append(cm)
-    full_held = aggregate(0.5 * (a[:, 0] + b[:, 0]), how)
-    held_quality = [aggregate(np.repeat(h, counts), how) for h in held]
-    matches = [bud for bud, q in zip(ordered, held_quality) if (q >= full_held if hib else q <= full_held)]
-    return {
-        "sample_hashes": torch.from_numpy(uniq.astype(np.int64)),
-        "solved_budgets": torch.tensor(ordered, dtype=torch.float64),
-        "choices": torch.from_numpy(np.stack(choices).astype(np.int64)),
-        "selection_half": torch.from_numpy(np.stack(sel)),
-        "heldout_half": torch.from_numpy(np.stack(held) if control else np.full((len(held), G), np.nan)),
-        "matching_budget": torch.tensor(matching, dtype=torch.float64),
-        "matching_budget_heldout": torch.tensor(
-            min(matches, default=1.0) if control else math.nan, dtype=torch.float64
-        ),
-        "metric_kind": torch.tensor(kind, dtype=torch.long),
-    }
-
-
 @register_method("oracle")
 class Oracle(Method):
-    """Per-sample layer sets chosen with the evaluation labels by an exact knapsack: an upper bound."""
+    """Per-sample layer sets chosen with the evaluation labels by a knapsack: an upper bound."""
 
-    version = "5"  # 2: no selection-bias control without a second view; 3: importance-ranked skip candidates;
-    # 4: tuned exits for LM heads, and candidates at each solved budget's depth; 5: layer_skip v2's ranking (on the
-    # validation split), so the ranked candidates stay layer_skip's kept sets
+    version = "5"
+    shared_parts = (_exit_heads, _layer_sets, _sample_hash)
     paper = "https://arxiv.org/abs/2410.20022"
     reconstructed = False
     sees_eval_labels = True
@@ -542,7 +415,7 @@ class Oracle(Method):
         return OracleModel(backbone, tuned_exits=tuned)
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
-        """``1.0, 0.9, …, 0.1``, those at least ``1/L`` (one block per sample on average is the least possible)."""
+        """``1.0, 0.9, …, 0.1``, those at least ``1/L`` (one block per sample, the least)."""
         return tuple(b for b in (round(1.0 - 0.1 * i, 10) for i in range(10)) if b >= 1.0 / n_blocks - BUDGET_TOL)
 
     def fit_eval(  # type: ignore[override]
@@ -564,14 +437,12 @@ class Oracle(Method):
             raise ValueError("oracle: fit_eval got no evaluation samples; pass the batches that will be measured.")
         kind = metric_kind(task)
         L = model.backbone.n_blocks
-        ranking = importance_ranking(model.backbone, task, seed) if self.config.ranked_skips else None
-        depths = [round(b * L) for b in budgets]  # each budget also gets candidates of exactly its depth
+        ranking = rank_blocks(model.backbone, task, seed=seed)[1] if self.config.ranked_skips else None
+        # each budget also gets candidates of exactly its depth
+        depths = [round(b * L) for b in budgets]
         configs = candidate_configs(L, self.config, seed, ranking, extra_depths=depths)
-        if model.tuned_exits:  # early_exit's fit, on the training split, into the oracle's own exits
-            trainer = EarlyExitModel(model.backbone, heads="tuned")
-            trainer.exit_heads = model.exits
-            recipe = EarlyExitConfig()
-            fit_translators(trainer, task, samples=recipe.tuned_samples, ridge=recipe.ridge, seed=seed)
+        if model.tuned_exits:  # fitted on the training split, as early_exit's tuned exits are
+            fit_translators(model.backbone, model.exits, task, samples=TUNED_SAMPLES, ridge=RIDGE, seed=seed)
         table = self._score(model, task, batches, configs, kind, seed)  # name → (N, M) float64
         hashes = torch.cat([input_hashes(b.inputs) for b in batches]).numpy()  # (N,)
         solution = allocate(table, hashes, [len(c) for c in configs], L, budgets, kind, self.config.checkpoint_every)
@@ -584,8 +455,9 @@ class Oracle(Method):
     ) -> dict[str, np.ndarray]:
         """Per-sample task scores ``(N, M)`` of every candidate, under ``score``, ``a`` and ``b``.
 
-        ``score`` is the whole sample; ``a`` and ``b`` are the two disjoint halves of the selection-bias control
-        (even/odd positions for text, the original and a second view for classification).
+        ``score`` is the whole sample; ``a`` and ``b`` are the two disjoint halves of the
+        selection-bias control (even/odd positions for text, the original and a second view for
+        classification).
         """
         metric = task.metric
         bb = model.backbone
@@ -605,11 +477,13 @@ class Oracle(Method):
         scorer = CandidateScorer(bb, configs, score, model.readout_for)
         shape = tuple(batches[0].inputs.shape[1:])
         positions = bb.n_tokens(shape) if bb.readout.pool == "none" else 1
-        per_sample = 4 * positions * bb.readout.head.out_features  # bytes of one sample's float32 logits
+        # bytes of one sample's float32 logits
+        per_sample = 4 * positions * bb.readout.head.out_features
         micro = max(1, self.config.logits_mb * 2**20 // per_sample)
         parts: dict[str, list[Tensor]] = {}
         device = batches[0].inputs.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # seeded second view
+        # seeded second view
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             for batch in batches:
                 for start in range(0, len(batch), micro):

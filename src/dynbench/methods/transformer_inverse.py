@@ -1,84 +1,82 @@
-"""Transformer^-1: a complexity predictor and an RL policy choose each input's depth among precompiled paths.
+"""Transformer^-1: a predictor and an RL policy choose each input's depth among precompiled paths.
 
 Paper: Ji et al., "Transformer^-1: Input-Adaptive Computation for Resource-Constrained Deployment",
-https://arxiv.org/abs/2501.16394 — known here only from its abstract (and one secondary summary), so everything
-below the three named ideas is a RECONSTRUCTION (``reconstructed = True``; ``../shared/reference/methods.md`` §3).
+https://arxiv.org/abs/2501.16394. We know it only from its abstract (and one secondary summary), so
+everything below its three named ideas is our reconstruction (``reconstructed = True``).
 
-Mechanism: a gradient-boosted-tree *complexity predictor* reads cheap features of the input and predicts the
-minimal sufficient depth bucket; the sample runs, without further decisions, up to that depth; from there a small
-recurrent *policy* (a GRU cell stepping over the fold points, trained with PPO) says continue or stop at each
-later fold point. Depths are restricted to a finite set of *fold points* (layer folding), and the blocks between
-two fold points form one segment, prepared once as a static graph: ``torch.jit.trace`` per segment on CPU, one
-captured CUDA graph per segment and batch shape on CUDA (``compiled=True``). Samples that stop leave the batch
-(compaction), so the next segment runs only on the rest: execution is grouped by path.
+Mechanism: a gradient-boosted-tree *complexity predictor* reads cheap features of the input and
+predicts the minimal sufficient depth; the sample runs to that depth, then a small recurrent
+*policy* trained with PPO says continue or stop at each later *fold point*. The blocks between two
+fold points form one segment, prepared once as a static graph; samples that stop leave the batch, so
+execution is grouped by path.
 
 What we reconstructed or changed:
 
-- Backbone usable at any depth: the backbone stays frozen (so the full budget is exactly dense) and an exit head
-  per block is trained with early_exit's heads and loop (copies of the readout; shared readout for LM-sized heads).
-- Fold points: every depth when L <= 8, else ``n_paths`` (default 4) depths ``round(k·L/n)``, e.g. {8, 15, 23, 30}
-  for L = 30. Block 0 is always its own segment: the predictor reads its output.
-- Predictor: scikit-learn's ``HistGradientBoostingClassifier`` (a LightGBM stand-in) on the embedding's
-  statistics, input entropy, block 0's pooled output and block 0's exit-head confidence. Label: the smallest fold
-  point whose prediction equals the full model's (classification) or whose per-sequence cross-entropy is within
-  ``text_tolerance`` nats of the full model's (token outputs). The fitted trees are copied into buffers (node
-  arrays) and evaluated with tensor ops, so they live in the state dict. Cost: tree traversal is comparisons and
-  additions, which the harness's FLOP convention (matmuls and attention only) counts as 0; the per-sample count
-  ``n_trees · (depth + 1)`` is reported as ``predictor_ops_per_sample`` instead (~10³, vs ~10⁶ per block). The
-  block-0 exit head it reads is a matmul and is counted in ``controller_flops``.
-- Policy: state = [projection of the detached, normalised pooled hidden state, the fold point's exit-head
-  confidence (top-1 probability, margin, entropy: an addition to the reconstructed spec, which made the policy
-  beat random allocation on fashion-mnist; the head is a matmul, counted, and for pooled outputs it is the output
-  when the sample stops), one-hot predicted bucket, k/(K-1), "past the bucket" flag] → GRU cell → continue
-  logit ``a(h) − g(λ)·softplus(c(h))`` with ``g(λ) = log(1 + λ/λ_floor)``. The budget's compute price λ enters
-  only there, so one policy serves every budget and, for a fixed input, a higher price can only stop a sample
-  earlier: depth and FLOPs fall monotonically with the budget. The price is read on a log scale because stopping
-  is right when the log-odds that going on fixes the output fall below ~log λ (v1 used ``λ·softplus(c)``: at
-  most 0.25 on the default grid, so the policy barely told budgets apart). Reward: −λ·(FLOPs of the next
-  segment / dense FLOPs) per continue, and at the stop +1[correct] (classification) or −(CE − CE of the full
-  model) (token outputs: the per-sample constant shift lowers variance and leaves the optimal policy unchanged).
-  PPO: clip 0.2, GAE λ = 0.95, γ = 1, λ drawn per episode from the default budget grid
-  (:mod:`dynbench.methods._ppo`), at least ``rollout_episodes`` episodes per rollout (small fit sets are tiled
-  with fresh prices). The policy trains on every fit sample with an out-of-sample predicted bucket, as at
-  deployment: 2-fold cross-fitting (v1 split the samples in halves, which left the policy 3 useful episodes on
-  spoken-digits); the deployed trees see all of them. The policy's view of the hidden state is 4-dimensional
-  (``proj_dim``): with 16 it memorised the few hard samples of a small fit set instead of reading the exit-head
-  confidence. Fit samples come from the task's held-out validation split by default (``fit_split="val"`` means
-  ``task.validation_split``: imagenet's ``minival``, never an evaluation split): on the backbone's own training
-  data the shallow exits are right far more often than on unseen inputs, so both would learn to stop too early.
-  The exit heads train on `train`, as early_exit's do.
-- Decisions are per sample (a sequence exits as a whole, as in early_exit). The policy can only move a stop later
-  than the predicted bucket; ``policy_moved`` reports how often it does.
-- Budget b ∈ [0, 1]: λ = λ_max·(1 − b)², so the default grid spans λ = 0.0009 … 0.25. At b = 1 (λ = 0) nothing
-  stops — the output is the dense backbone's — but the controller still runs, so the full budget shows its
-  overhead (as early_exit's heads do).
-- ``policy="random"``: a baseline that gives each sample a random fold depth (a seeded hash of the input, so it
-  does not depend on the batch) with the same mean depth the learned policy had on the fit samples at that budget.
-- ``policy="static"``: the control of fixed depth. At each default budget every sample stops at ONE fold point:
-  of the fold points whose FLOPs per sample do not exceed the learned policy's mean FLOPs on the task's validation
-  split at that budget, the one of best validation quality (none fits: the shallowest). Chosen in ``fit`` on the
-  validation split, never the evaluation split; between default budgets the FLOPs cap is interpolated.
-
-Two self-contained parts live in private modules: the tree ensemble in buffers
-(:mod:`dynbench.methods._tree_ensemble`) and the static segment / stage graphs (:mod:`dynbench.methods._static_paths`).
+- Backbone at any depth: the backbone stays frozen (so the full budget is exactly dense) and an exit
+  head per block is trained with early_exit's heads and loop (copies of the readout; shared readout
+  for LM-sized heads). The exit heads train on ``train``, as early_exit's do.
+- Fold points: every depth when L <= 8, else ``n_paths`` (default 4) depths ``round(k·L/n)``, e.g.
+  {8, 15, 23, 30} for L = 30. Block 0 is always its own segment: the predictor reads its output.
+  With ``compiled=True`` a segment runs as a ``torch.jit.trace`` graph on CPU and as one captured
+  CUDA graph per batch shape on CUDA (:mod:`dynbench.methods._static_paths`).
+- Predictor (:mod:`dynbench.methods._tree_ensemble`): scikit-learn's
+  ``HistGradientBoostingClassifier`` (a LightGBM stand-in) on the embedding's statistics, input
+  entropy, block 0's pooled output and block 0's exit-head confidence. Label: the smallest fold
+  point whose prediction equals the full model's (classification) or whose per-sequence
+  cross-entropy is within ``text_tolerance`` nats of the full model's (token outputs). The trees
+  live in buffers and run as tensor ops. Traversal is comparisons and additions, which the FLOP
+  convention (matmuls and attention) counts as 0, so ``predictor_ops_per_sample`` reports
+  ``n_trees · (depth + 1)`` instead; the block-0 exit head it reads is a matmul, counted in
+  ``controller_flops``.
+- Policy (:mod:`dynbench.methods._stop_policy`): a GRU cell reads a projection of the detached,
+  normalised pooled hidden state, the fold point's exit-head confidence (top-1 probability, margin,
+  entropy: our addition; the head is a matmul, counted, and for pooled outputs it is the output when
+  the sample stops), the one-hot predicted bucket, k/(K-1) and a "past the bucket" flag. Its
+  continue logit is ``a(h) − g(λ)·softplus(c(h))`` with ``g(λ) = log(1 + λ/λ_floor)``: the price λ
+  enters only there, so one policy serves every budget and a higher price can only stop a sample
+  earlier (depth and FLOPs fall monotonically with the budget).
+- Reward: −λ·(FLOPs of the next segment / dense FLOPs) per continue, and at the stop +1[correct]
+  (classification) or −(CE − CE of the full model) (token outputs: the per-sample shift lowers
+  variance and leaves the optimal policy unchanged). PPO (:mod:`dynbench.methods._ppo`): clip 0.2,
+  GAE λ = 0.95, γ = 1, λ drawn per episode from the default budget grid, at least
+  ``rollout_episodes`` episodes per rollout (a small fit set is tiled, each copy with fresh prices).
+- Fit samples: the task's held-out validation split by default (``fit_split="val"`` means
+  ``task.validation_split``, never an evaluation split): on the backbone's own training data the
+  shallow exits are right far more often than on unseen inputs, so predictor and policy would learn
+  to stop too early. The policy trains on every fit sample with an out-of-sample predicted bucket,
+  as at deployment (2-fold cross-fitting); the deployed trees see all of them.
+- Decisions are per sample (a sequence exits as a whole, as in early_exit). The policy can only move
+  a stop later than the predicted bucket; ``policy_moved`` reports how often it does.
+- Budget b ∈ [0, 1]: λ = λ_max·(1 − b)², so the default grid spans λ = 0.0009 … 0.25. At b = 1
+  (λ = 0) nothing stops (the output is the dense backbone's), but the controller still runs, so the
+  full budget shows its overhead, as early_exit's heads do.
+- ``policy="random"``: each sample gets a random fold depth with the mean depth the learned policy
+  had on the fit samples at that budget. The draw comes from the sample's content hash and the fit
+  seed (:mod:`dynbench.methods._sample_hash`), so it does not depend on the batch or the budget.
+- ``policy="static"``: the control of fixed depth. At each default budget every sample stops at ONE
+  fold point: of the fold points whose FLOPs per sample do not exceed the learned policy's mean
+  FLOPs on the task's validation split at that budget, the one of best validation quality (none
+  fits: the shallowest). Chosen in ``fit`` on the validation split, never the evaluation split;
+  between default budgets the FLOPs cap is interpolated.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.methods import _exit_heads, _sample_hash, _static_control
+from dynbench.methods._exit_heads import HEAD_TRAINING, build_exit_heads, exit_kind, train_exit_heads
 from dynbench.methods._operating import TensorSet, backbone_parts, exit_parts
 from dynbench.methods._ppo import PPOConfig, StoppingEpisodes, first_stop, train_stopping_policy
+from dynbench.methods._sample_hash import sample_uniforms
 from dynbench.methods._static_control import best_fixed_config
 from dynbench.methods._static_paths import (
     CudaGraphSegment,
@@ -89,86 +87,70 @@ from dynbench.methods._static_paths import (
     run_stage,
     trace_segment,
 )
+from dynbench.methods._stop_policy import PRICE_FLOOR, StopPolicy, confidence_stats, price
 from dynbench.methods._tree_ensemble import TreeEnsemble
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
-from dynbench.methods.early_exit import HEAD_KINDS, EarlyExit, EarlyExitConfig, EarlyExitModel, exit_kind
 from dynbench.models.backbone import Backbone
 from dynbench.models.block import block_flops
 from dynbench.tasks.base import Split, Task
 from dynbench.types import Budget, StepOutput, Trace
+from dynbench.validation import check_choices, check_range
 
-POLICIES = ("learned", "static", "random")
-FIT_SPLITS = ("val", "train")
+Policy = Literal["learned", "static", "random"]
+"""``learned``: predictor + PPO policy; ``static`` / ``random``: the controls (module docstring)."""
 ALL_DEPTHS_UP_TO = 8
-"""With ``n_paths=0`` every depth is a fold point for backbones up to this deep, else 4 fold points."""
+"""With ``n_paths=0``: every depth is a fold point for backbones up to this deep, else 4."""
 ENTROPY_BINS = 16
 """Histogram bins of the input-entropy feature for real-valued inputs (images, spectrograms)."""
-CONFIDENCE_STATS = 3
-"""What the policy reads of the exit head at a fold point: top-1 probability, margin over the runner-up, entropy."""
-PRICE_FLOOR = 1e-4
-"""The policy reads the price as ``log(1 + λ / (PRICE_FLOOR·λ_max))``: ~0 at λ = 0, log-linear above ~10⁻⁴·λ_max."""
-TINV_HEADS = tuple(k for k in HEAD_KINDS if k != "tuned")
-"""Exit-head kinds tinv accepts: early_exit's, less its tuned exits (tinv trains copies or shares the readout)."""
+CHOICE_ADVICE = {
+    "policy": "Use 'learned' (the method), 'static' (the best fixed depth at matched FLOPs) or 'random' "
+    "(random depths).",
+    "fit_split": "Use 'val' (held-out data, the default) or 'train'.",
+    "heads": "tinv trains head copies or shares the readout; early_exit's tuned exits are not offered.",
+}
+"""The sentence each choice field's error message ends with."""
 
 
 @dataclass(frozen=True)
 class TransformerInverseConfig:
-    """Paths, predictor, policy and training recipe. Every default is sized for seconds on the toy tasks."""
+    """Paths, predictor, policy and training recipe; defaults take seconds on the toy tasks."""
 
-    policy: str = "learned"  # "learned": predictor + PPO policy; "static": the best fixed depth at the learned
+    policy: Policy = "learned"  # "learned": predictor + PPO policy; "static": the best fixed depth at the learned
     # mean FLOPs (chosen on validation data); "random": random depth at the learned mean depth
     compiled: bool = False  # run segments as traced graphs (CPU) / captured CUDA graphs (CUDA) instead of eagerly
     n_paths: int = 0  # fold points (depths a sample can stop at); 0 = every depth for L <= 8, else 4
     lambda_max: float = 1.0  # compute price at budget 0: stopping one whole model earlier is worth 1 correct answer
     text_tolerance: float = 0.05  # nats per token: a depth is "sufficient" for a sequence within this of full CE
     feature_tokens: int = 16  # token outputs: positions block 0's exit head reads for the predictor's features
-    fit_split: str = "val"  # where the predictor and policy learn: "val" = task.validation_split, or "train";
-    # held-out by default, because on the backbone's own training split its shallow exits are right far more often
-    # than on unseen inputs
+    fit_split: Literal["val", "train"] = "val"  # where the predictor and policy learn: "val" means
+    # task.validation_split (held-out: on the backbone's training split its shallow exits are right
+    # far more often than on unseen inputs), or "train"
     fit_samples: int = 4096  # samples of fit_split the predictor and policy see (half each)
     fit_flops: float = 4e11  # cap on the dense FLOPs of collecting them: fewer samples for big models
     collect_batch: int = 128  # batch size while collecting hidden states and exit outputs (no grad)
     gbdt_iterations: int = 50  # boosting rounds: trees per class; ~50 is plenty for a few thousand samples
     gbdt_leaves: int = 15  # leaves per tree (sklearn's default is 31; smaller trees = cheaper traversal)
     gbdt_depth: int = 6  # maximum tree depth: bounds the traversal to 6 comparisons per tree
-    proj_dim: int = 4  # width of the projected hidden state the policy reads: 16 let PPO memorise spoken-digits'
-    # 120 policy episodes through the hidden state (98.3% on test) where 4 generalises (99.4%), as the exit-head
-    # confidence does; on fashion-mnist 4 and 16 are within noise
+    proj_dim: int = 4  # width of the projected hidden state the policy reads: narrow, so that PPO reads the
+    # exit-head confidence rather than memorising a small fit set's hard samples
+    # (docs/architecture.md)
     hidden: int = 32  # GRU width of the policy
     exit_steps: int = 300  # exit-head training steps (early_exit's default)
     exit_batch_size: int = 64  # exit-head training batch size
-    heads: str = "auto"  # exit heads as in early_exit: "copy", "shared" or "auto" (shared for LM-sized heads)
-    rollout_episodes: int = 2048  # episodes per PPO rollout at least: a smaller fit set is tiled, each copy with
-    # fresh prices, so PPO takes enough gradient steps on spoken-digits' 240 clips (40 rounds × 4 epochs of one
-    # minibatch learned nothing there)
+    heads: Literal["auto", "copy", "shared"] = "auto"  # exit heads as in early_exit: "copy", "shared" or
+    # "auto" (shared for LM-sized heads)
+    rollout_episodes: int = 2048  # episodes per PPO rollout at least: a smaller fit set is tiled, each copy
+    # with fresh prices, so PPO takes enough gradient steps on a small validation split
     ppo: PPOConfig = field(default_factory=PPOConfig)  # PPO recipe (clip 0.2, GAE 0.95, γ = 1)
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(
-                f"TransformerInverseConfig.policy must be one of {POLICIES}, got {self.policy!r}. Use 'learned' "
-                "(the method), 'static' (the best fixed depth at matched FLOPs) or 'random' (random depths)."
-            )
-        if self.fit_split not in FIT_SPLITS:
-            raise ValueError(
-                f"TransformerInverseConfig.fit_split must be one of {FIT_SPLITS}, got {self.fit_split!r}. "
-                "Use 'val' (held-out data, the default) or 'train'."
-            )
-        if self.heads not in TINV_HEADS:
-            raise ValueError(f"TransformerInverseConfig.heads must be one of {TINV_HEADS}, got {self.heads!r}.")
-        if self.n_paths < 0:
-            raise ValueError(
-                f"TransformerInverseConfig.n_paths must be >= 0, got {self.n_paths}. Use 0 (auto) or e.g. 4."
-            )
-        if not self.lambda_max > 0:
-            raise ValueError(f"TransformerInverseConfig.lambda_max must be > 0, got {self.lambda_max}. Use e.g. 1.0.")
-        if self.text_tolerance < 0:
-            raise ValueError(
-                f"TransformerInverseConfig.text_tolerance must be >= 0, got {self.text_tolerance}. Use e.g. 0.05."
-            )
-        if not self.fit_flops > 0:
-            raise ValueError(f"TransformerInverseConfig.fit_flops must be > 0, got {self.fit_flops}. Use e.g. 4e11.")
-        for name in (
+        check_choices(self, CHOICE_ADVICE)
+        name = type(self).__name__
+        check_range(f"{name}.n_paths", self.n_paths, 0, advice="Use 0 (auto) or e.g. 4.")
+        check_range(f"{name}.lambda_max", self.lambda_max, 0, low_open=True, advice="Use e.g. 1.0.")
+        check_range(f"{name}.text_tolerance", self.text_tolerance, 0, advice="Use e.g. 0.05.")
+        check_range(f"{name}.fit_flops", self.fit_flops, 0, low_open=True, advice="Use e.g. 4e11.")
+        for field_name in (
             "feature_tokens",
             "fit_samples",
             "collect_batch",
@@ -179,24 +161,16 @@ class TransformerInverseConfig:
             "exit_batch_size",
             "rollout_episodes",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TransformerInverseConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.gbdt_leaves < 2:
-            raise ValueError(f"TransformerInverseConfig.gbdt_leaves must be >= 2, got {self.gbdt_leaves}. Use 15.")
-        if self.exit_steps < 0:
-            raise ValueError(f"TransformerInverseConfig.exit_steps must be >= 0, got {self.exit_steps}. Use 300.")
-
-
-def price(budget: Budget, lambda_max: float) -> float:
-    """The compute price λ of a budget: ``λ_max·(1 − b)²``, quadratic so the default grid spans decades of price."""
-    return lambda_max * (1.0 - budget) ** 2
+            check_range(f"{name}.{field_name}", getattr(self, field_name), 1)
+        check_range(f"{name}.gbdt_leaves", self.gbdt_leaves, 2, advice="Use 15.")
+        check_range(f"{name}.exit_steps", self.exit_steps, 0, advice="Use 300.")
 
 
 def fold_depths(n_blocks: int, n_paths: int) -> list[int]:
     """Depths a sample can stop at, ascending, the full depth last.
 
-    ``n_paths=0``: every depth up to ``ALL_DEPTHS_UP_TO`` blocks, else 4. Otherwise ``round(k·L/n)`` (halves up)
-    for ``k = 1 … n``, at least 1, deduplicated (so fewer when ``n > L``).
+    ``n_paths=0``: every depth up to ``ALL_DEPTHS_UP_TO`` blocks, else 4. Otherwise ``round(k·L/n)``
+    (halves up) for ``k = 1 … n``, at least 1, deduplicated (so fewer when ``n > L``).
     """
     L = n_blocks
     n = n_paths if n_paths > 0 else (L if L <= ALL_DEPTHS_UP_TO else 4)
@@ -205,7 +179,7 @@ def fold_depths(n_blocks: int, n_paths: int) -> list[int]:
 
 
 def input_entropy(inputs: Tensor) -> Tensor:
-    """``(B,)`` entropy (nats) of each sample's token histogram (integer inputs) or 16-bin value histogram."""
+    """``(B,)`` entropy (nats) of each sample's token histogram (integers) or 16-bin values."""
     B = inputs.shape[0]
     flat = inputs.reshape(B, -1)  # (B, P)
     P = flat.shape[1]
@@ -224,104 +198,8 @@ def input_entropy(inputs: Tensor) -> Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)  # (B,)
 
 
-class StopPolicy(nn.Module):
-    """GRU-cell policy over fold points: continue logit ``a(h) − g(λ)·softplus(c(h))``, critic ``v(h) + λ·w(h)``.
-
-    ``g(λ) = log(1 + λ/λ_floor)`` puts the price on a log scale: stopping is right when the chance that going on
-    fixes the output is below about λ·cost, i.e. when the continue log-odds fall below ``log λ`` + a constant, and
-    the budget grid spans decades of λ. (A linear ``λ·softplus(c)`` term is ≤ 0.25 on the default grid, so the
-    policy could barely tell the prices apart: on spoken-digits it stopped at the same depth at every budget.)
-    ``g`` is increasing and ``softplus`` positive, so the continue logit still falls monotonically with the price.
-
-    Every matmul is an ``F.linear``, so FLOP counters see it; ``step_flops`` is the analytic count per step.
-    """
-
-    def __init__(self, d_model: int, n_paths: int, proj_dim: int, hidden: int, price_floor: float) -> None:
-        super().__init__()
-        self.n_paths = n_paths
-        self.hidden = hidden
-        self.price_floor = price_floor
-        self.proj = nn.Linear(d_model, proj_dim)
-        self.w_ih = nn.Linear(proj_dim + CONFIDENCE_STATS + n_paths + 2, 3 * hidden)
-        self.w_hh = nn.Linear(hidden, 3 * hidden)
-        self.actor = nn.Linear(hidden, 2)
-        self.critic = nn.Linear(hidden, 2)  # training only: never run by forward
-
-    def step_flops(self) -> float:
-        """FLOPs of one :meth:`forward` step for one sample (2 per multiply-add)."""
-        return 2.0 * sum(m.in_features * m.out_features for m in (self.proj, self.w_ih, self.w_hh, self.actor))
-
-    def cell(self, pooled: Tensor, conf: Tensor, start: Tensor, k: int, h: Tensor) -> Tensor:
-        """One GRU step at fold point ``k`` → the new state ``(A, H)``.
-
-        Args:
-            pooled: ``(A, C)`` pooled hidden states.
-            conf: ``(A, 3)`` the exit head's confidence statistics there (:func:`confidence_stats`).
-            start: ``(A,)`` predicted buckets.
-            k: fold-point index.
-            h: ``(A, H)`` previous state.
-        """
-        K = self.n_paths
-        z = F.layer_norm(pooled.float(), pooled.shape[-1:])  # (A, C) scale-free across depths; no FLOPs counted
-        onehot = F.one_hot(start, K).float()  # (A, K)
-        pos = torch.full_like(onehot[:, :1], k / max(1, K - 1))  # (A, 1)
-        past = (start <= k).float()[:, None]  # (A, 1) the policy's decision counts from here on
-        u = torch.cat([self.proj(z), conf.float(), onehot, pos, past], dim=1)  # (A, P + 3 + K + 2)
-        gi, gh = self.w_ih(u), self.w_hh(h)  # (A, 3H) each
-        ir, iz, i_n = gi.chunk(3, dim=1)
-        hr, hz, h_n = gh.chunk(3, dim=1)
-        r, zg = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-        n = torch.tanh(i_n + r * h_n)
-        return (1 - zg) * n + zg * h  # (A, H)
-
-    def logit(self, h: Tensor, lam: Tensor | float) -> Tensor:
-        """``(A,)`` continue logit; non-increasing in the compute price ``lam``."""
-        a, c = self.actor(h).unbind(dim=1)  # (A,) each
-        # a float price stays a Python float: no tensor is made inside a captured CUDA graph
-        g = torch.log1p(lam / self.price_floor) if isinstance(lam, Tensor) else math.log1p(lam / self.price_floor)
-        return a - g * F.softplus(c)
-
-    def forward(
-        self, pooled: Tensor, conf: Tensor, start: Tensor, k: int, h: Tensor, lam: float
-    ) -> tuple[Tensor, Tensor]:
-        """One decision at fold point ``k`` → (new state ``(A, H)``, continue logit ``(A,)``)."""
-        h = self.cell(pooled, conf, start, k, h)
-        return h, self.logit(h, lam)
-
-    def unroll(self, pooled: Tensor, conf: Tensor, start: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher-forced pass over every fold point → continue logits and critic values, ``(N, K)`` each.
-
-        Args: pooled ``(N, K, C)``, conf ``(N, K, 3)``, start ``(N,)`` buckets, lam ``(N,)`` prices.
-        """
-        N, K = pooled.shape[:2]
-        h = pooled.new_zeros(N, self.hidden, dtype=torch.float32)
-        logits, values = [], []
-        for k in range(K):
-            h = self.cell(pooled[:, k], conf[:, k], start, k, h)
-            logits.append(self.logit(h, lam))
-            v, w = self.critic(h).unbind(dim=1)
-            values.append(v + lam * w)
-        return torch.stack(logits, dim=1), torch.stack(values, dim=1)
-
-
-def sample_uniforms(inputs: Tensor) -> Tensor:
-    """``(B,)`` float64 in [0, 1) from a hash of each sample's bytes: random, seeded, independent of the batch."""
-    rows = inputs.detach().cpu().reshape(inputs.shape[0], -1).contiguous().numpy()
-    draws = [int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in rows]
-    return torch.tensor(draws, dtype=torch.float64) / 2.0**64
-
-
-def confidence_stats(logits: Tensor) -> Tensor:
-    """``(B, 3)`` top-1 probability, its margin over the runner-up and the entropy; token outputs: position means."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    top2 = logp.topk(2, dim=-1).values.exp()  # (B, 2) or (B, S, 2)
-    ent = -(logp.exp() * logp).sum(dim=-1)  # (B,) or (B, S)
-    stats = torch.stack([top2[..., 0], top2[..., 0] - top2[..., 1], ent], dim=-1)  # (B, 3) or (B, S, 3)
-    return stats if stats.dim() == 2 else stats.mean(dim=1)
-
-
 def per_sample_ce(logits: Tensor, targets: Tensor) -> Tensor:
-    """``(B,)`` cross-entropy per sample; token outputs ``(B, T, V)`` are averaged over positions."""
+    """``(B,)`` cross-entropy per sample; token outputs ``(B, T, V)`` average over positions."""
     if logits.dim() == 2:
         return F.cross_entropy(logits.float(), targets, reduction="none")
     return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").mean(dim=1)
@@ -337,22 +215,28 @@ class TransformerInverseModel(DynamicModel):
         policy: ``"learned"``, ``"static"`` or ``"random"``.
         compiled: run segments as prepared graphs.
         lambda_max: compute price at budget 0.
-        budgets: the default budgets (the grid the policy trains on and the random baseline is calibrated at).
+        budgets: the default budgets (the grid the policy trains on and the random baseline is
+            calibrated at).
         proj_dim, hidden: policy widths.
         feature_tokens: token outputs: positions block 0's exit head reads for the features.
 
     Buffers:
-        fitted: ``()`` bool; calib_budgets / calib_depth: ``(n_budgets,)`` the learned policy's mean depth on
-        the fit samples at each default budget.
-        static_quality / static_cost: ``(K,)`` float64 validation quality (higher is better) and FLOPs per
-        sample of stopping every sample at each fold point; static_cap: ``(n_budgets,)`` the learned policy's
-        mean FLOPs per sample on the validation split; static_path: ``(n_budgets,)`` long, the static control's
-        fold-point index at each default budget (see the module docstring).
+        fitted: ``()`` bool.
+        calib_budgets / calib_depth: ``(n_budgets,)`` the learned policy's mean depth on the fit
+            samples at each default budget.
+        random_seed: ``()`` long, the fit seed the random control's per-sample draws mix in.
+        static_quality / static_cost: ``(K,)`` float64 validation quality (higher is better) and
+            FLOPs per sample of stopping every sample at each fold point.
+        static_cap: ``(n_budgets,)`` the learned policy's mean FLOPs per sample on the validation
+            split.
+        static_path: ``(n_budgets,)`` long, the static control's fold-point index at each default
+            budget (see the module docstring).
     """
 
     fitted: Tensor
     calib_budgets: Tensor
     calib_depth: Tensor
+    random_seed: Tensor
     static_quality: Tensor
     static_cost: Tensor
     static_cap: Tensor
@@ -364,7 +248,7 @@ class TransformerInverseModel(DynamicModel):
         *,
         depths: list[int],
         shared: bool,
-        policy: str,
+        policy: Policy,
         compiled: bool,
         lambda_max: float,
         budgets: Sequence[Budget],
@@ -380,13 +264,14 @@ class TransformerInverseModel(DynamicModel):
         self.compiled = compiled
         self.lambda_max = lambda_max
         self.feature_tokens = feature_tokens
-        self.exit_heads = EarlyExitModel(backbone, heads="shared" if shared else "copy").exit_heads  # blocks 0 … L-2
+        self.exit_heads = build_exit_heads(backbone, "shared" if shared else "copy")  # blocks 0 … L-2
         self.predictor = TreeEnsemble()
         floor = PRICE_FLOOR * lambda_max
         self.policy = StopPolicy(backbone.block_config.d_model, len(depths), proj_dim, hidden, floor)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("calib_budgets", torch.tensor(list(budgets), dtype=torch.float64))
         self.register_buffer("calib_depth", torch.full((len(budgets),), float("nan"), dtype=torch.float64))
+        self.register_buffer("random_seed", torch.zeros((), dtype=torch.long))
         K, nan = len(depths), float("nan")
         self.register_buffer("static_quality", torch.full((K,), nan, dtype=torch.float64))
         self.register_buffer("static_cost", torch.full((K,), nan, dtype=torch.float64))
@@ -401,11 +286,12 @@ class TransformerInverseModel(DynamicModel):
     def operating_modules(self, budget: Budget) -> list[nn.Module]:
         """What forward at ``budget`` reads under the configured policy.
 
-        Learned: every block, the predictor, the policy less its critic (training only), block 0's exit head and
-        the exit heads of the fold points. Random: every block and the fold points' exit heads (a sample may stop
-        at any of them) and the calibration. Static: its one path (blocks and exit head, the readout on the last
-        path). The random and static policies run the backbone alone at the full budget. Exit heads after a block
-        that is no fold point are never read.
+        Learned: every block, the predictor, the policy less its critic (training only), block 0's
+        exit head and the exit heads of the fold points. Random: every block and the fold points'
+        exit heads (a sample may stop at any of them) and the calibration. Static: its one path
+        (blocks and exit head, the readout on the last path). The random and static policies run the
+        backbone alone at the full budget. Exit heads after a block that is no fold point are never
+        read.
         """
         bb = self.backbone
         L, K = bb.n_blocks, len(self.depths)
@@ -422,12 +308,13 @@ class TransformerInverseModel(DynamicModel):
             mods = [*backbone_parts(bb, range(depth), readout=depth == L), TensorSet([self.fitted, *state])]
             heads = [] if depth == L else [depth - 1]
         else:
-            mods = [*backbone_parts(bb, range(L)), TensorSet([self.fitted, self.calib_budgets, self.calib_depth])]
+            calibration = [self.fitted, self.calib_budgets, self.calib_depth, self.random_seed]
+            mods = [*backbone_parts(bb, range(L)), TensorSet(calibration)]
             heads = folds
         return mods + [part for i in heads for part in exit_parts(self.exit_heads[i])]
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
-        """How often the policy moved a stop past the predicted bucket, the predicted depth, predictor ops."""
+        """How often the policy moved a stop past the bucket, the predicted depth, predictor ops."""
         ex = trace.extra
         return {
             "policy_moved": (float(ex["policy_moved"].double().mean()), "fraction", False),
@@ -439,10 +326,10 @@ class TransformerInverseModel(DynamicModel):
         self._graphs.clear()  # moved or cast: graphs are prepared again for the new device / dtype
         return super()._apply(fn, recurse)
 
-    # ---- execution -------------------------------------------------------------------------------------------
+    # ---- execution -------------------------------------------------------------------------------
 
     def run_blocks(self, x: Tensor, start: int, stop: int) -> Tensor:
-        """Run blocks ``start … stop-1`` on ``(A, T, C)``, segment by segment (prepared graphs when compiled)."""
+        """Run blocks ``start … stop-1`` on ``(A, T, C)`` by segment (graphs when compiled)."""
         ends = [b for b in self.bounds if start < b <= stop]
         for end in ends:
             x = self._segment(start, end, x)
@@ -469,10 +356,10 @@ class TransformerInverseModel(DynamicModel):
         return graph(x)
 
     def start_stage(self, inputs: Tensor, embedded: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
-        """The predictor's features and the predictor, on block 0's output ``first`` → (buckets ``(B,)``, head 0).
+        """Features and predictor on block 0's output ``first`` → (buckets ``(B,)``, head 0 logits).
 
-        Block 0 itself is backbone work and runs before, as a segment: a stage is controller work only, so its
-        call is the controller time (:meth:`_stage`).
+        Block 0 itself is backbone work and runs before, as a segment: a stage is controller work
+        only, so its call is the controller time (:meth:`_stage`).
         """
         feats, head0 = self.features(inputs, embedded, first)
         return self.predictor(feats).to(first.device), head0
@@ -493,11 +380,12 @@ class TransformerInverseModel(DynamicModel):
         return h, go, probe
 
     def _stage(self, key: str | tuple, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """Run a controller stage, traced once per key and input shape when compiled on CPU (eager otherwise).
+        """Run a controller stage: traced once per key and shape when compiled on CPU, else eager.
 
-        The call runs in a controller span, traced or eager: a traced stage fires no module hooks, and the span
-        makes both paths time the same work (features, confidence statistics and pooling included), so eager and
-        compiled controller times compare. Tracing a new graph stays outside the span.
+        The call runs in a controller span, traced or eager: a traced stage fires no module hooks,
+        and the span makes both paths time the same work (features, confidence statistics and
+        pooling included), so eager and compiled controller times compare. Tracing a new graph stays
+        outside the span.
         """
         name, *consts = key if isinstance(key, tuple) else (key,)
         device = args[0].device
@@ -513,22 +401,22 @@ class TransformerInverseModel(DynamicModel):
             return graph(*args)
 
     def pool(self, x: Tensor) -> Tensor:
-        """``(A, T, C)`` → ``(A, C)``: the CLS token for pooled readouts, else the mean over positions."""
+        """``(A, T, C)`` → ``(A, C)``: the CLS token for pooled readouts, else the position mean."""
         return x[:, 0] if self.backbone.readout.pool == "cls" else x.mean(dim=1)
 
     def feature_positions(self, T: int) -> Tensor | None:
-        """Token outputs: ``(S,)`` evenly spaced positions (the last included) block 0's head reads; else ``None``."""
+        """Token outputs: ``(S,)`` evenly spaced positions block 0's head reads; else ``None``."""
         if self.backbone.readout.pool != "none":
             return None
         S = min(self.feature_tokens, T)
         return torch.arange(1, S + 1) * T // S - 1
 
     def features(self, inputs: Tensor, embedded: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
-        """The predictor's features ``(B, F)`` float64 and block 0's exit-head logits (the only matmul).
+        """The predictor's features ``(B, F)`` float64 and block 0's exit-head logits (a matmul).
 
-        Features: mean/std of the embedding's token norms, its overall mean/std, input entropy; block 0's pooled
-        output, mean/std of its token norms and of the update's norms; the head's mean top-1 probability,
-        margin over the runner-up and entropy.
+        Features: mean/std of the embedding's token norms, its overall mean/std, input entropy;
+        block 0's pooled output, mean/std of its token norms and of the update's norms; the head's
+        mean top-1 probability, margin over the runner-up and entropy.
         """
         en = embedded.float().norm(dim=-1)  # (B, T)
         fn = first.float().norm(dim=-1)  # (B, T)
@@ -548,8 +436,9 @@ class TransformerInverseModel(DynamicModel):
     def path_index(self, budget: Budget, inputs: Tensor) -> Tensor:
         """Fixed-depth policies: ``(B,)`` fold-point index per sample, known before any block runs.
 
-        ``"static"``: every sample the same index, :meth:`static_index`. ``"random"``: a random index per sample
-        (a hash of its bytes) with the learned policy's mean depth at ``budget``.
+        ``"static"``: every sample the same index, :meth:`static_index`. ``"random"``: a random
+        index per sample (drawn from its content hash and ``random_seed``) with the learned policy's
+        mean depth at ``budget``.
         """
         if self.policy_kind == "static":
             return torch.full((inputs.shape[0],), self.static_index(budget), dtype=torch.long)
@@ -562,13 +451,15 @@ class TransformerInverseModel(DynamicModel):
         if j >= len(self.depths) - 1:
             return torch.full((inputs.shape[0],), len(self.depths) - 1, dtype=torch.long)
         p_up = (target - D[j]) / (D[j + 1] - D[j])  # chance of the deeper neighbour, so the mean is the target
-        return torch.where(sample_uniforms(inputs) < p_up, j + 1, j).long()
+        draws = sample_uniforms(inputs, int(self.random_seed))  # (B,) the same at every budget
+        return torch.where(draws < p_up, j + 1, j).long()
 
     def static_index(self, budget: Budget) -> int:
         """The static control's fold-point index at ``budget``.
 
-        At a default budget the index fitted there; between them the same rule at a FLOPs cap interpolated
-        between the default budgets (the nearest one's outside them); the full budget runs every block.
+        At a default budget the index fitted there; between them the same rule at a FLOPs cap
+        interpolated between the default budgets (the nearest one's outside them); the full budget
+        runs every block.
         """
         if budget >= 1.0:
             return len(self.depths) - 1
@@ -579,9 +470,10 @@ class TransformerInverseModel(DynamicModel):
         return best_fixed_config(self.static_quality, self.static_cost, float(np.interp(budget, *lo_first)))
 
     def path_flops(self, inputs_shape: tuple[int, ...]) -> Tensor:
-        """``(K,)`` float64 FLOPs per sample of stopping at each fold point, the depth known before any block runs.
+        """``(K,)`` float64 FLOPs per sample of stopping at each fold point, known before any block.
 
-        As the static and random policies run: no predictor, no policy steps; the exit head counts as controller.
+        As the static and random policies run: no predictor, no policy steps; the exit head counts
+        as controller.
         """
         K = len(self.depths)
         at = torch.arange(K)  # (K,) one row per fold point
@@ -591,7 +483,7 @@ class TransformerInverseModel(DynamicModel):
         return self.backbone.flops(trace, inputs_shape)
 
     def forward(self, inputs: Tensor, *, budget: Budget) -> StepOutput:
-        """Predictor → start bucket, segments up to it, then the policy at each later fold point; see the module doc.
+        """Predictor → start bucket, segments up to it, then the policy at each later fold point.
 
         Raises:
             ValueError: ``budget`` outside ``[0, 1]``, or the model has not been fitted.
@@ -720,7 +612,8 @@ class FitData:
         correct: ``(N, K)`` 1/0 (or per-token accuracy) of the output at every fold point.
         ce: ``(N, K)`` cross-entropy of that output.
         agree: ``(N, K)`` bool, classification: the output's argmax equals the full model's.
-        conf: ``(N, K, 3)`` the policy's confidence statistics of the output (on the probed positions).
+        conf: ``(N, K, 3)`` the policy's confidence statistics of the output (on the probed
+            positions).
     """
 
     features: Tensor
@@ -765,50 +658,22 @@ def collect(model: TransformerInverseModel, task: Task, *, split: Split, n: int,
 
 
 def sufficient_bucket(data: FitData, *, text: bool, tolerance: float) -> Tensor:
-    """``(N,)`` the smallest fold-point index whose output is as good as the full model's (the predictor's label).
+    """``(N,)`` the smallest fold-point index as good as the full model's (the predictor's label).
 
-    Classification: the argmax equals the full model's. Token outputs: per-sequence cross-entropy within
-    ``tolerance`` of the full model's. The last fold point always qualifies.
+    Classification: the argmax equals the full model's. Token outputs: per-sequence cross-entropy
+    within ``tolerance`` of the full model's. The last fold point always qualifies.
     """
     ok = data.ce <= data.ce[:, -1:] + tolerance if text else data.agree.clone()  # (N, K)
     ok[:, -1] = True
     return ok.long().argmax(dim=1)  # first True
 
 
-def fit_trees(
-    predictor: TreeEnsemble, features: Tensor, labels: Tensor, cfg: TransformerInverseConfig, seed: int
-) -> None:
-    """Fit ``predictor`` on ``features → labels`` with the config's boosting recipe."""
-    predictor.fit(
-        features, labels, iterations=cfg.gbdt_iterations, leaves=cfg.gbdt_leaves, depth=cfg.gbdt_depth, seed=seed
-    )
-
-
-def cross_fitted_buckets(
-    predictor: TreeEnsemble, features: Tensor, labels: Tensor, cfg: TransformerInverseConfig, seed: int
-) -> Tensor:
-    """``(N,)`` each sample's bucket as predicted by trees fitted on the other half (2-fold cross-fitting).
-
-    The policy must learn from the buckets it will get at deployment, which are out-of-sample; predicting the
-    trees' own training samples would hand it optimistic buckets. Cross-fitting gives every fit sample an
-    out-of-sample bucket, so the policy trains on all of them (a plain half split halves its data: spoken-digits'
-    240 validation clips hold 6 that block 1 gets wrong). ``predictor`` is used as scratch and refitted after.
-    """
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    halves = (order[: len(order) // 2], order[len(order) // 2 :])
-    start = torch.zeros(len(labels), dtype=torch.long)
-    for fit_idx, out_idx in (halves, halves[::-1]):
-        fit_trees(predictor, features[fit_idx], labels[fit_idx], cfg, seed)
-        with torch.no_grad():
-            start[out_idx] = predictor(features[out_idx]).cpu()
-    return start
-
-
 @register_method("transformer_inverse", aliases=("tinv",))
 class TransformerInverse(Method):
-    """Reconstructed Transformer^-1: GBDT complexity predictor + PPO stop policy over precompiled depth paths."""
+    """Reconstructed Transformer^-1: GBDT predictor + PPO stop policy over precompiled paths."""
 
-    version = "3"  # 3: the static control's buffers (a cached v2 fit lacks them)
+    version = "4"  # what each version changed: docs/architecture.md
+    shared_parts = (_exit_heads, _sample_hash, _static_control)
     paper = "https://arxiv.org/abs/2501.16394"
     reconstructed = True
     Config = TransformerInverseConfig
@@ -818,19 +683,20 @@ class TransformerInverse(Method):
     budget_doc = "b ∈ [0, 1]: compute price λ = λ_max·(1 − b)²; 1.0 = dense (nothing stops) … 0.5"
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
-        """Six operating points, the full budget first; denser near 1, where quality changes fastest."""
+        """Six operating points, the full budget first; denser near 1, where quality moves most."""
         return (1.0, 0.97, 0.93, 0.85, 0.7, 0.5)
 
     def fit_identity(self) -> TransformerInverseConfig:
-        """The config less ``policy`` and ``compiled``: the fit reads neither, so controls and traced paths share it.
+        """The config less ``policy`` and ``compiled``: the fit reads neither, so all share one fit.
 
-        The fit chooses the static control's paths whatever ``policy`` is, so the cached fit serves all three;
-        ``compiled`` only changes how the fitted paths execute (the contract tests check they agree).
+        The fit chooses the static control's paths whatever ``policy`` is, so the cached fit serves
+        all three; ``compiled`` only changes how the fitted paths execute (the contract tests check
+        they agree).
         """
         return dataclasses.replace(self.config, policy="learned", compiled=False)
 
     def wrap(self, backbone: Backbone) -> TransformerInverseModel:
-        """Exit heads after every block, an empty predictor and an untrained policy around ``backbone``."""
+        """Exit heads after every block, an empty predictor and an untrained policy."""
         cfg = self.config
         L = backbone.n_blocks
         if L == 0:
@@ -849,23 +715,24 @@ class TransformerInverse(Method):
         )
 
     def fit(self, model: TransformerInverseModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
-        """Exit heads (early_exit's loop), then collect fold-point outputs, fit the predictor, train the policy.
+        """Exit heads (early_exit's loop), then fold-point outputs, the predictor and the policy.
 
-        Last, whatever ``policy`` says, the static control's paths are chosen on the validation split.
+        Last, whatever ``policy`` says, the static control's paths are chosen on the validation
+        split.
 
         Raises:
-            ValueError: the training split has fewer than 4 samples, or the validation split is empty.
+            ValueError: the training split has fewer than 4 samples, or the validation split is
+                empty.
         """
         cfg = self.config
         torch.manual_seed(seed)
         freeze(model.backbone)
+        model.random_seed.fill_(seed)
         was_training = model.training
         model.eval()
         if not model.shared and len(model.exit_heads) > 0:
-            trainer = EarlyExitModel(model.backbone)
-            trainer.exit_heads = model.exit_heads  # train ours in place with early_exit's loop
-            recipe = EarlyExitConfig(steps=cfg.exit_steps, batch_size=cfg.exit_batch_size, heads="copy")
-            EarlyExit(recipe).fit(trainer, task, seed=seed)
+            recipe = dataclasses.replace(HEAD_TRAINING, steps=cfg.exit_steps, batch_size=cfg.exit_batch_size)
+            train_exit_heads(model.backbone, model.exit_heads, task, recipe, seed=seed)  # early_exit's loop
         model.eval()
         K = len(model.depths)
         if K > 1:
@@ -890,8 +757,10 @@ class TransformerInverse(Method):
         data = collect(model, task, split=split, n=n, batch_size=cfg.collect_batch, seed=seed)
         text = bb.readout.pool == "none"
         labels = sufficient_bucket(data, text=text, tolerance=cfg.text_tolerance)  # (N,)
-        start = cross_fitted_buckets(model.predictor, data.features, labels, cfg, seed)  # (N,) out-of-fold
-        fit_trees(model.predictor, data.features, labels, cfg, seed)  # the deployed trees see every fit sample
+        boosting = {"iterations": cfg.gbdt_iterations, "leaves": cfg.gbdt_leaves, "depth": cfg.gbdt_depth}
+        # the policy learns from the buckets it will get at deployment, which are out-of-sample
+        start = model.predictor.cross_fitted_predictions(data.features, labels, **boosting, seed=seed)  # (N,)
+        model.predictor.fit(data.features, labels, **boosting, seed=seed)  # the deployed trees see every sample
         D = model.depths
         tokens = bb.n_tokens(shape)
         one = torch.tensor(tokens)
@@ -933,7 +802,7 @@ class TransformerInverse(Method):
                 model.calib_depth[i] = depth_of[first_stop(go_on, start)].mean()
 
     def _fit_static(self, model: TransformerInverseModel, task: Task, seed: int) -> None:
-        """Choose the static control's fold point per default budget on the validation split (module docstring).
+        """Choose the static control's fold point per default budget on the validation split.
 
         Raises:
             ValueError: the validation split is empty.
@@ -976,7 +845,7 @@ def validation_costs(
     seed: int,
     budgets: Sequence[Budget],
 ) -> tuple[Tensor, Tensor]:
-    """What the static control is chosen from: each fold point's per-sample scores and the learned policy's FLOPs.
+    """What the static control is chosen from: per-fold-point sample scores, the learned FLOPs.
 
     Args:
         model: the fitted model (any ``policy_kind``: the learned policy runs here).
@@ -988,8 +857,9 @@ def validation_costs(
         budgets: where to measure the learned policy.
 
     Returns:
-        ``(N, K)`` float64 metric scores of stopping every sample at each fold point, and ``(len(budgets),)``
-        float64 mean FLOPs per sample of the learned policy at each budget (controller included).
+        ``(N, K)`` float64 metric scores of stopping every sample at each fold point, and
+        ``(len(budgets),)`` float64 mean FLOPs per sample of the learned policy at each budget
+        (controller included).
     """
     bb, device = model.backbone, next(model.backbone.parameters()).device
     L = bb.n_blocks

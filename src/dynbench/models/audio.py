@@ -1,10 +1,11 @@
 """An audio transformer encoder over log-mel frames, built from the shared :class:`~dynbench.models.block.Block`.
 
-The model follows :mod:`dynbench.models.vit` with time in place of space: ``stack`` consecutive feature frames
-are concatenated into one token (frame stacking, as in low-frame-rate acoustic models, which cuts the token count
-by ``stack``), projected by a linear layer, a CLS token is prepended, learned positions are added, and the readout
-classifies the CLS token. The features are computed by the task (:mod:`dynbench.tasks.data.logmel`), not here, so
-the model's FLOPs are the transformer's. Nothing in this file is data; it is the same for real or synthetic speech.
+The model follows :mod:`dynbench.models.vit` with time in place of space: ``stack`` consecutive
+feature frames are concatenated into one token (frame stacking, as in low-frame-rate acoustic
+models, which cuts the token count by ``stack``), projected by a linear layer, a CLS token is
+prepended, learned positions are added, and the readout classifies the CLS token. The features are
+computed by the task (:mod:`dynbench.tasks.data.logmel`), not here, so the model's FLOPs are the
+transformer's. Nothing in this file is data; it is the same for real or synthetic speech.
 """
 
 from __future__ import annotations

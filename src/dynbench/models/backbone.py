@@ -1,8 +1,8 @@
 """The backbone contract every method works on: ``embed → blocks → readout``.
 
-A backbone is a dense transformer for one task. Methods never reach inside a specific architecture: they call
-``embed``, iterate over ``blocks`` (each a :class:`~dynbench.models.block.Block`) and finish with ``readout``
-(final norm → pooling → head), or with a copy of it as an exit head.
+A backbone is a dense transformer for one task. Methods never reach inside a specific architecture:
+they call ``embed``, iterate over ``blocks`` (each a :class:`~dynbench.models.block.Block`) and
+finish with ``readout`` (final norm → pooling → head), or with a copy of it as an exit head.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ class Backbone(nn.Module, ABC):
         """Analytic executed FLOPs per sample, ``(B,)`` float64, from what the trace says ran.
 
         Args:
-            trace: per-sample record of executed blocks, tokens, heads and (optionally) MLP hidden units.
+            trace: per-sample record of executed blocks, tokens, heads and (optionally) MLP hidden
+                units.
             inputs_shape: shape of one sample's input (no batch dimension).
         """
         tokens = self.n_tokens(inputs_shape)

@@ -36,10 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.validation import check_choices, check_range
+
 Norm = Literal["layernorm", "rmsnorm"]
 MLPKind = Literal["gelu", "swiglu"]
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+BLOCK_CHOICE_ADVICE = {
+    "norm": "Use layernorm (GPT-2/ViT) or rmsnorm (Llama).",
+    "mlp": "Use gelu (GPT-2/ViT: fc_in → GELU → fc_out) or swiglu (Llama).",
+}
+"""What each choice of :class:`BlockConfig` means, appended to the message of a value outside them."""
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,16 @@ class BlockConfig:
     rope_theta: float = 10000.0  # rotary base θ (10,000 in Llama 2; SmolLM2 uses 100,000)
 
     def __post_init__(self) -> None:
+        check_choices(self, BLOCK_CHOICE_ADVICE)
+        check_range("BlockConfig.n_heads", self.n_heads, 1, advice="Use e.g. 4.")
+        check_range("BlockConfig.mlp_hidden", self.mlp_hidden, 1, advice="Use e.g. 4 × d_model.")
+        check_range("BlockConfig.dropout", self.dropout, 0, 1, high_open=True, advice="Use 0.0 (no dropout).")
+        check_range("BlockConfig.norm_eps", self.norm_eps, 0, low_open=True, advice="Use 1e-5.")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}. "
                 "Pick n_heads dividing d_model (e.g. d_model=64, n_heads=4)."
             )
-        if self.norm not in NORMS:
-            raise ValueError(f"BlockConfig.norm must be one of {NORMS}, got {self.norm!r}.")
-        if self.mlp not in MLPS:
-            raise ValueError(f"BlockConfig.mlp must be one of {MLPS}, got {self.mlp!r}.")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise ValueError(
                 f"n_kv_heads={self.n_kv_heads} must be >= 1 and divide n_heads={self.n_heads}. "

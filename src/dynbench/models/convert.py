@@ -1,18 +1,20 @@
 """Pretrained weights → our models. Today: GGUF (llama.cpp's format) Llama-architecture LMs → :class:`GPT`.
 
-A GGUF file is read with the ``gguf`` package (``gguf.GGUFReader``); every tensor is dequantized to float32 with
-``gguf.quants.dequantize`` (Q4_1, Q8_0, F16 … — whatever the file holds), and the model shape is taken from the
-metadata (``llama.block_count``, ``llama.attention.head_count_kv``, ``llama.rope.freq_base`` …), never assumed.
+A GGUF file is read with the ``gguf`` package (``gguf.GGUFReader``); every tensor is dequantized to
+float32 with ``gguf.quants.dequantize`` (Q4_1, Q8_0, F16 … — whatever the file holds), and the model
+shape is taken from the metadata (``llama.block_count``, ``llama.attention.head_count_kv``,
+``llama.rope.freq_base`` …), never assumed.
 
-Rotary layout: llama.cpp's converter permutes the rows of every head of ``attn_q``/``attn_k`` from Hugging
-Face's half-split layout (pairs ``(i, i + d/2)``) into adjacent pairs ``(2i, 2i+1)``, which its rope kernel
-rotates. We undo that permutation (:func:`unpermute_qk`) so our half-split rope computes the same function; the
-conversion test checks our logits against an independent forward that keeps the file's layout and rotates
-adjacent pairs instead.
+Rotary layout: llama.cpp's converter permutes the rows of every head of ``attn_q``/``attn_k`` from
+Hugging Face's half-split layout (pairs ``(i, i + d/2)``) into adjacent pairs ``(2i, 2i+1)``, which
+its rope kernel rotates. We undo that permutation (:func:`unpermute_qk`) so our half-split rope
+computes the same function; the conversion test checks our logits against an independent forward
+that keeps the file's layout and rotates adjacent pairs instead.
 
-Tensor names: ``token_embd`` → ``tok_embed``, ``blk.i.attn_{norm,q,k,v,output}`` → ``blocks.i.attn_norm`` /
-``attn.{q,k,v,o}_proj``, ``blk.i.ffn_{norm,gate,up,down}`` → ``blocks.i.mlp_norm`` / ``mlp.fc_{gate,in,out}``,
-``output_norm`` → ``readout.norm``, ``output`` → ``readout.head`` (absent = tied to the token embedding).
+Tensor names: ``token_embd`` → ``tok_embed``, ``blk.i.attn_{norm,q,k,v,output}`` →
+``blocks.i.attn_norm`` / ``attn.{q,k,v,o}_proj``, ``blk.i.ffn_{norm,gate,up,down}`` →
+``blocks.i.mlp_norm`` / ``mlp.fc_{gate,in,out}``, ``output_norm`` → ``readout.norm``, ``output`` →
+``readout.head`` (absent = tied to the token embedding).
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ class GGUFCheckpoint:
     Attributes:
         path: the file.
         metadata: every key/value pair as plain Python values (strings, numbers, lists).
-        tensors: name → float32 array in PyTorch layout (``(out, in)`` for matrices), rows as stored in the file
-            (``attn_q``/``attn_k`` still in llama.cpp's permuted rotary layout); empty when read without tensors.
-        shapes: name → PyTorch-order shape of every tensor in the file (also when ``tensors`` is empty).
+        tensors: name → float32 array in PyTorch layout (``(out, in)`` for matrices), rows as stored
+            in the file (``attn_q``/``attn_k`` still in llama.cpp's permuted rotary layout); empty
+            when read without tensors.
+        shapes: name → PyTorch-order shape of every tensor in the file (also when ``tensors`` is
+            empty).
     """
 
     path: Path
@@ -141,8 +145,8 @@ def llama_config(ckpt: GGUFCheckpoint) -> GPTConfig:
     """Our :class:`GPTConfig` for a Llama-architecture GGUF file, every number read from its metadata.
 
     Raises:
-        ValueError: another architecture, rope scaling, a rotary dimension other than the head dim, or a
-            missing key.
+        ValueError: another architecture, rope scaling, a rotary dimension other than the head dim,
+            or a missing key.
     """
     meta, path = ckpt.metadata, ckpt.path
     arch = meta.get("general.architecture")
@@ -183,7 +187,8 @@ def llama_config(ckpt: GGUFCheckpoint) -> GPTConfig:
 def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's rotary row permutation of a q or k projection.
 
-    Within each head, llama.cpp stores row ``2i + j`` where Hugging Face has row ``j · d/2 + i`` (``j`` ∈ {0, 1}).
+    Within each head, llama.cpp stores row ``2i + j`` where Hugging Face has row ``j · d/2 + i``
+    (``j`` ∈ {0, 1}).
 
     Args:
         weight: ``(n_heads · head_dim, C)`` rows as stored in the GGUF file.

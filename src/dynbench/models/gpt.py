@@ -1,11 +1,11 @@
 """A decoder-only language model built from the shared :class:`~dynbench.models.block.Block`.
 
-Paper: "Language Models are Unsupervised Multitask Learners" (GPT-2). By default the nanoGPT shape: token and
-learned position embeddings, LayerNorm/GELU causal blocks, and an untied readout that predicts the next token at
-every position.
+Paper: "Language Models are Unsupervised Multitask Learners" (GPT-2). By default the nanoGPT shape:
+token and learned position embeddings, LayerNorm/GELU causal blocks, and an untied readout that
+predicts the next token at every position.
 
-The same class holds Llama-style models (SmolLM2, converted by :mod:`dynbench.models.convert`): RMSNorm,
-SwiGLU, grouped-query attention, rotary positions inside attention instead of learned ones
+The same class holds Llama-style models (SmolLM2, converted by :mod:`dynbench.models.convert`):
+RMSNorm, SwiGLU, grouped-query attention, rotary positions inside attention instead of learned ones
 (``learned_positions=False``), no biases, and the output head tied to the token embedding.
 """
 
@@ -83,7 +83,8 @@ class GPT(Backbone):
     def tie_weights(self) -> None:
         """Make the head share the token embedding's parameter when ``tie_embeddings``.
 
-        Call it again after ``load_state_dict(..., assign=True)``, which replaces parameters one by one.
+        Call it again after ``load_state_dict(..., assign=True)``, which replaces parameters one by
+        one.
         """
         if self.config.tie_embeddings:
             self.readout.head.weight = self.tok_embed.weight

@@ -1,39 +1,61 @@
-"""The shared training loop, and the checkpoint cache that lets every method reuse one trained dense backbone.
+"""The one training loop: AdamW over parameter groups, a learning-rate schedule, clipping.
 
-A backbone is keyed by its task's name, version and full config plus the seed, so changing any recipe value
-trains a new one instead of silently reusing a stale checkpoint.
+Every fit in dynbench steps its parameters through :class:`ScheduledOptimizer`: the dense backbone
+(:func:`dynbench.tasks.base.train_backbone`), every method's training phases (through
+:func:`fit_loop`) and PPO's updates (:mod:`dynbench.methods._ppo`). A recipe is a
+:class:`TrainConfig`; a :class:`ParamGroup` gives its parameters their own learning-rate scale and
+weight decay, and clipping is global or per group.
+
+Also here: the stable config hash and the atomic checkpoint write that the checkpoint caches are
+keyed and written with (:func:`config_digest`, :func:`atomic_torch_save`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from dynbench.types import Batch
-
-if TYPE_CHECKING:
-    from dynbench.models.backbone import Backbone
-    from dynbench.tasks.base import Task, TrainConfig
-
-logger = logging.getLogger(__name__)
+from dynbench.validation import choice_message
 
 
-def config_digest(obj: Any) -> str:
-    """Stable short hash of a (nested) dataclass or JSON-able value."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = {"__type__": type(obj).__name__, **dataclasses.asdict(obj)}
-    blob = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe for one training run: steps, batch size, the schedule, weight decay and clip."""
+
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 64  # training batch size
+    lr: float = 3e-3  # peak AdamW learning rate
+    weight_decay: float = 0.05  # AdamW decoupled weight decay
+    warmup_steps: int = 50  # linear warm-up before the cosine decay
+    grad_clip: float = 1.0  # gradient-norm clip (global, or per group: see fit_loop); 0 = none
+
+
+Schedule = Callable[[int], float]
+"""Optimizer step (0, 1, …) → the learning rate of a group whose ``lr_scale`` is 1."""
+
+Clip = Literal["global", "per_group"]
+"""``"global"``: one gradient norm over all groups; ``"per_group"``: each group clipped alone."""
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters that train with one learning-rate scale and one weight decay."""
+
+    params: Sequence[nn.Parameter]  # the group's parameters, in a fixed order (clipping sums in this order)
+    lr_scale: float = 1.0  # the group's learning rate at a step is schedule(step) × lr_scale
+    weight_decay: float | None = None  # decoupled weight decay; None = the recipe's
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -42,6 +64,80 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def warmup_cosine(cfg: TrainConfig) -> Schedule:
+    """The recipe's schedule in absolute units: :func:`lr_at`, peaking at ``cfg.lr``."""
+    return functools.partial(lr_at, cfg=cfg)
+
+
+def unit_warmup_cosine(cfg: TrainConfig) -> Schedule:
+    """The recipe's schedule over its peak: for groups whose ``lr_scale`` is their own peak rate."""
+    return lambda step: lr_at(step, cfg) / cfg.lr
+
+
+def constant(lr: float) -> Schedule:
+    """A constant learning rate."""
+    return lambda step: lr
+
+
+class ScheduledOptimizer:
+    """AdamW over parameter groups, one step per loss: scheduled rates, backward, clip, update.
+
+    Args:
+        groups: the parameter groups; empty ones are left out.
+        schedule: step → learning rate of a group with ``lr_scale`` 1.
+        weight_decay: the decay of groups that do not set their own.
+        grad_clip: the gradient-norm bound; 0 = no clipping.
+        clip: one norm over all groups (``"global"``) or one per group (``"per_group"``).
+        betas: AdamW's moment decay rates.
+
+    Raises:
+        ValueError: ``clip`` is not a :data:`Clip`, or no group has parameters.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[ParamGroup],
+        schedule: Schedule,
+        *,
+        weight_decay: float,
+        grad_clip: float,
+        clip: Clip = "global",
+        betas: tuple[float, float] = (0.9, 0.95),
+    ) -> None:
+        if clip not in ("global", "per_group"):
+            raise ValueError(choice_message("ScheduledOptimizer clip", clip, ("global", "per_group")))
+        self.groups = [g for g in groups if len(g.params)]
+        if not self.groups:
+            raise ValueError("ScheduledOptimizer got no parameters to train. Pass at least one non-empty ParamGroup.")
+        self.schedule = schedule
+        self.grad_clip = grad_clip
+        self.clip = clip
+        self.steps_taken = 0
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": list(g.params), "weight_decay": weight_decay if g.weight_decay is None else g.weight_decay}
+                for g in self.groups
+            ],
+            lr=0.0,  # set from the schedule before every step
+            betas=betas,
+        )
+
+    def step(self, loss: Tensor) -> None:
+        """One optimizer step on ``loss``: this step's rates, fresh gradients, clipping, update."""
+        for group, spec in zip(self.optimizer.param_groups, self.groups):
+            group["lr"] = self.schedule(self.steps_taken) * spec.lr_scale
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            if self.clip == "global":
+                torch.nn.utils.clip_grad_norm_([p for g in self.groups for p in g.params], self.grad_clip)
+            else:
+                for g in self.groups:
+                    torch.nn.utils.clip_grad_norm_(list(g.params), self.grad_clip)
+        self.optimizer.step()
+        self.steps_taken += 1
 
 
 def endless(make_batches: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
@@ -58,77 +154,65 @@ def endless(make_batches: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
 
 
 def fit_loop(
-    params: list[nn.Parameter],
+    params: Sequence[nn.Parameter] | Sequence[ParamGroup],
     step_loss: Callable[[Batch], Tensor],
     batches: Iterator[Batch],
     cfg: TrainConfig,
+    *,
+    schedule: Schedule | None = None,
+    clip: Clip = "global",
 ) -> float:
-    """Minimise ``step_loss`` over ``cfg.steps`` batches with AdamW and a warm-up + cosine schedule.
+    """Minimise ``step_loss`` over ``cfg.steps`` batches with :class:`ScheduledOptimizer`.
 
     Args:
-        params: the parameters to train (everything else stays as it is).
+        params: the parameters to train (everything else stays as it is): one plain list, trained
+            with the recipe's learning rate and weight decay, or :class:`ParamGroup` s with their
+            own.
         step_loss: batch → scalar loss; the caller puts modules in train/eval mode.
         batches: endless training batches.
-        cfg: the recipe.
+        cfg: the recipe: steps, weight decay, gradient clip and (by default) the schedule.
+        schedule: step → learning rate at ``lr_scale`` 1; ``None`` = :func:`warmup_cosine` of
+            ``cfg``.
+        clip: ``cfg.grad_clip`` bounds one norm over all groups (``"global"``) or each group's own.
 
     Returns:
         The mean loss over the last 10% of steps (a cheap convergence readout for logs).
+
+    Raises:
+        TypeError: ``params`` mixes parameters and groups.
     """
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    groups = list(params)
+    if not all(isinstance(g, ParamGroup) for g in groups):
+        if any(isinstance(g, ParamGroup) for g in groups):
+            raise TypeError("fit_loop params must be all parameters or all ParamGroups, not a mix. Wrap the rest.")
+        groups = [ParamGroup(groups)]  # type: ignore[arg-type]
+    optimizer = ScheduledOptimizer(
+        groups,  # type: ignore[arg-type]
+        schedule or warmup_cosine(cfg),
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        clip=clip,
+    )
     tail: list[float] = []
     for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
         loss = step_loss(next(batches))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        optimizer.step(loss)
         if step >= cfg.steps * 0.9:
             tail.append(loss.item())
     return sum(tail) / max(1, len(tail))
 
 
-def train_backbone(task: Task, seed: int) -> Backbone:
-    """Train ``task``'s dense backbone from scratch with its recipe; deterministic given ``seed``."""
-    torch.manual_seed(seed)
-    model = task.build_backbone()
-    cfg = task.train_config
-    model.train()
-    batches = endless(
-        lambda epoch: task.batches("train", batch_size=cfg.batch_size, seed=seed * 1000 + epoch, shuffle=True)
-    )
-
-    def step_loss(batch: Batch) -> Tensor:
-        return task.metric.loss(model(task.augment(batch.inputs)), batch.targets)
-
-    final = fit_loop([p for p in model.parameters() if p.requires_grad], step_loss, batches, cfg)
-    logger.info("Trained %s backbone (seed %d): final training loss %.4f", task.name, seed, final)
-    return model.eval()
-
-
-def backbone_key(task: Task, seed: int) -> str:
-    """Cache key: task name, version, full config and seed."""
-    return f"{task.name}-v{task.version}-{config_digest(task.config)}-seed{seed}"
+def config_digest(obj: Any) -> str:
+    """Stable short hash of a (nested) dataclass or JSON-able value."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {"__type__": type(obj).__name__, **dataclasses.asdict(obj)}
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` through a temporary file, so a killed process leaves no half checkpoint."""
+    """Write ``obj`` to ``path`` via a temporary file: a killed process leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def trained_backbone(task: Task, seed: int, *, cache_dir: Path | None) -> Backbone:
-    """The cached trained backbone, training and caching it on first use."""
-    path = None if cache_dir is None else Path(cache_dir) / "backbones" / f"{backbone_key(task, seed)}.pt"
-    if path is not None and path.exists():
-        model = task.build_backbone()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
-    model = train_backbone(task, seed)
-    if path is not None:
-        atomic_torch_save(model.state_dict(), path)
-    return model

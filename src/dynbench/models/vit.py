@@ -1,12 +1,14 @@
 """A Vision Transformer built from the shared :class:`~dynbench.models.block.Block`.
 
 Paper: "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", https://arxiv.org/abs/2010.11929.
-Patches are flattened and projected by a linear layer (equivalent to the usual stride-p convolution, and
-counted exactly), a CLS token is prepended, learned positions are added, and the readout classifies the CLS token.
+Patches are flattened and projected by a linear layer (equivalent to the usual stride-p convolution,
+and counted exactly), a CLS token is prepended, learned positions are added, and the readout
+classifies the CLS token.
 
-The same module runs pretrained timm and torchvision ViTs (:mod:`dynbench.models.vit_import`): a patch is
-flattened in (channel, row, column) order, so a convolution weight ``(C, 3, p, p)`` reshaped to ``(C, 3·p·p)`` is
-this linear layer exactly; their LayerNorm epsilon (1e-6) is ``ViTConfig.norm_eps``.
+The same module runs pretrained timm and torchvision ViTs (:mod:`dynbench.models.vit_import`): a
+patch is flattened in (channel, row, column) order, so a convolution weight ``(C, 3, p, p)``
+reshaped to ``(C, 3·p·p)`` is this linear layer exactly; their LayerNorm epsilon (1e-6) is
+``ViTConfig.norm_eps``.
 """
 
 from __future__ import annotations

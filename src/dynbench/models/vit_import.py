@@ -1,34 +1,38 @@
 """Pretrained ViT weights from a timm or torchvision checkpoint file → our :class:`~dynbench.models.vit.ViT`.
 
 Sources: timm's ``VisionTransformer`` (https://github.com/huggingface/pytorch-image-models,
-``timm/models/vision_transformer.py``; e.g. ``vit_small_patch16_224.augreg_in21k_ft_in1k``, whose Hub file is
-``model.safetensors``) and torchvision's ``VisionTransformer`` (https://github.com/pytorch/vision,
-``torchvision/models/vision_transformer.py``; ``vit_b_16`` with ``ViT_B_16_Weights.IMAGENET1K_V1``). A file is
-``torch.save(model.state_dict())`` (``.pt``, ``.pth``, ``.bin``; also a training checkpoint holding
-``state_dict`` or ``model``) or a ``.safetensors`` file, read here without the ``safetensors`` package.
+``timm/models/vision_transformer.py``; e.g. ``vit_small_patch16_224.augreg_in21k_ft_in1k``, whose
+Hub file is ``model.safetensors``) and torchvision's ``VisionTransformer`` (https://github.com/pytorch/vision,
+``torchvision/models/vision_transformer.py``; ``vit_b_16`` with ``ViT_B_16_Weights.IMAGENET1K_V1``).
+A file is ``torch.save(model.state_dict())`` (``.pt``, ``.pth``, ``.bin``; also a training
+checkpoint holding ``state_dict`` or ``model``) or a ``.safetensors`` file, read here without the
+``safetensors`` package.
 
-Both libraries build the original ViT (Dosovitskiy et al., https://arxiv.org/abs/2010.11929) the way our ViT is
-built: a stride-p convolution over patches, a CLS token, learned positions added to CLS + patches, pre-norm
-blocks (LayerNorm ε = 1e-6, fused q/k/v projection with bias, exact-erf GELU MLP), a final LayerNorm and a linear
-head on the CLS token. The mapping (``ours ← timm | torchvision``):
+Both libraries build the original ViT (Dosovitskiy et al., https://arxiv.org/abs/2010.11929) the way
+our ViT is
+built: a stride-p convolution over patches, a CLS token, learned positions added to CLS + patches,
+pre-norm blocks (LayerNorm ε = 1e-6, fused q/k/v projection with bias, exact-erf GELU MLP), a final
+LayerNorm and a linear head on the CLS token. The mapping (``ours ← timm | torchvision``):
 
-- ``patch_embed.weight`` ``(C, 3·p·p)`` ← ``patch_embed.proj.weight`` | ``conv_proj.weight`` ``(C, 3, p, p)``
-  reshaped: our patches are flattened in (channel, row, column) order, the order of a convolution kernel, and
-  the patch sequence is row-major like the convolution's output; ``.bias`` copied.
-- ``cls_token`` ← ``cls_token`` | ``class_token``; ``pos_embed`` ← ``pos_embed`` | ``encoder.pos_embedding``,
-  ``(1, 1 + N, C)`` with the CLS position first.
-- per block: ``attn_norm`` ← ``norm1`` | ``ln_1``; ``attn.{q,k,v}_proj`` ← the three row blocks (q, then k,
-  then v; heads contiguous inside each) of ``attn.qkv`` | ``self_attention.in_proj_{weight,bias}``;
-  ``attn.o_proj`` ← ``attn.proj`` | ``self_attention.out_proj``; ``mlp_norm`` ← ``norm2`` | ``ln_2``;
-  ``mlp.fc_in``/``fc_out`` ← ``mlp.fc1``/``fc2`` | ``mlp.0``/``mlp.3`` (``mlp.linear_1``/``linear_2`` in
-  torchvision files older than its MLP refactor).
+- ``patch_embed.weight`` ``(C, 3·p·p)`` ← ``patch_embed.proj.weight`` | ``conv_proj.weight``
+  ``(C, 3, p, p)`` reshaped: our patches are flattened in (channel, row, column) order, the order of
+  a convolution kernel, and the patch sequence is row-major like the convolution's output; ``.bias``
+  copied.
+- ``cls_token`` ← ``cls_token`` | ``class_token``; ``pos_embed`` ← ``pos_embed`` |
+  ``encoder.pos_embedding``, ``(1, 1 + N, C)`` with the CLS position first.
+- per block: ``attn_norm`` ← ``norm1`` | ``ln_1``; ``attn.{q,k,v}_proj`` ← the three row blocks (q,
+  then k, then v; heads contiguous inside each) of ``attn.qkv`` |
+  ``self_attention.in_proj_{weight,bias}``; ``attn.o_proj`` ← ``attn.proj`` |
+  ``self_attention.out_proj``; ``mlp_norm`` ← ``norm2`` | ``ln_2``; ``mlp.fc_in``/``fc_out`` ←
+  ``mlp.fc1``/``fc2`` | ``mlp.0``/``mlp.3`` (``mlp.linear_1``/``linear_2`` in torchvision files
+  older than its MLP refactor).
 - ``readout.norm`` ← ``norm`` | ``encoder.ln``; ``readout.head`` ← ``head`` | ``heads.head``.
 
 Exact: every weight is copied unchanged (cast to float32), so the logits equal the library's up to
-floating-point summation order. Not supported (a clear error, never a silent drop): the head count (it is not
-stored in the file: the config must name it, the variants here do), models with layer scale, register tokens,
-q/k norms, average pooling (``fc_norm``), a pre-logits layer, a different image size (positions are not
-interpolated) or timm's ``.npz`` JAX files.
+floating-point summation order. Not supported (a clear error, never a silent drop): the head count
+(it is not stored in the file: the config must name it, the variants here do), models with layer
+scale, register tokens, q/k norms, average pooling (``fc_norm``), a pre-logits layer, a different
+image size (positions are not interpolated) or timm's ``.npz`` JAX files.
 """
 
 from __future__ import annotations
@@ -120,8 +124,8 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
 def read_weights(path: Path) -> dict[str, Tensor]:
     """The state dict in a checkpoint file: safetensors, or a torch pickle read with ``weights_only=True``.
 
-    A training checkpoint's ``state_dict`` (or ``model``) entry is taken, and a ``module.`` prefix that every
-    key shares (``DataParallel``) is dropped.
+    A training checkpoint's ``state_dict`` (or ``model``) entry is taken, and a ``module.`` prefix
+    that every key shares (``DataParallel``) is dropped.
 
     Raises:
         WeightsError: the file cannot be read or holds no tensors.
@@ -229,7 +233,8 @@ def convert_state_dict(state: dict[str, Tensor], cfg: ViTConfig, fmt: WeightForm
 
     Args:
         state: the library's state dict.
-        cfg: our model's shape (gives the layer count; shapes are checked by :func:`vit_from_state_dict`).
+        cfg: our model's shape (gives the layer count; shapes are checked by
+            :func:`vit_from_state_dict`).
         fmt: the layout; ``None`` detects it.
 
     Raises:

@@ -15,13 +15,16 @@ Every task has three disjoint splits: ``train`` (weights are trained on it), a v
 split (``Task.eval_split``: quality is reported on it). While a method fits, the harness seals the evaluation split
 (:meth:`Task.sealed`): reading it raises :class:`EvalSplitAccessError`.
 
-The dense backbone is trained once per (task config, seed) by the shared loop in
-:mod:`dynbench.models.training` and cached, so every method reuses the same trained model.
+The dense backbone is trained once per (task config, seed) by :func:`train_backbone` (the one
+training loop of :mod:`dynbench.models.training`, with the task's
+:class:`~dynbench.models.training.TrainConfig`) and cached by :func:`trained_backbone`, so every
+method reuses the same trained model.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynbench.models.backbone import Backbone
+from dynbench.models.training import TrainConfig, atomic_torch_save, config_digest, endless, fit_loop
 from dynbench.registry import Registry
 from dynbench.types import Batch, NoOptions, QualitySpec
 
@@ -43,6 +47,8 @@ Split = Literal["train", "val", "test", "minival"]
 50,000-image validation set — its evaluation split — and whose validation split is ``minival``, carved from train.
 Code never assumes a name: it reads ``"train"``, ``task.validation_split`` and ``task.eval_split``."""
 Modality = Literal["vision", "speech", "text"]
+
+logger = logging.getLogger(__name__)
 
 
 class QualityMetric(ABC):
@@ -122,18 +128,6 @@ class Perplexity(QualityMetric):
     def secondary(self, correct: np.ndarray) -> dict[str, tuple[float, str, bool]]:
         """Next-token accuracy over all scored tokens (sequences are equally long)."""
         return {"next_token_accuracy": (float(np.mean(correct)), "fraction", True)}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Recipe for training a dense backbone."""
-
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 64  # training batch size
-    lr: float = 3e-3  # peak AdamW learning rate
-    weight_decay: float = 0.05  # AdamW decoupled weight decay
-    warmup_steps: int = 50  # linear warm-up before the cosine decay
-    grad_clip: float = 1.0  # global gradient-norm clip
 
 
 @dataclass
@@ -361,10 +355,53 @@ class Task(ABC):
             seed: training seed.
             cache_dir: checkpoint cache; ``None`` trains without caching.
         """
-        from dynbench.models.training import trained_backbone
-
         return trained_backbone(self, seed, cache_dir=cache_dir)
 
 
 TASKS: Registry[type[Task]] = Registry("task", Task, "dynbench.tasks", "dynbench.tasks")
 register_task = TASKS.register
+
+
+# --------------------------------------------------------------------------------------------------
+# The dense backbone: trained once per (task config, seed), cached
+
+
+def train_backbone(task: Task, seed: int) -> Backbone:
+    """Train ``task``'s dense backbone from scratch with its recipe; deterministic in ``seed``."""
+    torch.manual_seed(seed)
+    model = task.build_backbone()
+    cfg = task.train_config
+    model.train()
+    batches = endless(
+        lambda epoch: task.batches("train", batch_size=cfg.batch_size, seed=seed * 1000 + epoch, shuffle=True)
+    )
+
+    def step_loss(batch: Batch) -> Tensor:
+        return task.metric.loss(model(task.augment(batch.inputs)), batch.targets)
+
+    final = fit_loop([p for p in model.parameters() if p.requires_grad], step_loss, batches, cfg)
+    logger.info("Trained %s backbone (seed %d): final training loss %.4f", task.name, seed, final)
+    return model.eval()
+
+
+def backbone_key(task: Task, seed: int) -> str:
+    """Cache key: task name, version, full config and seed."""
+    return f"{task.name}-v{task.version}-{config_digest(task.config)}-seed{seed}"
+
+
+def trained_backbone(task: Task, seed: int, *, cache_dir: Path | None) -> Backbone:
+    """The cached trained backbone, training and caching it on first use.
+
+    A backbone is keyed by its task's name, version and full config plus the seed
+    (:func:`backbone_key`), so changing any recipe value trains a new one instead of silently
+    reusing a stale checkpoint.
+    """
+    path = None if cache_dir is None else Path(cache_dir) / "backbones" / f"{backbone_key(task, seed)}.pt"
+    if path is not None and path.exists():
+        model = task.build_backbone()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    model = train_backbone(task, seed)
+    if path is not None:
+        atomic_torch_save(model.state_dict(), path)
+    return model

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dynbench.models.training import TrainConfig
 from dynbench.models.vit import ViT, ViTConfig
-from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, TrainConfig, register_task
+from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, register_task
+from dynbench.validation import check_range
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,18 @@ class DigitsConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=100)
     )
+
+    def __post_init__(self) -> None:
+        check_range("DigitsConfig.test_fraction", self.test_fraction, 0, 1, low_open=True, advice="Use 0.2.")
+        check_range("DigitsConfig.val_fraction", self.val_fraction, 0, 1, low_open=True, advice="Use 0.1.")
+        check_range(
+            "DigitsConfig.test_fraction + val_fraction",
+            self.test_fraction + self.val_fraction,
+            high=1,
+            high_open=True,
+            advice="Leave images to train on: e.g. 0.2 + 0.1.",
+        )
+        check_range("DigitsConfig.max_shift", self.max_shift, 0, advice="Use 0 for none.")
 
 
 @register_task("digits")

@@ -48,6 +48,7 @@ from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, regist
 from dynbench.tasks.data.imagenet import IMAGENET, SplitIndex
 from dynbench.tasks.data.images import EvalTransform, Interpolation, LazyImageSplit, default_threads
 from dynbench.types import Batch
+from dynbench.validation import check_choices, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,15 @@ class ImageNetWeightsMissingError(FileNotFoundError, ValueError):
     """No pretrained weights file is configured or it does not exist (a ``ValueError`` too, so the CLI exits 2)."""
 
 
+IMAGENET_CHOICE_ADVICE = {
+    "variant": "Use vit_s16 (ViT-S/16) or vit_b16 (ViT-B/16).",
+    "weights_format": "Use auto to read it from the key names in the file.",
+    "normalize": "Use auto for the weights' library's mean and std (module docstring).",
+    "interpolation": "Use auto for the weights' library's resize filter.",
+}
+"""What each choice of :class:`ImageNetConfig` means, appended to the message of a value outside them."""
+
+
 @dataclass(frozen=True)
 class ImageNetConfig:
     """Data source, model, weights and evaluation transform."""
@@ -90,6 +100,18 @@ class ImageNetConfig:
     minival_per_class: int = 10  # training images per class held out as `minival`, the validation split (10,000)
     split_seed: int = 0  # which training images minival takes (the same for every training seed)
     decode_threads: int = 0  # threads decoding a batch (Pillow releases the GIL); 0 = the usable CPUs, at most 8
+
+    def __post_init__(self) -> None:
+        check_choices(self, IMAGENET_CHOICE_ADVICE)
+        check_range("ImageNetConfig.crop_pct", self.crop_pct, 0, 1, advice="Use 0 for the weights' own.")
+        check_range("ImageNetConfig.max_samples", self.max_samples, 0, advice="Use 0 for every image.")
+        check_range("ImageNetConfig.decode_threads", self.decode_threads, 0, advice="Use 0 for automatic.")
+        check_range(
+            "ImageNetConfig.minival_per_class",
+            self.minival_per_class,
+            1,
+            advice="Fits calibrate and select on minival, never on val. Use e.g. 10.",
+        )
 
 
 def minival_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -137,17 +159,6 @@ class ImageNet(Task):
 
     def __init__(self, config: ImageNetConfig | None = None) -> None:
         super().__init__(config)
-        cfg = self.config
-        if not 0.0 <= cfg.crop_pct <= 1.0 or cfg.max_samples < 0 or cfg.decode_threads < 0:
-            raise ValueError(
-                f"imagenet: crop_pct={cfg.crop_pct} must be in [0, 1] (0 = the weights' own), max_samples="
-                f"{cfg.max_samples} and decode_threads={cfg.decode_threads} must be >= 0 (0 = all / automatic)."
-            )
-        if cfg.minival_per_class < 1:
-            raise ValueError(
-                f"imagenet: minival_per_class={cfg.minival_per_class} must be >= 1: fits calibrate and select on "
-                "minival, never on val. Use e.g. 10."
-            )
         if self.model_config.channels != 3:
             raise ValueError(f"imagenet: images are RGB; model.channels must be 3, got {self.model_config.channels}.")
         self._format: WeightFormat | None = None

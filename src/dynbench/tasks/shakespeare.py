@@ -23,9 +23,11 @@ import torch
 from torch import Tensor
 
 from dynbench.models.gpt import GPT, GPTConfig
-from dynbench.tasks.base import Perplexity, Split, Task, TensorSplit, TrainConfig, register_task
+from dynbench.models.training import TrainConfig
+from dynbench.tasks.base import Perplexity, Split, Task, TensorSplit, register_task
 from dynbench.tasks.data import shakespeare_plays as shp
 from dynbench.types import Batch
+from dynbench.validation import check_range
 
 VOCAB = shp.CharVocab()
 
@@ -44,6 +46,21 @@ class ShakespeareConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=500, batch_size=32, lr=6e-3, weight_decay=0.05, warmup_steps=50)
     )
+
+    def __post_init__(self) -> None:
+        check_range(
+            "ShakespeareConfig.seq_len",
+            self.seq_len,
+            1,
+            self.model.block_size,
+            advice="Lower seq_len or raise model.block_size.",
+        )
+        check_range("ShakespeareConfig.max_eval_windows", self.max_eval_windows, 1, advice="Use e.g. 512.")
+        if self.model.vocab_size != len(VOCAB):
+            raise ValueError(
+                f"shakespeare: model.vocab_size={self.model.vocab_size} must equal the character vocabulary's "
+                f"{len(VOCAB)} ids; set model.vocab_size={len(VOCAB)}."
+            )
 
 
 class TokenWindows:
@@ -121,19 +138,6 @@ class Shakespeare(Task):
 
     def __init__(self, config: ShakespeareConfig | None = None) -> None:
         super().__init__(config)
-        cfg = self.config
-        if cfg.seq_len < 1 or cfg.seq_len > cfg.model.block_size:
-            raise ValueError(
-                f"shakespeare: seq_len={cfg.seq_len} must be between 1 and model.block_size={cfg.model.block_size}; "
-                "lower seq_len or raise model.block_size."
-            )
-        if cfg.model.vocab_size != len(VOCAB):
-            raise ValueError(
-                f"shakespeare: model.vocab_size={cfg.model.vocab_size} must equal the character vocabulary's "
-                f"{len(VOCAB)} ids; set model.vocab_size={len(VOCAB)}."
-            )
-        if cfg.max_eval_windows < 1:
-            raise ValueError(f"shakespeare: max_eval_windows={cfg.max_eval_windows} must be at least 1.")
         self._plays: shp.PlaySplit | None = None
         self._train_tokens: Tensor | None = None
         if shp.is_installed():  # unknown or overlapping play names fail here, before anything runs

@@ -51,6 +51,7 @@ from dynbench.tasks.base import Perplexity, Split, Task, TensorSplit, register_t
 from dynbench.tasks.data import shakespeare_plays as shp
 from dynbench.tasks.data.catalog import DataError, DatasetMissingError
 from dynbench.tasks.data.smollm2_gguf import PIP_SPEC, packaged_gguf
+from dynbench.validation import check_range
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ class SmolLM2Config:
     train_plays: tuple[str, ...] = ()  # plays methods fit on; () = every play not held out (~5 s to tokenize)
     max_eval_windows: int = 64  # test/val windows, evenly spaced: 8,192 scored tokens, a dense pass in ~1 min
     max_train_windows: int = 256  # windows of the other plays, for methods that fit (exit heads, importance)
+
+    def __post_init__(self) -> None:
+        check_range("SmolLM2Config.seq_len", self.seq_len, 1, advice="Use e.g. 128.")
+        check_range("SmolLM2Config.max_eval_windows", self.max_eval_windows, 1, advice="Use e.g. 64.")
+        check_range("SmolLM2Config.max_train_windows", self.max_train_windows, 1, advice="Use e.g. 256.")
+        splits = {"test_plays": self.test_plays, "val_plays": self.val_plays, "train_plays": self.train_plays}
+        for (a, pa), (b, pb) in itertools.combinations(splits.items(), 2):
+            both = sorted(set(pa) & set(pb))
+            if both:
+                raise ValueError(f"smollm2: plays {both} are in both {a} and {b}; give each play to one split.")
 
 
 def file_sha256(path: Path) -> str:
@@ -129,17 +140,6 @@ class SmolLM2(Task):
 
     def __init__(self, config: SmolLM2Config | None = None) -> None:
         super().__init__(config)
-        cfg = self.config
-        if cfg.seq_len < 1 or cfg.max_eval_windows < 1 or cfg.max_train_windows < 1:
-            raise ValueError(
-                f"smollm2: seq_len={cfg.seq_len}, max_eval_windows={cfg.max_eval_windows} and "
-                f"max_train_windows={cfg.max_train_windows} must all be >= 1 (defaults 128, 64, 256)."
-            )
-        splits = {"test_plays": cfg.test_plays, "val_plays": cfg.val_plays, "train_plays": cfg.train_plays}
-        for (a, pa), (b, pb) in itertools.combinations(splits.items(), 2):
-            both = sorted(set(pa) & set(pb))
-            if both:
-                raise ValueError(f"smollm2: plays {both} are in both {a} and {b}; give each play to one split.")
         self._tokenizer: Any = None
 
     def gguf_file(self) -> Path:

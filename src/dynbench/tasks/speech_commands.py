@@ -51,12 +51,13 @@ import torch
 from torch import Tensor
 
 from dynbench.models.audio import AudioConfig, AudioEncoder
-from dynbench.models.training import atomic_torch_save
-from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, TrainConfig, register_task
+from dynbench.models.training import TrainConfig, atomic_torch_save
+from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, register_task
 from dynbench.tasks.data.logmel import LogMelConfig, add_white_noise, filterbank_for, fix_length, log_mel, mel_power
 from dynbench.tasks.data.logmel import resample as resample_to
 from dynbench.tasks.data.speech_commands import SAMPLE_RATE, SPEECH_COMMANDS, WORDS, SpeechCommandsCopy, read_wav
 from dynbench.types import Batch
+from dynbench.validation import check_range
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +95,12 @@ class SpeechCommandsConfig:
             )
         if m.n_classes != len(WORDS):
             raise ValueError(f"model.n_classes={m.n_classes}, but Speech Commands v2 has {len(WORDS)} words. Use 35.")
-        if self.limit < 0 or not 0.0 <= self.noise_prob <= 1.0 or self.snr_db[0] > self.snr_db[1]:
-            raise ValueError(
-                f"limit={self.limit}, noise_prob={self.noise_prob}, snr_db={self.snr_db} are out of range. "
-                "Use limit >= 0 (0 = all), 0 <= noise_prob <= 1, snr_db=(low, high) with low <= high."
-            )
-        if not 0 <= self.max_shift < fe.n_frames or self.feature_std <= 0:
-            raise ValueError(
-                f"max_shift={self.max_shift}, feature_std={self.feature_std} are out of range. "
-                "Use 0 <= max_shift < n_frames and feature_std > 0."
-            )
+        name = type(self).__name__
+        check_range(f"{name}.limit", self.limit, 0, advice="Use 0 for every clip.")
+        check_range(f"{name}.noise_prob", self.noise_prob, 0, 1, advice="Use 0.8.")
+        check_range(f"{name}.snr_db[1]", self.snr_db[1], self.snr_db[0], advice="Give snr_db=(low, high), low <= high.")
+        check_range(f"{name}.max_shift", self.max_shift, 0, fe.n_frames, high_open=True, advice="Use 0 for none.")
+        check_range(f"{name}.feature_std", self.feature_std, 0, low_open=True, advice="Use 3.3.")
 
 
 @register_task("speech-commands")

@@ -27,58 +27,22 @@ import torch
 from torch import Tensor
 
 from dynbench.models.audio import AudioConfig, AudioEncoder
-from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, TrainConfig, register_task
+from dynbench.models.training import TrainConfig
+from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, register_task
 from dynbench.tasks.data import espeak
 from dynbench.tasks.data.logmel import LogMelConfig, add_white_noise, filterbank_for, fix_length, log_mel, resample
-
-# A voice is an accent (espeak-ng language) + a timbre (espeak-ng variant: formant scaling, pitch range, voicing).
-# Each accent appears in every split; no variant of a val or test voice is used by any training voice.
-TRAIN_VOICES = (
-    "en-us+m1",
-    "en+m2",
-    "en-gb-scotland+m3",
-    "en-gb-x-rp+m4",
-    "en-029+m5",
-    "en-us-nyc+m6",
-    "en-gb-x-gbclan+f1",
-    "en-gb-x-gbcwmd+f2",
-    "en-us+f4",
-    "en+f5",
-    "en-gb-scotland+klatt",
-    "en-gb-x-rp+klatt2",
-    "en-029+klatt4",
-    "en-us-nyc+adam",
-    "en-gb-x-gbclan+Alex",
-    "en-gb-x-gbcwmd+Andy",
-    "en-us+Annie",
-    "en+aunty",
-    "en-gb-scotland+benjamin",
-    "en-gb-x-rp+david",
-    "en-029+ed",
-    "en-us-nyc+linda",
-    "en-gb-x-gbclan+steph",
-    "en-gb-x-gbcwmd+max",
-)
-VAL_VOICES = ("en-gb-x-gbclan+klatt5", "en-us+belinda", "en-029+Mike", "en-gb-x-rp+Gene")
-TEST_VOICES = (
-    "en-us+m7",
-    "en+f3",
-    "en-gb-scotland+klatt3",
-    "en-029+m8",
-    "en-us-nyc+Andrea",
-    "en-gb-x-gbcwmd+paul",
-)
+from dynbench.validation import check_range
 
 
 @dataclass(frozen=True)
 class SpokenDigitsConfig:
     """Corpus, voice split, front end, augmentation, model and recipe."""
 
-    train_voices: tuple[str, ...] = TRAIN_VOICES  # 24 voices: with 10, top-1 on unseen voices stalled near 89%
-    val_voices: tuple[str, ...] = VAL_VOICES  # 4 unseen voices for methods that fit on held-out data
-    test_voices: tuple[str, ...] = TEST_VOICES  # 6 unseen voices (360 clips): quality is reported on these
-    speeds: tuple[int, ...] = (130, 165, 200)  # espeak-ng -s words/min around its 175 default: slow to brisk
-    pitches: tuple[int, ...] = (40, 60)  # espeak-ng -p either side of its 50 default (the variant sets the range)
+    train_voices: tuple[str, ...] = espeak.DIGIT_TRAIN_VOICES  # 24: with 10, top-1 on unseen voices stalled near 89%
+    val_voices: tuple[str, ...] = espeak.DIGIT_VAL_VOICES  # 4 unseen voices for methods that fit on held-out data
+    test_voices: tuple[str, ...] = espeak.DIGIT_TEST_VOICES  # 6 unseen voices (360 clips): quality is scored on these
+    speeds: tuple[int, ...] = espeak.DIGIT_SPEEDS  # espeak-ng -s words/min around its 175 default: slow to brisk
+    pitches: tuple[int, ...] = espeak.DIGIT_PITCHES  # espeak-ng -p either side of its 50 default
     frontend: LogMelConfig = LogMelConfig()  # 16 kHz, 25 ms / 10 ms, 40 mels, 1.0 s = 100 frames
     peak_normalize: bool = True  # scale each clip to a peak of 0.5, so the log floor is ~60 dB below every voice
     feature_mean: float = -4.9  # ≈ mean log-mel value over the training voices; fixed so every split agrees
@@ -111,18 +75,16 @@ class SpokenDigitsConfig:
                 f"model expects {m.n_frames} frames × {m.n_mels} mels but the front end makes {fe.n_frames} × "
                 f"{fe.n_mels}. Set model.n_frames/n_mels to the front end's."
             )
-        if not 0 <= self.max_shift < fe.n_frames or self.snr_db[0] > self.snr_db[1] or self.feature_std <= 0:
-            raise ValueError(
-                f"augmentation settings max_shift={self.max_shift}, snr_db={self.snr_db}, "
-                f"feature_std={self.feature_std} are out of range. Use 0 <= max_shift < n_frames, "
-                "snr_db=(low, high) with low <= high, feature_std > 0."
-            )
+        name = type(self).__name__
+        check_range(f"{name}.max_shift", self.max_shift, 0, fe.n_frames, high_open=True, advice="Use 0 for none.")
+        check_range(f"{name}.snr_db[1]", self.snr_db[1], self.snr_db[0], advice="Give snr_db=(low, high), low <= high.")
+        check_range(f"{name}.feature_std", self.feature_std, 0, low_open=True, advice="Use 3.3.")
 
     @property
     def corpus(self) -> espeak.CorpusSpec:
-        """The synthesized corpus: every voice (sorted, so reassigning voices reuses the cache) × speed × pitch."""
-        voices = tuple(sorted(self.train_voices + self.val_voices + self.test_voices))
-        return espeak.CorpusSpec(words=espeak.WORDS, voices=voices, speeds=self.speeds, pitches=self.pitches)
+        """The synthesized corpus: every voice of every split × speed × pitch."""
+        voices = self.train_voices + self.val_voices + self.test_voices
+        return espeak.digit_corpus(voices, self.speeds, self.pitches)
 
     def voices(self, split: Split) -> tuple[str, ...]:
         """The voices of one split."""

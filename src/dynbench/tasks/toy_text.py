@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from dynbench.models.gpt import GPT, GPTConfig
-from dynbench.tasks.base import Perplexity, Split, Task, TensorSplit, TrainConfig, register_task
+from dynbench.models.training import TrainConfig
+from dynbench.tasks.base import Perplexity, Split, Task, TensorSplit, register_task
+from dynbench.validation import check_range
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,12 @@ class ToyTextConfig:
     data_seed: int = 1234  # the data never changes with the training seed
     model: GPTConfig = GPTConfig(vocab_size=16, block_size=16, d_model=32, n_layers=2, n_heads=2)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150, batch_size=64, lr=3e-3, warmup_steps=10))
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_test", "seq_len"):
+            check_range(f"ToyTextConfig.{name}", getattr(self, name), 1)
+        check_range("ToyTextConfig.vocab_size", self.vocab_size, 2, advice="Use 16.")
+        check_range("ToyTextConfig.successors", self.successors, 1, self.vocab_size, advice="Use 3.")
 
 
 @register_task("toy-text")

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dynbench.models.training import TrainConfig
 from dynbench.models.vit import ViT, ViTConfig
-from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, TrainConfig, register_task
+from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, register_task
+from dynbench.validation import check_range
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,15 @@ class ToyVisionConfig:
     data_seed: int = 1234  # the data never changes with the training seed
     model: ViTConfig = ViTConfig(image_size=8, patch_size=4, n_classes=4, d_model=32, n_layers=2, n_heads=2)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150, batch_size=64, lr=3e-3, warmup_steps=10))
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_test"):
+            check_range(f"ToyVisionConfig.{name}", getattr(self, name), 1)
+        check_range("ToyVisionConfig.n_classes", self.n_classes, 2, advice="Use 4.")
+        check_range("ToyVisionConfig.noise[0]", self.noise[0], 0, advice="Give noise=(low, high), 0 <= low.")
+        check_range(
+            "ToyVisionConfig.noise[1]", self.noise[1], self.noise[0], advice="Give noise=(low, high), low <= high."
+        )
 
 
 @register_task("toy-vision")

@@ -9,17 +9,24 @@ from dynbench.analysis.report import write_report
 from dynbench.tasks.base import Perplexity, TopOneAccuracy
 
 
-def test_pairs_follow_each_methods_declared_controls() -> None:
-    labels = ["tinv", "tinv[policy=random]", "dht[policy=random]", "mod[capacities=0.5]",
-              "mod[capacities=0.5,router=random]", "mod[capacities=0.5,random_scale=learned,router=random]",
-              "early_exit", "early_exit[rule=depth]", "acm[init=random]", "acm", "dense"]  # fmt: skip
-    pairs = [(p.learned, p.control, p.kind) for p in control_pairs(labels)]
+def test_pairs_come_from_the_rows_control_columns() -> None:
+    frame = pd.DataFrame({
+        "method_label": ["tinv", "tinv[policy=random]", "dht[policy=random]", "early_exit", "early_exit[rule=depth]",
+                         "mod[capacities=0.5]", "mod[capacities=0.5,router=random]", "acm[init=random]", "dense"],
+        "control_of": ["", "tinv", "dht", "", "early_exit", "", "mod[capacities=0.5]", "", ""],
+        "control_kind": ["", "random", "random", "", "static", "", "random", "", ""],
+    })  # fmt: skip
+    pairs = [(p.learned, p.control, p.kind) for p in control_pairs(frame)]
     assert pairs == [
         ("early_exit", "early_exit[rule=depth]", "static"),
-        ("mod[capacities=0.5]", "mod[capacities=0.5,random_scale=learned,router=random]", "random"),
         ("mod[capacities=0.5]", "mod[capacities=0.5,router=random]", "random"),
         ("tinv", "tinv[policy=random]", "random"),
-    ]  # dht's learned twin is missing; acm's init=random is no control
+    ]  # dht's learned twin did not run; acm's init=random is no control
+    assert control_pairs(frame.drop(columns=["control_of", "control_kind"])) == []  # rows from before the columns
+
+
+# The control relation of the synthetic labels below, as the harness would record it.
+CONTROL_OF = {"early_exit[rule=depth]": ("early_exit", "static"), "tinv[policy=random]": ("tinv", "random")}
 
 
 def samples(points: dict[str, dict[float, tuple[float, np.ndarray]]], seeds=(0,), noise=0.0) -> pd.DataFrame:
@@ -34,14 +41,25 @@ def samples(points: dict[str, dict[float, tuple[float, np.ndarray]]], seeds=(0,)
                 for budget, (flops, scores) in curve.items():
                     shift = noise * seed if "[" not in label else 0.0
                     for i, score in enumerate(scores):
-                        recs.append(dict(task="t", method_label=label, budget=budget, seed=seed, hardware=hw,
-                                         sample_id=i, flops=flops, score=(score + shift) if hw == "cpu" else -9.0))
+                        recs.append(
+                            dict(
+                                task="t",
+                                method_label=label,
+                                budget=budget,
+                                seed=seed,
+                                hardware=hw,
+                                sample_id=i,
+                                flops=flops,
+                                score=(score + shift) if hw == "cpu" else -9.0,
+                            )
+                        )
     return pd.DataFrame(recs)
 
 
 def summary(labels: list[str], budgets: dict[str, list[float]], higher: bool = True) -> pd.DataFrame:
     return pd.DataFrame([
-        dict(task="t", method_label=label, budget=b, flops_ratio=b / 2, quality_higher_is_better=higher)
+        dict(task="t", method_label=label, budget=b, flops_ratio=b / 2, quality_higher_is_better=higher,
+             control_of=CONTROL_OF.get(label, ("", ""))[0], control_kind=CONTROL_OF.get(label, ("", ""))[1])
         for label in labels for b in budgets[label]
     ])  # fmt: skip
 
@@ -114,8 +132,12 @@ def test_perplexity_is_compared_in_nll_space_and_lower_is_better() -> None:
         "tinv": {1.0: (100.0, nll_full), 0.5: (40.0, nll_learned), 0.3: (10.0, nll_learned), 0.2: (200.0, nll_full)},
         "tinv[policy=random]": {1.0: (100.0, nll_full), 0.5: (20.0, nll_control_cheap)},
     }
-    table = compare_to_controls(samples(points), summary(list(points), {k: list(v) for k, v in points.items()},
-                                                         higher=False), "t", metric=Perplexity()).set_index("budget")
+    table = compare_to_controls(
+        samples(points),
+        summary(list(points), {k: list(v) for k, v in points.items()}, higher=False),
+        "t",
+        metric=Perplexity(),
+    ).set_index("budget")
     # 40 FLOPs: control mixes 3/4 of the samples at 20 (NLL 2.5) and 1/4 at 100 (2.0): NLL 2.375
     assert table.loc[0.5, "control_quality"] == pytest.approx(np.exp(2.375))
     assert table.loc[0.5, "quality"] == pytest.approx(np.exp(nll_learned.mean()))
@@ -138,15 +160,28 @@ def test_report_shows_learned_vs_static_vs_random(tmp_path) -> None:
 
     rows = make_rows(hardware=("cpu",), seeds=(0,))
     cls = rows[(rows.task == "cls") & (rows.method == "early_exit")]
-    static = cls.assign(method_label="early_exit[rule=depth]")
+    static = cls.assign(method_label="early_exit[rule=depth]", control_of="early_exit", control_kind="static")
     budgets = sorted(cls["budget"].unique())
     flops = {b: float(cls[(cls.budget == b) & (cls.metric == "flops_per_sample")]["value"].iloc[0]) for b in budgets}
     recs = []
     for label, p in (("early_exit", 0.9), ("early_exit[rule=depth]", 0.6)):
         for b in budgets:
             scores = correct(0.95 if b == 1.0 else p)
-            recs += [dict(run_key=f"cls-{label}", task="cls", method="early_exit", method_label=label, budget=b,
-                          seed=0, hardware="cpu", sample_id=i, flops=flops[b], score=s) for i, s in enumerate(scores)]
+            recs += [
+                dict(
+                    run_key=f"cls-{label}",
+                    task="cls",
+                    method="early_exit",
+                    method_label=label,
+                    budget=b,
+                    seed=0,
+                    hardware="cpu",
+                    sample_id=i,
+                    flops=flops[b],
+                    score=s,
+                )
+                for i, s in enumerate(scores)
+            ]
     write_report(pd.concat([rows, static], ignore_index=True), pd.DataFrame(recs), tmp_path)
     index = (tmp_path / "index.md").read_text()
     assert index.count("### Learned vs static vs random") == 1

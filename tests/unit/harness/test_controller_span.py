@@ -154,4 +154,3 @@ def test_clocks_do_not_nest():
         with base.controller_clock(clock):
             pass
     assert base._clock is None
-

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dynbench.config import PluginSpec, RunSpec
-from dynbench.harness.runner import fitted_model, load_fitted_state, plan_suite
+from dynbench.harness.fit_cache import fitted_model, load_fitted_state
+from dynbench.harness.planning import plan_suite
 
 TASK = PluginSpec("toy-text", (("train.steps", "5"),))
 

@@ -24,8 +24,9 @@ from dynbench.methods._bandits import (
 from dynbench.methods.base import METHODS
 from dynbench.methods.dht import DHT, DHTConfig, DHTModel, sample_correctness
 from dynbench.models.gpt import GPT, GPTConfig
+from dynbench.models.training import TrainConfig
 from dynbench.models.vit import ViTConfig
-from dynbench.tasks.base import TASKS, Perplexity, TopOneAccuracy, TrainConfig
+from dynbench.tasks.base import TASKS, Perplexity, TopOneAccuracy
 from dynbench.tasks.toy_text import ToyTextConfig
 from dynbench.tasks.toy_vision import ToyVisionConfig
 
@@ -103,12 +104,13 @@ def test_registered_reconstructed_with_full_budget_first() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"policy": "greedy"}, r"policy must be one of .*got 'greedy'"),
+        ({"policy": "greedy"}, r"policy must be one of .*got 'greedy'\. Use 'bandit' \(the method\)"),
+        ({"policy": "bandt"}, r"got 'bandt'\. Did you mean: bandit\b"),
         ({"correctness": "bleu"}, r"correctness must be one of .*got 'bleu'"),
         ({"refine_split": "test"}, r"refine_split must be one of .*got 'test'"),
         ({"contexts": 0}, r"contexts must be >= 1, got 0"),
         ({"kappa": -1.0}, r"kappa must be >= 0, got -1.0"),
-        ({"lambda_max": 1.0}, r"lambda_max must lie in \(0, 1\), got 1.0"),
+        ({"lambda_max": 1.0}, r"lambda_max must be in \(0, 1\), got 1.0\. At 1 the dense network's reward is 0"),
         ({"budgets": (0.8, 0.5)}, r"budgets must be distinct values in \[0, 1\] including the full budget 1.0"),
         ({"budgets": (1.0, 1.5)}, r"budgets must be distinct values"),
         ({"budgets": (1.0, 0.5, 0.5)}, r"budgets must be distinct values"),
@@ -129,7 +131,7 @@ def test_options_parse_from_the_command_line_syntax() -> None:
     cfg, errors = build_dataclass(DHTConfig, spec.options_dict(), "method 'dht'")
     assert errors == [] and cfg.policy == "random" and cfg.budgets == (1.0, 0.7, 0.3)
     _, errors = build_dataclass(DHTConfig, {"policy": "oracle"}, "method 'dht'")
-    assert len(errors) == 1 and "policy must be one of ('bandit', 'static', 'random')" in errors[0]
+    assert len(errors) == 1 and "policy must be one of ['bandit', 'static', 'random']" in errors[0]
     cfg, errors = build_dataclass(DHTConfig, parse_plugin("dht[policy=static]").options_dict(), "method 'dht'")
     assert errors == [] and cfg.policy == "static"
 

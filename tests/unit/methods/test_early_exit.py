@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from dynbench.harness.flops import count_flops
+from dynbench.methods._exit_heads import TunedExit
 from dynbench.methods.base import METHODS
-from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig, EarlyExitModel, TunedExit, confidence
+from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig, EarlyExitModel, confidence
 from dynbench.models.gpt import GPT, GPTConfig
+from dynbench.models.training import TrainConfig
 from dynbench.models.vit import ViT, ViTConfig
-from dynbench.tasks.base import TASKS, TrainConfig
+from dynbench.tasks.base import TASKS
 
 TASK_NAMES = ("toy-vision", "toy-text")
 QUICK = TrainConfig(steps=12, batch_size=64, lr=3e-3, warmup_steps=2)  # a briefly trained toy backbone

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from dynbench.harness.flops import count_flops
+from dynbench.methods._layer_sets import importance_samples, n_kept, uniform_blocks
 from dynbench.methods.base import METHODS
-from dynbench.methods.layer_skip import LayerSkip, LayerSkipConfig, importance_samples, n_kept, uniform_blocks
+from dynbench.methods.layer_skip import LayerSkip, LayerSkipConfig
+from dynbench.models.training import TrainConfig
 from dynbench.models.vit import ViT, ViTConfig
-from dynbench.tasks.base import TASKS, TrainConfig
+from dynbench.tasks.base import TASKS
 
 TASK_NAMES = ("toy-vision", "toy-text")
 QUICK = TrainConfig(steps=12, batch_size=64, lr=3e-3, warmup_steps=2)  # a briefly trained toy backbone
@@ -209,9 +211,13 @@ def test_importance_samples_are_capped_by_flops(setups: dict) -> None:
     task, backbone = setups["toy-text"][:2]
     shape = tuple(next(task.batches("train", batch_size=1)).inputs.shape[1:])
     per_sample = backbone.dense_flops(shape) * (backbone.n_blocks + 3) / 2
-    assert importance_samples(LayerSkipConfig(), backbone, task) == 8 * 64  # a toy is far below the cap
-    assert importance_samples(LayerSkipConfig(importance_flops=10.5 * per_sample), backbone, task) == 10
-    assert importance_samples(LayerSkipConfig(importance_flops=1.0), backbone, task) == 1  # never 0
+
+    def samples(max_flops: float) -> int:
+        return importance_samples(backbone, task, batches=8, batch_size=64, max_flops=max_flops)
+
+    assert samples(LayerSkipConfig().importance_flops) == 8 * 64  # a toy is far below the cap
+    assert samples(10.5 * per_sample) == 10
+    assert samples(1.0) == 1  # never 0
     model = LayerSkip(LayerSkipConfig(importance_flops=3 * per_sample)).wrap(backbone)
     LayerSkip(LayerSkipConfig(importance_flops=3 * per_sample)).fit(model, task, seed=0)
     assert sorted(model.ranking.tolist()) == list(range(backbone.n_blocks))

@@ -84,7 +84,7 @@ def test_registered_budgets_and_capacity_rule() -> None:
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"capacities": (1.0,)}, "capacities must be non-empty fractions"),
+        ({"capacities": (1.0,)}, r"capacities must be in \(0, 1\), got 1.0. Capacity 1.0 is always swept"),
         ({"capacities": ()}, "capacities must be non-empty fractions"),
         ({"route_every": 0}, "route_every must be >= 1"),
         ({"router": "greedy"}, "router must be one of"),

@@ -14,21 +14,24 @@ from dynbench.analysis.report import _upper_bound_notes
 from dynbench.analysis.tables import pareto_mask, summary_frame
 from dynbench.cli import main
 from dynbench.config import PluginSpec, RunSpec
+from dynbench.harness.execution import eval_batches
+from dynbench.harness.fit_cache import fitted_eval
 from dynbench.harness.flops import count_flops
-from dynbench.harness.runner import eval_batches, fitted_eval, plan_suite
+from dynbench.harness.planning import plan_suite
+from dynbench.methods._layer_allocation import allocate
 from dynbench.methods.base import METHODS
 from dynbench.methods.oracle import (
     CandidateScorer,
     Oracle,
     OracleConfig,
-    allocate,
     candidate_configs,
     depth_grid,
     input_hashes,
 )
 from dynbench.models.gpt import GPTConfig
+from dynbench.models.training import TrainConfig
 from dynbench.models.vit import ViTConfig
-from dynbench.tasks.base import Task, TrainConfig
+from dynbench.tasks.base import Task
 from dynbench.tasks.toy_text import ToyText, ToyTextConfig
 from dynbench.tasks.toy_vision import ToyVision, ToyVisionConfig
 

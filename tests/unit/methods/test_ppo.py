@@ -133,8 +133,8 @@ def test_training_is_deterministic_given_the_seed() -> None:
         ("minibatch", 0, "minibatch must be >= 1"),
         ("clip", 0.0, "clip must be > 0"),
         ("lr", -1.0, "lr must be > 0"),
-        ("gae_lambda", 1.5, r"gae_lambda must lie in \[0, 1\]"),
-        ("gamma", -0.1, r"gamma must lie in \[0, 1\]"),
+        ("gae_lambda", 1.5, r"gae_lambda must be in \[0, 1\]"),
+        ("gamma", -0.1, r"gamma must be in \[0, 1\]"),
         ("entropy_coef", -1.0, "entropy_coef must be >= 0"),
     ],
 )

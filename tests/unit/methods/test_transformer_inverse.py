@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dynbench.harness.fit_cache import fitted_state, load_fitted_state, tensor_versions
 from dynbench.harness.flops import count_flops
-from dynbench.harness.runner import fitted_state, load_fitted_state, tensor_versions
+from dynbench.methods._exit_heads import HEAD_KINDS
 from dynbench.methods._ppo import PPOConfig
 from dynbench.methods._static_paths import GraphCache, Segment, graphs_allowed, trace_segment
 from dynbench.methods._tree_ensemble import TreeEnsemble
@@ -24,9 +26,11 @@ from dynbench.methods.transformer_inverse import (
     input_entropy,
     sufficient_bucket,
 )
+from dynbench.models.training import TrainConfig
 from dynbench.models.vit import ViTConfig
-from dynbench.tasks.base import TASKS, TrainConfig
+from dynbench.tasks.base import TASKS
 from dynbench.tasks.toy_vision import ToyVisionConfig
+from dynbench.validation import literal_choices
 
 TASK_NAMES = ("toy-vision", "toy-text")
 QUICK = TrainConfig(steps=12, batch_size=64, lr=3e-3, warmup_steps=2)  # a briefly trained toy backbone
@@ -93,8 +97,9 @@ def test_fold_depths() -> None:
 @pytest.mark.parametrize(
     ("option", "value", "match"),
     [
-        ("policy", "oracle", r"policy must be one of \('learned', 'static', 'random'\), got 'oracle'"),
-        ("heads", "big", "heads must be one of"),
+        ("policy", "oracle", r"policy must be one of \['learned', 'static', 'random'\], got 'oracle'\. Use"),
+        ("policy", "learnd", r"got 'learnd'\. Did you mean: learned\b"),
+        ("heads", "tuned", "heads must be one of .* tuned exits are not offered"),
         ("n_paths", -1, "n_paths must be >= 0"),
         ("lambda_max", 0.0, "lambda_max must be > 0"),
         ("text_tolerance", -0.1, "text_tolerance must be >= 0"),
@@ -108,6 +113,11 @@ def test_fold_depths() -> None:
 def test_config_errors(option: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TransformerInverseConfig(**{option: value})
+
+
+def test_exit_head_choices_are_early_exits_less_tuned_exits() -> None:
+    choices = literal_choices(typing.get_type_hints(TransformerInverseConfig)["heads"])
+    assert set(choices) == set(HEAD_KINDS) - {"tuned"}
 
 
 def test_forward_errors(setups: dict) -> None:
@@ -176,6 +186,21 @@ def test_tree_ensemble_fit_matches_sklearn_and_falls_back_to_a_constant() -> Non
     assert ens(X).tolist() == clf.predict(X.numpy()).tolist() and int(ens.steps) <= 3
     ens.fit(X, torch.full((300,), 2), iterations=8, leaves=5, depth=3, seed=0)  # one class: sklearn would refuse
     assert ens.n_trees == 0 and ens(X).tolist() == [2] * 300
+
+
+def test_cross_fitted_predictions_come_from_trees_that_never_saw_the_sample() -> None:
+    rng = np.random.default_rng(2)
+    X = torch.from_numpy(rng.normal(size=(200, 3)))
+    y = (X[:, 0] > 0).long()
+    y[::7] = 1 - y[::7]  # label noise: in-sample trees would memorise it, out-of-sample ones cannot
+    recipe = {"iterations": 6, "leaves": 5, "depth": 3, "seed": 4}
+    predicted = TreeEnsemble().cross_fitted_predictions(X, y, **recipe)
+    assert torch.equal(predicted, TreeEnsemble().cross_fitted_predictions(X, y, **recipe))  # deterministic
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(4))
+    first, second = order[:100], order[100:]
+    other_half = TreeEnsemble()
+    other_half.fit(X[second], y[second], **recipe)
+    assert torch.equal(predicted[first], other_half(X[first]))
 
 
 def test_static_paths_only_replace_eager_inference() -> None:
@@ -340,6 +365,9 @@ def test_random_baseline_matches_the_calibrated_mean_depth(setups: dict) -> None
         mean = float(depths[m.path_index(b, x)].mean()) if b < 1 else float(m.backbone.n_blocks)
         assert mean == pytest.approx(target, abs=0.05), b
     assert torch.equal(m.path_index(0.5, x[:7]), m.path_index(0.5, x)[:7])  # independent of the batch
+    reseeded = copy.deepcopy(m)  # another fit seed draws anew for the same inputs
+    reseeded.random_seed.fill_(int(m.random_seed) + 1)
+    assert any(not torch.equal(reseeded.path_index(b, x), m.path_index(b, x)) for b in m.calib_budgets.tolist())
 
 
 @pytest.mark.parametrize("name", ("toy-text", "deep"))

@@ -108,7 +108,7 @@ def test_minival_is_a_seeded_class_balanced_part_of_train_and_val_stays_the_eval
     assert len(names["minival"]) == 6 and len(names["train"]) == 6 and len(names["val"]) == 12
     assert not names["minival"] & names["train"] and not (names["minival"] | names["train"]) & names["val"]
     assert sorted(next(task.batches("minival", batch_size=6)).targets.tolist()) == [0, 0, 1, 1, 2, 2]
-    with pytest.raises(ValueError, match="minival_per_class=0 must be >= 1"):
+    with pytest.raises(ValueError, match="minival_per_class must be >= 1, got 0"):
         tiny_task(folder, minival_per_class=0)
 
 
@@ -259,6 +259,8 @@ def test_missing_data_and_weights_say_exactly_how_to_get_them(tmp_path: Path, mo
         ImageNet(ImageNetConfig(weights=str(tmp_path / "none.pth"))).backbone(0)
     with pytest.raises(ValueError, match="crop_pct"):
         ImageNet(ImageNetConfig(crop_pct=1.5))
+    with pytest.raises(ValueError, match="variant must be one of .* Did you mean: vit_s16"):
+        ImageNetConfig(variant="vit_s61")
 
 
 @pytest.mark.slow

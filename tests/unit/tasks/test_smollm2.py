@@ -42,7 +42,7 @@ def test_registered_as_a_text_task_that_is_not_default():
 
 
 def test_bad_config_is_rejected_with_advice():
-    with pytest.raises(ValueError, match="must all be >= 1"):
+    with pytest.raises(ValueError, match="SmolLM2Config.seq_len must be >= 1, got 0"):
         SmolLM2(SmolLM2Config(seq_len=0))
     with pytest.raises(ValueError, match="in both test_plays and val_plays"):
         SmolLM2(SmolLM2Config(test_plays=("hamlet",), val_plays=("hamlet",)))

@@ -64,7 +64,7 @@ def test_registered_as_a_35_word_speech_task_that_is_not_the_default():
     assert cfg.model.n_classes == 35 and cfg.frontend.n_frames == 100
     with pytest.raises(ValueError, match="has 35 words"):
         SpeechCommandsConfig(model=dataclasses.replace(TINY_MODEL, n_classes=12))
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="limit must be >= 0, got -1"):
         SpeechCommandsConfig(limit=-1)
 
 

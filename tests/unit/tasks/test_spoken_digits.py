@@ -54,6 +54,9 @@ def test_default_split_holds_whole_voices_and_their_variants_out():
     train_variants = {_variant(v) for v in train}
     assert not train_variants & {_variant(v) for v in val | test}
     assert len(cfg.corpus.voices) == len(train | val | test)
+    # the data set `bench data prepare spoken-digits` makes is the default task's corpus
+    assert cfg.corpus == espeak.DEFAULT_DIGIT_CORPUS == espeak.SPOKEN_DIGITS_CORPUS.spec()
+    assert cfg.corpus.n_clips == 2040
 
 
 def test_config_refuses_shared_voices_and_mismatched_shapes():
@@ -63,6 +66,8 @@ def test_config_refuses_shared_voices_and_mismatched_shapes():
         dataclasses.replace(TINY, val_voices=())
     with pytest.raises(ValueError, match="front end makes"):
         dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, n_mels=32))
+    with pytest.raises(ValueError, match=r"snr_db\[1\] must be >= 40, got 20"):
+        dataclasses.replace(TINY, snr_db=(40.0, 20.0))
 
 
 def test_augment_changes_training_inputs_only_and_is_seeded():

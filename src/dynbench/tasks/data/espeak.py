@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynbench.tasks.data.cache import data_root
+from dynbench.cache_dirs import data_root
 from dynbench.tasks.data.catalog import (
     Dataset,
     DatasetCorruptError,
@@ -48,6 +48,47 @@ WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", 
 INSTALL_HINT = "Install it with `apt-get install espeak-ng` (Debian/Ubuntu) and try again."
 SUBDIR = "spoken-digits"
 FORMAT = 1  # bump when the stored layout changes
+
+# The spoken-digits task's voice split, here so the default corpus is known without importing the task.
+# A voice is an accent (espeak-ng language) + a timbre (espeak-ng variant: formant scaling, pitch range,
+# voicing). Each accent appears in every split; no variant of a val or test voice is used by any training voice.
+DIGIT_TRAIN_VOICES = (
+    "en-us+m1",
+    "en+m2",
+    "en-gb-scotland+m3",
+    "en-gb-x-rp+m4",
+    "en-029+m5",
+    "en-us-nyc+m6",
+    "en-gb-x-gbclan+f1",
+    "en-gb-x-gbcwmd+f2",
+    "en-us+f4",
+    "en+f5",
+    "en-gb-scotland+klatt",
+    "en-gb-x-rp+klatt2",
+    "en-029+klatt4",
+    "en-us-nyc+adam",
+    "en-gb-x-gbclan+Alex",
+    "en-gb-x-gbcwmd+Andy",
+    "en-us+Annie",
+    "en+aunty",
+    "en-gb-scotland+benjamin",
+    "en-gb-x-rp+david",
+    "en-029+ed",
+    "en-us-nyc+linda",
+    "en-gb-x-gbclan+steph",
+    "en-gb-x-gbcwmd+max",
+)
+DIGIT_VAL_VOICES = ("en-gb-x-gbclan+klatt5", "en-us+belinda", "en-029+Mike", "en-gb-x-rp+Gene")
+DIGIT_TEST_VOICES = (
+    "en-us+m7",
+    "en+f3",
+    "en-gb-scotland+klatt3",
+    "en-029+m8",
+    "en-us-nyc+Andrea",
+    "en-gb-x-gbcwmd+paul",
+)
+DIGIT_SPEEDS: tuple[int, ...] = (130, 165, 200)  # -s words/min around espeak-ng's 175 default: slow to brisk
+DIGIT_PITCHES: tuple[int, ...] = (40, 60)  # -p either side of espeak-ng's 50 default (the variant sets the range)
 
 
 class EspeakError(RuntimeError):
@@ -325,6 +366,17 @@ def prepare_corpus(spec: CorpusSpec, root: Path | None = None) -> Corpus:
     return corpus
 
 
+def digit_corpus(voices: tuple[str, ...], speeds: tuple[int, ...], pitches: tuple[int, ...]) -> CorpusSpec:
+    """The ten digit words in ``voices`` (sorted, so reassigning voices to splits reuses the cache) × speed × pitch."""
+    return CorpusSpec(words=WORDS, voices=tuple(sorted(voices)), speeds=speeds, pitches=pitches)
+
+
+DEFAULT_DIGIT_CORPUS = digit_corpus(
+    DIGIT_TRAIN_VOICES + DIGIT_VAL_VOICES + DIGIT_TEST_VOICES, DIGIT_SPEEDS, DIGIT_PITCHES
+)
+"""The ``spoken-digits`` task's default corpus: 34 voices × 3 speeds × 2 pitches × 10 words = 2,040 clips."""
+
+
 class SpokenDigitsCorpus(Dataset):
     """The default ``spoken-digits`` corpus as a data set: ``prepare`` synthesizes it, ``verify`` re-hashes it.
 
@@ -338,10 +390,8 @@ class SpokenDigitsCorpus(Dataset):
 
     @staticmethod
     def spec() -> CorpusSpec:
-        """The default task's corpus (imported late: the task module imports this one)."""
-        from dynbench.tasks.spoken_digits import SpokenDigitsConfig
-
-        return SpokenDigitsConfig().corpus
+        """The default task's corpus."""
+        return DEFAULT_DIGIT_CORPUS
 
     def _check_path(self, path: Path | None) -> None:
         if path is not None:

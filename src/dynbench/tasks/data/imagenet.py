@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dynbench.tasks.data.cache import data_root
+from dynbench.cache_dirs import data_root
 from dynbench.tasks.data.catalog import (
     Dataset,
     DatasetCorruptError,

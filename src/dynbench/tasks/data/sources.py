@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynbench.tasks.data.cache import data_root
+from dynbench.cache_dirs import data_root
 from dynbench.tasks.data.catalog import (
     Dataset,
     DatasetCorruptError,

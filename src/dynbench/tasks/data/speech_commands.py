@@ -38,8 +38,8 @@ from typing import Literal
 
 import numpy as np
 
+from dynbench.cache_dirs import data_root
 from dynbench.tasks.data.archive import ArchiveSpec, check_archive, extract_tar
-from dynbench.tasks.data.cache import data_root
 from dynbench.tasks.data.catalog import (
     Dataset,
     DatasetCorruptError,

@@ -1,4 +1,4 @@
-"""Terminal output of the CLI: progress over runs and budgets, the end-of-run summary, plugin lists."""
+"""Terminal output of the CLI: progress over runs and budgets, the end-of-run summary, plugins."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dynbench.harness.runner import Progress as BudgetProgress
-from dynbench.harness.runner import RunPlan
+from dynbench.harness.execution import Progress as BudgetProgress
+from dynbench.harness.planning import RunPlan
 
 console = Console()
 if not console.is_terminal:  # pipes and CI logs: wide enough that the summary table stays readable
@@ -51,9 +51,10 @@ class RunDisplay:
 
         def update(done: int, total: int, what: str) -> None:
             assert self.current is not None  # noqa: S101 — set just above
-            label = escape(f"  {plan.title}: {what}")  # titles hold brackets (dht[policy=random]): not Rich markup
+            # titles hold brackets (dht[policy=random]): not Rich markup
+            label = escape(f"  {plan.title}: {what}")
             self.progress.update(self.current, completed=done, total=total, description=label)
-            if not console.is_terminal:  # CI logs and pipes get no live bars: a plain line per step instead
+            if not console.is_terminal:  # CI logs and pipes get no live bars: a plain line per step
                 print(f"[{time.monotonic() - started:7.1f} s] {plan.title}: {what} ({done}/{total})", flush=True)
             if done == total and what == "done":
                 self.progress.advance(self.runs)
@@ -78,7 +79,7 @@ def _fmt(value: float, kind: str) -> str:
 
 
 def print_summary(rows: pd.DataFrame) -> None:
-    """A compact table: task × method × budget → quality, FLOPs, latency, speedup, memory, with 95% intervals."""
+    """A table: task × method × budget → quality, FLOPs, latency, speedup, memory, 95% intervals."""
     if rows.empty:
         return
     from dynbench.analysis.tables import interval_note, summary_frame, with_interval
@@ -104,7 +105,7 @@ def print_summary(rows: pd.DataFrame) -> None:
         table.add_row(
             r["task"],
             r["hardware"],
-            escape(str(r["method_label"])),  # labels hold brackets (dht[policy=random]): not Rich markup
+            escape(str(r["method_label"])),  # labels hold brackets (dht[policy=random]): not markup
             f"{r['budget']:.3g}",
             escape(f"{with_interval(r, 'quality', lambda v: _fmt(v, ''))} {r['quality_unit']}"),
             _fmt(r["flops_per_sample"], "flops"),

@@ -1,7 +1,8 @@
-"""``bench data list|prepare|verify``: which data sets are present, make them present, re-check their checksums.
+"""``bench data list|prepare|verify``: which data sets are present, make them present, check them.
 
-Exit codes: 0 all good; 1 a file failed its check; 2 a data set is unknown or cannot be found (the message says
-how to get it). The work is done by :mod:`dynbench.tasks.data`; this module parses, shows progress and prints.
+Exit codes: 0 all good; 1 a file failed its check; 2 a data set is unknown or cannot be found (the
+message says how to get it). The work is done by :mod:`dynbench.tasks.data`; this module parses,
+shows progress and prints.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dynbench.tasks.data.cache import data_root
+from dynbench.cache_dirs import data_root
+from dynbench.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from dynbench.tasks.data.catalog import (
     Dataset,
     DatasetCorruptError,
@@ -24,7 +26,8 @@ from dynbench.tasks.data.catalog import (
 if TYPE_CHECKING:  # rich is imported when a command runs, so `bench --help` stays quick
     from rich.console import Console
 
-EXIT_OK, EXIT_BAD_FILE, EXIT_MISSING = 0, 1, 2
+# Codes 1 and 2 here: a file failed its check; a data set cannot be found (or --path is wrong).
+EXIT_BAD_FILE, EXIT_MISSING = EXIT_FAILED, EXIT_USAGE
 
 DATA_EXAMPLES = """examples:
   bench data list                                   # every data set: present? where? size
@@ -35,7 +38,7 @@ data sets are cached in $DYNBENCH_DATA (default ~/.cache/dynbench/data)
 """
 
 
-def add_data_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench data`` and its three subcommands to the ``bench`` subparsers."""
     data = subparsers.add_parser(
         "data",
@@ -59,7 +62,7 @@ def add_data_parser(subparsers: Any) -> None:
     ver.add_argument("names", nargs="*", metavar="NAME", help="data sets to verify (default: every present one)")
 
 
-def cmd_data(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``bench data <list|prepare|verify>``; returns the exit code.
 
     Raises:
@@ -97,7 +100,8 @@ def _list() -> int:
         status = ds.status()
         present = "yes" if status.present else ("BAD" if status.corrupt else "no")
         where = status.where or status.problem.splitlines()[0]
-        table.add_row(name, ds.title, present, status.source, Text(where), _size(status.size))  # Text: no markup
+        # Text: paths may hold brackets, which rich would read as markup
+        table.add_row(name, ds.title, present, status.source, Text(where), _size(status.size))
     _console().print(table)
     return EXIT_OK
 

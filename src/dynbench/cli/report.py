@@ -1,0 +1,36 @@
+"""``bench report``: Pareto plots, histograms and tables from a results directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dynbench import api
+from dynbench.cli.exit_codes import EXIT_OK, UsageError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench report`` to the ``bench`` subparsers."""
+    rep = subparsers.add_parser(
+        "report",
+        help="Pareto plots, histograms and tables from results",
+        epilog="examples:\n  bench report results --out reports",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rep.add_argument("results", type=Path)
+    rep.add_argument("--out", type=Path, default=Path("reports"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``bench report``: write the report of ``args.results`` into ``args.out``.
+
+    Raises:
+        UsageError: the results directory does not exist (the CLI prints it and exits 2).
+    """
+    if not args.results.exists():
+        raise UsageError(
+            f"Results directory {args.results} does not exist. Run `bench run --out {args.results}` first."
+        )
+    files = api.write_report(args.results, args.out)
+    print(f"Wrote {len(files)} files; open {args.out / 'index.html'}")
+    return EXIT_OK

@@ -1,0 +1,46 @@
+"""``bench validate``: check suite files or flags without running anything; report every problem."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dynbench import api
+from dynbench.cli.exit_codes import EXIT_OK
+from dynbench.cli.suite_args import add_suite_args, suite_from_args
+from dynbench.config import ConfigError, load_suite
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench validate`` to the ``bench`` subparsers."""
+    val = subparsers.add_parser(
+        "validate",
+        help="check suite files or flags without running anything",
+        epilog="examples:\n  bench validate suite.yaml\n  bench validate --methods mod --tasks digits",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    val.add_argument("files", nargs="*", type=Path, help="suite YAML files")
+    add_suite_args(val, with_config=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``bench validate``: plan every file (or the flags alone) and report all problems at once.
+
+    Raises:
+        ConfigError: every problem of every file (the CLI prints them and exits 2).
+    """
+    problems: list[str] = []
+    for path in args.files:
+        try:
+            suite, _ = suite_from_args(args, base=load_suite(path))
+            api.plan(suite)
+            print(f"OK  {path}: {len(suite.runs())} run(s)")
+        except ConfigError as exc:
+            problems.extend(f"{path}: {e}" for e in exc.errors)
+    if not args.files:
+        suite, _ = suite_from_args(args)
+        api.plan(suite)
+        print(f"OK  {len(suite.runs())} run(s)")
+    if problems:
+        raise ConfigError(problems)
+    return EXIT_OK
