@@ -1,14 +1,15 @@
-"""ACM on the CPU: how much of the FLOPs that learner gating saves comes back as time (the realization).
+"""ACM on the CPU: how much of the FLOPs learner gating saves comes back as time (the realization).
 
-realization = realized speedup / theoretical speedup, with realized = dense time / ACM time (medians of
-interleaved calls, the harness's own timer) and theoretical = dense FLOPs / ACM FLOPs (analytic, from the trace,
-gates included). Measured at batch 1 and 32 on a ViT with d = 256 (MLP 1024, 4 blocks, 64 patches + CLS), whose
-gates are untrained but priced to spend each budget on the inputs (:func:`~dynbench.methods.acm.set_price`), so
-the choices per token vary as in a fitted model. A second benchmark compares one module's grouped execution
-(tokens sorted by k, one contiguous matmul per learner) with the naive boolean-mask loop.
+realization = realized speedup / theoretical speedup, with realized = dense time / ACM time (medians
+of interleaved calls, the harness's own timer) and theoretical = dense FLOPs / ACM FLOPs (analytic,
+from the trace, gates included). Measured at batch 1 and 32 on a ViT with d = 256 (MLP 1024, 4
+blocks, 64 patches + CLS), whose gates are untrained but priced to spend each budget on the inputs
+(:func:`~dynbench.methods.acm.set_price`), so the choices per token vary as in a fitted model. A
+second benchmark compares one module's grouped execution (tokens sorted by k, one contiguous matmul
+per learner) with the naive boolean-mask loop.
 
-Run with ``pytest benchmarks/test_acm_realization.py --benchmark-only`` (pytest-benchmark). The numbers go to
-``extra_info``; nothing here passes or fails on a speed.
+Run with ``pytest benchmarks/test_acm_realization.py --benchmark-only`` (pytest-benchmark). The
+numbers go to ``extra_info``; nothing here passes or fails on a speed.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def masked(acm: LearnerStack, z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("tokens", [65, 32 * 65])
 def test_grouped_vs_masked_module(benchmark, tokens: int) -> None:
-    """One d = 256 module with random choices: grouped (sorted) vs masked execution, against the dense MLP."""
+    """One d = 256 module, random choices: grouped (sorted) vs masked execution vs the dense MLP."""
     torch.manual_seed(0)
     acm = LearnerStack(256, 4, 256, swiglu=False, bias=True, out_bias=True, gate_hidden=16, gate_depth=3).eval()
     z = torch.randn(tokens, 256)

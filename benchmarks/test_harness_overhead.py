@@ -1,7 +1,7 @@
-"""Harness overhead per sample: what the FLOP counter and the timing loop add on top of the model itself.
+"""Harness overhead per sample: what the FLOP counter and the timing loop add to the model itself.
 
-Run with ``pytest benchmarks --benchmark-only`` (pytest-benchmark). Not part of the test suite's pass/fail:
-these record numbers, and regressions are read from pytest-benchmark's comparisons.
+Run with ``pytest benchmarks --benchmark-only`` (pytest-benchmark). Not part of the test suite's
+pass/fail: these record numbers, and regressions are read from pytest-benchmark's comparisons.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def test_forward_alone(benchmark, model_and_inputs):
 
 
 def test_flops_pass(benchmark, model_and_inputs):
-    """Forward under FlopCounterMode: the difference to ``test_forward_alone`` is the counter's overhead."""
+    """Forward under FlopCounterMode: the difference to ``test_forward_alone`` is the counter's
+    overhead."""
     model, x = model_and_inputs
     with torch.inference_mode():
         benchmark(lambda: count_flops(lambda: model(x), model))

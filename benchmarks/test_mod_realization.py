@@ -1,20 +1,25 @@
-"""Mixture-of-Depths on CPU: does capacity 0.125 turn saved FLOPs into saved time? Prefill and decode vs dense.
+"""Mixture-of-Depths on CPU: does capacity 0.125 turn saved FLOPs into saved time?
 
-Run with ``pytest benchmarks/test_mod_realization.py --benchmark-only -s`` (pytest-benchmark). Not part of the test
-suite's pass/fail: each test records numbers in ``benchmark.extra_info`` and prints one summary line.
+Prefill and decode are each measured against the dense model.
 
-Backbone: a GPT with d=256, 4 blocks (blocks 1 and 3 routed), 4 heads, MLP 1024, 256-token vocabulary, random
-weights (time does not depend on their values), capacity 0.125, one torch thread. The predictors are calibrated
-so that each routes the capacity's share of prompt tokens, as a trained predictor does.
+Run with ``pytest benchmarks/test_mod_realization.py --benchmark-only -s`` (pytest-benchmark). Not
+part of the test suite's pass/fail: each test records numbers in ``benchmark.extra_info`` and prints
+one summary line.
 
-- ``test_prefill``: the full-sequence forward of ``T=128`` tokens (what the harness times), top-k routing and
-  predictor routing, batch 1 and 32.
-- ``test_decode``: the KV-cached decoder (:func:`dynbench.methods.mixture_of_depths.generate`'s path): a 64-token
-  prompt, then 32 tokens one at a time; per-token decode time = (prompt + 32 steps − prompt alone) / 32, as
-  optimum-benchmark separates prefill from decode.
+Backbone: a GPT with d=256, 4 blocks (blocks 1 and 3 routed), 4 heads, MLP 1024, 256-token
+vocabulary, random weights (time does not depend on their values), capacity 0.125, one torch thread.
+The predictors are calibrated so that each routes the capacity's share of prompt tokens, as a
+trained predictor does.
 
-MoD and dense are timed interleaved on the same inputs (``harness.timing.time_interleaved``); FLOPs are counted by
-``FlopCounterMode`` on the same calls. ``realization`` = realized speedup ÷ theoretical speedup.
+- ``test_prefill``: the full-sequence forward of ``T=128`` tokens (what the harness times), top-k
+  routing and predictor routing, batch 1 and 32.
+- ``test_decode``: the KV-cached decoder (:func:`dynbench.methods.mixture_of_depths.generate`'s
+  path): a 64-token prompt, then 32 tokens one at a time; per-token decode time = (prompt + 32 steps
+  − prompt alone) / 32, as optimum-benchmark separates prefill from decode.
+
+MoD and dense are timed interleaved on the same inputs (``harness.timing.time_interleaved``); FLOPs
+are counted by ``FlopCounterMode`` on the same calls. ``realization`` = realized speedup ÷
+theoretical speedup.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ def decode(model: MixtureOfDepthsModel, prompt: torch.Tensor, budget: float, new
 
 @pytest.mark.parametrize("batch", [1, 32])
 def test_decode(benchmark, model: MixtureOfDepthsModel, batch: int) -> None:
-    """Per-token KV-cached decode at capacity 0.125 (predictor routing) against the dense decoder."""
+    """Per-token KV-cached decode at capacity 0.125 (predictor routing) vs the dense decoder."""
     prompts = token_batches(batch, PROMPT)
     ms = compare(
         {

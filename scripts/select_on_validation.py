@@ -1,14 +1,15 @@
 """Choose between method configurations on the validation split, never on the evaluation split.
 
-Each candidate (a plugin spec, e.g. ``mod[capacities=0.125,predictor_fraction=0.1]``) is fitted as ``bench run`` fits
-it (the cached fit when there is one; the evaluation split sealed), then scored on the task's *validation* split at
-each of its budgets. Every candidate after the first is compared with the first (the current default) at equal mean
-FLOPs per sample on the same validation samples, with the paired interval and better / worse / tie verdict of
+Each candidate (a plugin spec, e.g. ``mod[capacities=0.125,predictor_fraction=0.1]``) is fitted as
+``bench run`` fits it (the cached fit when there is one; the evaluation split sealed), then scored
+on the task's *validation* split at each of its budgets. Every candidate after the first is compared
+with the first (the current default) at equal mean FLOPs per sample on the same validation samples,
+with the paired interval and better / worse / tie verdict of
 ``dynbench.analysis.controls.compare_at_equal_flops`` (a t-interval over seeds with two or more).
 
-A fit that itself reads the validation split (a calibration, a ranking, a controller trained there) would be scored
-on data it has seen: give such a candidate an option that moves that reading to the training split
-(``tinv[fit_split=train]``), or the comparison favours it.
+A fit that itself reads the validation split (a calibration, a ranking, a controller trained there)
+would be scored on data it has seen: give such a candidate an option that moves that reading to the
+training split (``tinv[fit_split=train]``), or the comparison favours it.
 
     python scripts/select_on_validation.py --task shakespeare --seeds 0,1,2
         'mod[capacities=0.125]' 'mod[capacities=0.125,predictor_fraction=0.1]'
@@ -32,7 +33,10 @@ from dynbench.harness.planning import plan_suite
 
 
 def score(spec: PluginSpec, task: str, seed: int, extra: dict[str, str]) -> tuple[list[dict], list[dict]]:
-    """Rows (quality, FLOPs ratio and method extras) and per-sample records of one candidate on the validation split."""
+    """Rows and per-sample records of one candidate on the validation split.
+
+    The rows hold quality, FLOPs ratio and method extras.
+    """
     plan = plan_suite([RunSpec(task=parse_plugin(task), method=spec, seed=seed)])[0]
     cache = model_cache_dir()
     backbone = plan.task.backbone(seed, cache_dir=cache)

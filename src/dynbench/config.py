@@ -1,9 +1,10 @@
 """Run and suite specifications: frozen dataclasses, strict parsing, every error reported at once.
 
-A plugin is named with optional options in brackets — ``layer_skip[pattern=uniform]``, ``cpu[threads=2]`` —
-on the command line, or as a mapping in YAML (``{name: layer_skip, pattern: uniform}``). Options are checked
-against the plugin's own ``Config`` dataclass: unknown keys get a did-you-mean, values are coerced to the
-declared types, and ``__post_init__`` validation messages are collected, not raised one by one.
+A plugin is named with optional options in brackets — ``layer_skip[pattern=uniform]``,
+``cpu[threads=2]`` — on the command line, or as a mapping in YAML
+(``{name: layer_skip, pattern: uniform}``). Options are checked against the plugin's own ``Config``
+dataclass: unknown keys get a did-you-mean, values are coerced to the declared types, and
+``__post_init__`` validation messages are collected, not raised one by one.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class PluginSpec:
 
     Attributes:
         name: registry name (or alias).
-        options: sorted ``(key, value)`` pairs; dotted keys reach nested dataclasses (``train.steps``).
+        options: sorted ``(key, value)`` pairs; dotted keys reach nested dataclasses
+            (``train.steps``).
     """
 
     name: str
@@ -118,7 +120,7 @@ def parse_plugin_list(text: str | Sequence[str]) -> tuple[PluginSpec, ...]:
     return tuple(parse_plugin(p) for item in items for p in split_top_level(item))
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Strict dataclass construction
 
 
@@ -126,7 +128,11 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Coerce ``value`` (possibly a CLI string) to type ``hint``; raise ValueError with a clear message."""
+    """Coerce ``value`` (possibly a CLI string) to type ``hint``.
+
+    Raises:
+        ValueError: ``value`` does not fit ``hint`` (with a clear message).
+    """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
@@ -213,8 +219,9 @@ def _nest(options: Mapping[str, Any]) -> dict[str, Any]:
 def build_dataclass(cls: type, data: Mapping[str, Any], where: str) -> tuple[Any, list[str]]:
     """Construct ``cls`` from ``data`` strictly.
 
-    Unknown keys, uncoercible values and ``__post_init__`` failures all become messages in the returned list;
-    nothing is raised. Fields left out keep their defaults (nested dataclasses are updated field by field).
+    Unknown keys, uncoercible values and ``__post_init__`` failures all become messages in the
+    returned list; nothing is raised. Fields left out keep their defaults (nested dataclasses are
+    updated field by field).
 
     Returns:
         ``(instance or None, errors)``.
@@ -256,13 +263,13 @@ def _defaults(cls: type) -> dict[str, Any]:
     return {f.name: getattr(inst, f.name) for f in dataclasses.fields(cls)}
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Measurement, run and suite specifications
 
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """How each run measures (DESIGN §4). Every pass can be switched off for quick looks."""
+    """How each run measures (README § What is measured); every pass can be switched off."""
 
     eval_batch_size: int = 128  # batch size of the quality and FLOPs passes (results don't depend on it)
     flops: bool = True  # run the FlopCounterMode pass

@@ -34,7 +34,10 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
 
 
 def unknown_message(kind: str, name: str, available: Iterable[str], aliases: Iterable[str] = ()) -> str:
-    """The one shape of an unknown-name error: what failed, the value, what to do (aliases count as matches)."""
+    """The one shape of an unknown-name error: what failed, the value, what to do.
+
+    Aliases count as matches.
+    """
     available = sorted(available)
     msg = f"Unknown {kind} '{name}'."
     close = suggest(name, [*available, *aliases])

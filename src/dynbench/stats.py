@@ -45,7 +45,10 @@ _CHUNK_ELEMENTS = 4_000_000  # resampled values held at once (32 MB of float64),
 
 Verdict = Literal["better", "worse", "tie"]
 Statistic = Callable[[np.ndarray], np.ndarray]
-"""Maps column means ``(..., k)`` to the statistic ``(...)``: e.g. ``lambda m: m[..., 1] / m[..., 0]``."""
+"""Maps column means ``(..., k)`` to the statistic ``(...)``.
+
+For example ``lambda m: m[..., 1] / m[..., 0]``.
+"""
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,10 @@ def _percentiles(estimates: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def _resampled(values: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray], resamples: int, seed: int) -> np.ndarray:
-    """``reduce`` applied to ``resamples`` bootstrap resamples of ``values`` ``(n, ...)``, in bounded memory."""
+    """``reduce`` applied to ``resamples`` bootstrap resamples of ``values`` ``(n, ...)``.
+
+    Runs in bounded memory.
+    """
     n = values.shape[0]
     rng = np.random.default_rng(seed)
     per_row = max(1, int(np.prod(values.shape)))
@@ -109,7 +115,9 @@ def bootstrap(
     level: float = LEVEL,
     seed: int = 0,
 ) -> Interval:
-    """Percentile-bootstrap interval of a statistic of column means, resampling rows together (paired).
+    """Percentile-bootstrap interval of a statistic of column means.
+
+    Rows are resampled together (paired).
 
     Args:
         columns: ``(n,)`` one column, or ``(n, k)`` / a sequence of k equally long ``(n,)`` columns
@@ -163,7 +171,7 @@ def median_interval(
 
 
 def seed_interval(values: np.ndarray | Sequence[float], *, level: float = LEVEL) -> Interval:
-    """Student-t interval (df = n − 1) of the mean of per-seed values; NaN ends with fewer than 2 seeds.
+    """Student-t interval (df = n − 1) of the mean of per-seed values; NaN ends with under 2 seeds.
 
     Seeds are few, so the t quantile matters: with 3 seeds it is 4.30 standard errors, with 2 it is
     12.7.
@@ -181,11 +189,11 @@ def seed_interval(values: np.ndarray | Sequence[float], *, level: float = LEVEL)
 
 
 def verdict(low: float, high: float, *, margin: float = 0.0) -> Verdict:
-    """The verdict (better / worse / tie) from the interval of a difference oriented so that positive means better.
+    """The verdict (better / worse / tie) from the interval of a difference.
 
-    Better only when the whole interval lies above ``margin``, worse only when it lies below
-    ``-margin``; anything else — including an interval that is undefined — is a tie: the data cannot
-    tell the two apart.
+    The difference is oriented so that positive means better. Better only when the whole interval
+    lies above ``margin``, worse only when it lies below ``-margin``; anything else — including an
+    interval that is undefined — is a tie: the data cannot tell the two apart.
 
     Args:
         low: lower end of the difference's interval (positive = better).

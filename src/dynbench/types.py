@@ -1,4 +1,4 @@
-"""The values that cross module boundaries: batches, traces, model outputs, measurements and result rows.
+"""Values crossing module boundaries: batches, traces, model outputs, measurements and result rows.
 
 Everything here is plain data. Shapes use B = batch, T = tokens, L = blocks, C = channels.
 """
@@ -184,7 +184,7 @@ class Measurement:
     batch_size: int
 
 
-# The fixed metric vocabulary (DESIGN §5): name -> (unit, higher_is_better).
+# The fixed metric vocabulary (README § Result schema): name -> (unit, higher_is_better).
 # ``quality`` takes its unit and direction from the task.
 METRICS: Mapping[str, tuple[str, bool]] = {
     "flops_per_sample": ("flops", False),
@@ -207,7 +207,7 @@ METRICS: Mapping[str, tuple[str, bool]] = {
     "flops_count_gap": ("ratio", False),
 }
 
-# Columns of every result row, in order (DESIGN §5).
+# Columns of every result row, in order (README § Result schema).
 ROW_COLUMNS: tuple[str, ...] = (
     "run_key",
     "suite",

@@ -1,4 +1,4 @@
-"""Field checks for frozen config dataclasses: ``Literal`` choices and numeric bounds, one message shape.
+"""Field checks for frozen config dataclasses: ``Literal`` choices and numeric bounds.
 
 A config declares a choice as ``Literal[...]`` and calls :func:`check_choices` from
 ``__post_init__``, so a typo is caught the same way whether the config came from the command line
@@ -21,7 +21,7 @@ from dynbench.registry import suggest
 
 
 def choice_message(where: str, value: Any, choices: Sequence[Any], advice: str = "") -> str:
-    """The message for a value outside a ``Literal``'s choices, with a did-you-mean when one is close."""
+    """The message for a value outside a ``Literal``'s choices (did-you-mean when one is close)."""
     close = suggest(str(value), [str(c) for c in choices])
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     tail = f" {advice}" if advice else ""
@@ -41,7 +41,7 @@ def literal_choices(hint: Any) -> tuple[Any, ...] | None:
 
 
 def check_choices(obj: Any, advice: dict[str, str] | None = None) -> None:
-    """Raise ``ValueError`` if any ``Literal``-typed field of dataclass ``obj`` holds a value outside its choices.
+    """Raise ``ValueError`` if any ``Literal``-typed field of ``obj`` is outside its choices.
 
     Args:
         obj: a dataclass instance (call from its ``__post_init__``).
@@ -67,7 +67,7 @@ def check_range(
     high_open: bool = False,
     advice: str = "",
 ) -> None:
-    """Raise ``ValueError`` unless ``low (<|<=) value (<|<=) high``; ``None`` leaves a side unbounded.
+    """Raise ``ValueError`` unless ``low (<|<=) value (<|<=) high``; a ``None`` side is unbounded.
 
     The message names the interval in mathematical notation — ``(0, 1]`` — or ``>= 1`` / ``> 0`` for
     a one-sided bound, then the value, then ``advice`` (e.g. ``"Use 0.2."``).

@@ -1,9 +1,10 @@
 """Methods fitted once per test session for the contract tests, as the harness fits them.
 
-Every (method, fit identity, toy task) is fitted once, with seed 0 and the task's evaluation split sealed — so every
-contract test's fit is also a check that no fit reads the evaluation split — and shared by all the contract test
-files (`from fitting import fitted`); a configuration that shares a fit identity (a control such as
-``tinv[policy=static]``, an execution option such as ``compiled``) reuses the fit, as the harness's fit cache does.
+Every (method, fit identity, toy task) is fitted once, with seed 0 and the task's evaluation split
+sealed — so every contract test's fit is also a check that no fit reads the evaluation split — and
+shared by all the contract test files (`from fitting import fitted`); a configuration that shares a
+fit identity (a control such as ``tinv[policy=static]``, an execution option such as ``compiled``)
+reuses the fit, as the harness's fit cache does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class Fitted(NamedTuple):
 
 
 def method_with(name: str, options: dict | None = None) -> Method:
-    """The registered method ``name`` with ``options`` (strings or values, validated as the CLI validates them)."""
+    """The registered method ``name`` with ``options`` (strings or values, validated as the CLI
+    validates them)."""
     cls = METHODS.get(name)
     if not options:
         return cls()
@@ -51,7 +53,8 @@ def eval_batch(toy, task_name: str, n: int = N_EVAL) -> Batch:
 def fit(toy, method: Method, task_name: str) -> Fitted:
     """Wrap a copy of the toy backbone and fit ``method`` (seed 0) with the evaluation split sealed.
 
-    A method that sees the evaluation labels (an upper bound) is then fitted on the evaluation batch the tests use.
+    A method that sees the evaluation labels (an upper bound) is then fitted on the evaluation batch
+    the tests use.
     """
     task, backbone = toy(task_name)
     pristine = copy.deepcopy(backbone).eval()
@@ -70,7 +73,8 @@ _made: dict[tuple, Fitted] = {}  # (name, options, task) → that configuration 
 
 
 def fitted(toy, name: str, task_name: str, options: dict | None = None) -> Fitted:
-    """``name[options]`` fitted once per session on a toy task; configurations with one fit identity share it."""
+    """``name[options]`` fitted once per session on a toy task; configurations with one fit identity
+    share it."""
     key = (name, tuple(sorted((options or {}).items())), task_name)
     if key not in _made:
         method = method_with(name, options)

@@ -1,13 +1,15 @@
-"""Every registered method × toy task × budget: controller FLOPs in the trace imply controller time in the harness.
+"""Every registered method × toy task × budget: controller FLOPs in the trace imply controller time
+in the harness.
 
-``timing.time_controllers`` sees a controller through forward hooks on ``controller_modules()`` and through
-``DynamicModel.controller_span()``. A stage run as a traced, scripted, compiled or CUDA-graph call fires no module
-hooks, so a method that prepares its controller that way must mark it with a span, or its controller time reads 0
-(``tinv[compiled=true]`` did). Execution-only options that switch to such paths are swept too: every method whose
-``Config`` has one of ``EXECUTION_OPTIONS`` also runs with it on, on the default fit's state.
+``timing.time_controllers`` sees a controller through forward hooks on ``controller_modules()`` and
+through ``DynamicModel.controller_span()``. A stage run as a traced, scripted, compiled or
+CUDA-graph call fires no module hooks, so a method that prepares its controller that way must mark
+it with a span, or its controller time reads 0 (``tinv[compiled=true]`` did). Execution-only options
+that switch to such paths are swept too: every method whose ``Config`` has one of
+``EXECUTION_OPTIONS`` also runs with it on, on the default fit's state.
 
-The clock is a fake one that advances on every read, so the test is deterministic: any span or hooked module
-entered in a call gives it a controller time > 0, and nothing else can.
+The clock is a fake one that advances on every read, so the test is deterministic: any span or
+hooked module entered in a call gives it a controller time > 0, and nothing else can.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ LOOP = MeasureConfig(min_iters=2, min_time_s=0.0)  # two calls per pass: the fak
 
 
 def variants() -> list[tuple[str, dict]]:
-    """(method name, execution options): every method with its defaults, then each execution option it has."""
+    """(method name, execution options): every method with its defaults, then each execution option
+    it has."""
     out: list[tuple[str, dict]] = []
     for name in METHODS.names():
         out.append((name, {}))
@@ -44,7 +47,7 @@ VARIANTS = variants()
 
 
 def build(toy, method_name: str, options: dict, task_name: str) -> tuple[Method, DynamicModel]:
-    """The fitted model with ``options`` (execution only: it shares the default configuration's fit)."""
+    """The fitted model with ``options`` (execution only: it shares the fit of the defaults)."""
     method, model, _ = fitted(toy, method_name, task_name, options)
     return method, model
 

@@ -1,9 +1,11 @@
-"""No fit reads the evaluation split: every method fits under the harness's seal, and a fit that peeks fails.
+"""No fit reads the evaluation split: every method fits under the harness's seal, and a fit that
+peeks fails.
 
-Every registered method × every toy task is fitted through :func:`dynbench.harness.fit_cache.fitted_model`, which
-seals the task's evaluation split (:meth:`Task.sealed`); a method defined here (never registered) that reads the
-evaluation split in its fit must fail with :class:`EvalSplitAccessError`. The seal's own behaviour is unit-tested
-at the end: what it blocks, what it leaves readable, and that it lifts.
+Every registered method × every toy task is fitted through
+:func:`dynbench.harness.fit_cache.fitted_model`, which seals the task's evaluation split
+(:meth:`Task.sealed`); a method defined here (never registered) that reads the evaluation split in
+its fit must fail with :class:`EvalSplitAccessError`. The seal's own behaviour is unit-tested at the
+end: what it blocks, what it leaves readable, and that it lifts.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dynbench.types import Budget
 
 TOY_TASKS = ("toy-vision", "toy-text")
 SELECTING = ("acm", "dht", "layer_skip", "transformer_inverse")
-"""Methods whose fit ranks, calibrates or selects on data: they must read the task's validation split."""
+"""Methods whose fit ranks, calibrates or selects on data: they must read the validation split."""
 SHORT: dict[str, dict[str, str]] = {
     "acm": {"distill_steps": "4", "gate_steps": "4", "finetune_steps": "4"},
     "dht": {"steps": "4", "refine_per_arm": "1"},
@@ -35,19 +37,20 @@ SHORT: dict[str, dict[str, str]] = {
     "mod": {"steps": "4"},
     "transformer_inverse": {"exit_steps": "4", "rollout_episodes": "256", "ppo.iterations": "2"},
 }
-"""Recipes cut short for the sealed fits: which splits a fit reads does not depend on how many steps it takes, and
-the default recipes are fitted by the contract tests of ``test_methods.py`` (the full defaults here cost ~10 CPU
-minutes more)."""
+"""Recipes cut short for the sealed fits: which splits a fit reads does not depend on how many steps
+it takes, and the default recipes are fitted by the contract tests of ``test_methods.py`` (the full
+defaults here cost ~10 CPU minutes more)."""
 
 
 def plan_for(method: str, task: str, options: dict[str, str] | None = None, **run: object) -> RunPlan:
-    """A validated plan of ``method[options]`` on ``task`` (default task options: the toy fixture's backbone fits)."""
+    """A validated plan of ``method[options]`` on ``task`` (default task options: the toy fixture's
+    backbone fits)."""
     spec = RunSpec(task=PluginSpec(task), method=PluginSpec.make(method, options), **run)  # type: ignore[arg-type]
     return plan_suite([spec])[0]
 
 
 def record_reads(task: Task) -> list[str]:
-    """Record every split the task is asked to read (through :meth:`Task.check_readable`), in order."""
+    """Record each split the task is asked to read (via :meth:`Task.check_readable`), in order."""
     reads: list[str] = []
     check = task.check_readable
 
@@ -62,7 +65,8 @@ def record_reads(task: Task) -> list[str]:
 @pytest.mark.parametrize("task_name", TOY_TASKS)
 @pytest.mark.parametrize("method_name", METHODS.names())
 def test_every_method_fits_with_the_evaluation_split_sealed(toy, method_name: str, task_name: str) -> None:
-    """The harness's fit completes under the seal, reads only train and validation data, and lifts the seal."""
+    """The harness's fit completes under the seal, reads only train and validation data, and lifts
+    the seal."""
     _, backbone = toy(task_name)
     plan = plan_for(method_name, task_name, SHORT.get(method_name))
     task = plan.task
@@ -80,7 +84,10 @@ def test_every_method_fits_with_the_evaluation_split_sealed(toy, method_name: st
 
 
 class Peeker(Method):
-    """A method whose fit reads the evaluation split, as a selection on evaluation numbers would. Not registered."""
+    """A method whose fit reads the evaluation split, as a selection on evaluation numbers would.
+
+    Not registered.
+    """
 
     name = "peeker"
 
@@ -126,7 +133,8 @@ def test_a_fit_that_reads_the_evaluation_split_fails_and_caches_nothing(toy, tmp
 
 
 def test_an_upper_bound_sees_the_evaluation_batches_through_fit_eval_only(toy) -> None:
-    """The oracle's fit_eval gets exactly the measured batches, outside the seal; its fit is sealed as any other."""
+    """The oracle's fit_eval gets exactly the measured batches, outside the seal; its fit is sealed
+    as any other."""
     _, backbone = toy("toy-vision")
     plan = plan_for("oracle", "toy-vision", limit=32)
     model = fitted_model(plan, copy.deepcopy(backbone), cache_dir=None)
@@ -198,7 +206,8 @@ def test_an_unknown_split_is_a_clear_error(task: Task) -> None:
 
 
 def test_task_specific_readers_are_sealed_too() -> None:
-    """Streamed and task-specific paths check the seal before touching any data (none is needed here)."""
+    """Streamed and task-specific paths check the seal before touching any data (none is needed
+    here)."""
     spoken = TASKS.get("spoken-digits")()
     commands = TASKS.get("speech-commands")()
     imagenet = TASKS.get("imagenet")()

@@ -1,6 +1,7 @@
 """Every registered method × every toy task: the contract of DESIGN §3.
 
-A new method gets all of these by registering; nothing here names a method except to read its budgets.
+A new method gets all of these by registering; nothing here names a method except to read its
+budgets.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ MAX_FULL_BUDGET_ATOL = 1e-5  # a stated full-budget tolerance is float rounding,
 
 
 def reference(method: Method, model: DynamicModel, dense: Backbone) -> tuple[Backbone, str]:
-    """``(network, its name)``: what ``model``'s full budget must reproduce, independent of the model under test.
+    """``(network, its name)``: what ``model``'s full budget must reproduce, independent of the
+    model under test.
 
-    ``reference_network == "dense"``: the pristine dense copy itself. Otherwise (a fit that changes the backbone's
-    weights) a fresh copy of the pristine dense backbone loaded with the fitted backbone's weights: the plain dense
-    forward pass over those weights, not the method's own full-budget path and not ``model.backbone``.
+    ``reference_network == "dense"``: the pristine dense copy itself. Otherwise (a fit that changes
+    the backbone's weights) a fresh copy of the pristine dense backbone loaded with the fitted
+    backbone's weights: the plain dense forward pass over those weights, not the method's own
+    full-budget path and not ``model.backbone``.
     """
     if method.reference_network == "dense":
         return dense, "dense backbone (a pristine copy taken before wrap and fit)"
@@ -37,7 +40,8 @@ def reference(method: Method, model: DynamicModel, dense: Backbone) -> tuple[Bac
 def assert_full_budget_matches(
     method: Method, model: DynamicModel, x: torch.Tensor, expected: torch.Tensor, network: str
 ) -> None:
-    """``model``'s full-budget logits equal ``expected`` (the reference's) within ``method.full_budget_atol``."""
+    """``model``'s full-budget logits equal ``expected`` (the reference's) within
+    ``method.full_budget_atol``."""
     with torch.no_grad():
         got = model(x, budget=method.full_budget).logits
     torch.testing.assert_close(
@@ -74,7 +78,8 @@ def test_outputs_have_dense_shape_and_are_finite(toy, method_name, task_name):
 
 @per_task
 def test_full_budget_reproduces_the_reference_network(toy, method_name, task_name):
-    """Equal within the method's tolerance to a network the model under test cannot reach (see :func:`reference`)."""
+    """Equal within the method's tolerance to a network the model under test cannot reach (see
+    :func:`reference`)."""
     method, model, dense = fitted(toy, method_name, task_name)
     network, name = reference(method, model, dense)
     x = eval_inputs(toy, task_name)
@@ -85,7 +90,8 @@ def test_full_budget_reproduces_the_reference_network(toy, method_name, task_nam
 
 @per_task
 def test_fit_changes_the_backbone_only_when_declared(toy, method_name, task_name):
-    """``reference_network == "dense"``: every backbone tensor is bit-identical to the snapshot after the fit.
+    """``reference_network == "dense"``: every backbone tensor is bit-identical to the snapshot
+    after the fit.
 
     Otherwise the declaration is needed: the (default) fit does change some backbone weight.
     """
@@ -110,9 +116,9 @@ def test_fit_changes_the_backbone_only_when_declared(toy, method_name, task_name
 def test_full_budget_check_fails_when_a_read_weight_changes(toy, method_name, task_name):
     """Mutation check: the full-budget comparison is not vacuous.
 
-    On a deep copy of the fitted model (the session's cached model stays intact), the backbone's parameters are
-    perturbed one at a time, blocks first, until one changes the full-budget output; the same comparison against
-    the reference computed before the perturbation must then fail.
+    On a deep copy of the fitted model (the session's cached model stays intact), the backbone's
+    parameters are perturbed one at a time, blocks first, until one changes the full-budget output;
+    the same comparison against the reference computed before the perturbation must then fail.
     """
     method, model, dense = fitted(toy, method_name, task_name)
     network, name = reference(method, model, dense)
@@ -137,7 +143,8 @@ def test_full_budget_check_fails_when_a_read_weight_changes(toy, method_name, ta
 
 
 def test_full_budget_tolerance_is_tight(method_name):
-    """``full_budget_atol`` is a stated float-rounding tolerance, not room for an approximation of the network."""
+    """``full_budget_atol`` is a stated float-rounding tolerance, not room for an approximation of
+    the network."""
     atol = METHODS.get(method_name).full_budget_atol
     assert atol <= MAX_FULL_BUDGET_ATOL, (
         f"{method_name}.full_budget_atol = {atol} > {MAX_FULL_BUDGET_ATOL}: its full budget must run the reference "

@@ -1,8 +1,9 @@
-"""Every registered method (and each of its controls) × every toy task × every budget: ``operating_modules``.
+"""Every registered method (and each of its controls) × every toy task × every budget:
+``operating_modules``.
 
-``peak_mem_bytes`` counts only the weights of a budget's operating modules, so they must really be all that budget's
-forward reads: every parameter and floating buffer outside them is set to NaN and the outputs must not change.
-Nothing here names a method.
+``peak_mem_bytes`` counts only the weights of a budget's operating modules, so they must really be
+all that budget's forward reads: every parameter and floating buffer outside them is set to NaN and
+the outputs must not change. Nothing here names a method.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dynbench.methods.base import METHODS, DynamicModel, Method
 
 
 def specs() -> list[tuple[str, str]]:
-    """``(method name, control kind or "")``: every method as configured by default, and each of its controls."""
+    """``(method name, control kind or "")``: every method as configured by default, and each of its
+    controls."""
     out = []
     for name in METHODS.names():
         out.append((name, ""))
@@ -40,7 +42,7 @@ def storages(modules: list[torch.nn.Module]) -> set[int]:
 
 
 def poison_all_but(model: DynamicModel, keep: list[torch.nn.Module]) -> int:
-    """Set every parameter and floating buffer of ``model`` whose storage ``keep`` does not hold to NaN.
+    """Set each parameter and floating buffer of ``model`` to NaN unless ``keep`` holds its storage.
 
     Returns:
         How many tensors were poisoned.
@@ -62,7 +64,8 @@ pytestmark = [
 
 
 def test_operating_modules_are_all_a_budget_reads(toy, method_name, control, task_name):
-    """On a copy whose every tensor outside a budget's operating modules is NaN, that budget's logits are unchanged."""
+    """On a copy whose every tensor outside a budget's operating modules is NaN, that budget's
+    logits are unchanged."""
     method, model = fitted_spec(toy, method_name, control, task_name)
     x = eval_batch(toy, task_name).inputs
     for budget in method.resolve_budgets(None, model.backbone.n_blocks):
@@ -76,7 +79,7 @@ def test_operating_modules_are_all_a_budget_reads(toy, method_name, control, tas
 
 
 def test_resident_bytes_hold_every_operating_point(toy, method_name, control, task_name):
-    """The operating modules are part of the model: resident ≥ operating weights, storage by storage."""
+    """The operating modules are part of the model: resident ≥ operating weights, per storage."""
     method, model = fitted_spec(toy, method_name, control, task_name)
     resident = module_bytes(model)
     whole = storages([model])

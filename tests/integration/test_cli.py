@@ -86,7 +86,8 @@ def test_rows_carry_intervals_and_every_timed_call_is_stored(results: Path):
 
 
 def test_realization_divides_mean_times_by_the_mean_flops_of_the_same_calls(results: Path):
-    """Constant (layer_skip) and varying (early_exit) per-sample compute: both sides are means over the timed calls."""
+    """Constant (layer_skip) and varying (early_exit) per-sample compute: both sides are means over
+    the timed calls."""
     rows = pd.concat(pd.read_json(p, lines=True) for p in sorted((results / "res" / "runs").glob("*.jsonl")))
     for method in ("layer_skip", "early_exit"):
         (path,) = (results / "res" / "timings").glob(f"toy-vision__{method}__*.jsonl")
@@ -231,7 +232,8 @@ def test_lm_eval_subcommand_without_arguments_prints_how_and_exits_2(capsys: pyt
 
 
 def test_summary_shows_bracketed_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Plugin options in brackets are labels, not Rich markup: ``layer_skip[pattern=uniform]`` prints as written."""
+    """Plugin options in brackets are labels, not Rich markup: ``layer_skip[pattern=uniform]``
+    prints as written."""
     wide = Console(width=200, file=io.StringIO())
     monkeypatch.setattr(display, "console", wide)
     code = run(tmp_path, "--methods", "layer_skip[pattern=uniform]", "--tasks", "toy-vision", "--limit", "8")

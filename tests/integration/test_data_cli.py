@@ -1,4 +1,4 @@
-"""``bench data list|prepare|verify`` end to end on a fixture data set, the data root in a temporary directory."""
+"""``bench data list|prepare|verify`` end to end on a fixture data set and a temporary data root."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def www(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 @pytest.fixture
 def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``tiny(urls)`` registers the fixture data set as the only one; the data root is under tmp_path."""
+    """``tiny(urls)`` registers the fixture data set as the only one; the data root is under
+    tmp_path."""
     monkeypatch.setenv("DYNBENCH_DATA", str(tmp_path / "root"))
 
     def register(urls: tuple[str, ...] = ()) -> DatasetSpec:

@@ -1,7 +1,8 @@
 """dynbench as an lm-eval model: request types on toy-text, the shipped tasks end to end, offline.
 
-The request-type tests check the model against log-probabilities computed directly from the dynamic model; the
-end-to-end tests run lm-eval itself on a tiny Shakespeare backbone (2 blocks, d=32, 20 training steps).
+The request-type tests check the model against log-probabilities computed directly from the dynamic
+model; the end-to-end tests run lm-eval itself on a tiny Shakespeare backbone (2 blocks, d=32, 20
+training steps).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""A new method with a random control under a new option name is one file: nothing else learns its name.
+"""A new method with a random control under a new option name is one file: nothing else learns its
+name.
 
-The method below lives in a temporary package the way a third-party plugin would. It declares its random control
-on its class (``controls``); the harness records the relation on the control's rows and the report pairs the two
-in its "Learned vs static vs random" section without any table in ``analysis/`` or ``harness/`` naming it.
+The method below lives in a temporary package the way a third-party plugin would. It declares its
+random control on its class (``controls``); the harness records the relation on the control's rows
+and the report pairs the two in its "Learned vs static vs random" section without any table in
+``analysis/`` or ``harness/`` naming it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One cache root: the model cache and the data cache both derive from it, each movable on its own."""
+"""One cache root: the model cache and the data cache both derive from it, each movable alone."""
 
 from __future__ import annotations
 

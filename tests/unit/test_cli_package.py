@@ -27,7 +27,8 @@ PACKAGE_MODULES = {
 
 
 def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    """Every command path of ``parser`` (``("data",)``, ``("data", "list")``, …), nested ones included."""
+    """Every command path of ``parser`` (``("data",)``, ``("data", "list")``, …), nested ones
+    included."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():

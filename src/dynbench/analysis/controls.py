@@ -1,4 +1,4 @@
-"""A learned controller against its controls — the best static configuration and random allocation — at equal FLOPs.
+"""A learned controller against its static and random controls at equal FLOPs.
 
 A learned per-sample controller (tinv's policy, dht's bandits, early exit's confidence rule, MoD's
 router) shows that it adapts to the input only if it beats the *static* control (the best single
@@ -43,7 +43,10 @@ if TYPE_CHECKING:
 __all__ = ["COMPARISON_COLUMNS", "WINS", "compare_at_equal_flops", "compare_to_controls", "control_pairs"]
 
 WINS = frozenset({"better", "better, fewer FLOPs", "as good, fewer FLOPs"})
-"""Verdicts where the learned point is at least as good at no more FLOPs and resolved ahead on one of the two."""
+"""Verdicts in which the learned point wins.
+
+At least as good at no more FLOPs, and resolved ahead on one of the two.
+"""
 COMPARISON_COLUMNS = (
     "learned", "control", "kind", "budget", "seeds", "flops_ratio", "quality", "control_quality",
     "delta", "ci_low", "ci_high", "ci_over", "verdict",
@@ -60,11 +63,12 @@ class ControlPair:
 
 
 def control_pairs(points: pd.DataFrame) -> list[ControlPair]:
-    """Every (learned, control) pair among the operating points, from the rows' ``control_of``/``control_kind``.
+    """Every (learned, control) pair among the operating points.
 
-    The harness records on each control run which learned configuration it controls (the method's
-    class declares its controls in ``Method.controls``), so nothing here looks a method up. A
-    control whose learned twin did not run pairs nothing.
+    The pairs come from the rows' ``control_of``/``control_kind``: the harness records on each
+    control run which learned configuration it controls (the method's class declares its controls in
+    ``Method.controls``), so nothing here looks a method up. A control whose learned twin did not
+    run pairs nothing.
 
     Args:
         points: rows or a summary with ``method_label`` and, for control runs, ``control_of`` and
@@ -92,7 +96,10 @@ def _points(samples: pd.DataFrame, label: str) -> dict[int, dict[float, pd.DataF
 
 
 def _control_at(curve: dict[float, pd.DataFrame], x: float) -> tuple[pd.Series, str]:
-    """The control's per-sample scores at mean FLOPs ``x`` and where ``x`` lies: inside, below or above its range."""
+    """The control's per-sample scores at mean FLOPs ``x``, and where ``x`` lies.
+
+    Where: inside, below or above the control's range.
+    """
     pts = sorted(curve.values(), key=lambda f: float(f["flops"].mean()))
     xs = [float(f["flops"].mean()) for f in pts]
     if x < xs[0]:
@@ -126,7 +133,7 @@ def _metric_of(task: str) -> QualityMetric | None:
 def compare_to_controls(
     samples: pd.DataFrame, summary: pd.DataFrame, task: str, *, metric: QualityMetric | None = None
 ) -> pd.DataFrame:
-    """Every learned operating point below the full budget against each of its controls at equal FLOPs.
+    """Every learned operating point below the full budget against each control at equal FLOPs.
 
     Args:
         samples: per-sample records (``method_label``, ``budget``, ``seed``, ``hardware``,
@@ -175,10 +182,11 @@ def compare_at_equal_flops(
     *,
     metric: QualityMetric | None = None,
 ) -> pd.DataFrame:
-    """Every operating point of ``method`` below its full budget against ``against``'s curve at equal mean FLOPs.
+    """Every operating point of ``method`` below its full budget against ``against``'s curve.
 
-    The same paired comparison as :func:`compare_to_controls`, for any two method labels (early exit
-    against layer skipping, say); ``kind`` is empty. Arguments and result as there.
+    The same paired comparison at equal mean FLOPs as :func:`compare_to_controls`, for any two
+    method labels (early exit against layer skipping, say); ``kind`` is empty. Arguments and result
+    as there.
     """
     frame = samples[(samples["task"] == task) & samples["method_label"].isin([method, against])]
     points = summary[summary["task"] == task]
@@ -202,7 +210,7 @@ def _compare_labels(
     transform: Callable[[np.ndarray], np.ndarray],
     sign: float,
 ) -> list[tuple]:
-    """Rows of :data:`COMPARISON_COLUMNS` for every point of ``learned_label`` below its full budget."""
+    """A :data:`COMPARISON_COLUMNS` row per point of ``learned_label`` below its full budget."""
     learned, control = _points(frame, learned_label), _points(frame, control_label)
     ratios = points.groupby(["method_label", "budget"])["flops_ratio"].first()
     full = float(points.loc[points["method_label"] == learned_label, "budget"].max())
@@ -222,7 +230,7 @@ def _compare_point(
     transform: Callable[[np.ndarray], np.ndarray],
     sign: float,
 ) -> tuple | None:
-    """``(seeds, quality, control quality, delta, low, high, over, verdict)`` of one learned point."""
+    """``(seeds, quality, control quality, delta, low, high, over, verdict)`` of a learned point."""
     deltas, quals, ctrl_quals, wheres = [], [], [], []
     last_pair = np.zeros((0, 2))
     for seed in sorted(set(learned) & set(control)):

@@ -85,7 +85,10 @@ def _plot_points(summary_df: pd.DataFrame, task: str, x_metric: str, hardware: s
 
 
 def _errors(group: pd.DataFrame, metric: str, scale: float) -> np.ndarray | None:
-    """``(2, n)`` error bars from the summary's 95% interval of ``metric``, or None when there is none to show."""
+    """``(2, n)`` error bars from the summary's 95% interval of ``metric``.
+
+    None when there is none to show.
+    """
     low, high = f"{metric}_ci_low", f"{metric}_ci_high"
     if low not in group.columns or high not in group.columns:
         return None
@@ -142,7 +145,7 @@ def _draw_methods(
 
 
 def _draw_front(ax: Axes, data: pd.DataFrame, x_metric: str, x_scale: float, y_scale: float) -> list[Artist]:
-    """Grey staircase through the Pareto-optimal points of all (deployable) methods, points ringed."""
+    """Grey staircase through Pareto-optimal points of all (deployable) methods, points ringed."""
     mask = pareto_mask(data, x_metric)
     if not mask.any():
         return []
@@ -182,7 +185,10 @@ def _scale_x(ax: Axes, x: np.ndarray, x_metric: str) -> None:
 
 
 def scale_y(ax: Axes, y: np.ndarray) -> None:
-    """Log quality axis when the values span more than ``_LOG_RATIO`` (perplexities of a broken model span decades)."""
+    """Log quality axis when the values span more than ``_LOG_RATIO``.
+
+    Perplexities of a broken model span decades.
+    """
     if np.all(y > 0) and y.max() / y.min() > _LOG_RATIO:
         ax.set_yscale("log")
 

@@ -1,4 +1,4 @@
-"""Write the benchmark report: per-task plots and tables, plus ``index.md`` and ``index.html`` linking them.
+"""Write the benchmark report: per-task plots and tables, and the index pages linking them.
 
 Layout under ``out_dir``::
 
@@ -118,10 +118,10 @@ def _figure(
 
 
 def _depth_points(summary: pd.DataFrame) -> pd.DataFrame:
-    """Dense and the methods whose executed layers fall below the task's most at some budget (depth methods).
+    """Dense and the depth methods.
 
-    Width- and token-adaptive methods (always every layer) would only add vertical lines to a layers
-    plot.
+    Depth methods: those whose executed layers fall below the task's most at some budget. Width- and
+    token-adaptive methods (always every layer) would only add vertical lines to a layers plot.
     """
     layers = summary["mean_layers"].to_numpy(dtype=float)
     finite = np.isfinite(layers)
@@ -133,7 +133,10 @@ def _depth_points(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _over_seeds(rows: pd.DataFrame, metric: str) -> str:
-    """`` [low, high] over N seeds`` (percent) of a per-run metric when two or more seeds ran, else nothing."""
+    """`` [low, high] over N seeds`` (percent) of a per-run metric.
+
+    Nothing when fewer than two seeds ran.
+    """
     per_seed = rows[rows["metric"] == metric].groupby("seed")["value"].first()
     if len(per_seed) < 2:
         return ""
@@ -142,7 +145,7 @@ def _over_seeds(rows: pd.DataFrame, metric: str) -> str:
 
 
 def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
-    """For methods that saw the evaluation labels: the matching budget and the selection-bias control table.
+    """For methods that saw the evaluation labels: matching budget and selection-bias control table.
 
     Reads the ``matching_budget``, ``matching_budget_heldout``, ``quality_selection_half`` and
     ``quality_heldout_half`` rows (means over seeds, the first hardware); ``None`` when there are
@@ -189,7 +192,10 @@ def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
 
 
 def _control_notes(samples: pd.DataFrame, summary: pd.DataFrame, task: str) -> str | None:
-    """Each learned controller against its static and random controls at equal FLOPs; ``None`` without pairs."""
+    """Each learned controller against its static and random controls at equal FLOPs.
+
+    ``None`` without pairs.
+    """
     table = compare_to_controls(samples, summary, task)
     if table.empty:
         return None
@@ -231,7 +237,7 @@ def _control_notes(samples: pd.DataFrame, summary: pd.DataFrame, task: str) -> s
 
 
 def _network_note(frame: pd.DataFrame, label: str) -> str:
-    """``; all on <network>`` when the method's reference network is not the task's dense backbone."""
+    """``; all on <network>`` when the method's reference network is not the dense backbone."""
     if "reference" not in frame.columns:
         return ""
     names = {str(v) for v in frame.loc[frame["method_label"] == label, "reference"].dropna()} - {"", "dense backbone"}
@@ -241,7 +247,7 @@ def _network_note(frame: pd.DataFrame, label: str) -> str:
 def _task_figures(
     task: str, summary: pd.DataFrame, samples: pd.DataFrame, task_dir: Path, written: list[Path]
 ) -> list[str]:
-    """Write the plots of one task; markdown for each, with a "not measured" line for skipped ones."""
+    """Write one task's plots; markdown for each, with a "not measured" line for skipped ones."""
     rel = task_dir.name
     lines = []
     no_quality = "no `quality` rows" if not summary["quality"].notna().any() else None
@@ -301,7 +307,7 @@ def _task_figures(
 
 
 def _upper_bound_methods(summary: pd.DataFrame) -> frozenset[str]:
-    """Names of the methods whose rows are flagged ``upper_bound`` (they saw the evaluation labels)."""
+    """Names of methods whose rows are flagged ``upper_bound`` (they saw the evaluation labels)."""
     return frozenset(summary.loc[summary["upper_bound"].astype(bool), "method"].astype(str))
 
 

@@ -107,7 +107,10 @@ def quality_scale(unit: str, values: Iterable[float]) -> tuple[float, str]:
 
 
 def format_sig(value: float | None, digits: int = 3) -> str:
-    """Format a number with ``digits`` significant digits and no exponent (``12.3``, ``0.0123``, ``1230``)."""
+    """Format a number with ``digits`` significant digits and no exponent.
+
+    For example ``12.3``, ``0.0123``, ``1230``.
+    """
     if value is None or not math.isfinite(float(value)):
         return _MISSING
     if value == 0:
@@ -118,7 +121,7 @@ def format_sig(value: float | None, digits: int = 3) -> str:
 
 
 def format_flops(value: float | None) -> str:
-    """Format a FLOP count with 3 significant digits and a K/M/G/T prefix (``1.02 G``, ``770 M``)."""
+    """Format a FLOP count: 3 significant digits and a K/M/G/T prefix (``1.02 G``, ``770 M``)."""
     if value is None or not math.isfinite(float(value)):
         return _MISSING
     rounded = float(f"{float(value):.3g}")
@@ -172,8 +175,8 @@ def _as_bool(value: Any) -> bool:
 def upper_bound_mask(frame: pd.DataFrame) -> np.ndarray:
     """Which rows are upper bounds: not deployable, drawn dashed, off every Pareto front.
 
-    The rows' own ``upper_bound`` flag says so; the harness sets it for methods that see the evaluation
-    labels.
+    The rows' own ``upper_bound`` flag says so; the harness sets it for methods that see the
+    evaluation labels.
     """
     if "upper_bound" not in frame.columns:
         return np.zeros(len(frame), dtype=bool)
@@ -192,12 +195,12 @@ def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _attach(out: pd.DataFrame, sub: pd.DataFrame, keys: list[str], metrics: tuple[str, ...]) -> pd.DataFrame:
-    """Merge the mean over seeds, its std and its 95% interval for each of ``metrics`` (rows in ``sub``) onto ``out``.
+    """Merge the mean over seeds, its std and its 95% interval for each of ``metrics`` onto ``out``.
 
-    The interval: with one seed, the row's own (a bootstrap over samples or timed calls, or
-    ``exact``); with two or more seeds, a t-interval over the per-seed values
-    (:func:`dynbench.stats.seed_interval`). Metrics without rows become NaN columns, so callers can
-    rely on every column existing.
+    The metrics' rows are in ``sub``. The interval: with one seed, the row's own (a bootstrap over
+    samples or timed calls, or ``exact``); with two or more seeds, a t-interval over the per-seed
+    values (:func:`dynbench.stats.seed_interval`). Metrics without rows become NaN columns, so
+    callers can rely on every column existing.
     """
     columns = [name for metric in metrics for name in (metric, f"{metric}_std")]
     intervals = [f"{m}_ci_{end}" for m in metrics if m in INTERVAL_METRICS for end in ("low", "high", "over")]
@@ -342,7 +345,7 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
 
 
 def quality_formats(factor: float) -> tuple[Callable[[float], str], Callable[[float], str]]:
-    """Formatters of a quality and of a quality difference shown with :func:`quality_scale`'s ``factor``.
+    """Formatters of a quality and a quality difference, scaled by :func:`quality_scale`'s factor.
 
     Percentages get 2 decimals (a difference in points, signed); other units 4 significant digits (a
     difference 3).
@@ -355,7 +358,7 @@ def quality_formats(factor: float) -> tuple[Callable[[float], str], Callable[[fl
 def with_interval(
     row: pd.Series, metric: str, fmt: Callable[[float], str], bound_fmt: Callable[[float], str] | None = None
 ) -> str:
-    """``value [low, high]`` when the summary row holds a 95% interval for ``metric``, else just the value.
+    """``value [low, high]`` when the summary row has a 95% interval for ``metric``, else the value.
 
     An ``exact`` interval (a deterministic measurement), or one of zero width (the same value on
     every seed), prints as the value alone.

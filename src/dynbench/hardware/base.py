@@ -1,9 +1,9 @@
 """The hardware-target contract: where time and memory are measured.
 
-A target owns everything device-specific about measurement — moving data, synchronising, timing calls and
-reading the tensor-memory peak — so the harness never branches on the device. One file, one class, one
-decorator (``@register_hardware("cpu")``); third-party targets register through the ``dynbench.hardware``
-entry-point group.
+A target owns everything device-specific about measurement — moving data, synchronising, timing
+calls and reading the tensor-memory peak — so the harness never branches on the device. One file,
+one class, one decorator (``@register_hardware("cpu")``); third-party targets register through the
+``dynbench.hardware`` entry-point group.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from dynbench.types import NoOptions
 
 
 def cpu_model() -> str:
-    """The host processor's model name (/proc/cpuinfo on Linux): the CPU target's device and provenance's."""
+    """The host processor's model name (/proc/cpuinfo on Linux).
+
+    Used as the CPU target's device and in provenance.
+    """
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -34,8 +37,9 @@ def cpu_model() -> str:
 class CallTimer(ABC):
     """Times many calls, reading the clocks as late as the device allows.
 
-    ``time(fn)`` runs one call and returns a handle; ``elapsed_ms()`` (called once, after the loop) returns
-    every call's duration. This lets a GPU target record events without synchronising inside the loop.
+    ``time(fn)`` runs one call and returns a handle; ``elapsed_ms()`` (called once, after the loop)
+    returns every call's duration. This lets a GPU target record events without synchronising inside
+    the loop.
     """
 
     @abstractmethod
@@ -83,7 +87,7 @@ class HardwareTarget(ABC):
 
     @abstractmethod
     def tensor_peak(self, fn: Callable[[], Any]) -> int:
-        """Run ``fn`` once; the peak bytes of tensor memory it allocated above the level at its start."""
+        """Run ``fn`` once; peak tensor memory (bytes) it allocated above the level at its start."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""CPU target: ``time.perf_counter_ns`` per call, tensor peak from the torch profiler's memory events.
+"""CPU target: ``time.perf_counter_ns`` per call, tensor peak from torch profiler memory events.
 
-``tracemalloc`` cannot see torch's allocations; the profiler's ``[memory]`` events can. Their signed sizes,
-summed in time order, give a deterministic peak of tensor memory above what was allocated before the region.
+``tracemalloc`` cannot see torch's allocations; the profiler's ``[memory]`` events can. Their signed
+sizes, summed in time order, give a deterministic peak of tensor memory above what was allocated
+before the region.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class PerfCounterTimer(CallTimer):
 
 @contextlib.contextmanager
 def native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null: the profiler's C++ side logs a line per start/stop there."""
+    """Send file descriptor 2 to /dev/null: the profiler's C++ side logs each start/stop there."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:

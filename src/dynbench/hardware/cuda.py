@@ -1,8 +1,9 @@
 """CUDA target: CUDA events per call with one synchronisation at the end, allocator peak for memory.
 
-Events are recorded on the current stream around each call and read only after the whole loop, so the timing
-itself adds no host-device synchronisation (asynchronous gains such as CUDA graphs stay visible). A method that
-synchronises on its own (``.item()`` to decide an exit) pays for it, and wall time shows it.
+Events are recorded on the current stream around each call and read only after the whole loop, so
+the timing itself adds no host-device synchronisation (asynchronous gains such as CUDA graphs stay
+visible). A method that synchronises on its own (``.item()`` to decide an exit) pays for it, and
+wall time shows it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ class CUDA(HardwareTarget):
         return CUDAEventTimer()
 
     def tensor_peak(self, fn: Callable[[], Any]) -> int:
-        """``reset_peak_memory_stats`` → run → ``max_memory_allocated``, minus what was allocated before."""
+        """``reset_peak_memory_stats`` → run → ``max_memory_allocated``.
+
+        What was allocated before the run is subtracted.
+        """
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)

@@ -1,7 +1,8 @@
-"""Executors run the runs of a suite: ``inline`` in this process, or ``subprocess``, one fresh process per run.
+"""Executors run a suite: ``inline`` in this process, or ``subprocess``, one fresh process per run.
 
-A fresh process per run keeps memory figures clean (the process footprint is that run's alone) and isolates
-crashes. The results store is the only shared state, so executors need no coordination beyond it.
+A fresh process per run keeps memory figures clean (the process footprint is that run's alone) and
+isolates crashes. The results store is the only shared state, so executors need no coordination
+beyond it.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def run_plans(
     force: bool = False,
     progress: RunProgress | None = None,
 ) -> SuiteOutcome:
-    """Run every plan not already in the store (all of them with ``force``); a failed run does not stop the rest.
+    """Run every plan not already in the store (all of them with ``force``).
+
+    A failed run does not stop the rest.
 
     Raises:
         ValueError: unknown executor name.
@@ -113,11 +116,12 @@ def run_plans(
 
 
 def die_with_parent(parent_pid: int | None) -> None:
-    """Exit when the ``bench`` process that started this worker dies, so a killed suite leaves nothing running.
+    """Exit when the ``bench`` process that started this worker dies.
 
-    Ctrl-C reaches the whole process group, but a ``kill`` of the parent alone would leave an orphan worker
-    measuring on (and slowing down whatever runs next). On Linux the kernel sends us SIGTERM when the parent
-    dies (``PR_SET_PDEATHSIG``); elsewhere this does nothing.
+    This way a killed suite leaves nothing running. Ctrl-C reaches the whole process group, but a
+    ``kill`` of the parent alone would leave an orphan worker measuring on (and slowing down
+    whatever runs next). On Linux the kernel sends us SIGTERM when the parent dies
+    (``PR_SET_PDEATHSIG``); elsewhere this does nothing.
     """
     if not sys.platform.startswith("linux"):
         return

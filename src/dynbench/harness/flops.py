@@ -1,12 +1,15 @@
 """Executed-FLOP counting with ``torch.utils.flop_counter.FlopCounterMode``.
 
-The counter intercepts aten ops as they run, so it counts exactly what a dynamic model executed — including ops
-whose only use is a branch decision (exit heads, routers), which trace-based counters prune. Two gaps are filled
+The counter intercepts aten ops as they run, so it counts exactly what a dynamic model executed —
+including ops whose only use is a branch decision (exit heads, routers), which trace-based counters
+prune. Two gaps are filled
 here: PyTorch registers no formula for the CPU attention kernel
-(``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward) and would count attention on CPU as 0.
+(``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward) and would count attention on
+CPU as 0.
 
-Convention: 1 multiply-add = 2 FLOPs; only matmuls, convolutions and attention are counted (norms, activations,
-softmax and adds are not); causal attention counts the full score matrix, as PyTorch's CUDA formulas do.
+Convention: 1 multiply-add = 2 FLOPs; only matmuls, convolutions and attention are counted (norms,
+activations, softmax and adds are not); causal attention counts the full score matrix, as PyTorch's
+CUDA formulas do.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def _custom_mapping() -> dict[Any, Callable[..., int]]:
 
 def flop_counter() -> FlopCounterMode:
     """A quiet ``FlopCounterMode`` that also counts CPU attention."""
-    # get_raw: the formulas receive tensors, not shapes, so they work on every torch version we support.
+    # get_raw: the formulas receive tensors, not shapes, so they work on every torch version we
+    # support.
     mapping = {op: _raw(fn) for op, fn in _custom_mapping().items()}
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
@@ -56,7 +60,8 @@ class FlopCount:
 
     Attributes:
         total: every counted FLOP.
-        controller: the part spent inside the model's controller modules (exit heads, routers, gates …).
+        controller: the part spent inside the model's controller modules (exit heads, routers, gates
+            …).
         output: what the counted call returned.
     """
 
@@ -70,7 +75,8 @@ def count_flops(fn: Callable[[], Any], root: nn.Module, controllers: Iterable[nn
 
     Args:
         fn: the call to count (typically ``lambda: model(x, budget=b)``).
-        root: the outermost module ``fn`` calls, used to name the controller modules the way the counter does.
+        root: the outermost module ``fn`` calls, used to name the controller modules the way the
+            counter does.
         controllers: submodules of ``root`` whose FLOPs are reported on their own.
     """
     names = {id(m): n for n, m in root.named_modules()}

@@ -1,8 +1,8 @@
 """The four measurement passes of one budget: quality, FLOPs, timing and memory.
 
-Each pass runs the model on its own, so e.g. the FLOP counter's dispatch overhead never enters a timing. The
-passes and their rows are called by :mod:`dynbench.harness.execution`, which owns the order of a run; why each
-pass measures the way it does is in docs/architecture.md ("A run").
+Each pass runs the model on its own, so e.g. the FLOP counter's dispatch overhead never enters a
+timing. The passes and their rows are called by :mod:`dynbench.harness.execution`, which owns the
+order of a run; why each pass measures the way it does is in docs/architecture.md ("A run").
 """
 
 from __future__ import annotations
@@ -106,10 +106,11 @@ def flops_pass(model: DynamicModel, budget: float, batches: list[Batch]) -> Flop
 def quality_rows(
     make_row: RowMaker, budget: float, batch_size: int, task: Task, q: QualityResult, dense_q: QualityResult | None
 ) -> list[dict]:
-    """``quality`` with a bootstrap interval over samples, and ``quality_delta`` against dense, paired.
+    """``quality`` (bootstrap interval over samples) and ``quality_delta`` against dense, paired.
 
-    ``quality_delta`` is the method's quality minus the dense twin's on the same samples (in the quality's unit;
-    its direction is the task's): the interval resamples samples for both at once, so item difficulty cancels.
+    ``quality_delta`` is the method's quality minus the dense twin's on the same samples (in the
+    quality's unit; its direction is the task's): the interval resamples samples for both at once,
+    so item difficulty cancels.
     """
     metric = task.metric
     kw = {"unit": metric.spec.unit, "higher_is_better": metric.spec.higher_is_better}
@@ -129,12 +130,14 @@ def flops_rows(
 ) -> list[dict]:
     """FLOPs rows: per sample (exact), and the FLOPs ratio and theoretical speedup with intervals.
 
-    The intervals are paired bootstraps over samples: how far the mean cost could move on another draw of the split.
+    The intervals are paired bootstraps over samples: how far the mean cost could move on another
+    draw of the split.
     """
     n = len(flops.per_sample)
     pair = np.column_stack([flops.per_sample, dense_flops.per_sample])  # (N, 2)
     ratio = bootstrap(pair, lambda m: m[..., 0] / m[..., 1])
-    # the theoretical speedup is the ratio's inverse, so its percentile interval is the inverted one (no 2nd resample)
+    # the theoretical speedup is the ratio's inverse, so its percentile interval is the inverted one
+    # (no 2nd resample)
     inverse = Interval(1.0 / ratio.high, 1.0 / ratio.low, ratio.n, ratio.over) if ratio.finite else ratio
     return [
         make_row(budget, batch_size, "flops_per_sample", flops.mean, n, ci=exact(flops.mean, n)),
@@ -166,12 +169,13 @@ class TimingInputs:
 def timing_inputs(q: QualityResult, batches: list[Batch], batch_size: int, limit: int) -> TimingInputs:
     """Real eval inputs for one batch size.
 
-    Batch 1: the timed inputs are the first ``limit`` samples in eval order (a seeded shuffle: a plain random
-    sample, so their mean cost estimates the split's); one sample of every distinct execution path is added for
-    the warm-up only, so a rare path is warm without being over-represented in the timing. A method with more
-    distinct paths than ``limit`` (random sub-networks: nearly one per sample) warms the first ``limit`` of them:
-    warming thousands of one-off paths would cost more than the measurement. Batch N: consecutive eval samples,
-    cycled when the split is smaller than N.
+    Batch 1: the timed inputs are the first ``limit`` samples in eval order (a seeded shuffle: a
+    plain random sample, so their mean cost estimates the split's); one sample of every distinct
+    execution path is added for the warm-up only, so a rare path is warm without being
+    over-represented in the timing. A method with more distinct paths than ``limit`` (random
+    sub-networks: nearly one per sample) warms the first ``limit`` of them: warming thousands of
+    one-off paths would cost more than the measurement. Batch N: consecutive eval samples, cycled
+    when the split is smaller than N.
     """
     inputs = torch.cat([b.inputs for b in batches])  # (N, ...)
     n = inputs.shape[0]
@@ -195,17 +199,21 @@ def timing_inputs(q: QualityResult, batches: list[Batch], batch_size: int, limit
 
 
 REALIZATION_LIMIT = 1.1
-"""Realization above this is physically implausible (the method got back more time than the FLOPs it saved):
-the timing is re-measured once, and flagged ``suspect`` when it persists (docs/architecture.md, "A run")."""
+"""Realization above this is physically implausible.
+
+The method got back more time than the FLOPs it saved: the timing is re-measured once, and flagged
+``suspect`` when it persists (docs/architecture.md, "A run").
+"""
 
 
 @dataclass
 class SpeedResult:
-    """One interleaved timing of a method against dense, reduced to its speed figures with 95% intervals.
+    """One interleaved timing of a method against dense: its speed figures with 95% intervals.
 
-    Every ratio is a ratio of means over the same timed calls: mean time per call against mean FLOPs per call of
-    exactly the inputs those calls ran, so realized and theoretical speedup use the same statistic even when
-    per-sample compute varies (early exit, dht, tinv). The median stays a latency figure of its own.
+    Every ratio is a ratio of means over the same timed calls: mean time per call against mean FLOPs
+    per call of exactly the inputs those calls ran, so realized and theoretical speedup use the same
+    statistic even when per-sample compute varies (early exit, dht, tinv). The median stays a
+    latency figure of its own.
     """
 
     method: TimingStats
@@ -221,7 +229,10 @@ class SpeedResult:
 
     @property
     def theoretical(self) -> float:
-        """``mean FLOPs(dense) / mean FLOPs(method)`` of the timed calls' inputs (NaN without a FLOPs pass)."""
+        """``mean FLOPs(dense) / mean FLOPs(method)`` of the timed calls' inputs.
+
+        NaN without a FLOPs pass.
+        """
         den = float(self.method_flops.mean()) if self.method_flops.size else math.nan
         return float(self.dense_flops.mean()) / den if den else math.nan
 
@@ -252,7 +263,7 @@ class SpeedResult:
         return bootstrap(durations, lambda m: self.batch_size * 1000.0 / m[..., 0], over="calls")
 
     def record(self) -> dict[str, Any]:
-        """Every timed call, for the timings file (later comparisons test on these, not on summaries)."""
+        """Every timed call, for the timings file (later comparisons test these, not summaries)."""
         return {
             "batch_size": self.batch_size,
             "inputs": list(self.method.inputs),
@@ -310,9 +321,10 @@ def timing_rows(
     """Time the method and dense, interleaved, at one batch size.
 
     Returns:
-        Latency, throughput, speedup, realization and controller rows, and the record of every timed call for
-        the timings file. A realization above :data:`REALIZATION_LIMIT` is re-measured once; if it persists the
-        speed rows carry ``suspect=True`` (and the record says so) instead of being dropped or trusted.
+        Latency, throughput, speedup, realization and controller rows, and the record of every timed
+        call for the timings file. A realization above :data:`REALIZATION_LIMIT` is re-measured
+        once; if it persists the speed rows carry ``suspect=True`` (and the record says so) instead
+        of being dropped or trusted.
     """
     cfg = plan.spec.measure
     speed = time_speed(plan, model, dense, budget, ti, flops, dense_flops)
@@ -358,9 +370,9 @@ def memory_rows(
 ) -> list[dict]:
     """Memory of the method at one batch size, over the costliest inputs.
 
-    ``peak_mem_bytes`` counts the weights of the budget's operating modules (what a deployment of this one
-    operating point holds), ``resident_bytes`` those of the whole model (every budget's variant: what this process
-    holds).
+    ``peak_mem_bytes`` counts the weights of the budget's operating modules (what a deployment of
+    this one operating point holds), ``resident_bytes`` those of the whole model (every budget's
+    variant: what this process holds).
     """
     cfg = plan.spec.measure
     inputs = ti.inputs
@@ -370,7 +382,8 @@ def memory_rows(
     operating = model.operating_modules(budget)
     mem = measure_memory(model, lambda i: model(inputs[i], budget=budget), inputs, order, plan.hardware, operating)
     rows = [
-        # the tensor peak of a path is deterministic (profiler events on CPU, the allocator on CUDA): no spread
+        # the tensor peak of a path is deterministic (profiler events on CPU, the allocator on
+        # CUDA): no spread
         make_row(budget, batch_size, "peak_mem_bytes", mem.peak_bytes, len(order), ci=exact(mem.peak_bytes, 1)),
         make_row(budget, batch_size, "transient_mem_bytes", mem.transient_bytes, len(order)),
         make_row(budget, batch_size, "resident_bytes", mem.resident_bytes, 1),  # one count of the state, not a sample

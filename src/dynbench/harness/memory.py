@@ -1,15 +1,16 @@
 """Peak memory: tensor memory and, as a second figure, the process footprint.
 
-Tensor memory comes from the target (profiler events on CPU, the allocator on CUDA); the footprint is the peak
-resident set of the process.
+Tensor memory comes from the target (profiler events on CPU, the allocator on CUDA); the footprint
+is the peak resident set of the process.
 
-``peak_mem_bytes`` = bytes of the parameters and buffers the operating point reads (its operating modules,
-:meth:`~dynbench.methods.base.DynamicModel.operating_modules`) + the input batch + the transient peak the forward
-pass allocated on top: what a deployment of that one operating point needs. The same definition holds on every
-target, so methods compare fairly (a method with extra heads pays for their weights; a method that keeps one
-trained model per budget pays for one of them). For a dynamic model the peak depends on the path, so it is the
-maximum over several inputs, the costliest paths first. ``resident_bytes`` = bytes of the whole model, every
-budget's state included: what the benchmark process holds to sweep all operating points.
+``peak_mem_bytes`` = bytes of the parameters and buffers the operating point reads (its operating
+modules, :meth:`~dynbench.methods.base.DynamicModel.operating_modules`) + the input batch + the
+transient peak the forward pass allocated on top: what a deployment of that one operating point
+needs. The same definition holds on every target, so methods compare fairly (a method with extra
+heads pays for their weights; a method that keeps one trained model per budget pays for one of
+them). For a dynamic model the peak depends on the path, so it is the maximum over several inputs,
+the costliest paths first. ``resident_bytes`` = bytes of the whole model, every budget's state
+included: what the benchmark process holds to sweep all operating points.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class MemoryStats:
 def modules_bytes(modules: Iterable[nn.Module]) -> int:
     """Bytes of every distinct parameter and buffer storage of ``modules`` together.
 
-    A storage reached from two modules (a tied head, a readout shared by exit heads, a submodule listed with its
-    parent) counts once.
+    A storage reached from two modules (a tied head, a readout shared by exit heads, a submodule
+    listed with its parent) counts once.
     """
     seen: set[tuple[str, int]] = set()
     total = 0
@@ -61,7 +62,7 @@ def module_bytes(module: nn.Module) -> int:
 
 
 def reset_process_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux ``/proc/self/clear_refs``); False where unsupported."""
+    """Reset the kernel's peak RSS (Linux ``/proc/self/clear_refs``); False where unsupported."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -97,7 +98,8 @@ def measure_memory(
         inputs: the input batches (their bytes count toward the peak).
         order: which inputs to measure.
         target: reads the transient tensor peak.
-        operating: the modules ``run`` reads, whose weights count toward the peak; ``None`` = all of ``model``.
+        operating: the modules ``run`` reads, whose weights count toward the peak; ``None`` = all of
+            ``model``.
     """
     resident = module_bytes(model)
     weights = resident if operating is None else modules_bytes(operating)

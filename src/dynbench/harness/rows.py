@@ -18,10 +18,11 @@ from dynbench.types import METRICS
 
 
 def control_columns(plan: RunPlan) -> dict[str, str]:
-    """``control_of`` (the learned configuration's label) and ``control_kind`` when the run is a control.
+    """``control_of`` (the learned configuration's label) and ``control_kind`` for a control run.
 
-    The method's class declares its controls (``Method.controls``); recording the relation on the rows keeps
-    ``analysis/`` free of method names and lets a report pair runs without importing the plugins.
+    The method's class declares its controls (``Method.controls``); recording the relation on the
+    rows keeps ``analysis/`` free of method names and lets a report pair runs without importing the
+    plugins.
     """
     spec = plan.spec.method
     twin = plan.method.learned_twin(spec.options_dict())

@@ -2,13 +2,16 @@
 
 Layout under the results directory::
 
-    runs/<run_key>.jsonl       tidy rows (dynbench.types.ROW_COLUMNS), written last: its presence means the run finished
-    samples/<run_key>.jsonl    per-sample records (sample id, FLOPs, layers, score, correct …)
-    timings/<run_key>.jsonl    every timed call per (budget, batch size): method and dense durations in
-                               interleaved pairs, the input each pair ran and its FLOPs (intervals, comparisons)
+    runs/<run_key>.jsonl       tidy rows (dynbench.types.ROW_COLUMNS), written last: its presence
+    means the run finished samples/<run_key>.jsonl    per-sample records (sample id, FLOPs, layers,
+    score, correct …) timings/<run_key>.jsonl    every timed call per (budget, batch size): method
+    and dense durations in
+                               interleaved pairs, the input each pair ran and its FLOPs (intervals,
+                               comparisons)
 
-Each file is written to a temporary name and renamed into place, so a killed sweep leaves no partial file,
-a resumed sweep skips finished ``run_key``s, and many workers can write at once without a lock.
+Each file is written to a temporary name and renamed into place, so a killed sweep leaves no partial
+file, a resumed sweep skips finished ``run_key``s, and many workers can write at once without a
+lock.
 """
 
 from __future__ import annotations
@@ -96,7 +99,10 @@ class ResultStore:
         return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.exists() else []
 
     def rows(self) -> pd.DataFrame:
-        """Every stored row as one tidy DataFrame (columns in :data:`ROW_COLUMNS` order, extras after)."""
+        """Every stored row as one tidy DataFrame.
+
+        Columns in :data:`ROW_COLUMNS` order, extras after.
+        """
         records = [r for key in self.run_keys() for r in _read_jsonl(self.rows_path(key))]
         df = pd.DataFrame.from_records(records)
         if df.empty:

@@ -26,7 +26,10 @@ from dynbench.methods.base import ControllerClock, controller_clock
 
 @dataclass(frozen=True)
 class TimingStats:
-    """Distribution of one model's call durations, with every call kept (intervals and comparisons need them)."""
+    """Distribution of one model's call durations, with every call kept.
+
+    Intervals and comparisons need the calls.
+    """
 
     median_ms: float  # median call time: the batch-1 latency a request sees
     p90_ms: float  # 90th percentile
@@ -48,7 +51,11 @@ class TimingStats:
 
 
 def timed_enough(n: int, elapsed_s: float, cfg: MeasureConfig) -> bool:
-    """The stopping rule of a timed loop: ``min_iters`` calls and ``min_time_s`` seconds, or ``max_time_s`` and one."""
+    """The stopping rule of a timed loop.
+
+    Stop after ``min_iters`` calls and ``min_time_s`` seconds, or after ``max_time_s`` seconds and
+    one call.
+    """
     return (n >= cfg.min_iters and elapsed_s >= cfg.min_time_s) or (elapsed_s >= cfg.max_time_s and n >= 1)
 
 
@@ -66,11 +73,13 @@ def time_interleaved(
     Args:
         calls: name → ``fn(i)`` that runs one forward pass on input ``i``.
         n_inputs: inputs are ``0 … n_inputs-1``.
-        warmup: input indices run (by every callable) before timing — one per execution path and more.
+        warmup: input indices run (by every callable) before timing — one per execution path and
+            more.
         target: supplies the timer and synchronisation.
         cfg: ``min_iters``, ``min_time_s`` and ``max_time_s``.
-        timed: the input indices the timed loop cycles through, in order (default: all of them). Warm-up-only
-            inputs (one per rare execution path) stay out of it, so the timed calls are a plain sample.
+        timed: the input indices the timed loop cycles through, in order (default: all of them).
+            Warm-up-only inputs (one per rare execution path) stay out of it, so the timed calls are
+            a plain sample.
 
     Returns:
         name → timing statistics, each call's duration and input index kept.
@@ -118,14 +127,15 @@ def time_controllers(
 ) -> ControllerTiming | None:
     """Time the controller's share of each call, in a pass of its own.
 
-    The clock is read when the outermost piece of controller work is entered and left. Controller work is an
-    eager call of a controller module (forward pre/post hooks) or a
-    :meth:`~dynbench.methods.base.DynamicModel.controller_span` (how a method marks a traced, compiled or
-    CUDA-graph controller stage, which fires no hooks); both share one nesting depth, so a controller inside
-    another, a module inside a span or a span inside a module, counts once. On a GPU the clock reads synchronise
-    first, which slows the call, so this pass never feeds the latency rows, only the split of a call's time into
-    controller and the rest. The loop runs under the same ``min_iters`` / ``min_time_s`` / ``max_time_s`` rule as
-    the timing loop; inputs are warm already. Hooks and the span clock are removed afterwards, also on an exception.
+    The clock is read when the outermost piece of controller work is entered and left. Controller
+    work is an eager call of a controller module (forward pre/post hooks) or a
+    :meth:`~dynbench.methods.base.DynamicModel.controller_span` (how a method marks a traced,
+    compiled or CUDA-graph controller stage, which fires no hooks); both share one nesting depth, so
+    a controller inside another, a module inside a span or a span inside a module, counts once. On a
+    GPU the clock reads synchronise first, which slows the call, so this pass never feeds the
+    latency rows, only the split of a call's time into controller and the rest. The loop runs under
+    the same ``min_iters`` / ``min_time_s`` / ``max_time_s`` rule as the timing loop; inputs are
+    warm already. Hooks and the span clock are removed afterwards, also on an exception.
 
     Args:
         controllers: the model's :meth:`~dynbench.methods.base.DynamicModel.controller_modules`.
@@ -135,8 +145,8 @@ def time_controllers(
         cfg: the loop's limits.
 
     Returns:
-        The timing, or ``None`` when the model has no controller: no controller modules, and no span entered in
-        the first call (which is then the only call made).
+        The timing, or ``None`` when the model has no controller: no controller modules, and no span
+        entered in the first call (which is then the only call made).
     """
     modules = list({id(m): m for m in controllers}.values())  # a module listed twice is hooked once
     depth, entered, spent, spans = 0, 0, 0, 0

@@ -1,43 +1,48 @@
-r"""dynbench as an lm-eval model: any dynbench text task × method × budget, scored by lm-evaluation-harness.
+r"""dynbench as an lm-eval model: any dynbench text task × method × budget, scored by lm-eval.
 
-lm-eval: EleutherAI's LM Evaluation Harness, https://github.com/EleutherAI/lm-evaluation-harness (written against
-0.4.13, ``pip install lm-eval==0.4.13``). Registered as ``dynbench``::
+lm-eval: EleutherAI's LM Evaluation Harness, https://github.com/EleutherAI/lm-evaluation-harness
+(written against 0.4.13, ``pip install lm-eval==0.4.13``). Registered as ``dynbench``::
 
     python -m dynbench.integrations.lm_eval_cli --model dynbench \
         --model_args task=shakespeare,method=layer_skip,budget=0.5 \
         --tasks dynbench_shakespeare_ppl,dynbench_shakespeare_cloze --limit 20
 
-The backbone and the fitted method are the ones ``bench run`` uses: the run is planned and validated by
-:func:`dynbench.harness.planning.plan_run`, the dense backbone comes from the task's (trained, cached)
-checkpoint for ``seed``, and the method is fitted (or loaded from the fit cache) by
+The backbone and the fitted method are the ones ``bench run`` uses: the run is planned and validated
+by :func:`dynbench.harness.planning.plan_run`, the dense backbone comes from the task's (trained,
+cached) checkpoint for ``seed``, and the method is fitted (or loaded from the fit cache) by
 :func:`~dynbench.harness.fit_cache.fitted_model`.
 
-Model arguments (``--model_args k=v,…``; see :class:`LMEvalConfig`): ``task``, ``method``, ``budget``, ``seed``,
-``max_length``, ``device``, ``threads``, ``cache_dir``, ``flops_json``, ``measured_flops``, plus plugin options
-with a prefix: ``task.seq_len=64``, ``task.train.steps=20``, ``method.pattern=uniform`` (lists with ``;``).
+Model arguments (``--model_args k=v,…``; see :class:`LMEvalConfig`): ``task``, ``method``,
+``budget``, ``seed``, ``max_length``, ``device``, ``threads``, ``cache_dir``, ``flops_json``,
+``measured_flops``, plus plugin options with a prefix: ``task.seq_len=64``, ``task.train.steps=20``,
+``method.pattern=uniform`` (lists with ``;``).
 
-What a budget means is the method's own knob, passed unchanged to ``DynamicModel.forward`` (``bench ls methods``):
-``dense`` ignores it (1.0); ``layer_skip`` runs ``round(budget · L)`` of the L blocks, the same ones for every
-input; ``early_exit`` is the confidence threshold τ — an input leaves after the first block whose exit head's
-confidence (max softmax probability, averaged over the input's positions) exceeds τ, so 1.0 never exits. Each
-model input is one sample: a rolling-perplexity window, a (context + choice) sequence, one generation step.
-No budget means the method's full budget, which reproduces the dense backbone.
+What a budget means is the method's own knob, passed unchanged to ``DynamicModel.forward``
+(``bench ls methods``): ``dense`` ignores it (1.0); ``layer_skip`` runs ``round(budget · L)`` of the
+L blocks, the same ones for every input; ``early_exit`` is the confidence threshold τ — an input
+leaves after the first block whose exit head's confidence (max softmax probability, averaged over
+the input's positions) exceeds τ, so 1.0 never exits. Each model input is one sample: a
+rolling-perplexity window, a (context + choice) sequence, one generation step. No budget means the
+method's full budget, which reproduces the dense backbone.
 
-FLOPs: every forward pass's :class:`~dynbench.types.Trace` goes through ``Backbone.flops`` — the analytic count of
-what executed (blocks, tokens, heads, readout, plus the controller: exit heads, routers), 1 multiply-add = 2 FLOPs,
-matmuls and attention only, the convention of :mod:`dynbench.harness.flops`. Only real tokens are counted: inputs
-are batched with others of the same length, so nothing is padded. Generation has no KV cache, so every new token
-re-runs the (up to ``max_length``) window, and that is what is counted. ``measured_flops=true`` also counts each
-call with ``FlopCounterMode`` as a cross-check. Totals per lm-eval task go into the results under
+FLOPs: every forward pass's :class:`~dynbench.types.Trace` goes through ``Backbone.flops`` — the
+analytic count of what executed (blocks, tokens, heads, readout, plus the controller: exit heads,
+routers), 1 multiply-add = 2 FLOPs, matmuls and attention only, the convention of
+:mod:`dynbench.harness.flops`. Only real tokens are counted: inputs are batched with others of the
+same length, so nothing is padded. Generation has no KV cache, so every new token re-runs the (up to
+``max_length``) window, and that is what is counted. ``measured_flops=true`` also counts each call
+with ``FlopCounterMode`` as a cross-check. Totals per lm-eval task go into the results under
 ``config.dynbench`` (saved by ``--output_path``), to ``flops_json`` when given, and to the log.
 
-Text → tokens: tasks with ``encode``/``decode`` methods (``smollm2``'s BPE tokenizer) use them, the ``shakespeare``
-task its fixed character vocabulary, and tiny synthetic tasks (``toy-text``, ≤ 26 tokens) the letters ``a``, ``b``, …
-for their token ids. The rolling prefix token (lm-eval's BOS/EOS slot) is ``<|endoftext|>`` for BPE, a newline for
-characters, ``a`` for letters. ``max_length`` defaults to the task's ``seq_len`` (the context the backbone was
-trained and is scored with in ``bench run``), capped at the backbone's ``block_size``.
+Text → tokens: tasks with ``encode``/``decode`` methods (``smollm2``'s BPE tokenizer) use them, the
+``shakespeare`` task its fixed character vocabulary, and tiny synthetic tasks (``toy-text``, ≤ 26
+tokens) the letters ``a``, ``b``, … for their token ids. The rolling prefix token (lm-eval's BOS/EOS
+slot) is ``<|endoftext|>`` for BPE, a newline for characters, ``a`` for letters. ``max_length``
+defaults to the task's ``seq_len`` (the context the backbone was trained and is scored with in
+``bench run``), capped at the backbone's ``block_size``.
 
-How lm-eval finds ``--model dynbench`` (0.4.13 has no plugin discovery): see :mod:`dynbench.integrations.lm_eval_cli`.
+How lm-eval finds ``--model dynbench`` (0.4.13 has no plugin discovery): see
+:mod:`dynbench.integrations.lm_eval_cli`.
 """
 
 from __future__ import annotations
@@ -77,7 +82,10 @@ logger = logging.getLogger("lm_eval.dynbench")
 PLUGIN_PREFIXES = ("task.", "method.")
 """Model-argument prefixes that carry options of the dynbench task and method plugins."""
 IGNORED_ARGS = ("max_batch_size", "trust_remote_code")
-"""Arguments lm-eval's CLI passes to every model that mean nothing here (no batch-size search, no remote code)."""
+"""Arguments lm-eval's CLI passes to every model that mean nothing here.
+
+No batch-size search, no remote code.
+"""
 
 
 @dataclass(frozen=True)
@@ -197,11 +205,12 @@ class DynbenchLM(LM):
     """A dynbench dynamic model behind lm-eval's ``LM`` interface; see the module docstring.
 
     Args:
-        model_args: :class:`LMEvalConfig` fields plus ``task.*`` / ``method.*`` plugin options, as lm-eval passes
-            them (values may be strings).
+        model_args: :class:`LMEvalConfig` fields plus ``task.*`` / ``method.*`` plugin options, as
+            lm-eval passes them (values may be strings).
 
     Raises:
-        ConfigError: unknown or invalid arguments, an unknown task or method, a budget out of range (all at once).
+        ConfigError: unknown or invalid arguments, an unknown task or method, a budget out of range
+            (all at once).
         ValueError: the task is not a text task.
     """
 
@@ -262,10 +271,11 @@ class DynbenchLM(LM):
         return self.codec.encode(text)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Context and continuation ids, tokenized together so the split is where the whole text's tokens split.
+        """Context and continuation ids, tokenized together.
 
-        Whitespace at the end of the context moves to the continuation (lm-eval's convention: word-initial
-        tokens carry their space); an empty context becomes the prefix token.
+        The split is where the whole text's tokens split. Whitespace at the end of the context moves
+        to the continuation (lm-eval's convention: word-initial tokens carry their space); an empty
+        context becomes the prefix token.
         """
         stripped = context.rstrip()
         if not stripped:
@@ -275,15 +285,19 @@ class DynbenchLM(LM):
         return ctx, whole[len(ctx) :]
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """``(log p(continuation | context), whether greedy decoding yields it)`` for each ``(context, cont)``."""
+        """``(log p(continuation | context), is_greedy)`` for each ``(context, cont)`` request.
+
+        ``is_greedy``: whether greedy decoding yields the continuation.
+        """
         items = [(*self.encode_pair(*r.args), _name(r)) for r in requests]
         return self.score(items)
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-        """Log-likelihood of each whole string, in windows of ``max_length`` tokens, every token scored once.
+        """Log-likelihood of each whole string, every token scored once.
 
-        Windows come from lm-eval's ``get_rolling_token_windows`` (context_len=1: each window predicts up to
-        ``max_length`` new tokens with the tokens before them as context) made disjoint.
+        The string is scored in windows of ``max_length`` tokens. Windows come from lm-eval's
+        ``get_rolling_token_windows`` (context_len=1: each window predicts up to ``max_length`` new
+        tokens with the tokens before them as context) made disjoint.
         """
         items: list[Item] = []
         owner: list[int] = []
@@ -299,7 +313,9 @@ class DynbenchLM(LM):
         return totals
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Greedy continuations, cut before the first stop string (``until``) or after ``max_gen_toks`` tokens.
+        """Greedy continuations, cut before the first stop string or after ``max_gen_toks`` tokens.
+
+        The stop strings are the request's ``until``.
 
         Raises:
             ValueError: sampling was asked for (``do_sample=True`` or ``temperature > 0``).
@@ -319,16 +335,18 @@ class DynbenchLM(LM):
                     out[i] = text
         return out
 
-    # ------------------------------------------------------------------ scoring and generation in tokens
+    # ---------------------------------------------------------- scoring and generation in tokens
 
     def score(self, items: Sequence[Item]) -> list[tuple[float, bool]]:
-        """``(sum of log-probs, is_greedy)`` of each item's continuation, batching inputs of equal length.
+        """``(sum of log-probs, is_greedy)`` of each item's continuation.
 
-        The input is ``(context + continuation)[-(max_length + 1):-1]``: the continuation keeps all its tokens
+        Inputs of equal length run as one batch. The input is
+        ``(context + continuation)[-(max_length + 1):-1]``: the continuation keeps all its tokens
         and the context is cut from the left to fit.
 
         Raises:
-            ValueError: a continuation longer than ``max_length`` tokens, or an item without context tokens.
+            ValueError: a continuation longer than ``max_length`` tokens, or an item without context
+                tokens.
         """
         results: list[tuple[float, bool]] = [(0.0, True)] * len(items)  # empty continuations: log 1
         by_length: dict[int, list[int]] = defaultdict(list)
@@ -381,9 +399,10 @@ class DynbenchLM(LM):
 
     @torch.inference_mode()
     def forward(self, rows: list[list[int]], names: list[str]) -> Tensor:
-        """Run equal-length token rows at the budget; ``(B, T, V)`` float32 logits on the model's device.
+        """Run equal-length token rows at the budget; ``(B, T, V)`` float32 logits.
 
-        Records each row's executed and dense FLOPs, tokens and blocks under its lm-eval task name.
+        The logits are on the model's device. Records each row's executed and dense FLOPs, tokens
+        and blocks under its lm-eval task name.
         """
         x = torch.tensor(rows, dtype=torch.long, device=self._device)  # (B, T)
         B, T = x.shape
@@ -417,7 +436,10 @@ class DynbenchLM(LM):
     # ------------------------------------------------------------------ reporting
 
     def flops_summary(self) -> dict[str, Any]:
-        """Totals and per-lm-eval-task FLOPs, tokens and blocks of everything run so far (JSON-able)."""
+        """Totals and per-lm-eval-task FLOPs, tokens and blocks of everything run so far.
+
+        The result is JSON-able.
+        """
         total = Usage()
         for u in self.usage.values():
             total.add(u)
@@ -438,10 +460,10 @@ class DynbenchLM(LM):
         }
 
     def get_model_info(self) -> dict[str, Any]:
-        """What lm-eval adds to ``results["config"]`` after evaluating: the FLOPs summary under ``dynbench``.
+        """What lm-eval adds to ``results["config"]``: the FLOPs summary under ``dynbench``.
 
-        lm-eval calls this once, after every request has run, so the summary is also logged, remembered in
-        :attr:`last_summary` and written to ``flops_json`` here.
+        lm-eval calls this once, after every request has run, so the summary is also logged,
+        remembered in :attr:`last_summary` and written to ``flops_json`` here.
         """
         summary = self.flops_summary()
         DynbenchLM.last_summary = summary
@@ -464,8 +486,9 @@ def _name(request: Any) -> str:
 def hardware_spec(device: str, threads: int) -> PluginSpec:
     """lm-eval's device string → a dynbench hardware target.
 
-    ``cuda``/``cuda:N`` fall back to the CPU, with a warning, when torch sees no GPU: lm-eval's CLI asks for
-    ``cuda:0`` whenever ``--device`` is left out, and its ``hf`` model falls back the same way.
+    ``cuda``/``cuda:N`` fall back to the CPU, with a warning, when torch sees no GPU: lm-eval's CLI
+    asks for ``cuda:0`` whenever ``--device`` is left out, and its ``hf`` model falls back the same
+    way.
 
     Raises:
         ValueError: not ``cpu``, ``cuda`` or ``cuda:N``.
@@ -482,7 +505,9 @@ def hardware_spec(device: str, threads: int) -> PluginSpec:
 
 
 def generation_options(kwargs: Any) -> tuple[tuple[str, ...], int]:
-    """``(stop strings, max new tokens)`` from lm-eval's generation kwargs (default: no stop, 256 tokens).
+    """``(stop strings, max new tokens)`` from lm-eval's generation kwargs.
+
+    Defaults: no stop string, 256 tokens.
 
     Raises:
         ValueError: sampling was asked for; dynbench decodes greedily.

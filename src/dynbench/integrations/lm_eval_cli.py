@@ -1,32 +1,35 @@
-r"""lm-eval's own command line, in a process where the ``dynbench`` model and the shipped tasks are known.
+r"""lm-eval's own command line, in a process that knows the ``dynbench`` model and shipped tasks.
 
     python -m dynbench.integrations.lm_eval_cli --model dynbench \
         --model_args task=shakespeare,method=layer_skip,budget=0.5 \
         --tasks dynbench_shakespeare_ppl,dynbench_shakespeare_cloze --limit 20
 
-Every argument is lm-eval's (``lm_eval --help``); the output is lm-eval's, followed by dynbench's FLOPs table.
-This module also holds what a Python caller needs for the same: :func:`task_manager` over the shipped tasks and
-:func:`format_summary` for the FLOPs summary that :class:`~dynbench.integrations.lm_eval.DynbenchLM` reports.
+Every argument is lm-eval's (``lm_eval --help``); the output is lm-eval's, followed by dynbench's
+FLOPs table. This module also holds what a Python caller needs for the same: :func:`task_manager`
+over the shipped tasks and :func:`format_summary` for the FLOPs summary that
+:class:`~dynbench.integrations.lm_eval.DynbenchLM` reports.
 
-How lm-eval finds ``--model dynbench``: lm-eval 0.4.13 looks models up in a registry that only its own modules
-fill and has no plugin discovery (lm-eval issue #1621), so a third-party model is known only in a process that
-imported its module. Three ways, from the most to the least convenient today:
+How lm-eval finds ``--model dynbench``: lm-eval 0.4.13 looks models up in a registry that only its
+own modules fill and has no plugin discovery (lm-eval issue #1621), so a third-party model is known
+only in a process that imported its module. Three ways, from the most to the least convenient today:
 
-- this wrapper: lm-eval's CLI, unchanged, after importing :mod:`dynbench.integrations.lm_eval` (which registers
-  ``dynbench``); any task name works;
-- lm-eval's own ``lm_eval --model dynbench --tasks <path>``, when the shipped tasks are given by path (the folder of
-  :func:`tasks_dir` or YAML files): lm-eval resolves their ``!function`` hooks before it builds the model, and
-  importing :mod:`dynbench.lm_eval_tasks` registers it. Task *names* fail there (resolved after the model), and
-  lm-eval indexes its own ~10k tasks first;
-- the ``lm_eval.models`` entry point (``pyproject.toml``): the group that lm-eval's entry-point discovery (upstream
-  PR #4013, merged after the 0.4.13 release) reads, so later releases need neither trick.
+- this wrapper: lm-eval's CLI, unchanged, after importing :mod:`dynbench.integrations.lm_eval`
+  (which registers ``dynbench``); any task name works;
+- lm-eval's own ``lm_eval --model dynbench --tasks <path>``, when the shipped tasks are given by
+  path (the folder of :func:`tasks_dir` or YAML files): lm-eval resolves their ``!function`` hooks
+  before it builds the model, and importing :mod:`dynbench.lm_eval_tasks` registers it. Task *names*
+  fail there (resolved after the model), and lm-eval indexes its own ~10k tasks first;
+- the ``lm_eval.models`` entry point (``pyproject.toml``): the group that lm-eval's entry-point
+  discovery (upstream PR #4013, merged after the 0.4.13 release) reads, so later releases need
+  neither trick.
 
 For the duration of the call the wrapper also changes two things:
 
 - the shipped task folder (:func:`tasks_dir`) is added to lm-eval's task search
   path, so ``--include_path`` is not needed for the ``dynbench_*`` tasks;
-- when every task asked for is a shipped one (or a YAML file or folder), lm-eval's built-in tasks are not indexed
-  (``TaskManager(include_defaults=False)``), which saves about 16 s a run. Ask for any other task name and they are.
+- when every task asked for is a shipped one (or a YAML file or folder), lm-eval's built-in tasks
+  are not indexed (``TaskManager(include_defaults=False)``), which saves about 16 s a run. Ask for
+  any other task name and they are.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ def task_manager(
     Args:
         include_lm_eval_tasks: also index lm-eval's own ~10k task YAMLs (about 16 s).
         include_path: more task folders.
-        metadata: passed to every task (the CLI passes the model arguments, so the documents can follow
-            ``task.test_plays``).
+        metadata: passed to every task (the CLI passes the model arguments, so the documents can
+            follow ``task.test_plays``).
     """
     from lm_eval.tasks import TaskManager
 
@@ -102,7 +105,10 @@ def si(value: float) -> str:
 
 
 def requested_tasks(argv: Sequence[str]) -> list[str] | None:
-    """The task names of an lm-eval command line, parsed by lm-eval's own parser (``None``: no run command)."""
+    """The task names of an lm-eval command line, parsed by lm-eval's own parser.
+
+    ``None`` when it is not a run command.
+    """
     from lm_eval._cli import HarnessCLI
 
     saved = sys.argv
@@ -120,7 +126,10 @@ def requested_tasks(argv: Sequence[str]) -> list[str] | None:
 
 
 def needs_lm_eval_tasks(tasks: list[str] | None, shipped: Sequence[str]) -> bool:
-    """Whether a run must index lm-eval's built-in tasks: a task name (not a path) that dynbench does not ship."""
+    """Whether a run must index lm-eval's built-in tasks.
+
+    It must for a task name (not a path) that dynbench does not ship.
+    """
     if tasks is None:
         return True  # e.g. `ls tasks`: show everything
     return any(t not in shipped and not t.endswith(".yaml") and not Path(t).is_dir() for t in tasks)

@@ -52,7 +52,7 @@ MIN_VERSE_CHARS = 20  # shorter lines ("Sir,", "No more.") are too easy to tell 
 
 
 def held_out_plays(metadata: Mapping[str, Any]) -> tuple[str, ...]:
-    """The plays the documents come from: ``task.test_plays`` of the model arguments, else the task default.
+    """The documents' plays: ``task.test_plays`` of the model arguments, else the task default.
 
     Args:
         metadata: lm-eval's task metadata merged with the model arguments (``task.test_plays`` may
@@ -103,13 +103,16 @@ def ppl_docs(plays: tuple[str, ...], n_docs: int = PPL_DOCS, doc_chars: int = PP
 
 
 def body_start(text: str) -> int:
-    """Character offset of the first line that starts with ``ACT `` (any case); 0 when there is none."""
+    """Character offset of the first line that starts with ``ACT `` (any case), else 0."""
     found = re.search(r"^act ", text, flags=re.IGNORECASE | re.MULTILINE)
     return 0 if found is None else found.start()
 
 
 def evenly_spaced(n: int, k: int) -> list[int]:
-    """``min(n, k)`` indices spread evenly over ``range(n)``, first and last included, in integer arithmetic."""
+    """``min(n, k)`` indices spread evenly over ``range(n)``, first and last included.
+
+    Computed in integer arithmetic.
+    """
     if k >= n:
         return list(range(n))
     if k == 1:
@@ -118,17 +121,26 @@ def evenly_spaced(n: int, k: int) -> list[int]:
 
 
 def is_verse(line: str) -> bool:
-    """A spoken line long enough to be a cloze target: not a stage direction, heading or speaker tag."""
+    """A spoken line long enough to be a cloze target.
+
+    Not a stage direction, heading or speaker tag.
+    """
     return len(line) >= MIN_VERSE_CHARS and not line.startswith("[") and line.upper() != line
 
 
 def _in_speech(line: str) -> bool:
-    """A line that can open a cloze context: part of a speech (speaker tag or text), not a gap or direction."""
+    """A line that can open a cloze context: part of a speech, not a gap or direction.
+
+    Part of a speech: its speaker tag or its text.
+    """
     return bool(line.strip()) and not line.startswith("[")
 
 
 def split_line(line: str) -> tuple[str, str]:
-    """``(head, tail)`` of a verse line cut at the space nearest its middle; the tail starts with that space."""
+    """``(head, tail)`` of a verse line cut at the space nearest its middle.
+
+    The tail starts with that space.
+    """
     spaces = [i for i, c in enumerate(line.rstrip()) if c == " " and line[:i].strip()]
     if not spaces:
         return line, ""
@@ -190,14 +202,20 @@ def cloze_docs(plays: tuple[str, ...], n_docs: int = CLOZE_DOCS, seed: int = CLO
 
 
 def ppl_dataset(**metadata: Any) -> Any:
-    """lm-eval ``custom_dataset`` hook: the perplexity documents as a ``datasets.DatasetDict`` with a test split."""
+    """lm-eval ``custom_dataset`` hook: the perplexity documents.
+
+    They come as a ``datasets.DatasetDict`` with a test split.
+    """
     from datasets import Dataset, DatasetDict
 
     return DatasetDict({"test": Dataset.from_list(ppl_docs(held_out_plays(metadata)))})
 
 
 def cloze_dataset(**metadata: Any) -> Any:
-    """lm-eval ``custom_dataset`` hook: the cloze questions as a ``datasets.DatasetDict`` with a test split."""
+    """lm-eval ``custom_dataset`` hook: the cloze questions.
+
+    They come as a ``datasets.DatasetDict`` with a test split.
+    """
     from datasets import Dataset, DatasetDict
 
     return DatasetDict({"test": Dataset.from_list(cloze_docs(held_out_plays(metadata)))})

@@ -1,15 +1,16 @@
-"""Batched token selection: pick a subset of each sequence's tokens, run them, scatter the result back.
+"""Batched token selection: pick some of each sequence's tokens, run them, scatter the result back.
 
-Used by token-routing methods (Mixture-of-Depths). Everything is batched with no Python loop over samples:
-selections are index tensors ``(B, k)``, sorted ascending so the selected tokens keep their original order (and a
-causal mask over the gathered tokens is the causal mask of the original positions). Gathers and scatters are
-copies and adds, 0 FLOPs under ``FlopCounterMode``.
+Used by token-routing methods (Mixture-of-Depths). Everything is batched with no Python loop over
+samples: selections are index tensors ``(B, k)``, sorted ascending so the selected tokens keep their
+original order (and a causal mask over the gathered tokens is the causal mask of the original
+positions). Gathers and scatters are copies and adds, 0 FLOPs under ``FlopCounterMode``.
 
 Two shapes of selection:
 
-- *static*: exactly ``k`` tokens per sample (:func:`topk_positions`, expert-choice top-k), shapes known ahead;
-- *ragged*: a boolean mask with a different count per sample (:func:`padded_positions`), padded to the batch's
-  largest count; padding slots point at unselected tokens and carry ``valid = False``.
+- *static*: exactly ``k`` tokens per sample (:func:`topk_positions`, expert-choice top-k), shapes
+  known ahead;
+- *ragged*: a boolean mask with a different count per sample (:func:`padded_positions`), padded to
+  the batch's largest count; padding slots point at unselected tokens and carry ``valid = False``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from torch import Tensor
 def topk_positions(scores: Tensor, k: int) -> Tensor:
     """Positions of the ``k`` highest scores of each row, ascending (original token order).
 
-    Exactly ``k`` per row, whatever the ties: ``torch.topk`` picks indices, never a ``>`` threshold against the
-    k-th value (which selects k-1 tokens when values tie or when the threshold is strict).
+    Exactly ``k`` per row, whatever the ties: ``torch.topk`` picks indices, never a ``>`` threshold
+    against the k-th value (which selects k-1 tokens when values tie or when the threshold is
+    strict).
 
     Args:
         scores: ``(B, T)`` one score per token.
@@ -48,9 +50,9 @@ def padded_positions(mask: Tensor) -> tuple[Tensor, Tensor]:
         mask: ``(B, T)`` bool, True = selected.
 
     Returns:
-        ``(idx, valid)``, both ``(B, n)`` with ``n = max selected per row`` (one host sync): ``idx`` holds each
-        row's selected positions ascending, then (padding) unselected positions; ``valid`` is True on the real
-        selections. ``n`` may be 0.
+        ``(idx, valid)``, both ``(B, n)`` with ``n = max selected per row`` (one host sync): ``idx``
+        holds each row's selected positions ascending, then (padding) unselected positions;
+        ``valid`` is True on the real selections. ``n`` may be 0.
     """
     n = int(mask.sum(dim=-1).max()) if mask.numel() else 0
     order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices  # (B, T) selected first, in order
@@ -77,9 +79,10 @@ def scatter_add_tokens(x: Tensor, idx: Tensor, update: Tensor) -> Tensor:
 def subset_attention_mask(idx: Tensor, valid: Tensor, *, causal: bool) -> Tensor:
     """Boolean attention mask among gathered tokens, for :func:`padded_positions` selections.
 
-    Query ``i`` may attend key ``j`` when ``j`` is a real selection and, for causal models, its original position
-    is not after ``i``'s. Every query may attend itself, so padding queries never see an empty row (no NaN; their
-    outputs are discarded anyway) and real queries are unchanged (they always see themselves).
+    Query ``i`` may attend key ``j`` when ``j`` is a real selection and, for causal models, its
+    original position is not after ``i``'s. Every query may attend itself, so padding queries never
+    see an empty row (no NaN; their outputs are discarded anyway) and real queries are unchanged
+    (they always see themselves).
 
     Args:
         idx: ``(B, n)`` original positions of the gathered tokens.

@@ -1,11 +1,12 @@
-"""An audio transformer encoder over log-mel frames, built from the shared :class:`~dynbench.models.block.Block`.
+"""An audio transformer encoder over log-mel frames.
 
-The model follows :mod:`dynbench.models.vit` with time in place of space: ``stack`` consecutive
-feature frames are concatenated into one token (frame stacking, as in low-frame-rate acoustic
-models, which cuts the token count by ``stack``), projected by a linear layer, a CLS token is
-prepended, learned positions are added, and the readout classifies the CLS token. The features are
-computed by the task (:mod:`dynbench.tasks.data.logmel`), not here, so the model's FLOPs are the
-transformer's. Nothing in this file is data; it is the same for real or synthetic speech.
+Built from the shared :class:`~dynbench.models.block.Block`, the model follows
+:mod:`dynbench.models.vit` with time in place of space: ``stack`` consecutive feature frames are
+concatenated into one token (frame stacking, as in low-frame-rate acoustic models, which cuts the
+token count by ``stack``), projected by a linear layer, a CLS token is prepended, learned positions
+are added, and the readout classifies the CLS token. The features are computed by the task
+(:mod:`dynbench.tasks.data.logmel`), not here, so the model's FLOPs are the transformer's. Nothing
+in this file is data; it is the same for real or synthetic speech.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ class AudioConfig:
 
 
 def stack_frames(features: Tensor, stack: int) -> Tensor:
-    """``(B, T, M)`` frames → ``(B, T / stack, stack · M)`` tokens of consecutive frames (no FLOPs)."""
+    """``(B, T, M)`` frames → ``(B, T / stack, stack · M)`` tokens (no FLOPs).
+
+    Each token concatenates ``stack`` consecutive frames.
+    """
     B, T, M = features.shape
     return features.reshape(B, T // stack, stack * M)  # (B, N, k·M)
 
@@ -84,7 +88,7 @@ class AudioEncoder(Backbone):
         nn.init.normal_(self.cls_token, std=0.02)
 
     def embed(self, inputs: Tensor) -> Tensor:
-        """``(B, T, M)`` features → ``(B, 1 + T / stack, C)`` token states with the CLS token first."""
+        """``(B, T, M)`` features → ``(B, 1 + T / stack, C)`` token states, the CLS token first."""
         cfg = self.config
         if inputs.dim() != 3 or tuple(inputs.shape[1:]) != (cfg.n_frames, cfg.n_mels):
             raise ValueError(

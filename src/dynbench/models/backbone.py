@@ -67,7 +67,7 @@ class Backbone(nn.Module, ABC):
 
     @abstractmethod
     def embed_flops(self, inputs_shape: tuple[int, ...]) -> float:
-        """Analytic FLOPs of :meth:`embed` for one sample of this shape (batch dimension excluded)."""
+        """Analytic :meth:`embed` FLOPs for one sample of this shape (batch dimension excluded)."""
 
     @abstractmethod
     def n_tokens(self, inputs_shape: tuple[int, ...]) -> int:
@@ -119,9 +119,10 @@ class Backbone(nn.Module, ABC):
 
 
 def mlp_unit_flops(cfg: BlockConfig) -> float:
-    """FLOPs of one MLP hidden unit on one token: its input row(s) and output column, 2 FLOPs per multiply-add.
+    """FLOPs of one MLP hidden unit on one token: its input row(s) and output column.
 
-    GELU MLP: ``fc_in`` row + ``fc_out`` column = 4·C; SwiGLU: gate and up rows + down column = 6·C.
+    2 FLOPs per multiply-add. GELU MLP: ``fc_in`` row + ``fc_out`` column = 4·C; SwiGLU: gate and up
+    rows + down column = 6·C.
     """
     return 2.0 * cfg.d_model * (3 if cfg.mlp == "swiglu" else 2)
 
@@ -132,7 +133,7 @@ def make_blocks(cfg: BlockConfig, n_layers: int) -> nn.ModuleList:
 
 
 def init_weights(module: nn.Module) -> None:
-    """GPT-2/ViT initialisation: N(0, 0.02) weights, zero biases, unit norms (LayerNorm and RMSNorm)."""
+    """GPT-2/ViT init: N(0, 0.02) weights, zero biases, unit norms (LayerNorm and RMSNorm)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)

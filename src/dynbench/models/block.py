@@ -1,29 +1,35 @@
 """The one transformer block every backbone is built from: pre-norm attention + MLP.
 
 Written for exact FLOP counting: every multiply-add goes through ``F.linear`` or
-``F.scaled_dot_product_attention`` (both counted by ``FlopCounterMode``; the harness registers the CPU attention
-formula PyTorch leaves out). No fused ``nn.TransformerEncoderLayer``, whose fast path counts 0 FLOPs.
+``F.scaled_dot_product_attention`` (both counted by ``FlopCounterMode``; the harness registers the
+CPU attention formula PyTorch leaves out). No fused ``nn.TransformerEncoderLayer``, whose fast path
+counts 0 FLOPs.
 
-Two families share the code, chosen by :class:`BlockConfig` fields whose defaults are the GPT-2/ViT block:
+Two families share the code, chosen by :class:`BlockConfig` fields whose defaults are the GPT-2/ViT
+block:
 
-- GPT-2 / ViT (default): LayerNorm, GELU MLP, biases, multi-head attention, positions added outside the block.
-- Llama (SmolLM2 …): ``norm="rmsnorm"``, ``mlp="swiglu"`` (gate/up/down projections), ``bias=False``,
-  grouped-query attention (``n_kv_heads`` < ``n_heads``) and rotary position embeddings (``rope=True``,
-  half-split "rotate_half" convention of Hugging Face's Llama) applied to q and k inside attention.
+- GPT-2 / ViT (default): LayerNorm, GELU MLP, biases, multi-head attention, positions added outside
+  the block.
+- Llama (SmolLM2 …): ``norm="rmsnorm"``, ``mlp="swiglu"`` (gate/up/down projections),
+  ``bias=False``, grouped-query attention (``n_kv_heads`` < ``n_heads``) and rotary position
+  embeddings (``rope=True``, half-split "rotate_half" convention of Hugging Face's Llama) applied to
+  q and k inside attention.
 
-Methods that execute part of a block use its pieces directly: a subset of heads (``head_idx``, the weights are
-sliced so the skipped heads cost nothing), the residual-free update ``delta`` (Mixture-of-Depths), and
-``positions`` (the original positions of a token subset, so rotary attention stays correct when only some
-tokens run).
+Methods that execute part of a block use its pieces directly: a subset of heads (``head_idx``, the
+weights are sliced so the skipped heads cost nothing), the residual-free update ``delta``
+(Mixture-of-Depths), and ``positions`` (the original positions of a token subset, so rotary
+attention stays correct when only some tokens run).
 
-Grouped-query attention and head subsets: query head ``i`` reads key/value head ``i // (n_heads / n_kv_heads)``
-(the grouping of Llama and llama.cpp). With ``head_idx`` the q/o rows of the chosen heads are sliced and the k/v
-rows of only the kv groups those heads use; each chosen head is then given its group's k/v by an index gather
-(a copy, 0 FLOPs). Dense GQA passes ``enable_gqa=True`` to ``F.scaled_dot_product_attention`` when this torch's
-FLOP formula counts GQA shapes correctly, and otherwise repeats k/v heads explicitly (again 0 FLOPs); either way
-attention is counted per *query* head. :func:`block_flops` counts k/v projections for the fewest groups that can
-hold the executed heads, ``ceil(heads / group)``: exact for dense blocks and for head subsets packed into whole
-groups; a method that scatters heads over more groups than that must report the extra k/v cost itself.
+Grouped-query attention and head subsets: query head ``i`` reads key/value head
+``i // (n_heads / n_kv_heads)`` (the grouping of Llama and llama.cpp). With ``head_idx`` the q/o
+rows of the chosen heads are sliced and the k/v rows of only the kv groups those heads use; each
+chosen head is then given its group's k/v by an index gather (a copy, 0 FLOPs). Dense GQA passes
+``enable_gqa=True`` to ``F.scaled_dot_product_attention`` when this torch's FLOP formula counts GQA
+shapes correctly, and otherwise repeats k/v heads explicitly (again 0 FLOPs); either way attention
+is counted per *query* head. :func:`block_flops` counts k/v projections for the fewest groups that
+can hold the executed heads, ``ceil(heads / group)``: exact for dense blocks and for head subsets
+packed into whole groups; a method that scatters heads over more groups than that must report the
+extra k/v cost itself.
 """
 
 from __future__ import annotations
@@ -44,12 +50,15 @@ BLOCK_CHOICE_ADVICE = {
     "norm": "Use layernorm (GPT-2/ViT) or rmsnorm (Llama).",
     "mlp": "Use gelu (GPT-2/ViT: fc_in → GELU → fc_out) or swiglu (Llama).",
 }
-"""What each choice of :class:`BlockConfig` means, appended to the message of a value outside them."""
+"""What each :class:`BlockConfig` choice means, appended to the message of a value outside them."""
 
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """Shape of one block. The defaults are the GPT-2/ViT block; see the module docstring for Llama."""
+    """Shape of one block.
+
+    The defaults are the GPT-2/ViT block; see the module docstring for Llama.
+    """
 
     d_model: int = 64  # residual width C
     n_heads: int = 4  # attention (query) heads; head dim = d_model // n_heads
@@ -117,7 +126,10 @@ def head_rows(head_idx: Tensor, head_dim: int) -> Tensor:
 
 @functools.cache
 def sdpa_counts_gqa() -> bool:
-    """Whether this torch's attention FLOP formula accepts fewer k/v heads than q heads (``enable_gqa``)."""
+    """Whether this torch's attention FLOP formula accepts fewer k/v heads than q heads.
+
+    That is, whether it counts grouped-query attention (``enable_gqa``).
+    """
     try:
         from torch.utils.flop_counter import sdpa_flop_count
 
@@ -127,7 +139,7 @@ def sdpa_counts_gqa() -> bool:
 
 
 def rope_tables(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The cosines and sines of the rotary angles ``position · θ^(-2i/head_dim)``, computed in float32.
+    """Cosines and sines of the rotary angles ``position · θ^(-2i/head_dim)``, computed in float32.
 
     Args:
         positions: ``(T,)`` or ``(B, T)`` integer positions.
@@ -136,7 +148,8 @@ def rope_tables(positions: Tensor, head_dim: int, theta: float, dtype: torch.dty
         dtype: dtype of the returned tables.
 
     Returns:
-        ``cos, sin``, each ``(T, head_dim/2)`` or ``(B, 1, T, head_dim/2)`` (broadcastable over heads).
+        ``cos, sin``, each ``(T, head_dim/2)`` or ``(B, 1, T, head_dim/2)`` (broadcastable over
+        heads).
     """
     exponent = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim  # (hd/2,)
     inv_freq = 1.0 / (theta**exponent)  # (hd/2,)
@@ -147,13 +160,19 @@ def rope_tables(positions: Tensor, head_dim: int, theta: float, dtype: torch.dty
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``(B, h, T, hd)`` by the tables: pairs are ``(x[i], x[i + hd/2])`` (the half-split convention)."""
+    """Rotate ``(B, h, T, hd)`` by the tables, in the half-split convention.
+
+    The rotated pairs are ``(x[i], x[i + hd/2])``.
+    """
     x1, x2 = x.chunk(2, dim=-1)  # (B, h, T, hd/2) each
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, h, T, hd)
 
 
 class Attention(nn.Module):
-    """Multi-head (or grouped-query) self-attention with separate q/k/v/o projections, so heads can be sliced."""
+    """Multi-head (or grouped-query) self-attention with separate q/k/v/o projections.
+
+    The projections are separate so heads can be sliced.
+    """
 
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
@@ -166,7 +185,10 @@ class Attention(nn.Module):
         self._rope_cache: tuple[tuple[int, torch.device, torch.dtype], tuple[Tensor, Tensor]] | None = None
 
     def _rope(self, T: int, positions: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Rotary tables for ``positions`` (default ``arange(T)``, cached per length, device and dtype)."""
+        """Rotary tables for ``positions`` (default ``arange(T)``).
+
+        The default's tables are cached per length, device and dtype.
+        """
         if positions is not None:
             return rope_tables(positions.to(like.device), self.cfg.head_dim, self.cfg.rope_theta, like.dtype)
         key = (T, like.device, like.dtype)
@@ -188,10 +210,11 @@ class Attention(nn.Module):
 
         Args:
             x: ``(B, T, C)`` normalised block input.
-            head_idx: ``(h,)`` query heads to execute for the whole batch; the others are not computed. With
-                grouped-query attention only the k/v groups these heads read are computed.
-            head_mask: ``(B, n_heads)`` per-sample 0/1 multipliers on head outputs (computes every head;
-                for training-time masking, not for saving compute).
+            head_idx: ``(h,)`` query heads to execute for the whole batch; the others are not
+                computed. With grouped-query attention only the k/v groups these heads read are
+                computed.
+            head_mask: ``(B, n_heads)`` per-sample 0/1 multipliers on head outputs (computes every
+                head; for training-time masking, not for saving compute).
             attn_mask: boolean mask broadcastable to ``(B, h, T, T)``; True = may attend.
             positions: ``(T,)`` or ``(B, T)`` positions of the tokens of ``x`` for rotary embeddings
                 (default ``arange(T)``); ignored without ``rope``.
@@ -246,7 +269,10 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Two-layer GELU MLP, or SwiGLU (``fc_gate`` = Llama's gate_proj, ``fc_in`` = up_proj, ``fc_out`` = down_proj)."""
+    """Two-layer GELU MLP, or SwiGLU.
+
+    SwiGLU: ``fc_gate`` = Llama's gate_proj, ``fc_in`` = up_proj, ``fc_out`` = down_proj.
+    """
 
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
@@ -292,7 +318,10 @@ class Block(nn.Module):
         return h + self.drop(self.mlp(self.mlp_norm(h)))
 
     def delta(self, x: Tensor, *, attn_mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
-        """The block's update without the residual: ``forward(x) - x``, computed without the cancellation."""
+        """The block's update without the residual: ``forward(x) - x``.
+
+        Computed without the cancellation of that subtraction.
+        """
         a = self.drop(self.attn(self.attn_norm(x), attn_mask=attn_mask, positions=positions))  # (B, T, C)
         return a + self.drop(self.mlp(self.mlp_norm(x + a)))  # (B, T, C)
 
@@ -300,10 +329,11 @@ class Block(nn.Module):
 def block_flops(cfg: BlockConfig, tokens: Tensor, kv: Tensor, heads: Tensor) -> Tensor:
     """Analytic forward FLOPs of one block (1 multiply-add = 2 FLOPs; matmuls and attention only).
 
-    Norms, activations, softmax, rotary embeddings and residual adds are not counted — the same convention as
-    ``torch.utils.flop_counter``. Causal attention is counted over the full ``tokens × kv`` score matrix, as
-    PyTorch's attention formulas do. With grouped-query attention the k/v projections cost ``kv_heads · head_dim``
-    output rows, for the ``ceil(heads / group_size)`` groups the executed heads need (see the module docstring).
+    Norms, activations, softmax, rotary embeddings and residual adds are not counted — the same
+    convention as ``torch.utils.flop_counter``. Causal attention is counted over the full
+    ``tokens × kv`` score matrix, as PyTorch's attention formulas do. With grouped-query attention
+    the k/v projections cost ``kv_heads · head_dim`` output rows, for the
+    ``ceil(heads / group_size)`` groups the executed heads need (see the module docstring).
 
     Args:
         cfg: block shape.

@@ -1,4 +1,6 @@
-"""Pretrained weights → our models. Today: GGUF (llama.cpp's format) Llama-architecture LMs → :class:`GPT`.
+"""Pretrained weights → our models.
+
+Today: GGUF (llama.cpp's format) Llama-architecture LMs → :class:`GPT`.
 
 A GGUF file is read with the ``gguf`` package (``gguf.GGUFReader``); every tensor is dequantized to
 float32 with ``gguf.quants.dequantize`` (Q4_1, Q8_0, F16 … — whatever the file holds), and the model
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from dynbench.models.backbone import Backbone
 
 CONVERT_VERSION = "1"
-"""Bump when the conversion's output changes, so converted state dicts cached by callers are rebuilt."""
+"""Bump when the conversion's output changes, so state dicts cached by callers are rebuilt."""
 SUPPORTED_ARCHS = ("llama",)
 GGUF_INSTALL_HINT = "Install the reader with `pip install gguf tokenizers` (or `pip install -e '.[text]'`)."
 
@@ -72,7 +74,7 @@ class GGUFCheckpoint:
 
 
 def field_value(field: Any) -> Any:
-    """The value of a ``gguf.ReaderField`` as plain Python (str, int, float, bool or a list of them)."""
+    """A ``gguf.ReaderField``'s value as plain Python (str, int, float, bool or a list of them)."""
     from gguf import GGUFValueType
 
     if not field.types:
@@ -90,7 +92,10 @@ def field_value(field: Any) -> Any:
 
 
 def dequantize_tensor(tensor: Any) -> np.ndarray:
-    """A ``gguf.ReaderTensor`` as a writable float32 array in numpy/PyTorch order (``(out, in)`` for matrices)."""
+    """A ``gguf.ReaderTensor`` as a writable float32 array in numpy/PyTorch order.
+
+    Matrices come out ``(out, in)``.
+    """
     from gguf.quants import dequantize
 
     try:
@@ -106,7 +111,7 @@ def dequantize_tensor(tensor: Any) -> np.ndarray:
 
 
 def read_gguf(path: str | Path, *, tensors: bool = True) -> GGUFCheckpoint:
-    """Read a GGUF file: its metadata and (unless ``tensors=False``) every tensor dequantized to float32.
+    """Read a GGUF file: its metadata and (if ``tensors``) every tensor dequantized to float32.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -142,7 +147,7 @@ def _meta(meta: dict[str, Any], key: str, path: Path | str, default: Any = None)
 
 
 def llama_config(ckpt: GGUFCheckpoint) -> GPTConfig:
-    """Our :class:`GPTConfig` for a Llama-architecture GGUF file, every number read from its metadata.
+    """Our :class:`GPTConfig` for a Llama-architecture GGUF file, every number from its metadata.
 
     Raises:
         ValueError: another architecture, rope scaling, a rotary dimension other than the head dim,
@@ -204,7 +209,9 @@ def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def llama_state_dict(ckpt: GGUFCheckpoint, cfg: GPTConfig) -> dict[str, Tensor]:
-    """Our GPT's state dict from a Llama GGUF checkpoint (q/k un-permuted; tied head shares the embedding).
+    """Our GPT's state dict from a Llama GGUF checkpoint.
+
+    The q/k weights are un-permuted; a tied head shares the embedding.
 
     Raises:
         ValueError: a tensor is missing, left over, or of the wrong shape.
@@ -257,14 +264,16 @@ def gpt_from_state_dict(cfg: GPTConfig, state: dict[str, Tensor]) -> GPT:
 
 
 def gpt_from_gguf(ckpt: GGUFCheckpoint) -> GPT:
-    """Our GPT with the weights of a Llama-architecture GGUF checkpoint (see the module docstring)."""
+    """Our GPT with a Llama-architecture GGUF checkpoint's weights (see the module docstring)."""
     cfg = llama_config(ckpt)
     return gpt_from_state_dict(cfg, llama_state_dict(ckpt, cfg))
 
 
 @torch.no_grad()
 def generate(model: Backbone, ids: Tensor, n: int) -> Tensor:
-    """Greedy decoding: append the arg-max next token ``n`` times (a full forward per token, no KV cache).
+    """Greedy decoding: append the arg-max next token ``n`` times.
+
+    A full forward per token, no KV cache.
 
     Args:
         model: a causal LM backbone returning ``(B, T, V)`` logits.

@@ -22,7 +22,10 @@ from dynbench.models.block import BlockConfig, MLPKind, Norm
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Shape of a GPT. The defaults are GPT-2's; :mod:`dynbench.models.convert` fills the Llama fields."""
+    """Shape of a GPT.
+
+    The defaults are GPT-2's; :mod:`dynbench.models.convert` fills the Llama fields.
+    """
 
     vocab_size: int = 64  # tokens in the vocabulary
     block_size: int = 64  # longest sequence (learned positions, or the context length of a rotary model)

@@ -1,16 +1,19 @@
-"""A Hugging Face ``tokenizers`` tokenizer rebuilt from a GGUF file's metadata (no tokenizer.json needed).
+"""A Hugging Face ``tokenizers`` tokenizer rebuilt from GGUF metadata (no tokenizer.json needed).
 
 GGUF files carry their tokenizer as metadata: ``tokenizer.ggml.model`` (``gpt2`` = byte-level BPE),
-``tokenizer.ggml.tokens`` (the vocabulary in id order, byte-level encoded), ``tokenizer.ggml.merges`` (``"a b"``
-pairs in rank order), ``tokenizer.ggml.token_type`` (1 = normal, 3 = control …) and ``tokenizer.ggml.pre`` (which
-pre-tokenizer regex llama.cpp applies). We rebuild the equivalent ``tokenizers`` pipeline:
+``tokenizer.ggml.tokens`` (the vocabulary in id order, byte-level encoded),
+``tokenizer.ggml.merges`` (``"a b"`` pairs in rank order), ``tokenizer.ggml.token_type`` (1 =
+normal, 3 = control …) and ``tokenizer.ggml.pre`` (which pre-tokenizer regex llama.cpp applies). We
+rebuild the equivalent ``tokenizers`` pipeline:
 
-- ``gpt2`` / ``default``: GPT-2's byte-level pre-tokenizer (its regex, no prefix space) and byte-level decoder;
-- ``smollm`` (SmolLM/SmolLM2): the same preceded by splitting digits into single characters, as llama.cpp's
-  ``smollm`` pre-tokenizer and the model's own ``tokenizer.json`` do.
+- ``gpt2`` / ``default``: GPT-2's byte-level pre-tokenizer (its regex, no prefix space) and
+  byte-level decoder;
+- ``smollm`` (SmolLM/SmolLM2): the same preceded by splitting digits into single characters, as
+  llama.cpp's ``smollm`` pre-tokenizer and the model's own ``tokenizer.json`` do.
 
-Control tokens (``<|endoftext|>``, ``<|im_start|>`` …) become special added tokens, so they are matched whole and
-never split. Other tokenizer families (SentencePiece ``llama``, other ``pre`` regexes) are refused with an error.
+Control tokens (``<|endoftext|>``, ``<|im_start|>`` …) become special added tokens, so they are
+matched whole and never split. Other tokenizer families (SentencePiece ``llama``, other ``pre``
+regexes) are refused with an error.
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ def bpe_tokenizer(
     Args:
         tokens: the vocabulary, id order (byte-level strings such as ``"Ġthe"``).
         merges: merge rules in rank order, each ``"left right"``.
-        token_types: llama.cpp token types per id (3/4 become special tokens); ``None`` = all normal.
+        token_types: llama.cpp token types per id (3/4 become special tokens); ``None`` = all
+            normal.
         pre: llama.cpp pre-tokenizer name, one of ``PRE_TOKENIZERS``.
 
     Returns:
         A ``tokenizers.Tokenizer``.
 
     Raises:
-        ValueError: an unsupported pre-tokenizer, a malformed merge, or a vocabulary/type length mismatch.
+        ValueError: an unsupported pre-tokenizer, a malformed merge, or a vocabulary/type length
+            mismatch.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
@@ -74,7 +79,8 @@ def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> Any:
     """A ``tokenizers.Tokenizer`` from the ``tokenizer.ggml.*`` entries of GGUF metadata.
 
     Args:
-        meta: GGUF metadata as plain Python values (see :func:`dynbench.models.convert.gguf_metadata`).
+        meta: GGUF metadata as plain Python values (see
+            :func:`dynbench.models.convert.gguf_metadata`).
 
     Raises:
         ValueError: the file has no tokenizer, or not a byte-level BPE one.

@@ -1,4 +1,4 @@
-"""Pretrained ViT weights from a timm or torchvision checkpoint file → our :class:`~dynbench.models.vit.ViT`.
+"""Pretrained timm or torchvision ViT checkpoint files → our :class:`~dynbench.models.vit.ViT`.
 
 Sources: timm's ``VisionTransformer`` (https://github.com/huggingface/pytorch-image-models,
 ``timm/models/vision_transformer.py``; e.g. ``vit_small_patch16_224.augreg_in21k_ft_in1k``, whose
@@ -64,7 +64,7 @@ VIT_S16 = ViTConfig(
 )
 """ViT-S/16 at 224 px (timm ``vit_small_patch16_224``; 22.1 M parameters)."""
 VIT_B16 = replace(VIT_S16, d_model=768, n_heads=12)
-"""ViT-B/16 at 224 px (timm ``vit_base_patch16_224``, torchvision ``vit_b_16``; 86.6 M parameters)."""
+"""ViT-B/16 at 224 px (timm ``vit_base_patch16_224``, torchvision ``vit_b_16``; 86.6 M params)."""
 VARIANTS: dict[str, ViTConfig] = {"vit_s16": VIT_S16, "vit_b16": VIT_B16}
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -86,7 +86,9 @@ class WeightsError(ValueError):
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """The tensors of a ``.safetensors`` file: an 8-byte little-endian header length, a JSON header, the data.
+    """The tensors of a ``.safetensors`` file.
+
+    The format: an 8-byte little-endian header length, a JSON header, the data.
 
     Raises:
         WeightsError: the file is not in that format.
@@ -122,7 +124,7 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
-    """The state dict in a checkpoint file: safetensors, or a torch pickle read with ``weights_only=True``.
+    """The state dict in a checkpoint file: safetensors, or a torch pickle (``weights_only=True``).
 
     A training checkpoint's ``state_dict`` (or ``model``) entry is taken, and a ``module.`` prefix
     that every key shares (``DataParallel``) is dropped.
@@ -186,11 +188,14 @@ LAYOUT_KEYS: dict[str, tuple[str, str, str, str]] = {
     "timm": ("patch_embed.proj.weight", "pos_embed", "head.weight", r"blocks\.(\d+)\."),
     "torchvision": ("conv_proj.weight", "encoder.pos_embedding", "heads.head.weight", r"encoder\.layers\.\D+(\d+)\."),
 }
-"""Per layout: the patch convolution, positions and head keys, and a regex whose group is a block index."""
+"""Per layout: the patch convolution, positions and head keys; a regex capturing the block index."""
 
 
 def describe(state: dict[str, Tensor], fmt: WeightFormat) -> str:
-    """The shape the file holds, in config terms, for error messages (the head count is not in the file)."""
+    """The shape the file holds, in config terms, for error messages.
+
+    The head count is not in the file.
+    """
     conv_key, pos_key, head_key, layer_re = LAYOUT_KEYS[fmt]
     conv, pos, head = state.get(conv_key), state.get(pos_key), state.get(head_key)
     parts = [f"n_layers={_layers(state, layer_re)}"]

@@ -11,9 +11,10 @@ A task is one file, one class, one decorator::
         def load_split(self, split): ...       # → TensorSplit (or override ``batches`` to stream)
 
 Every task has three disjoint splits: ``train`` (weights are trained on it), a validation split
-(``Task.validation_split``: thresholds, rankings, calibrations and any selection are made on it) and an evaluation
-split (``Task.eval_split``: quality is reported on it). While a method fits, the harness seals the evaluation split
-(:meth:`Task.sealed`): reading it raises :class:`EvalSplitAccessError`.
+(``Task.validation_split``: thresholds, rankings, calibrations and any selection are made on it) and
+an evaluation split (``Task.eval_split``: quality is reported on it). While a method fits, the
+harness seals the evaluation split (:meth:`Task.sealed`): reading it raises
+:class:`EvalSplitAccessError`.
 
 The dense backbone is trained once per (task config, seed) by :func:`train_backbone` (the one
 training loop of :mod:`dynbench.models.training`, with the task's
@@ -43,9 +44,10 @@ from dynbench.registry import Registry
 from dynbench.types import Batch, NoOptions, QualitySpec
 
 Split = Literal["train", "val", "test", "minival"]
-"""A split's name. ``val`` is the validation split of every task but ``imagenet``, whose ``val`` is ImageNet's official
-50,000-image validation set — its evaluation split — and whose validation split is ``minival``, carved from train.
-Code never assumes a name: it reads ``"train"``, ``task.validation_split`` and ``task.eval_split``."""
+"""A split's name. ``val`` is the validation split of every task but ``imagenet``, whose ``val``
+is ImageNet's official 50,000-image validation set — its evaluation split — and whose validation
+split is ``minival``, carved from train. Code never assumes a name: it reads ``"train"``,
+``task.validation_split`` and ``task.eval_split``."""
 Modality = Literal["vision", "speech", "text"]
 
 logger = logging.getLogger(__name__)
@@ -69,10 +71,11 @@ class QualityMetric(ABC):
         return float(self.from_mean(np.asarray(np.mean(scores))))
 
     def from_mean(self, mean: np.ndarray) -> np.ndarray:
-        """The quality from the mean per-sample score, elementwise (bootstrap resamples pass many means at once).
+        """The quality from the mean per-sample score, elementwise.
 
-        Every quality dynbench reports is a function of the mean score — accuracy is the mean, perplexity the
-        exponential of the mean NLL — so intervals resample the scores and transform after.
+        Bootstrap resamples pass many means at once. Every quality dynbench reports is a function of
+        the mean score — accuracy is the mean, perplexity the exponential of the mean NLL — so
+        intervals resample the scores and transform after.
         """
         return mean
 
@@ -81,7 +84,10 @@ class QualityMetric(ABC):
         """``(B,)`` fraction of correct predictions per sample (1/0 for classification)."""
 
     def secondary(self, correct: np.ndarray) -> dict[str, tuple[float, str, bool]]:
-        """Further task metrics from the per-sample correctness: ``name → (value, unit, higher_is_better)``."""
+        """Further task metrics from the per-sample correctness.
+
+        Maps ``name → (value, unit, higher_is_better)``.
+        """
         return {}
 
 
@@ -118,7 +124,7 @@ class Perplexity(QualityMetric):
         return nll.double().mean(dim=1)
 
     def from_mean(self, mean: np.ndarray) -> np.ndarray:
-        """exp(mean NLL); every sequence has the same length, so this is the token-level perplexity."""
+        """exp(mean NLL); all sequences have one length, so this is the token-level perplexity."""
         return np.exp(mean)
 
     def correct(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -146,7 +152,7 @@ class TensorSplit:
         return int(self.inputs.shape[0])
 
     def batches(self, *, batch_size: int, seed: int, shuffle: bool, limit: int | None) -> Iterator[Batch]:
-        """Yield batches in a fixed order: the split order, or a seeded permutation when ``shuffle``."""
+        """Yield batches in the split's order, or in a seeded permutation when ``shuffle``."""
         n = len(self)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         if limit is not None:
@@ -157,11 +163,17 @@ class TensorSplit:
 
 
 class EvalSplitAccessError(RuntimeError):
-    """A sealed split (the evaluation split, while a method fits) was read. See :meth:`Task.sealed`."""
+    """A sealed split (the evaluation split, while a method fits) was read.
+
+    See :meth:`Task.sealed`.
+    """
 
 
 SPLIT_READERS = ("split", "load_split", "batches", "n_samples")
-"""Task methods whose first argument is a split and that read it: every task's own versions are checked too."""
+"""Task methods whose first argument is a split and that read it.
+
+Every task's own versions are checked too.
+"""
 
 
 def _checks_split(read: Callable[..., Any]) -> Callable[..., Any]:
@@ -189,12 +201,14 @@ class Task(ABC):
         metric: the quality metric.
         Config: frozen dataclass with the data, backbone shape and a ``train`` :class:`TrainConfig`.
         eval_split: the split quality is reported on.
-        validation_split: the held-out split fits calibrate, rank and select on; disjoint from ``eval_split``.
-        splits: every split the task has: ``"train"``, ``validation_split`` and ``eval_split``, all different.
+        validation_split: the held-out split fits calibrate, rank and select on; disjoint from
+        ``eval_split``.
+        splits: every split the task has: ``"train"``, ``validation_split`` and ``eval_split``, all
+        different.
 
-    Reading a split (:meth:`split`, :meth:`load_split`, :meth:`batches`, :meth:`n_samples` — a subclass's own
-    versions included — and task-specific readers that call :meth:`check_readable`) checks that the task has it
-    and that it is not sealed (:meth:`sealed`).
+    Reading a split (:meth:`split`, :meth:`load_split`, :meth:`batches`, :meth:`n_samples` — a
+    subclass's own versions included — and task-specific readers that call :meth:`check_readable`)
+    checks that the task has it and that it is not sealed (:meth:`sealed`).
     """
 
     name: ClassVar[str] = ""
@@ -210,11 +224,14 @@ class Task(ABC):
     splits: ClassVar[tuple[Split, ...]] = ("train", "val", "test")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Check the split roles and make the subclass's own split readers check their split (see the class doc).
+        """Check the split roles and make the subclass's own split readers check their split.
+
+        See the class doc.
 
         Raises:
-            TypeError: ``"train"``, ``validation_split`` and ``eval_split`` are not three different entries of
-                ``splits`` (a task must have a validation split apart from its evaluation split).
+            TypeError: ``"train"``, ``validation_split`` and ``eval_split`` are not three different
+                entries of ``splits`` (a task must have a validation split apart from its evaluation
+                split).
         """
         super().__init_subclass__(**kwargs)
         roles = ("train", cls.validation_split, cls.eval_split)
@@ -235,7 +252,7 @@ class Task(ABC):
         self._seals: dict[str, list[str]] = {}  # sealed split → who is fitting, innermost last
 
     def check_readable(self, split: str, *, via: str = "") -> None:
-        """Check that ``split`` may be read now: the task has it, and no :meth:`sealed` block forbids it.
+        """Check that the task has ``split`` and no :meth:`sealed` block forbids reading it now.
 
         Task-specific readers (a streamed split, a play's text) call this before reading.
 
@@ -269,9 +286,10 @@ class Task(ABC):
     def sealed(self, split: Split | None = None, *, reader: str = "code under Task.sealed") -> Iterator[Task]:
         """Forbid reading ``split`` (default: the evaluation split) inside the ``with`` block.
 
-        The harness fits every method under ``task.sealed(task.eval_split, reader="the fit of method 'x'")``, so a
-        fit that reads the evaluation split fails instead of quietly selecting on it. Seals nest; each lifts when
-        its block ends, normally or by an exception.
+        The harness fits every method under
+        ``task.sealed(task.eval_split, reader="the fit of method 'x'")``, so a fit that reads the
+        evaluation split fails instead of quietly selecting on it. Seals nest; each lifts when its
+        block ends, normally or by an exception.
 
         Args:
             split: the split to seal; ``None`` = :attr:`eval_split`.
@@ -301,7 +319,10 @@ class Task(ABC):
 
     @abstractmethod
     def load_split(self, split: Split) -> TensorSplit:
-        """Load one split into memory. Called once per split; raise a clear error if the data is missing."""
+        """Load one split into memory.
+
+        Called once per split; raise a clear error if the data is missing.
+        """
 
     @property
     def train_config(self) -> TrainConfig:
@@ -319,15 +340,18 @@ class Task(ABC):
     def batches(
         self, split: Split, *, batch_size: int, seed: int = 0, shuffle: bool = False, limit: int | None = None
     ) -> Iterator[Batch]:
-        """Batches of ``split`` in a fixed order (seeded when shuffled), at most ``limit`` samples."""
+        """Batches of ``split`` in a fixed order (seeded if shuffled), at most ``limit`` samples."""
         return self.split(split).batches(batch_size=batch_size, seed=seed, shuffle=shuffle, limit=limit)
 
     def augment(self, inputs: Tensor) -> Tensor:
-        """Training-time augmentation of a batch of inputs (the dense recipe only; never at evaluation)."""
+        """Training-time augmentation of a batch of inputs.
+
+        The dense recipe only; never at evaluation.
+        """
         return inputs
 
     def n_blocks(self) -> int:
-        """Depth L of this task's backbone, found without allocating or training it (meta device)."""
+        """Depth L of the task's backbone, found without allocating or training it (meta device)."""
         with torch.device("meta"):
             return self.build_backbone().n_blocks
 
@@ -343,8 +367,8 @@ class Task(ABC):
     def data_problem(self) -> str | None:
         """Why this task's data cannot be loaded, saying how to get it; ``None`` when it can.
 
-        A cheap look (file sizes, installed packages), run by ``bench run`` before anything is written, so a
-        missing data set is a usage error (exit 2) rather than a failed run.
+        A cheap look (file sizes, installed packages), run by ``bench run`` before anything is
+        written, so a missing data set is a usage error (exit 2) rather than a failed run.
         """
         return None
 

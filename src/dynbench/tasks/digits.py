@@ -1,8 +1,8 @@
 """Digits: scikit-learn's real 8×8 handwritten digits (1,797 images, 10 classes) with a small ViT.
 
-The data ships inside scikit-learn (UCI optical recognition of handwritten digits), so this task runs anywhere
-with no download. A fixed, seeded, stratified split holds out 20% of the images for testing and 10% for
-validation; quality = top-1 accuracy on the test split.
+The data ships inside scikit-learn (UCI optical recognition of handwritten digits), so this task
+runs anywhere with no download. A fixed, seeded, stratified split holds out 20% of the images for
+testing and 10% for validation; quality = top-1 accuracy on the test split.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ class Digits(Task):
         return ViT(self.config.model)
 
     def augment(self, inputs: Tensor) -> Tensor:
-        """Shift each image by up to ``max_shift`` pixels in each direction (zeros enter at the border).
+        """Shift each image by up to ``max_shift`` pixels each way (zeros enter at the border).
 
-        1,257 training images are few for a ViT, which lacks a convolution's built-in translation invariance.
+        1,257 training images are few for a ViT, which lacks a convolution's built-in translation
+        invariance.
         """
         s = self.config.max_shift
         if s == 0:

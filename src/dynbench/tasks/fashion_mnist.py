@@ -1,15 +1,18 @@
-"""Fashion-MNIST: 70,000 real 28×28 grey images of clothing (10 classes) with a small ViT trained from scratch.
+"""Fashion-MNIST: 70,000 real 28×28 grey clothing images (10 classes), a small ViT from scratch.
 
-Data: the four idx files of Zalando's Fashion-MNIST (https://github.com/zalandoresearch/fashion-mnist), from an
-explicit directory (the ``path`` option), the cache (``bench data prepare fashion-mnist``), or the Debian package
-``dataset-fashion-mnist``; every file is checked against its SHA-256 when loaded. Loading never downloads: a
-missing data set raises :class:`~dynbench.tasks.data.catalog.DatasetMissingError` saying how to get it.
+Data: the four idx files of Zalando's Fashion-MNIST
+(https://github.com/zalandoresearch/fashion-mnist), from an explicit directory (the ``path``
+option), the cache (``bench data prepare fashion-mnist``), or the Debian package
+``dataset-fashion-mnist``; every file is checked against its SHA-256 when loaded. Loading never
+downloads: a missing data set raises :class:`~dynbench.tasks.data.catalog.DatasetMissingError`
+saying how to get it.
 
-Split: a fixed, seeded 5,000 of the 60,000 training images are held out as ``val`` (for methods that fit on
-held-out data), the other 55,000 are ``train``; quality = top-1 accuracy on the official 10,000-image test set.
+Split: a fixed, seeded 5,000 of the 60,000 training images are held out as ``val`` (for methods that
+fit on held-out data), the other 55,000 are ``train``; quality = top-1 accuracy on the official
+10,000-image test set.
 
-Backbone: a 6-block, d=64, 4-head ViT over 7×7 patches (16 patches + CLS), trained from scratch for 3,000 steps
-of 64 images; see ``FashionMNISTConfig`` for the recipe.
+Backbone: a 6-block, d=64, 4-head ViT over 7×7 patches (16 patches + CLS), trained from scratch for
+3,000 steps of 64 images; see ``FashionMNISTConfig`` for the recipe.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from dynbench.tasks.data.fashion_mnist import FASHION_MNIST, load_arrays
 from dynbench.tasks.data.sources import locate
 from dynbench.validation import check_range
 
-# Pixel mean and standard deviation of the 60,000 training images scaled to [0, 1] (computed once with numpy:
-# 0.28604, 0.35302); fixed here so every split is normalised the same way and no test statistic leaks in.
+# Pixel mean and standard deviation of the 60,000 training images scaled to [0, 1] (computed once
+# with numpy: 0.28604, 0.35302); fixed here so every split is normalised the same way and no test
+# statistic leaks in.
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
 
 
@@ -78,7 +82,10 @@ class FashionMNIST(Task):
         return torch.where(flip[:, None, None, None], inputs.flip(-1), inputs)  # (B, 1, 28, 28)
 
     def data_status(self) -> str:
-        """Where the data comes from (cheap: sizes only), or what is wrong and the command that fixes it."""
+        """Where the data comes from, or what is wrong and the command that fixes it.
+
+        Cheap: it looks at sizes only.
+        """
         status = FASHION_MNIST.status(self._path())
         if status.present:
             return f"present ({status.source}: {status.where})"
@@ -94,7 +101,7 @@ class FashionMNIST(Task):
         return f"Task 'fashion-mnist' has no data: {status.problem}\n{FASHION_MNIST.how_to_get()}"
 
     def load_split(self, split: Split) -> TensorSplit:
-        """``test``: the official 10,000 test images; ``train``/``val``: a fixed seeded cut of the 60,000.
+        """``test``: the official 10,000 test images; ``train``/``val``: a seeded cut of the 60,000.
 
         Raises:
             DatasetMissingError: the data set is not present (the message says how to get it).

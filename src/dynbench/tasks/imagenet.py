@@ -1,34 +1,39 @@
-"""ImageNet-1k with a pretrained ViT-S/16 or ViT-B/16 converted from a timm or torchvision checkpoint file.
+"""ImageNet-1k with a pretrained ViT-S/16 or ViT-B/16 converted from a timm/torchvision checkpoint.
 
-Data: the user's ImageNet-1k (Russakovsky et al., https://arxiv.org/abs/1409.0575), an image folder or a Hugging
-Face dataset saved to disk; see :mod:`dynbench.tasks.data.imagenet` for the layouts and ``bench data prepare
-imagenet --path DIR``. Quality = top-1 on the 50,000 validation images (the ``val`` split, the evaluation split;
-ImageNet's test labels are not public). Images are decoded batch by batch
-(:class:`~dynbench.tasks.data.images.LazyImageSplit`).
+Data: the user's ImageNet-1k (Russakovsky et al., https://arxiv.org/abs/1409.0575), an image folder
+or a Hugging Face dataset saved to disk; see :mod:`dynbench.tasks.data.imagenet` for the layouts and
+``bench data prepare imagenet --path DIR``. Quality = top-1 on the 50,000 validation images (the
+``val`` split, the evaluation split; ImageNet's test labels are not public). Images are decoded
+batch by batch (:class:`~dynbench.tasks.data.images.LazyImageSplit`).
 
-Splits: ``val`` is evaluated on, so fits calibrate and select on ``minival`` (``Task.validation_split``), held out of
-the training images as the ViT paper's "minival" is: per class, the first ``minival_per_class`` (10) images of a
-permutation seeded by ``split_seed`` (at most half of a class), 10,000 images of the full set, class-balanced and
-the same on every machine for the same copy. ``train`` is the other 1,271,167. Caveat: the pretrained weights were
-trained on all of ImageNet's training images, minival included, so minival is held out from dynbench's fits but
-not from the backbone — its shallow exits look better on it than on ``val``. Taking the validation split from the
-50,000 would keep it unseen but change the evaluation set every published top-1 is measured on.
+Splits: ``val`` is evaluated on, so fits calibrate and select on ``minival``
+(``Task.validation_split``), held out of the training images as the ViT paper's "minival" is: per
+class, the first ``minival_per_class`` (10) images of a permutation seeded by ``split_seed`` (at
+most half of a class), 10,000 images of the full set, class-balanced and the same on every machine
+for the same copy. ``train`` is the other 1,271,167.
+Caveat: the pretrained weights were trained on all of ImageNet's training images, minival included,
+so minival is held out from dynbench's fits but not from the backbone — its shallow exits look
+better on it than on ``val``. Taking the validation split from the 50,000 would keep it unseen but
+change the evaluation set every published top-1 is measured on.
 
-Model: ViT-S/16 or ViT-B/16 at 224 px (Dosovitskiy et al., https://arxiv.org/abs/2010.11929) with the shapes of
-timm's and torchvision's: patch 16, d = 384 / 768, 12 blocks, 6 / 12 heads, MLP 4×, LayerNorm ε = 1e-6, exact
-GELU, q/k/v biases, CLS token and learned positions. The weights come from a local file (``weights``), e.g. timm
-``vit_small_patch16_224.augreg_in21k_ft_in1k`` (its Hub ``model.safetensors``) or torchvision ``vit_b_16``
-(``ViT_B_16_Weights.IMAGENET1K_V1``) saved with ``torch.save(model.state_dict(), path)``; they are converted by
-:mod:`dynbench.models.vit_import`, never trained here, and are the same for every seed.
+Model: ViT-S/16 or ViT-B/16 at 224 px (Dosovitskiy et al., https://arxiv.org/abs/2010.11929) with
+the shapes of timm's and torchvision's: patch 16, d = 384 / 768, 12 blocks, 6 / 12 heads, MLP 4×,
+LayerNorm ε = 1e-6, exact GELU, q/k/v biases, CLS token and learned positions. The weights come from
+a local file (``weights``), e.g. timm ``vit_small_patch16_224.augreg_in21k_ft_in1k`` (its Hub
+``model.safetensors``) or torchvision ``vit_b_16`` (``ViT_B_16_Weights.IMAGENET1K_V1``) saved with
+``torch.save(model.state_dict(), path)``; they are converted by :mod:`dynbench.models.vit_import`,
+never trained here, and are the same for every seed.
 
-Preprocessing follows the weights' own evaluation transform unless set (``auto``), because each model was
-trained with its library's normalisation and scores its published accuracy only under it:
+Preprocessing follows the weights' own evaluation transform unless set (``auto``), because each
+model was trained with its library's normalisation and scores its published accuracy only under it:
 torchvision — resize the shorter side to 256 (bilinear), centre crop 224, ImageNet mean/std;
-timm ViTs (their pretrained config) — resize to 248 (crop_pct 0.9, bicubic), crop 224, mean = std = 0.5.
-The transform is torchvision's PIL path re-implemented with Pillow (exact with the same Pillow build; see
-:mod:`dynbench.tasks.data.images` for what differs across builds). timm weights trained with ImageNet statistics
-(DeiT, DINO, MAE) need ``normalize=imagenet``. Published top-1 to compare a run with: torchvision ``vit_b_16``
-``IMAGENET1K_V1`` 81.072 % (its weights' metadata); timm lists its weights in ``results/results-imagenet.csv``.
+timm ViTs (their pretrained config) — resize to 248 (crop_pct 0.9, bicubic), crop 224, mean = std =
+0.5. The transform is torchvision's PIL path re-implemented with Pillow (exact with the same Pillow
+build; see :mod:`dynbench.tasks.data.images` for what differs across builds). timm weights trained
+with ImageNet statistics (DeiT, DINO, MAE) need ``normalize=imagenet``. Published top-1 to compare a
+run
+with: torchvision ``vit_b_16`` ``IMAGENET1K_V1`` 81.072 % (its weights' metadata); timm lists its
+weights in ``results/results-imagenet.csv``.
 """
 
 from __future__ import annotations
@@ -53,16 +58,22 @@ from dynbench.validation import check_choices, check_range
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-"""Per-channel statistics of ImageNet's training pixels in [0, 1] (torchvision's, and most CNNs')."""
+"""Per-channel statistics of ImageNet's training pixels in [0, 1] (torchvision's and most CNNs')."""
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-"""Maps [0, 1] to [-1, 1]: the JAX ViT/AugReg training pipeline's normalisation, kept by timm for those weights."""
+"""Maps [0, 1] to [-1, 1]: the JAX ViT/AugReg training pipeline's normalisation.
+
+timm keeps it for those weights.
+"""
 LIBRARY_TRANSFORM: dict[str, tuple[float, Interpolation, str]] = {
     "torchvision": (0.875, "bilinear", "imagenet"),  # ImageClassification(crop_size=224): resize 256
     "timm": (0.9, "bicubic", "inception"),  # timm vision_transformer _cfg: crop_pct .9, bicubic, inception mean/std
 }
-"""Weight layout → (crop_pct, interpolation, normalisation) of that library's evaluation transform."""
+"""Weight layout → (crop_pct, interpolation, normalisation) of that library's eval transform."""
 MAX_IN_MEMORY = 4096
-"""Most images :meth:`ImageNet.load_split` holds as one tensor (2.5 GB at 224²); larger splits stream."""
+"""Most images :meth:`ImageNet.load_split` holds as one tensor (2.5 GB at 224²).
+
+Larger splits stream.
+"""
 WEIGHTS_HINT = (
     "Give a local ViT checkpoint with weights=FILE, e.g. timm's (pip install timm): "
     "timm.create_model('vit_small_patch16_224.augreg_in21k_ft_in1k', pretrained=True), or torchvision's: "
@@ -72,7 +83,10 @@ WEIGHTS_HINT = (
 
 
 class ImageNetWeightsMissingError(FileNotFoundError, ValueError):
-    """No pretrained weights file is configured or it does not exist (a ``ValueError`` too, so the CLI exits 2)."""
+    """No pretrained weights file is configured or it does not exist.
+
+    A ``ValueError`` too, so the CLI exits 2.
+    """
 
 
 IMAGENET_CHOICE_ADVICE = {
@@ -81,7 +95,10 @@ IMAGENET_CHOICE_ADVICE = {
     "normalize": "Use auto for the weights' library's mean and std (module docstring).",
     "interpolation": "Use auto for the weights' library's resize filter.",
 }
-"""What each choice of :class:`ImageNetConfig` means, appended to the message of a value outside them."""
+"""What each choice of :class:`ImageNetConfig` means.
+
+Appended to the message of a value outside them.
+"""
 
 
 @dataclass(frozen=True)
@@ -117,8 +134,9 @@ class ImageNetConfig:
 def minival_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Sorted indices of the training images held out as ``minival``.
 
-    Per class (in class order), the first ``per_class`` images of a permutation drawn from one generator seeded by
-    ``seed``, and at most half of the class, so a small copy keeps training images of every class.
+    Per class (in class order), the first ``per_class`` images of a permutation drawn from one
+    generator seeded by ``seed``, and at most half of the class, so a small copy keeps training
+    images of every class.
 
     Args:
         labels: ``(N,)`` class index of every training image.
@@ -134,7 +152,10 @@ def minival_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 
 def evenly_spaced(n: int, k: int) -> np.ndarray:
-    """``k`` of ``n`` indices spread evenly (all when ``k`` is 0 or ≥ n): sorted splits keep every class."""
+    """``k`` of ``n`` indices spread evenly (all when ``k`` is 0 or ≥ n).
+
+    Sorted splits keep every class.
+    """
     if k <= 0 or k >= n:
         return np.arange(n)
     return np.arange(k) * n // k  # (k,) strictly increasing
@@ -142,7 +163,10 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
 
 @register_task("imagenet")
 class ImageNet(Task):
-    """ImageNet-1k, pretrained ViT-S/16 or ViT-B/16 from a timm/torchvision file; quality = top-1 on val."""
+    """ImageNet-1k, pretrained ViT-S/16 or ViT-B/16; quality = top-1 on val.
+
+    The weights come from a timm or torchvision file.
+    """
 
     version = "2"  # 2: minival, the validation split, is taken out of train
     modality = "vision"
@@ -205,7 +229,9 @@ class ImageNet(Task):
         return self.model_config.n_layers
 
     def backbone(self, seed: int, *, cache_dir: Path | None = None) -> ViT:
-        """The pretrained ViT converted from ``weights``, the same for every ``seed`` (nothing is trained).
+        """The pretrained ViT converted from ``weights``, the same for every ``seed``.
+
+        Nothing is trained.
 
         Args:
             seed: ignored: pretrained weights do not depend on it.
@@ -227,7 +253,8 @@ class ImageNet(Task):
     def transform(self) -> EvalTransform:
         """The evaluation transform: configured values, ``auto`` ones from the weights' library.
 
-        Without a weights file ``auto`` means torchvision's transform (resize 256, crop 224, ImageNet statistics).
+        Without a weights file ``auto`` means torchvision's transform (resize 256, crop 224,
+        ImageNet statistics).
         """
         cfg = self.config
         auto = cfg.normalize == "auto" or cfg.interpolation == "auto" or cfg.crop_pct == 0.0
@@ -262,7 +289,8 @@ class ImageNet(Task):
         (:func:`minival_rows`).
 
         Args:
-            labels: ``(N,)`` labels of the copy's val (for ``val``) or train (for ``train`` and ``minival``).
+            labels: ``(N,)`` labels of the copy's val (for ``val``) or train (for ``train`` and
+                ``minival``).
             split: the task's split.
         """
         if split == "val":
@@ -274,9 +302,10 @@ class ImageNet(Task):
         """The split as labels plus image references (listed once per task), decoded per batch.
 
         Raises:
-            DatasetMissingError: no ImageNet copy, or it lacks the split (``train`` for ``minival``); says how to
-                get it.
-            ValueError: an unknown split (``test``), or the copy's class count differs from the model's outputs.
+            DatasetMissingError: no ImageNet copy, or it lacks the split (``train`` for
+                ``minival``); says how to get it.
+            ValueError: an unknown split (``test``), or the copy's class count differs from the
+                model's outputs.
             EvalSplitAccessError: the split is sealed (a fit reading ``val``).
         """
         self.check_readable(split, via=f"ImageNet.lazy_split({split!r})")
@@ -307,7 +336,10 @@ class ImageNet(Task):
     def batches(
         self, split: Split, *, batch_size: int, seed: int = 0, shuffle: bool = False, limit: int | None = None
     ) -> Iterator[Batch]:
-        """Decoded batches of ``split`` in a fixed order (seeded when shuffled), at most ``limit`` samples."""
+        """Decoded batches of ``split`` in a fixed order, at most ``limit`` samples.
+
+        The order is seeded when shuffled.
+        """
         return self.lazy_split(split).batches(batch_size=batch_size, seed=seed, shuffle=shuffle, limit=limit)
 
     def n_samples(self, split: Split) -> int:
@@ -318,7 +350,8 @@ class ImageNet(Task):
         """The whole split decoded into memory: only for small splits (tests, ``max_samples``).
 
         Raises:
-            ValueError: the split has more than ``MAX_IN_MEMORY`` images; use :meth:`batches`, which streams.
+            ValueError: the split has more than ``MAX_IN_MEMORY`` images; use :meth:`batches`, which
+                streams.
         """
         lazy = self.lazy_split(split)
         if len(lazy) > MAX_IN_MEMORY:

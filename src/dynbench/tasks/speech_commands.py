@@ -1,37 +1,43 @@
-"""Google Speech Commands v2: 35 spoken words, real recordings, with the spoken-digits front end and encoder.
+"""Google Speech Commands v2: 35 words in real recordings; the spoken-digits front end and encoder.
 
-Data: Speech Commands v0.02 (Warden 2018, https://arxiv.org/abs/1804.03209, CC BY 4.0) as its extracted folder
-(:mod:`dynbench.tasks.data.speech_commands`: ``bench data prepare speech-commands`` downloads the 2.4 GB archive,
-or ``--path DIR`` / the task option ``path`` points at a copy). Loading never downloads; a missing copy raises
+Data: Speech Commands v0.02 (Warden 2018, https://arxiv.org/abs/1804.03209, CC BY 4.0) as its
+extracted folder (:mod:`dynbench.tasks.data.speech_commands`: ``bench data prepare speech-commands``
+downloads the 2.4 GB archive, or ``--path DIR`` / the task option ``path`` points at a copy).
+Loading never downloads; a missing copy raises
 :class:`~dynbench.tasks.data.catalog.DatasetMissingError` saying how to get it.
 
-Split: the official lists. ``val`` = ``validation_list.txt``, ``test`` = ``testing_list.txt``, ``train`` = every
-other clip of the 35 word folders (speakers never cross splits); the lists give 84,843 / 9,981 / 11,005 clips.
-Quality = top-1 over the 35 words on the testing list. This is the 35-way task (as in e.g. KWT and AST), not the
-12-way "10 words + silence + unknown" variant, so there are no silence or unknown classes. ``limit`` keeps a fixed,
-seeded subset of each split for quick runs.
+Split: the official lists. ``val`` = ``validation_list.txt``, ``test`` = ``testing_list.txt``,
+``train`` = every other clip of the 35 word folders (speakers never cross splits); the lists give
+84,843 / 9,981 / 11,005 clips. Quality = top-1 over the 35 words on the testing list. This is the
+35-way task (as in e.g. KWT and AST), not the 12-way "10 words + silence + unknown" variant, so
+there are no silence or unknown classes. ``limit`` keeps a fixed, seeded subset of each split for
+quick runs.
 
-Front end and model: exactly those of spoken-digits. Each clip is centred in 1.0 s, peak-normalised, turned into
-40-band log-mel features (25 ms window, 10 ms hop, 100 frames) by :mod:`dynbench.tasks.data.logmel` and
-normalised by fixed constants; the model is :class:`~dynbench.models.audio.AudioEncoder` (4 blocks, d=64, 4 frames
-per token: 25 tokens + CLS) with 35 outputs. Features are computed once per split and stored as float16 under the
-data root (``features/<split>-<digest>.pt``; train is 84,843 × 100 × 40 × 2 bytes = 679 MB, held in memory in
-float16 and converted per batch), so only the first load reads the 105,829 WAVs. Float16 keeps ~3 significant
-digits of features of unit scale, far finer than the noise the training recipe adds; every load, fresh or cached,
-goes through the same float16 rounding, so evaluation inputs never depend on whether the cache existed.
+Front end and model: exactly those of spoken-digits. Each clip is centred in 1.0 s, peak-normalised,
+turned into 40-band log-mel features (25 ms window, 10 ms hop, 100 frames) by
+:mod:`dynbench.tasks.data.logmel` and normalised by fixed constants; the model is
+:class:`~dynbench.models.audio.AudioEncoder` (4 blocks, d=64, 4 frames per token: 25 tokens + CLS)
+with 35 outputs. Features are computed once per split and stored as float16 under the data root
+(``features/<split>-<digest>.pt``; train is 84,843 × 100 × 40 × 2 bytes = 679 MB, held in memory in
+float16 and converted per batch), so only the first load reads the 105,829 WAVs. Float16 keeps ~3
+significant digits of features of unit scale, far finer than the noise the training recipe adds;
+every load, fresh or cached, goes through the same float16 rounding, so evaluation inputs never
+depend on whether the cache existed.
 
-Training only (:meth:`SpeechCommands.augment`): a random time shift of up to ±100 ms (as the TensorFlow
-speech_commands recipe) and, for 80% of clips, a random one-second window of ``_background_noise_`` mixed in at a
-random SNR; the mixing is done in the mel-power domain (the clip's and the noise's mel powers added, the cross term
-left out, as :func:`~dynbench.tasks.data.logmel.add_white_noise` does), because the stored inputs are features,
+Training only (:meth:`SpeechCommands.augment`): a random time shift of up to ±100 ms (as the
+TensorFlow speech_commands recipe) and, for 80% of clips, a random one-second window of
+``_background_noise_`` mixed in at a random SNR; the mixing is done in the mel-power domain (the
+clip's and the noise's mel powers added, the cross term left out, as
+:func:`~dynbench.tasks.data.logmel.add_white_noise` does), because the stored inputs are features,
 not waveforms. Without the noise folder, white noise is used instead.
 
-Not measured here: no copy of Speech Commands is on the machine this was written on, so neither the feature
-normalisation constants (spoken-digits' values are used) nor the augmentation strengths were tuned on it, and no
-accuracy of the recipe is claimed. The recipe is sized for a CPU: 8,000 steps of 64 clips (~6 epochs). Timed on
-generated one-second clips on one thread of the 2-core development VM (shared, so an upper bound): 0.21 s per
-training step with augmentation (≈ 28 min for the recipe) and 2.6 ms per clip to read and featurise
-(≈ 4.5 min for all 105,829 clips, once; later loads read the stored features).
+Not measured here: no copy of Speech Commands is on the machine this was written on, so neither the
+feature normalisation constants (spoken-digits' values are used) nor the augmentation strengths were
+tuned on it, and no accuracy of the recipe is claimed. The recipe is sized for a CPU: 8,000 steps of
+64 clips (~6 epochs). Timed on generated one-second clips on one thread of the 2-core development VM
+(shared, so an upper bound): 0.21 s per training step with augmentation (≈ 28 min for the recipe)
+and 2.6 ms per clip to read and featurise (≈ 4.5 min for all 105,829 clips, once; later loads read
+the stored features).
 """
 
 from __future__ import annotations
@@ -105,7 +111,10 @@ class SpeechCommandsConfig:
 
 @register_task("speech-commands")
 class SpeechCommands(Task):
-    """Speech Commands v2, 35 words, 4-block audio encoder; quality = top-1 on the official testing list."""
+    """Speech Commands v2, 35 words, 4-block audio encoder.
+
+    Quality = top-1 on the official testing list.
+    """
 
     modality = "speech"
     description = "Google Speech Commands v2: real 1-s recordings of 35 words, official lists; 4-block encoder"
@@ -147,7 +156,9 @@ class SpeechCommands(Task):
             yield Batch(b.inputs.float(), b.targets, b.sample_ids)  # (B, T, M) float32
 
     def load_split(self, split: Split) -> TensorSplit:
-        """The split's clips (official lists, cut to ``limit``) as float16 log-mel features and word labels.
+        """The split's clips as float16 log-mel features and word labels.
+
+        The clips follow the official lists, cut to ``limit``.
 
         Raises:
             DatasetMissingError: the data set is not present (the message says how to get it).
@@ -167,7 +178,10 @@ class SpeechCommands(Task):
         return TensorSplit(inputs, targets)
 
     def split_files(self, copy: SpeechCommandsCopy, split: Split) -> list[tuple[str, int]]:
-        """``(word/file.wav, label)`` of ``split``: the official list (or the rest, for train), cut to ``limit``."""
+        """``(word/file.wav, label)`` of ``split``, cut to ``limit``.
+
+        The official list, or the rest for train.
+        """
         self.check_readable(split, via=f"SpeechCommands.split_files({split!r})")
         files = copy.split_files(split)
         if self.config.limit and len(files) > self.config.limit:
@@ -178,8 +192,9 @@ class SpeechCommands(Task):
     def features(self, copy: SpeechCommandsCopy, names: list[str], *, chunk: int = 256) -> Tensor:
         """Normalised log-mel features ``(N, n_frames, n_mels)`` in float16 of the clips ``names``.
 
-        Each clip is read (16-bit PCM at 16 kHz), centred in 1.0 s, resampled if the front end runs at another
-        rate, optionally peak-normalised, turned into log-mel features and normalised by the fixed constants.
+        Each clip is read (16-bit PCM at 16 kHz), centred in 1.0 s, resampled if the front end runs
+        at another rate, optionally peak-normalised, turned into log-mel features and normalised by
+        the fixed constants.
         """
         cfg, fe = self.config, self.config.frontend
         source_len = round(fe.n_samples * SAMPLE_RATE / fe.sample_rate)
@@ -198,7 +213,10 @@ class SpeechCommands(Task):
         return out
 
     def _feature_file(self, copy: SpeechCommandsCopy, split: Split, files: list[tuple[str, int]]) -> Path:
-        """Where this split's features are stored: keyed by the front end, the clips, and their sizes and times."""
+        """Where this split's features are stored.
+
+        Keyed by the front end, the clips, and their sizes and times.
+        """
         cfg = self.config
         stats = [os.stat(copy.root / name) for name, _ in files]
         key = {
@@ -211,7 +229,7 @@ class SpeechCommands(Task):
         return SPEECH_COMMANDS.cache_dir() / "features" / f"{split}-{len(files)}-{digest}.pt"
 
     def _load_cached(self, path: Path, n: int) -> Tensor | None:
-        """Stored features, or ``None`` (and a warning) when the file is unreadable or of the wrong shape."""
+        """Stored features, or ``None`` with a warning when unreadable or of the wrong shape."""
         fe = self.config.frontend
         try:
             inputs = torch.load(path, map_location="cpu", weights_only=True)["inputs"]
@@ -224,7 +242,7 @@ class SpeechCommands(Task):
         return inputs
 
     def noise_power(self) -> Tensor | None:
-        """Mel power ``(W, T, M)`` of every one-second window (half-second hop) of ``_background_noise_``.
+        """Mel power ``(W, T, M)`` of every 1-s window (0.5-s hop) of ``_background_noise_``.
 
         ``None`` when the copy has no noise folder. Loaded once per task object.
         """
@@ -243,9 +261,12 @@ class SpeechCommands(Task):
         return self._noise
 
     def augment(self, inputs: Tensor) -> Tensor:
-        """Training only: shift each clip by up to ``max_shift`` frames, then mix in noise (see module docstring).
+        """Training only: shift each clip by up to ``max_shift`` frames, then mix in noise.
 
-        Uses torch's global generator, which the training loop seeds, so training stays deterministic.
+        See the module docstring.
+
+        Uses torch's global generator, which the training loop seeds, so training stays
+        deterministic.
         """
         cfg = self.config
         x = inputs * cfg.feature_std + cfg.feature_mean  # (B, T, M) log-mel

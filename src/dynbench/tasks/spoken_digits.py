@@ -1,18 +1,20 @@
-"""Spoken digits: the ten digit words **synthesized with espeak-ng**, classified by a small audio transformer.
+"""Spoken digits: digits **synthesized with espeak-ng**, classified by a small audio transformer.
 
-The speech is synthetic: no person recorded it. espeak-ng (a formant synthesizer, Debian package ``espeak-ng``)
-speaks "zero" … "nine" in 34 voices, each pairing one of 8 English accents with its own espeak-ng timbre
-variant, at 3 speeds and 2 pitches: 2,040 clips, made once, deterministically, and cached
-(:mod:`dynbench.tasks.data.espeak`). The split holds whole voices out: 24 voices train, 4 validate, 6 test, and
-no validation or test voice (neither its accent + variant pair nor its variant) is heard in training, so quality =
-top-1 on unseen voices. Every accent occurs in training: the test measures generalisation to new timbres and
-accent + timbre pairs, not to a new accent. Synthetic speech is far more regular than recorded speech, so expect
-much higher accuracy here than on recorded speech (Speech Commands).
+The speech is synthetic: no person recorded it. espeak-ng (a formant synthesizer, Debian package
+``espeak-ng``) speaks "zero" … "nine" in 34 voices, each pairing one of 8 English accents with its
+own espeak-ng timbre variant, at 3 speeds and 2 pitches: 2,040 clips, made once, deterministically,
+and cached (:mod:`dynbench.tasks.data.espeak`). The split holds whole voices out: 24 voices train, 4
+validate, 6 test, and no validation or test voice (neither its accent + variant pair nor its
+variant) is heard in training, so quality = top-1 on unseen voices. Every accent occurs in training:
+the test measures generalisation to new timbres and accent + timbre pairs, not to a new accent.
+Synthetic speech is far more regular than recorded speech, so expect much higher accuracy here than
+on recorded speech (Speech Commands).
 
-Front end (:mod:`dynbench.tasks.data.logmel`), run when a split is loaded so the model's FLOPs are the
-transformer's: centre in 1.0 s, FFT-resample 22,050 → 16,000 Hz, peak-normalise, 40-band log-mel (25 ms window,
-10 ms hop, 100 frames), then a fixed affine normalisation. Training only (:meth:`SpokenDigits.augment`): a random
-time shift and white noise at a random SNR, added in the mel-power domain; evaluation inputs are clean and fixed.
+Front end (:mod:`dynbench.tasks.data.logmel`), run when a split is loaded so the model's FLOPs are
+the transformer's: centre in 1.0 s, FFT-resample 22,050 → 16,000 Hz, peak-normalise, 40-band log-mel
+(25 ms window, 10 ms hop, 100 frames), then a fixed affine normalisation. Training only
+(:meth:`SpokenDigits.augment`): a random time shift and white noise at a random SNR, added in the
+mel-power domain; evaluation inputs are clean and fixed.
 
 Dense recipe (seed 0, 400 steps): 100% top-1 on the 360 test clips (6 unseen voices).
 """
@@ -99,7 +101,7 @@ def _size(cfg: SpokenDigitsConfig) -> str:
 
 @register_task("spoken-digits")
 class SpokenDigits(Task):
-    """Synthetic spoken digits (espeak-ng), 4-block audio transformer; quality = top-1 on unseen voices."""
+    """Synthetic spoken digits (espeak-ng), 4-block encoder; quality = top-1 on unseen voices."""
 
     modality = "speech"
     description = "synthetic speech: digit words spoken by espeak-ng in 34 voices, test voices unseen; 4-block encoder"
@@ -133,23 +135,29 @@ class SpokenDigits(Task):
         return f"Task 'spoken-digits' cannot synthesize its corpus: espeak-ng is not installed. {espeak.INSTALL_HINT}"
 
     def load_split(self, split: Split) -> TensorSplit:
-        """Synthesize or load the corpus, keep the split's voices, compute normalised log-mel features."""
+        """Synthesize or load the corpus, keep the split's voices, compute log-mel features.
+
+        The features are normalised.
+        """
         corpus = espeak.prepare_corpus(self.config.corpus)
         rows = self.split_rows(corpus, split)
         targets = torch.from_numpy(corpus.labels[rows, 1].copy())  # (N,) word index = digit
         return TensorSplit(self.features(corpus, rows), targets)
 
     def split_rows(self, corpus: espeak.Corpus, split: Split) -> np.ndarray:
-        """Indices of the corpus clips spoken by ``split``'s voices (every word, speed and pitch of each)."""
+        """Indices of the clips by ``split``'s voices: every word, speed and pitch of each."""
         self.check_readable(split, via=f"SpokenDigits.split_rows({split!r})")
         voice_ids = [corpus.spec.voices.index(v) for v in self.config.voices(split)]
         return np.flatnonzero(np.isin(corpus.labels[:, 0], voice_ids))
 
     def features(self, corpus: espeak.Corpus, rows: np.ndarray, *, chunk: int = 256) -> Tensor:
-        """Clean model inputs ``(N, n_frames, n_mels)`` for corpus clips ``rows``, ``chunk`` clips at a time.
+        """Clean model inputs ``(N, n_frames, n_mels)`` for corpus clips ``rows``.
 
-        Each clip is centred in 1.0 s at the source rate, FFT-resampled to 16 kHz, optionally peak-normalised,
-        turned into log-mel features and normalised with the fixed ``feature_mean`` / ``feature_std``.
+        Computed ``chunk`` clips at a time.
+
+        Each clip is centred in 1.0 s at the source rate, FFT-resampled to 16 kHz, optionally
+        peak-normalised, turned into log-mel features and normalised with the fixed ``feature_mean``
+        / ``feature_std``.
         """
         cfg, fe = self.config, self.config.frontend
         source_len = round(fe.n_samples * corpus.sample_rate / fe.sample_rate)
@@ -165,9 +173,12 @@ class SpokenDigits(Task):
         return ((feats - cfg.feature_mean) / cfg.feature_std).contiguous()  # (N, T, M)
 
     def augment(self, inputs: Tensor) -> Tensor:
-        """Training only: shift each clip by up to ``max_shift`` frames, then add white noise at a random SNR.
+        """Training only: shift each clip by up to ``max_shift`` frames, then add white noise.
 
-        Uses torch's global generator, which the training loop seeds, so training stays deterministic.
+        The noise has a random SNR.
+
+        Uses torch's global generator, which the training loop seeds, so training stays
+        deterministic.
         """
         cfg = self.config
         floor = float(np.log(cfg.frontend.log_floor))

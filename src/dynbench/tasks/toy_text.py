@@ -1,7 +1,7 @@
 """Toy text: seeded synthetic token sequences for unit and contract tests (2 blocks, d=32).
 
-Sequences come from a random sparse first-order Markov chain over 16 tokens, so next-token prediction is
-learnable and perplexity has a known floor. Not a benchmark: the data is made up.
+Sequences come from a random sparse first-order Markov chain over 16 tokens, so next-token
+prediction is learnable and perplexity has a known floor. Not a benchmark: the data is made up.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ class ToyText(Task):
         return GPT(self.config.model)
 
     def load_split(self, split: Split) -> TensorSplit:
-        """Sample sequences from the chain (splits are separately seeded draws); inputs 0..T-1, targets 1..T."""
+        """Sample sequences from the chain: inputs 0..T-1, targets 1..T.
+
+        The splits are separately seeded draws.
+        """
         cfg = self.config
         n = cfg.n_train if split == "train" else cfg.n_test
         g = torch.Generator().manual_seed(cfg.data_seed)

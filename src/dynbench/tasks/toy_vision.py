@@ -1,8 +1,8 @@
 """Toy vision: seeded synthetic 8×8 images for unit and contract tests (2 blocks, d=32).
 
-Four classes, each a random template; every sample is its template scaled and buried in Gaussian noise of a
-per-sample level, so samples range from easy to hard and input-adaptive methods have something to adapt to.
-Not a benchmark: the data is made up.
+Four classes, each a random template; every sample is its template scaled and buried in Gaussian
+noise of a per-sample level, so samples range from easy to hard and input-adaptive methods have
+something to adapt to. Not a benchmark: the data is made up.
 """
 
 from __future__ import annotations

@@ -30,9 +30,11 @@ CONTROL_OF = {"early_exit[rule=depth]": ("early_exit", "static"), "tinv[policy=r
 
 
 def samples(points: dict[str, dict[float, tuple[float, np.ndarray]]], seeds=(0,), noise=0.0) -> pd.DataFrame:
-    """Per-sample records of task ``t`` from ``label → budget → (flops per sample, scores)``, on two targets.
+    """Per-sample records of task ``t`` from ``label → budget → (flops per sample, scores)``, on two
+    targets.
 
-    Seed s adds ``noise · s`` to every score of the learned labels (no '[' in the label), so seeds differ.
+    Seed s adds ``noise · s`` to every score of the learned labels (no '[' in the label), so seeds
+    differ.
     """
     recs = []
     for hw in ("cpu", "cuda"):
@@ -84,12 +86,14 @@ def test_control_is_the_mixture_at_equal_flops_and_the_verdict_resolves_from_the
     table = compare_to_controls(s, summary(list(points), {k: list(v) for k, v in points.items()}), "t",
                                 metric=TopOneAccuracy()).set_index("budget")  # fmt: skip
     assert list(table.index) == [0.9, 0.8]  # the full budget is dense on both sides
-    # 55 FLOPs lies between the control's 20 (w = 5/40 of the samples there) and 60: a mixture of both curves.
+    # 55 FLOPs lies between the control's 20 (w = 5/40 of the samples there) and 60: a mixture of
+    # both curves.
     w = (60 - 55) / (60 - 20)
     assert table.loc[0.9, "control_quality"] == pytest.approx(w * cheap.mean() + (1 - w) * mid.mean())
     assert table.loc[0.9, "verdict"] == "better" and table.loc[0.9, "ci_low"] > 0
     assert table.loc[0.9, "kind"] == "static" and table.loc[0.9, "ci_over"] == "samples"
-    # 30 FLOPs: the learned scores equal the control's cheap curve there up to the mixture: no resolvable difference
+    # 30 FLOPs: the learned scores equal the control's cheap curve there up to the mixture: no
+    # resolvable difference
     w = (60 - 30) / (60 - 20)
     assert table.loc[0.8, "control_quality"] == pytest.approx(w * cheap.mean() + (1 - w) * mid.mean())
     assert table.loc[0.8, "verdict"] in {"worse", "tie"}
@@ -189,7 +193,8 @@ def test_report_shows_learned_vs_static_vs_random(tmp_path) -> None:
 
 
 def test_any_two_labels_compare_at_equal_flops() -> None:
-    """Early exit against layer skipping (no control relation): the same paired comparison, kind left empty."""
+    """Early exit against layer skipping (no control relation): the same paired comparison, kind
+    left empty."""
     full, exit_half, skip_half = correct(0.9), correct(0.85), correct(0.5)
     points = {
         "early_exit[rule=depth]": {1.0: (100.0, full), 0.5: (50.0, exit_half)},

@@ -55,7 +55,7 @@ def make_rows(hardware=("cpu", "cuda"), seeds=(0, 1), no_latency=("lm",)) -> pd.
 
 
 def make_samples(rows: pd.DataFrame, n: int = 40) -> pd.DataFrame:
-    """n per-sample records per (run, budget); dynamic methods spread their FLOPs around the mean."""
+    """n per-sample records per (run, budget); dynamic methods spread their FLOPs about the mean."""
     rng = np.random.default_rng(0)
     runs = rows[rows.metric == "flops_per_sample"].drop_duplicates(["run_key", "budget"])
     frames = []

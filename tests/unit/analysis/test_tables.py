@@ -118,7 +118,8 @@ def test_summary_missing_metrics_are_nan_columns():
 
 def test_summary_labels_for_oracle_and_reconstructed():
     rows = make_rows(tasks=("cls",), hardware=("cpu",), seeds=(0,))
-    # The rows' upper_bound flag (set by the harness for methods that see the evaluation labels) marks it.
+    # The rows' upper_bound flag (set by the harness for methods that see the evaluation labels)
+    # marks it.
     oracle = rows[rows.method == "early_exit"].assign(method="oracle", method_label="oracle", upper_bound=True)
     recon = rows[rows.method == "layer_skip"].assign(reconstructed=True)
     summary = summary_frame(pd.concat([rows, oracle, recon], ignore_index=True))

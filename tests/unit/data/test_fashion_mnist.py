@@ -1,4 +1,5 @@
-"""Fashion-MNIST: idx parsing on generated files, the missing-data error, and the real data when it is installed."""
+"""Fashion-MNIST: idx parsing on generated files, the missing-data error, and the real data when it
+is installed."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def tiny_fashion(directory: Path, n: int = 12) -> DatasetSpec:
-    """Write four small idx.gz files under Fashion-MNIST's names; return a spec with their checksums."""
+    """Write four small idx.gz files under Fashion-MNIST's names; return a spec with checksums."""
     rng = np.random.default_rng(0)
     arrays = {}
     for part, count in (("train", n), ("t10k", n // 2)):

@@ -1,4 +1,5 @@
-"""The speech front end: mel filterbank, log-mel against a hand-computed case, resampling, noise at an SNR."""
+"""The speech front end: mel filterbank, log-mel against a hand-computed case, resampling, noise at
+an SNR."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def test_filterbank_triangles_peak_at_their_centres_and_partition_unity():
         )
     )
     centres = points[1:-1]
-    # Each row peaks at the FFT bin nearest its centre frequency (within one bin), and peaks rise with m.
+    # Each row peaks at the FFT bin nearest its centre frequency (within one bin), and peaks rise
+    # with m.
     peak_bins = fb.argmax(dim=1)
     assert (torch.abs(freqs[peak_bins] - centres) <= sr / n_fft).all()
     assert (peak_bins[1:] >= peak_bins[:-1]).all()

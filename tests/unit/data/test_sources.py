@@ -1,4 +1,5 @@
-"""The data layer on a tiny fixture data set: source order, checksums, truncation, downloads from 127.0.0.1."""
+"""The data layer on a tiny fixture data set: source order, checksums, truncation, downloads from
+127.0.0.1."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Speech Commands data: a tiny generated copy in the real layout, its splits, checks, and a download from 127.0.0.1.
+"""Speech Commands data: a tiny generated copy in the real layout, its splits, checks, and a
+download from 127.0.0.1.
 
-(Named ``..._data`` so that it does not clash with ``tests/unit/tasks/test_speech_commands.py``: the test folders
-are not packages, so two test files may not share a name.)
+(Named ``..._data`` so that it does not clash with ``tests/unit/tasks/test_speech_commands.py``: the
+test folders are not packages, so two test files may not share a name.)
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def write_wav(path: Path, samples: np.ndarray, *, rate: int = 16_000, channels: 
 
 
 def make_layout(root: Path, *, noise: bool = True) -> Path:
-    """35 words × 3 speakers of 0.1 s tones: speaker 0 trains, 1 is in the validation list, 2 in the testing list."""
+    """35 words × 3 speakers of 0.1 s tones: speaker 0 trains, 1 is in the validation list, 2 in the
+    testing list."""
     rng = np.random.default_rng(0)
     lists: dict[str, list[str]] = {VALIDATION_LIST: [], TESTING_LIST: []}
     t = np.arange(1600) / 16_000
@@ -66,7 +68,8 @@ def make_layout(root: Path, *, noise: bool = True) -> Path:
 
 
 def make_archive(layout: Path, out: Path) -> ArchiveSpec:
-    """A .tar.gz of ``layout`` with members named ./word/file.wav, as upstream's; returns its spec."""
+    """A .tar.gz of ``layout`` with members named ./word/file.wav, as upstream's; returns its
+    spec."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out, "w:gz") as tar:
         tar.add(layout, arcname=".")

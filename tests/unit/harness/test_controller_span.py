@@ -1,4 +1,5 @@
-"""Controller spans: how a method marks controller work that fires no module hooks (traced / compiled stages)."""
+"""Controller spans: how a method marks controller work that fires no module hooks (traced /
+compiled stages)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ class Clock:
 class Spanned(DynamicModel):
     """A model without a backbone whose forward is scripted work: ``(kind, ms, children)`` steps.
 
-    Kinds: ``"rest"`` advances the clock; ``"span"`` runs the children inside ``controller_span()``; ``"module"``
-    runs them inside the hooked controller module; ``"raise"`` raises.
+    Kinds: ``"rest"`` advances the clock; ``"span"`` runs the children inside ``controller_span()``;
+    ``"module"`` runs them inside the hooked controller module; ``"raise"`` raises.
     """
 
     def __init__(self, clock: Clock, steps: list) -> None:
@@ -101,7 +102,8 @@ def test_span_inside_hooked_module_counts_once(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_hooked_module_inside_span_counts_once(monkeypatch: pytest.MonkeyPatch):
-    # span: 1 ms, module 3 ms (itself holding a nested span of 1 ms), 1 ms → 5 ms of controller; 5 ms rest
+    # span: 1 ms, module 3 ms (itself holding a nested span of 1 ms), 1 ms → 5 ms of controller; 5
+    # ms rest
     steps = [("span", 0, [rest(1), ("module", 0, [rest(2), ("span", 0, [rest(1)])]), rest(1)]), rest(5)]
     ctrl, model, _ = timed(monkeypatch, steps)
     assert ctrl is not None and ctrl.median_ms == pytest.approx(5.0) and ctrl.share == pytest.approx(0.5)

@@ -51,7 +51,8 @@ def test_worker_exits_when_its_parent_is_killed() -> None:
 
 
 def test_worker_whose_parent_is_already_gone_exits() -> None:
-    """The pid it was told is not its parent (the parent died before the worker got going): exit at once."""
+    """The pid it was told is not its parent (the parent died before the worker got going): exit at
+    once."""
     proc = subprocess.run([sys.executable, "-c", CHILD, "1"], capture_output=True, text=True, timeout=60)
     if sys.platform.startswith("linux"):
         assert proc.returncode == 1 and "ready" not in proc.stdout

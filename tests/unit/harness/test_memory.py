@@ -1,4 +1,5 @@
-"""Memory per operating point: ``peak_mem_bytes`` counts the operating modules, ``resident_bytes`` the whole model."""
+"""Memory per operating point: ``peak_mem_bytes`` counts the operating modules, ``resident_bytes``
+the whole model."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Realized and theoretical speedup on the same statistic, intervals over calls, and the suspect flag.
+"""Realized and theoretical speedup on the same statistic, intervals over calls, the suspect flag.
 
-The models here spend *virtual* time in proportion to the FLOPs each sample costs, read by a fake hardware
-timer, so the physics is known exactly: whatever the per-sample cost distribution, a method whose time is
-proportional to its executed FLOPs realizes exactly its theoretical speedup.
+The models here spend *virtual* time in proportion to the FLOPs each sample costs, read by a fake
+hardware timer, so the physics is known exactly: whatever the per-sample cost distribution, a method
+whose time is proportional to its executed FLOPs realizes exactly its theoretical speedup.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class VirtualHardware(HardwareTarget):
 
 
 class CostModel:
-    """Spends ``ms_per_flop × cost`` virtual milliseconds per call; a sample's cost is its input value."""
+    """Spends ``ms_per_flop × cost`` virtual ms per call; a sample's cost is its input value."""
 
     def __init__(self, clock: VirtualClock, ms_per_flop: float, fixed_cost: float | None = None) -> None:
         self.clock, self.ms_per_flop, self.fixed_cost = clock, ms_per_flop, fixed_cost
@@ -84,7 +84,7 @@ class CostModel:
 
 
 def setup(costs: np.ndarray, method_cost: float | None, ms_per_flop: float = 1.0, dense_cost: float = 8.0):
-    """Batch-1 timing inputs whose method cost is ``costs`` (varying) or ``method_cost`` (constant)."""
+    """Batch-1 timing inputs with method cost ``costs`` (varying) or ``method_cost`` (constant)."""
     clock = VirtualClock()
     n = len(costs)
     inputs = [torch.tensor([[float(c)]]) for c in costs]
@@ -116,7 +116,8 @@ def test_time_proportional_to_flops_realizes_exactly_the_theoretical_speedup(met
 
 
 def test_a_median_speedup_would_disagree_when_cost_varies():
-    """The statistic the suite used before: median call times against mean FLOPs read 8× where physics says 2.9×."""
+    """The statistic the suite used before: median call times against mean FLOPs read 8× where
+    physics says 2.9×."""
     plan, model, dense, ti, flops, dense_flops = setup(VARYING, None)
     speed = time_speed(plan, model, dense, 0.5, ti, flops, dense_flops)
     median_ratio = speed.dense.median_ms / speed.method.median_ms
@@ -131,7 +132,7 @@ def test_speedup_interval_covers_the_ratio_of_means_under_noise():
 
 
 def rows_of(ms_per_flop_attempts: list[float]):
-    """timing_rows with a method whose speed changes between the first and the second measurement."""
+    """timing_rows with a method whose speed changes between the first and second measurement."""
     plan, model, dense, ti, flops, dense_flops = setup(VARYING, None)
     attempts = iter(ms_per_flop_attempts)
     original = model.__call__
@@ -154,7 +155,7 @@ def rows_of(ms_per_flop_attempts: list[float]):
 
 
 class MethodCall:
-    """A model made of a function (the timing loop only calls the model and asks for its controllers)."""
+    """A model made of a function (the timing loop only calls it and asks for its controllers)."""
 
     def __init__(self, fn: Callable[..., None]) -> None:
         self.fn = fn

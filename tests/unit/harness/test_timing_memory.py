@@ -56,7 +56,7 @@ class Clock:
 
 
 class Ticks(nn.Module):
-    """Advances the clock by ``before`` ns, runs ``inner`` (if any), then advances it by ``after`` ns."""
+    """Advances the clock ``before`` ns, runs ``inner`` (if any), then advances it ``after`` ns."""
 
     def __init__(self, clock: Clock, before: int, after: int = 0, inner: nn.Module | None = None) -> None:
         super().__init__()

@@ -1,4 +1,5 @@
-"""Method unit tests run tiny models: one thread is fastest, and immune to oversubscription on a shared machine."""
+"""Method unit tests run tiny models: one thread is fastest, and immune to oversubscription on a
+shared machine."""
 
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ def force_choice(model: ACMModel, budget: float, k: int) -> None:
 
 
 def naive_masked(acm: LearnerStack, z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The obvious reference: learner i on the tokens whose k >= i, by boolean masks, learner by learner."""
+    """The obvious reference: learner i on the tokens whose k >= i, by boolean masks, learner by
+    learner."""
     out = torch.zeros_like(z)
     for i in range(acm.n):
         mask = k >= i + 1
@@ -74,7 +75,8 @@ def test_registered_with_paper_and_budgets() -> None:
 
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_gated_runs_exactly_the_chosen_learners(swiglu: bool) -> None:
-    """Counted FLOPs = Σ_tokens k · width · FLOPs per hidden unit; outputs = the chosen prefix of every token."""
+    """Counted FLOPs = Σ_tokens k · width · FLOPs per hidden unit; outputs = the chosen prefix of
+    every token."""
     acm = stack(swiglu).eval()
     z = torch.randn(40, 16)
     k = torch.randint(0, 5, (40,))
@@ -87,7 +89,8 @@ def test_gated_runs_exactly_the_chosen_learners(swiglu: bool) -> None:
 
 
 def test_last_learner_of_the_largest_choice_runs() -> None:
-    """The released forward_gated stops at max(k) - 1: with every k = 1 it ran nothing. Here learner 1 runs."""
+    """The released forward_gated stops at max(k) - 1: with every k = 1 it ran nothing. Here learner
+    1 runs."""
     acm = stack().eval()
     z = torch.randn(10, 16)
     ones = torch.ones(10, dtype=torch.long)
@@ -262,7 +265,8 @@ def test_full_budget_is_the_dense_backbone_and_distillation_fits_the_mlps(fitted
 
 
 def test_one_budget_holds_one_model() -> None:
-    """1.0 reads the dense backbone (dense's weight bytes), a β its own fine-tuned copy; resident holds them all."""
+    """1.0 reads the dense backbone (dense's weight bytes), a β its own fine-tuned copy; resident
+    holds them all."""
     vit = tiny_vit()
     model = ACM(ACMConfig(targets=(0.75, 0.5, 0.25))).wrap(vit).eval()
     dense = modules_bytes(METHODS.get("dense")().wrap(vit).operating_modules(1.0))

@@ -1,7 +1,9 @@
-"""``operating_modules`` of the methods that skip parts of the backbone statically, on unfitted tiny models.
+"""``operating_modules`` of the methods that skip parts of the backbone statically, on unfitted tiny
+models.
 
 The registry-wide sufficiency check (fitted methods and their controls on the toy tasks) is in
-``tests/contract/test_operating_modules.py``; here are the options it does not sweep and the byte counts.
+``tests/contract/test_operating_modules.py``; here are the options it does not sweep and the byte
+counts.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def inputs(backbone: nn.Module) -> torch.Tensor:
 
 
 def assert_sufficient(model: DynamicModel, budget: float, x: torch.Tensor) -> int:
-    """Every floating tensor outside ``budget``'s operating modules NaN → the same logits. Returns how many were."""
+    """Every floating tensor outside ``budget``'s operating modules NaN → the same logits. Returns
+    how many were."""
     poisoned = copy.deepcopy(model)
     operating = poisoned.operating_modules(budget)
     kept = {t.untyped_storage().data_ptr() for m in operating for t in [*m.parameters(), *m.buffers()]}

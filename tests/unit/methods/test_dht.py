@@ -39,7 +39,8 @@ DEEP_VIT = ViTConfig(image_size=8, patch_size=4, n_classes=4, d_model=32, n_laye
 
 
 def fitted(task, backbone, config: DHTConfig = FIT, seed: int = 0) -> DHTModel:
-    """A DHT model fitted on a copy of ``backbone`` (the fit fine-tunes the copy, never the original)."""
+    """A DHT model fitted on a copy of ``backbone`` (the fit fine-tunes the copy, never the
+    original)."""
     method = DHT(config)
     model = method.wrap(copy.deepcopy(backbone))
     method.fit(model, task, seed=seed)
@@ -52,7 +53,8 @@ def random_twin(model: DHTModel) -> DHTModel:
 
 
 def policy_twin(model: DHTModel, policy: str) -> DHTModel:
-    """``policy`` ("bandit", "static" or "random") on the same fitted weights and tables, as a cached fit loads."""
+    """``policy`` ("bandit", "static" or "random") on the same fitted weights and tables, as a
+    cached fit loads."""
     twin = DHT(dataclasses.replace(model.config, policy=policy)).wrap(copy.deepcopy(model.backbone))
     twin.load_state_dict(model.state_dict())
     return twin.eval()
@@ -60,7 +62,8 @@ def policy_twin(model: DHTModel, policy: str) -> DHTModel:
 
 @pytest.fixture(scope="module")
 def setups() -> dict:
-    """Per toy task: (task, trained backbone, fitted bandit model, its random twin, 16 test inputs)."""
+    """Per toy task: (task, trained backbone, fitted bandit model, its random twin, 16 test
+    inputs)."""
     out = {}
     for name in TASK_NAMES:
         cls = TASKS.get(name)
@@ -74,14 +77,15 @@ def setups() -> dict:
 
 @pytest.fixture(scope="module")
 def deep() -> tuple:
-    """A 4-block, 4-head ViT on toy-vision (16 arms), fitted without fine-tuning: (task, model, 64 inputs)."""
+    """A 4-block, 4-head ViT on toy-vision (16 arms), fitted without fine-tuning: (task, model, 64
+    inputs)."""
     task = TASKS.get("toy-vision")(ToyVisionConfig(model=DEEP_VIT, train=QUICK))
     backbone = task.backbone(seed=0).eval()
     model = fitted(task, backbone, dataclasses.replace(FIT, steps=0, refine_per_arm=2))
     return task, model, next(task.batches("train", batch_size=64)).inputs
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Registration and options
 
 
@@ -147,7 +151,7 @@ def test_unfitted_or_unknown_budgets_are_refused(setups: dict) -> None:
             model(inputs, budget=0.5)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Bandit rules
 
 
@@ -250,7 +254,7 @@ def test_correctness_is_likelihood_or_accuracy() -> None:
     assert sample_correctness(classes, labels, TopOneAccuracy(), "accuracy").tolist() == [1.0, 0.0]
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Execution: what runs, its FLOPs, the dense budget
 
 
@@ -298,7 +302,7 @@ def test_grouped_forward_runs_exactly_the_chosen_layers_and_heads(deep: tuple) -
 
 
 def check_grouped_forward(model: DHTModel, inputs: torch.Tensor, k: int) -> None:
-    """Set table ``k``'s policy by hand and check the blocks, heads, logits and FLOPs of one forward."""
+    """Set table ``k``'s policy by hand; check blocks, heads, logits and FLOPs of one forward."""
     with torch.no_grad():
         contexts = model.contexts(model.backbone.embed(inputs))  # (B,)
     assert sorted(set(contexts.tolist())) == [0, 1], "both contexts should occur among the 64 inputs"
@@ -356,7 +360,7 @@ def test_policy_compute_never_rises_as_the_budget_falls(deep: tuple) -> None:
     assert (flops[1] <= flops[0]).all() and (flops[2] <= flops[1]).all()
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The random policy
 
 
@@ -388,19 +392,21 @@ def test_random_policy_matches_the_bandit_mean_compute(deep: tuple) -> None:
     assert all((lo <= hi).all() for hi, lo in zip(flops, flops[1:]))
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The static control
 
 
 def pooled_heads(model: DHTModel, n: int) -> torch.Tensor:
-    """``(L, U)`` bool: per layer the ``n`` units of largest posterior mean pooled over every table and context."""
+    """``(L, U)`` bool: per layer the ``n`` units of largest posterior mean pooled over every table
+    and context."""
     alpha = 1 + (model.unit_alpha - 1).sum(dim=(0, 1))  # (L, U)
     beta = 1 + (model.unit_beta - 1).sum(dim=(0, 1))
     return exploit_units(alpha, beta, n)
 
 
 def static_reference(model: DHTModel, inputs: torch.Tensor, budget: float) -> torch.Tensor:
-    """The static control's logits built by hand: the stored arm's blocks with the pooled top heads, the readout."""
+    """The static control's logits built by hand: the stored arm's blocks with the pooled top heads,
+    the readout."""
     depth, n = model.arm_shape(int(model.static_arm[model.table_index(budget)]))
     mask = pooled_heads(model, n)
     x = model.backbone.embed(inputs)
@@ -450,7 +456,8 @@ def test_static_runs_one_subnetwork_for_every_sample(setups: dict, deep: tuple, 
 
 
 def test_static_is_the_best_arm_within_the_bandits_validation_flops(deep: tuple) -> None:
-    """Re-derive the choice from forward passes on the validation split: bandit FLOPs cap, every arm's quality."""
+    """Re-derive the choice from forward passes on the validation split: bandit FLOPs cap, every
+    arm's quality."""
     task, model, _ = deep
     val = task.split("val")
     shape = tuple(val.inputs.shape[1:])
@@ -509,7 +516,7 @@ def test_static_is_chosen_on_the_validation_split_only(setups: dict, monkeypatch
     assert set(read) == {"train"}
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Fitting
 
 

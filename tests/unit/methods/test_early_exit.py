@@ -33,7 +33,7 @@ def setups() -> dict:
 
 
 def deep_vit() -> ViT:
-    """An untrained 4-block ViT on toy-vision inputs, with a sharp readout so confidences spread out."""
+    """An untrained 4-block ViT on toy-vision inputs, with a sharp readout to spread confidences."""
     torch.manual_seed(0)
     vit = ViT(ViTConfig(image_size=8, patch_size=4, n_classes=4, d_model=32, n_layers=4, n_heads=2)).eval()
     with torch.no_grad():
@@ -42,7 +42,8 @@ def deep_vit() -> ViT:
 
 
 def threshold_far_from(conf: torch.Tensor, lo: int, hi: int) -> float:
-    """A threshold between ``lo`` and ``hi`` exits at head 0, as far as possible from every confidence."""
+    """A threshold between ``lo`` and ``hi`` exits at head 0, as far as possible from every
+    confidence."""
     values = conf.flatten().sort().values
     mids = (values[1:] + values[:-1]) / 2  # candidate thresholds between neighbouring confidences
     best, gap = 0.0, -1.0
@@ -234,7 +235,8 @@ def test_shared_exits_apply_the_readout_and_own_no_weights(setups: dict) -> None
         h = backbone.blocks[0](backbone.embed(inputs))  # (B, T, C)
         torch.testing.assert_close(model.exit_heads[0](h), backbone.readout(h), rtol=0, atol=0)
         count = count_flops(lambda: model(inputs, budget=0.0), model, model.controller_modules())
-    # at τ = 0 every sequence leaves after block 0 through exit 0: the controller FLOPs are that head's
+    # at τ = 0 every sequence leaves after block 0 through exit 0: the controller FLOPs are that
+    # head's
     assert count.controller == inputs.shape[0] * backbone.readout.flops(inputs.shape[1])
 
 
@@ -253,7 +255,8 @@ def test_auto_tunes_only_large_heads(setups: dict) -> None:
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_tuned_exits_fit_the_last_block_and_cost_what_the_trace_says(setups: dict, name: str) -> None:
-    """Least-squares translators beat the untrained (shared) exit at predicting the last block's output."""
+    """Least-squares translators beat the untrained (shared) exit at predicting the last block's
+    output."""
     task, backbone, _, inputs = setups[name]
     method = EarlyExit(EarlyExitConfig(heads="tuned", tuned_samples=64))
     model = method.wrap(backbone).eval()
@@ -294,7 +297,8 @@ def test_decisions_on_a_few_positions_cost_what_the_trace_says(setups: dict) -> 
 
 
 def test_static_depth_rule_runs_k_blocks_and_leaves_by_head_k() -> None:
-    """``rule="depth"``: budget k/L runs blocks 0..k-1 for every sample and exit head k-1; counted = analytic."""
+    """``rule="depth"``: budget k/L runs blocks 0..k-1 for every sample and exit head k-1; counted =
+    analytic."""
     vit = deep_vit()
     method = EarlyExit(EarlyExitConfig(rule="depth"))
     model = method.wrap(vit).eval()

@@ -1,4 +1,4 @@
-"""The exact multiple-choice knapsack against brute force, for many capacities and checkpoint spacings."""
+"""Exact multiple-choice knapsack vs brute force over many capacities and checkpoint spacings."""
 
 from __future__ import annotations
 

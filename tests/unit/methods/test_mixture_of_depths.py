@@ -25,7 +25,8 @@ from dynbench.tasks.base import TASKS
 
 
 def tiny_gpt(kind: str = "learned") -> GPT:
-    """A 4-block GPT: ``learned`` positions (GPT-2) or ``rope`` with grouped-query attention (Llama-style)."""
+    """A 4-block GPT: ``learned`` positions (GPT-2) or ``rope`` with grouped-query attention
+    (Llama-style)."""
     torch.manual_seed(0)
     if kind == "rope":
         cfg = GPTConfig(
@@ -53,7 +54,8 @@ def tiny_vit() -> ViT:
 
 
 def wrap(backbone: Backbone, **options) -> MixtureOfDepthsModel:
-    """An unfitted MoD model: routers and predictors as initialised (deterministic), backbone weights copied."""
+    """An unfitted MoD model: routers and predictors as initialised (deterministic), backbone
+    weights copied."""
     return MixtureOfDepths(MixtureOfDepthsConfig(**options)).wrap(backbone).eval()
 
 
@@ -62,7 +64,7 @@ def ids(batch: int = 3, T: int = 24) -> torch.Tensor:
 
 
 def randomize_routers(model: MixtureOfDepthsModel) -> None:
-    """Routers with spread-out scores (std 1 instead of the init's 0.02), so top-k is far from ties."""
+    """Routers with spread-out scores (std 1, not the init's 0.02), so top-k is far from ties."""
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for v in model.variants.values():
@@ -142,7 +144,8 @@ def test_selects_the_topk_of_the_router_scores(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["learned", "rope"])
 def test_routed_block_matches_a_per_sample_reference(kind: str) -> None:
-    """Selected tokens run in their original order at their original positions; x + r·f(x_sel), others unchanged."""
+    """Selected tokens run in their original order at their original positions; x + r·f(x_sel),
+    others unchanged."""
     model = wrap(tiny_gpt(kind))
     randomize_routers(model)
     v = model.variant(0.25)
@@ -166,7 +169,8 @@ def test_routed_block_matches_a_per_sample_reference(kind: str) -> None:
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_selected_tokens_attend_only_to_earlier_selected_tokens(causal: bool) -> None:
-    """Decoders: a selected token's update ignores later selected tokens. Encoders: it sees all selected ones."""
+    """Decoders: a selected token's update ignores later selected tokens. Encoders: it sees all
+    selected ones."""
     model = wrap(tiny_gpt() if causal else tiny_vit())
     v = model.variant(0.25)
     block = v.net.blocks[1]
@@ -239,8 +243,8 @@ def test_encoders_always_keep_cls(rule: str) -> None:
 @pytest.mark.parametrize("batch", [3, 1])
 @pytest.mark.parametrize("kind", ["learned", "rope"])
 def test_kv_cached_decode_equals_full_recompute(kind: str, batch: int) -> None:
-    """Prompt in one call, then token by token: the logits of the predictor-routed full forward, and routed blocks
-    cache exactly the tokens that ran them."""
+    """Prompt in one call, then token by token: the logits of the predictor-routed full forward, and
+    routed blocks cache exactly the tokens that ran them."""
     bb = tiny_gpt(kind)
     model = wrap(bb, routing="predictor")
     x = ids(batch=batch, T=20)
@@ -282,7 +286,8 @@ def test_random_routing_is_exactly_k_repeatable_and_not_the_router() -> None:
 
 @pytest.mark.parametrize("backbone", [tiny_gpt, tiny_vit])
 def test_gaussian_random_routing_ignores_the_router_and_learned_scale_reads_it(backbone) -> None:
-    """The paper's stochastic routing scales by its random weights; random_scale=learned scales by the router."""
+    """The paper's stochastic routing scales by its random weights; random_scale=learned scales by
+    the router."""
     x = ids(batch=2) if backbone is tiny_gpt else torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     outs = {}
     for scale in ("gaussian", "learned"):
@@ -316,7 +321,8 @@ def test_init_rule_text_from_scratch_others_fine_tuned() -> None:
 
 @pytest.fixture(scope="module")
 def fitted_text() -> tuple:
-    """toy-text, dense backbone trained briefly, MoD fitted from scratch at capacity 0.5 with isoFLOP steps."""
+    """toy-text, dense backbone trained briefly, MoD fitted from scratch at capacity 0.5 with
+    isoFLOP steps."""
     task = TASKS.get("toy-text")()
     backbone = task.backbone(seed=0).eval()
     method = MixtureOfDepths(MixtureOfDepthsConfig(capacities=(0.5,)))
@@ -343,7 +349,8 @@ def test_scratch_training_is_iso_flop_with_the_dense_recipe(fitted_text: tuple) 
 
 
 def test_trained_predictor_agrees_with_topk(fitted_text: tuple) -> None:
-    """The causal predictor reproduces most top-k decisions, far above always-route or never-route (50%)."""
+    """The causal predictor reproduces most top-k decisions, far above always-route or never-route
+    (50%)."""
     task, _, model = fitted_text
     batch = next(task.batches("test", batch_size=128))
     with torch.no_grad():
@@ -357,7 +364,8 @@ def test_trained_predictor_agrees_with_topk(fitted_text: tuple) -> None:
 
 
 def test_training_flops_are_three_forward_passes_as_counted() -> None:
-    """The isoFLOP convention (training step ≈ 3 × forward) checked with the FLOP counter, for MoD and dense alike."""
+    """The isoFLOP convention (training step ≈ 3 × forward) checked with the FLOP counter, for MoD
+    and dense alike."""
     gpt = tiny_gpt()
     model = wrap(gpt, capacities=(0.25,))
     x, y = ids(batch=4), ids(batch=4).roll(1, dims=1)
@@ -377,7 +385,8 @@ def test_training_flops_are_three_forward_passes_as_counted() -> None:
 
 
 def test_predictor_calibration_trains_only_the_predictors_and_is_paid_for() -> None:
-    """The calibration phase moves the predictors alone, raises agreement, and its FLOPs are in ``train_flops``."""
+    """The calibration phase moves the predictors alone, raises agreement, and its FLOPs are in
+    ``train_flops``."""
     task = TASKS.get("toy-text")()
     model = wrap(tiny_gpt(), capacities=(0.5,))
     method = MixtureOfDepths(MixtureOfDepthsConfig(capacities=(0.5,)))
@@ -403,7 +412,8 @@ def test_predictor_calibration_trains_only_the_predictors_and_is_paid_for() -> N
 
 
 class _SixteenTokenText:
-    """toy-text's batches with ids folded into the 16-token vocabulary of :func:`tiny_gpt`, 24 tokens long."""
+    """toy-text's batches with ids folded into the 16-token vocabulary of :func:`tiny_gpt`, 24
+    tokens long."""
 
     def __init__(self, task) -> None:
         self.task = task
@@ -415,7 +425,8 @@ class _SixteenTokenText:
 
 @pytest.mark.parametrize(("kind", "rule"), [("vit", "topk"), ("learned", "predictor"), ("learned", "topk")])
 def test_one_capacity_holds_one_model(kind: str, rule: str) -> None:
-    """1.0 reads the dense backbone; capacity c only its own network and routers (+ predictors under their rule)."""
+    """1.0 reads the dense backbone; capacity c only its own network and routers (+ predictors under
+    their rule)."""
     bb = tiny_vit() if kind == "vit" else tiny_gpt(kind)
     model = wrap(bb, routing=rule)
     dense = modules_bytes(METHODS.get("dense")().wrap(bb).operating_modules(1.0))

@@ -57,7 +57,8 @@ def deep_tasks() -> dict[str, Task]:
 
 @pytest.fixture(scope="module")
 def solved() -> dict:
-    """Per modality: (task, method, solved model, eval batches of 16, budgets), 4-block backbones, 48 samples."""
+    """Per modality: (task, method, solved model, eval batches of 16, budgets), 4-block backbones,
+    48 samples."""
     out = {}
     for name, task in deep_tasks().items():
         backbone = task.backbone(seed=0).eval()
@@ -187,7 +188,8 @@ def test_selection_bias_control(solved: dict, name: str) -> None:
 
 
 def test_allocate_on_a_hand_made_table() -> None:
-    """Two samples, L=2, candidates full / block 0 / block 1; sample 1 is right only with the full network."""
+    """Two samples, L=2, candidates full / block 0 / block 1; sample 1 is right only with the full
+    network."""
     score = np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     second_view = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
     table = {"score": score, "a": score, "b": second_view}
@@ -206,7 +208,8 @@ def test_identical_inputs_share_one_choice() -> None:
     sol = allocate({"score": score, "a": score, "b": score}, np.array([5, 5]), [2, 1, 1], 2, (1.0, 0.5), kind=0)
     assert sol["sample_hashes"].tolist() == [5] and sol["choices"].tolist() == [[0], [1]]
     assert sol["selection_half"][1].tolist() == [0.5]  # the mean over the two samples
-    # b == a: the "second view" is the first (an identity augment), so there is no selection-bias control
+    # b == a: the "second view" is the first (an identity augment), so there is no selection-bias
+    # control
     assert math.isnan(float(sol["matching_budget_heldout"])) and sol["heldout_half"].isnan().all()
 
 
@@ -302,7 +305,8 @@ def test_cli_run_and_report_show_the_oracle_on_the_layers_plot(tmp_path: Path) -
 
 
 def test_tuned_exit_candidates_and_budget_depths() -> None:
-    """exits=tuned: prefixes read out through fitted translators (counted); each budget's depth is a candidate."""
+    """exits=tuned: prefixes read out through fitted translators (counted); each budget's depth is a
+    candidate."""
     task = deep_tasks()["text"]
     backbone = task.backbone(seed=0).eval()
     method = Oracle(OracleConfig(exits="tuned", max_depths=2))

@@ -46,7 +46,8 @@ def test_gae_stops_at_done_and_ignores_padding() -> None:
 def test_first_stop_respects_the_first_decision_step() -> None:
     go_on = torch.tensor([[False, True, False, True], [True, True, True, True], [False, False, False, False]])
     first = torch.tensor([1, 0, 3])
-    # row 0: step 0 is forced on, stops at 2; row 1 never stops → last step; row 2 starts at the last step
+    # row 0: step 0 is forced on, stops at 2; row 1 never stops → last step; row 2 starts at the
+    # last step
     assert first_stop(go_on, first).tolist() == [2, 3, 3]
 
 
@@ -68,7 +69,8 @@ def test_rollout_rewards_for_certain_actions() -> None:
 
 
 class TablePolicy(nn.Module):
-    """Per-step logits and values (optionally per observed type): the simplest learnable stopping policy."""
+    """Per-step logits and values (optionally per observed type): the simplest learnable stopping
+    policy."""
 
     def __init__(self, steps: int, types: int = 1) -> None:
         super().__init__()

@@ -16,7 +16,8 @@ def test_the_oracle_reads_this_hash() -> None:
 
 
 def test_the_oracles_hash_is_unchanged() -> None:
-    """Values pinned from the oracle's own ``input_hashes`` before it moved here: its cached matches stay valid."""
+    """Values pinned from the oracle's own ``input_hashes`` before it moved here: its cached matches
+    stay valid."""
     assert input_hashes(IMAGES).tolist() == [-5821527536369699544, 912639359089212989, 2667754998617108968]
     assert input_hashes(TOKENS).tolist() == [-107578706617542074, -4360595814520777945]
     pixels = torch.tensor([[0, 255], [7, 7]], dtype=torch.uint8)

@@ -32,7 +32,7 @@ def is_plugin(module: str) -> bool:
 
 
 def imported_methods_modules(path: Path) -> set[str]:
-    """The ``dynbench.methods`` modules ``path`` imports anywhere (top level or inside functions)."""
+    """The ``dynbench.methods`` modules ``path`` imports anywhere (top level or in functions)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -45,13 +45,14 @@ def imported_methods_modules(path: Path) -> set[str]:
 
 
 def versioned(module: str) -> bool:
-    """A private shared module that declares a ``VERSION`` (a part a method lists in ``shared_parts``)."""
+    """A private shared module with a ``VERSION`` (a part a method lists in ``shared_parts``)."""
     return not is_plugin(module) and hasattr(importlib.import_module(module), "VERSION")
 
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_shared_parts_are_exactly_the_versioned_modules_the_plugin_imports(name: str) -> None:
-    """A part the plugin uses but does not list would change its results without changing its version."""
+    """A part the plugin uses but does not list would change its results without changing its
+    version."""
     cls = METHODS.get(name)
     module = cls.__module__
     imported = {m for m in imported_methods_modules(method_modules()[module]) if versioned(m)}

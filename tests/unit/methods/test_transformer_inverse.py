@@ -50,7 +50,8 @@ def fit(task, config: TransformerInverseConfig = FIT) -> TransformerInverseModel
 
 @pytest.fixture(scope="module")
 def setups() -> dict:
-    """Per task: (task, fitted model, a test batch of 16 inputs); 'deep' is a 4-block toy ViT (4 fold points)."""
+    """Per task: (task, fitted model, a test batch of 16 inputs); 'deep' is a 4-block toy ViT (4
+    fold points)."""
     out = {}
     for name in TASK_NAMES:
         cls = TASKS.get(name)
@@ -79,7 +80,8 @@ def test_registered_with_alias_paper_and_budgets() -> None:
     b = method.resolve_budgets(None, 6)
     assert b[0] == method.full_budget == 1.0 and len(b) == 6 and list(b) == sorted(b, reverse=True)
     assert method.reconstructed and method.learns() and "2501.16394" in (method.paper or "")
-    # the random baseline reuses the learned fit (the same cache key): only the forward reads the policy
+    # the random baseline reuses the learned fit (the same cache key): only the forward reads the
+    # policy
     assert TransformerInverse(TransformerInverseConfig(policy="random")).fit_identity() == method.fit_identity()
     assert TransformerInverse(TransformerInverseConfig(policy="static")).fit_identity() == method.fit_identity()
     assert TransformerInverse.controls == {"static": {"policy": "static"}, "random": {"policy": "random"}}
@@ -316,7 +318,8 @@ def test_cuda_graph_paths_equal_eager(setups: dict) -> None:
 
 
 def test_fit_leaves_the_backbone_alone_and_its_cache_round_trips(setups: dict, tmp_path: Path) -> None:
-    """As the harness caches a fit: only changed tensors saved, loaded with strict=False onto a fresh wrap."""
+    """As the harness caches a fit: only changed tensors saved, loaded with strict=False onto a
+    fresh wrap."""
     task, model, x = setups["toy-vision"]
     method = TransformerInverse(FIT)
     fitted = method.wrap(copy.deepcopy(model.backbone))
@@ -391,7 +394,8 @@ def test_static_runs_one_fold_point_per_budget(setups: dict, name: str) -> None:
 
 
 def test_static_is_the_best_fold_point_within_the_learned_validation_flops(setups: dict) -> None:
-    """Re-derive the choice by forward passes on the validation split (all 128 samples: fit_samples is 256)."""
+    """Re-derive the choice by forward passes on the validation split (all 128 samples: fit_samples
+    is 256)."""
     task, model, _ = setups["deep"]
     val = task.split("val")
     shape = tuple(val.inputs.shape[1:])

@@ -1,4 +1,4 @@
-"""The audio encoder: shapes, frame stacking, and analytic FLOPs equal to what FlopCounterMode counts."""
+"""The audio encoder: shapes, frame stacking and analytic FLOPs equal to FlopCounterMode's count."""
 
 from __future__ import annotations
 

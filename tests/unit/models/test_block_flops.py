@@ -1,4 +1,4 @@
-"""The analytic FLOP count of the backbones equals what FlopCounterMode counts (attention included)."""
+"""The analytic FLOP count of the backbones equals FlopCounterMode's (attention included)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_counted_flops_equal_analytic(model, inputs):
 
 
 def test_attention_is_counted_on_cpu():
-    """Without the registered formula CPU attention counts 0: the block total would miss 4·T²·C per sample."""
+    """Without the registered formula CPU attention counts 0: the block total would miss 4·T²·C per
+    sample."""
     cfg = BlockConfig(d_model=32, n_heads=4, mlp_hidden=64)
     block = Block(cfg).eval()
     x = torch.randn(2, 10, 32)

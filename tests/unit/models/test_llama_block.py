@@ -1,4 +1,5 @@
-"""The Llama variants of the Block (RMSNorm, SwiGLU, GQA, rotary positions): exact FLOPs and the semantics."""
+"""The Llama variants of the Block (RMSNorm, SwiGLU, GQA, rotary positions): exact FLOPs and the
+semantics."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def test_counted_flops_equal_analytic_for_every_variant(kw):
 
 @pytest.mark.parametrize("force_repeat", [False, True])
 def test_gqa_costs_kv_heads_only(monkeypatch, force_repeat):
-    """k/v projections cost n_kv_heads·head_dim rows; attention is per query head; repeating k/v costs 0."""
+    """k/v projections cost n_kv_heads·head_dim rows; attention is per query head; repeating k/v
+    costs 0."""
     if force_repeat:
         monkeypatch.setattr(block_mod, "sdpa_counts_gqa", lambda: False)
     block = make(n_kv_heads=2, mlp="swiglu", norm="rmsnorm", rope=True, bias=False, causal=True)
@@ -58,7 +60,8 @@ def test_gqa_costs_kv_heads_only(monkeypatch, force_repeat):
 
 
 def test_gqa_equals_mha_with_repeated_kv_weights():
-    """Query head i reads kv head i // group (Llama's grouping): a GQA block = an MHA block with k/v rows repeated."""
+    """Query head i reads kv head i // group (Llama's grouping): a GQA block = an MHA block with k/v
+    rows repeated."""
     gqa = make(n_kv_heads=2, rope=True, norm="rmsnorm", mlp="swiglu", causal=True)
     mha = Block(BlockConfig(d_model=32, n_heads=4, mlp_hidden=48, rope=True, norm="rmsnorm", mlp="swiglu", causal=True))
     sd = dict(gqa.state_dict())
@@ -84,7 +87,8 @@ def test_head_subset_equals_masking_with_gqa(kv):
 
 @pytest.mark.parametrize(("idx", "groups"), [([0, 1], 1), ([2, 3], 1), ([0, 1, 2], 2), ([1, 2], 2), ([3], 1)])
 def test_head_subset_computes_only_the_kv_groups_it_reads(idx, groups):
-    """k/v rows are sliced to the groups the chosen heads use; block_flops assumes the fewest groups."""
+    """k/v rows are sliced to the groups the chosen heads use; block_flops assumes the fewest
+    groups."""
     cfg_kw = dict(n_kv_heads=2, rope=True, norm="rmsnorm", mlp="swiglu", bias=False, causal=True)
     block = make(**cfg_kw)
     T, C, hd = 6, 32, 8
@@ -117,7 +121,8 @@ def test_rope_attention_depends_only_on_relative_positions():
 
 
 def test_token_subset_keeps_original_positions():
-    """A token subset with its original positions (Mixture-of-Depths) = full attention restricted to those keys."""
+    """A token subset with its original positions (Mixture-of-Depths) = full attention restricted to
+    those keys."""
     block = make(rope=True, n_kv_heads=2, causal=True, norm="rmsnorm", mlp="swiglu")
     x = torch.randn(2, 8, 32)
     keep = torch.tensor([[0, 2, 3, 6], [1, 4, 5, 7]])  # (B, k) sorted positions per sample

@@ -26,7 +26,8 @@ def params(*values: float) -> list[nn.Parameter]:
 
 
 def test_each_group_gets_its_lr_scale_and_weight_decay() -> None:
-    """With zero gradients AdamW only decays: p ← p · (1 − lr · wd), so lr and wd show in the new value."""
+    """With zero gradients AdamW only decays: p ← p · (1 − lr · wd), so lr and wd show in the new
+    value."""
     a, b, c = params(1.0, 1.0, 1.0)
     opt = ScheduledOptimizer(
         [ParamGroup([a]), ParamGroup([b], lr_scale=10.0, weight_decay=0.5), ParamGroup([c], weight_decay=0.0)],
@@ -55,7 +56,8 @@ def test_empty_groups_are_left_out_and_no_parameters_is_an_error() -> None:
 
 @pytest.mark.parametrize(("clip", "norms"), [("global", (0.6, 0.8)), ("per_group", (1.0, 1.0))])
 def test_clipping_is_global_or_per_group(clip: str, norms: tuple[float, float]) -> None:
-    """Gradients 3 and 4: one global norm of 5 scales both by 1/5; per group each is clipped to 1 alone."""
+    """Gradients 3 and 4: one global norm of 5 scales both by 1/5; per group each is clipped to 1
+    alone."""
     a, b = params(0.0, 0.0)
     opt = ScheduledOptimizer(
         [ParamGroup([a]), ParamGroup([b])], constant(0.0), weight_decay=0, grad_clip=1.0, clip=clip
@@ -97,7 +99,8 @@ def batches(n: int) -> list[Batch]:
 
 
 def test_fit_loop_with_plain_parameters_is_the_hand_written_adamw_loop() -> None:
-    """Bit for bit: one group with the recipe's lr, decay and global clip, in the same order of operations."""
+    """Bit for bit: one group with the recipe's lr, decay and global clip, in the same order of
+    operations."""
     cfg = TrainConfig(steps=20, lr=0.05, weight_decay=0.1, warmup_steps=3, grad_clip=0.5)
     data = batches(cfg.steps)
     torch.manual_seed(0)

@@ -1,14 +1,17 @@
-"""timm / torchvision ViT weights → our ViT: the key mapping is proven against an independent reference forward pass.
+"""timm / torchvision ViT weights → our ViT: the key mapping is proven against an independent
+reference forward pass.
 
-The reference (:func:`reference_logits`) is written here from the two libraries' architecture definitions with
-plain torch ops in float64 — a real stride-p convolution for the patches, one fused q/k/v matrix split into
-heads by hand, softmax attention, erf GELU, LayerNorm ε = 1e-6, the final norm and head on the CLS token — and
-shares no code with our ViT or Block. When timm or torchvision imports, their own randomly initialised models
-are the reference instead (those tests skip cleanly where they do not import, as beside this CPU torch build).
+The reference (:func:`reference_logits`) is written here from the two libraries' architecture
+definitions with plain torch ops in float64 — a real stride-p convolution for the patches, one fused
+q/k/v matrix split into heads by hand, softmax attention, erf GELU, LayerNorm ε = 1e-6, the final
+norm and head on the CLS token — and shares no code with our ViT or Block. When timm or torchvision
+imports, their own randomly initialised models are the reference instead (those tests skip cleanly
+where they do not import, as beside this CPU torch build).
 
-Fixtures (``tests/fixtures/vit_import/``, regenerate with ``python tests/unit/models/test_vit_import.py``):
-tiny random weights (image 16, patch 4, d 32, 2 blocks, 2 heads, 3 classes) in timm's key layout as a
-``.safetensors`` file and in torchvision's as a ``torch.save`` file, plus fixed inputs and the reference's logits.
+Fixtures (``tests/fixtures/vit_import/``, regenerate with
+``python tests/unit/models/test_vit_import.py``): tiny random weights (image 16, patch 4, d 32, 2
+blocks, 2 heads, 3 classes) in timm's key layout as a ``.safetensors`` file and in torchvision's as
+a ``torch.save`` file, plus fixed inputs and the reference's logits.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ TINY = ViTConfig(image_size=16, patch_size=4, channels=3, n_classes=3, d_model=3
 FILES = {"timm": FIXTURES / "timm_tiny.safetensors", "torchvision": FIXTURES / "torchvision_tiny.pth"}
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Each library's key names, written from its model definition
 
 
@@ -82,7 +85,8 @@ def library_names(fmt: str, n_layers: int) -> dict[str, str]:
 
 
 def random_library_state(fmt: str, cfg: ViTConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Random weights with the library's key names and shapes; every tensor far from 0 and 1 so swaps show."""
+    """Random weights with the library's key names and shapes; every tensor far from 0 and 1 so
+    swaps show."""
     g = torch.Generator().manual_seed(seed)
     n = library_names(fmt, cfg.n_layers)
     c, p, hidden = cfg.d_model, cfg.patch_size, int(cfg.d_model * cfg.mlp_ratio)
@@ -153,7 +157,8 @@ def reference_logits(sd: dict[str, torch.Tensor], fmt: str, images: torch.Tensor
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """A little-endian safetensors file (8-byte header length, JSON header, raw data), written without the package."""
+    """A little-endian safetensors file (8-byte header length, JSON header, raw data), written
+    without the package."""
     names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
     header, blobs, offset = {}, [], 0
     for name, t in tensors.items():
@@ -167,7 +172,8 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def make_fixtures(folder: Path = FIXTURES) -> None:
-    """(Re)write the fixture files: the two tiny random checkpoints, fixed inputs and the reference logits."""
+    """(Re)write the fixture files: the two tiny random checkpoints, fixed inputs and the reference
+    logits."""
     folder.mkdir(parents=True, exist_ok=True)
     images = torch.randn(2, 3, TINY.image_size, TINY.image_size, generator=torch.Generator().manual_seed(7))
     expected = {"inputs": images}
@@ -181,7 +187,7 @@ def make_fixtures(folder: Path = FIXTURES) -> None:
     torch.save(expected, folder / "reference_logits.pt")
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Fixture-based tests (always run)
 
 
@@ -271,7 +277,8 @@ def test_mismatches_are_errors_that_name_the_file_shape(tmp_path: Path):
     ("name", "fmt", "params"), [("vit_s16", "timm", 22_050_664), ("vit_b16", "torchvision", 86_567_656)]
 )
 def test_full_size_variants_load_weights_of_the_library_shapes(name: str, fmt: str, params: int):
-    """Real-size random weights in each layout load into the variant; parameter counts match the libraries'."""
+    """Real-size random weights in each layout load into the variant; parameter counts match the
+    libraries'."""
     cfg = VARIANTS[name]
     state = random_library_state(fmt, cfg, seed=0)
     assert sum(t.numel() for t in state.values()) == params  # timm's and torchvision's published counts
@@ -281,7 +288,8 @@ def test_full_size_variants_load_weights_of_the_library_shapes(name: str, fmt: s
 
 
 def test_full_size_vit_s16_forward_matches_the_reference_in_float64():
-    """At 224 px with 6 heads of 64: the head split and 196-patch order hold at the real size, to 1e-9."""
+    """At 224 px with 6 heads of 64: the head split and 196-patch order hold at the real size, to
+    1e-9."""
     cfg = VARIANTS["vit_s16"]
     state = random_library_state("timm", cfg, seed=1)
     state = {k: v * 0.1 if k.endswith("qkv.weight") else v for k, v in state.items()}  # attention not saturated
@@ -292,7 +300,7 @@ def test_full_size_vit_s16_forward_matches_the_reference_in_float64():
     torch.testing.assert_close(ours, reference_logits(state, "timm", x, cfg.n_heads), rtol=1e-9, atol=1e-9)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Library-based tests (skip where the library does not import)
 
 

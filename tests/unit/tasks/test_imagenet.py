@@ -1,4 +1,5 @@
-"""The imagenet task on a tiny generated folder of JPEGs: layout, labels, transform, data-set records, errors, a run."""
+"""The imagenet task on a tiny generated folder of JPEGs: layout, labels, transform, data-set
+records, errors, a run."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def test_max_samples_keeps_every_class_and_load_split_holds_small_splits(folder:
 
 
 def test_minival_is_a_seeded_class_balanced_part_of_train_and_val_stays_the_evaluation_split(folder: Path):
-    """Fits select on minival, carved from train (half of each 4-image class here); val is evaluated on, whole."""
+    """Fits select on minival, carved from train (half of each 4-image class here); val is evaluated
+    on, whole."""
     task = tiny_task(folder)
     assert (task.eval_split, task.validation_split, task.splits) == ("val", "minival", ("train", "minival", "val"))
     labels = np.repeat(np.arange(3), 4)  # the copy's train labels, as the folder lists them
@@ -113,7 +115,8 @@ def test_minival_is_a_seeded_class_balanced_part_of_train_and_val_stays_the_eval
 
 
 def test_224_crop_geometry_and_normalisation_are_torchvisions(tmp_path: Path):
-    """A 300×256 PNG needs no resize at 256, so the crop is exact pixels: rows 16:240, columns 38:262."""
+    """A 300×256 PNG needs no resize at 256, so the crop is exact pixels: rows 16:240, columns
+    38:262."""
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, size=(256, 300, 3), dtype=np.uint8)
     for wnid, img in zip(WNIDS, (pixels, np.full((40, 50, 3), 200, np.uint8), np.zeros((30, 30, 3), np.uint8))):

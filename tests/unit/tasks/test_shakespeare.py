@@ -1,4 +1,5 @@
-"""The shakespeare task: play split, vocabulary, windows, eval cap, unigram baseline, untrained-GPT sanity."""
+"""The shakespeare task: play split, vocabulary, windows, eval cap, unigram baseline, untrained-GPT
+sanity."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The smollm2 task: registration, windows, the pretrained-weight cache and (slow) the real model's sanity."""
+"""The smollm2 task: registration, windows, the pretrained-weight cache and (slow) the real model's
+sanity."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ needs_model = pytest.mark.skipif(not SMOLLM2_GGUF.status().present, reason="need
 
 
 def write_tiny_llama(path: Path) -> None:
-    """The tiny random llama GGUF of the conversion tests (loaded by path: test folders are not packages)."""
+    """The tiny random llama GGUF of the conversion tests (loaded by path: test folders are not
+    packages)."""
     src = Path(__file__).parents[1] / "models" / "test_convert_gguf.py"
     spec = importlib.util.spec_from_file_location("_dynbench_test_convert_gguf", src)
     module = importlib.util.module_from_spec(spec)
@@ -122,7 +124,8 @@ def test_splits_are_token_windows_of_held_out_plays(tmp_path):
 @needs_model
 @needs_plays
 def test_smollm2_completes_paris_and_reads_shakespeare():
-    """The converted model is sensible: greedy completion names Paris; held-out perplexity is far below chance."""
+    """The converted model is sensible: greedy completion names Paris; held-out perplexity is far
+    below chance."""
     task = SmolLM2(SmolLM2Config(max_eval_windows=4))
     cfg = task.model_config
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.tie_embeddings) == (30, 576, 9, 3, True)

@@ -1,5 +1,5 @@
-"""The speech-commands task on a tiny generated copy: registration, splits, features and their cache, augmentation,
-errors, and one short end-to-end run through ``dynbench.api``."""
+"""The speech-commands task on a tiny generated copy: registration, splits, features and their
+cache, augmentation, errors, and one short end-to-end run through ``dynbench.api``."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def write_wav(path: Path, samples: np.ndarray) -> None:
 
 
 def make_layout(root: Path, *, noise: bool = True) -> Path:
-    """35 words × 3 speakers of word-pitched 0.2 s tones; speaker 1 validates, speaker 2 tests, speaker 0 trains."""
+    """35 words × 3 speakers of word-pitched 0.2 s tones; speaker 1 validates, speaker 2 tests,
+    speaker 0 trains."""
     rng = np.random.default_rng(0)
     t = np.arange(3200) / 16_000
     lists: dict[str, list[str]] = {VALIDATION_LIST: [], TESTING_LIST: []}
@@ -69,7 +70,8 @@ def test_registered_as_a_35_word_speech_task_that_is_not_the_default():
 
 
 def test_splits_are_disjoint_by_clip_and_speaker_also_when_limited(layout: Path):
-    """The official lists hold speakers out; ``limit`` keeps a subset of each split, so they stay disjoint."""
+    """The official lists hold speakers out; ``limit`` keeps a subset of each split, so they stay
+    disjoint."""
     for cfg in (SpeechCommandsConfig(path=str(layout)), SpeechCommandsConfig(path=str(layout), limit=20)):
         task = SpeechCommands(cfg)
         copy = SPEECH_COMMANDS.locate(layout)

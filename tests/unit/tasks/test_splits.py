@@ -1,8 +1,10 @@
-"""Every task has a validation split of its own, and no sample (or play, or voice) of its evaluation split is in it.
+"""Every task has a validation split of its own, and no sample (or play, or voice) of its evaluation
+split is in it.
 
-Class-level roles are checked for every registered task; the data itself for the tasks whose data is here (the toy
-tasks, digits, fashion-mnist, shakespeare, smollm2, spoken-digits' voice split). ImageNet's minival and Speech
-Commands' official lists are checked on tiny generated copies in their own test files.
+Class-level roles are checked for every registered task; the data itself for the tasks whose data is
+here (the toy tasks, digits, fashion-mnist, shakespeare, smollm2, spoken-digits' voice split).
+ImageNet's minival and Speech Commands' official lists are checked on tiny generated copies in their
+own test files.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def with_data(name: str) -> Task:
 
 @pytest.mark.parametrize("name", ["toy-vision", "toy-text", "digits", "fashion-mnist"])
 def test_no_input_is_in_two_splits(name: str) -> None:
-    """Content-level: not even a duplicate image or sequence crosses splits (stronger than disjoint indices)."""
+    """Content-level: not even a duplicate image or sequence crosses splits (stronger than disjoint
+    indices)."""
     task = with_data(name)
     keys = {s: sample_keys(task.split(s).inputs) for s in task.splits}
     sizes = {s: task.n_samples(s) for s in task.splits}
@@ -71,7 +74,8 @@ def test_smollm2_scores_on_held_out_plays_and_trains_on_the_others() -> None:
 
 
 def test_spoken_digits_splits_are_whole_voices() -> None:
-    """On the default voices, through the task's own row selection (a stand-in corpus: nothing is synthesized)."""
+    """On the default voices, through the task's own row selection (a stand-in corpus: nothing is
+    synthesized)."""
     task = TASKS.get("spoken-digits")()
     voices = task.config.corpus.voices
     labels = np.stack([np.repeat(np.arange(len(voices)), 3), np.tile(np.arange(3), len(voices))], axis=1)  # (N, 2)

@@ -27,7 +27,8 @@ TINY = SpokenDigitsConfig(
 
 
 def _features(*shape: int) -> torch.Tensor:
-    """Stand-in normalised features whose log-mel values lie above the front end's floor, as real ones do."""
+    """Stand-in normalised features whose log-mel values lie above the front end's floor, as real
+    ones do."""
     log_mel = np.log(TINY.frontend.log_floor) + 6.0 * torch.rand(*shape)
     return (log_mel - TINY.feature_mean) / TINY.feature_std
 
@@ -134,7 +135,8 @@ def test_batches_have_the_right_shapes_and_eval_inputs_are_fixed(tiny_task):
     assert [tuple(t.shape) for t in first] == [(4, 100, 40), (4, 100, 40), (2, 100, 40)]
     for a, b in zip(first, again):
         assert torch.equal(a, b)
-    # A fresh task recomputes identical features from the cache: evaluation inputs are deterministic.
+    # A fresh task recomputes identical features from the cache: evaluation inputs are
+    # deterministic.
     assert torch.equal(SpokenDigits(TINY).split("test").inputs, tiny_task.split("test").inputs)
     torch.manual_seed(0)
     model = tiny_task.build_backbone().eval()

@@ -1,14 +1,16 @@
-"""Archives of data sets: a checksum of the archive file itself, and safe, streamed ``.tar.gz`` extraction.
+"""Data-set archives: the archive file's own checksum, and safe, streamed ``.tar.gz`` extraction.
 
-A :class:`~dynbench.tasks.data.integrity.FileSpec` checks a ``.gz`` file by its decompressed payload, which for a
-multi-gigabyte ``.tar.gz`` would mean holding gigabytes in memory. An :class:`ArchiveSpec` is checked instead by
-the SHA-256 of the file as published, read in chunks, which is also the checksum upstream catalogues publish.
+A :class:`~dynbench.tasks.data.integrity.FileSpec` checks a ``.gz`` file by its decompressed
+payload, which for a multi-gigabyte ``.tar.gz`` would mean holding gigabytes in memory. An
+:class:`ArchiveSpec` is checked instead by the SHA-256 of the file as published, read in chunks,
+which is also the checksum upstream catalogues publish.
 
-:func:`extract_tar` reads the archive as one stream (no seeking, so a 2 GB archive is read once) and writes only
-regular files and directories, under relative names without ``..``, with default permissions: what tarfile's
-``data`` extraction filter enforces, done here member by member so it behaves the same on every Python this
-project supports and can report progress. Anything else (links, devices, absolute or escaping names) is refused
-with an error naming the member, and a truncated or damaged archive is reported with its path.
+:func:`extract_tar` reads the archive as one stream (no seeking, so a 2 GB archive is read once) and
+writes only regular files and directories, under relative names without ``..``, with default
+permissions: what tarfile's ``data`` extraction filter enforces, done here member by member so it
+behaves the same on every Python this project supports and can report progress. Anything else
+(links, devices, absolute or escaping names) is refused with an error naming the member, and a
+truncated or damaged archive is reported with its path.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ CHUNK = 1 << 20  # bytes hashed or copied per step: few Python-level calls, freq
 
 @dataclass(frozen=True)
 class ArchiveSpec:
-    """An archive file as published: its name and the checksum of the file itself (not of its contents)."""
+    """An archive file as published: its name and the checksum of the file, not of its contents."""
 
     name: str  # file name at the canonical address (the download URL ends with it)
     sha256: str  # hex SHA-256 of the archive file exactly as downloaded
@@ -37,7 +39,10 @@ class ArchiveSpec:
 
 
 def sha256_file(path: Path, *, progress: Progress | None = None, what: str = "") -> str:
-    """Hex SHA-256 of a file, read in chunks; ``progress(what, done, total)`` is called as bytes are hashed."""
+    """Hex SHA-256 of a file, read in chunks.
+
+    ``progress(what, done, total)`` is called as bytes are hashed.
+    """
     digest = hashlib.sha256()
     total = path.stat().st_size
     done = 0
@@ -51,7 +56,10 @@ def sha256_file(path: Path, *, progress: Progress | None = None, what: str = "")
 
 
 def archive_problem(path: Path, spec: ArchiveSpec, *, progress: Progress | None = None) -> str | None:
-    """What is wrong with ``path`` as a copy of ``spec`` (size first, then SHA-256), or ``None`` when it passes."""
+    """What is wrong with ``path`` as a copy of ``spec``, or ``None`` when it passes.
+
+    The size is checked first, then the SHA-256.
+    """
     size = path.stat().st_size
     if size != spec.size:
         return f"it has {size:,} bytes, expected {spec.size:,}"
@@ -62,7 +70,10 @@ def archive_problem(path: Path, spec: ArchiveSpec, *, progress: Progress | None 
 
 
 def check_archive(path: Path, spec: ArchiveSpec, *, advice: str = "", progress: Progress | None = None) -> None:
-    """Raise :class:`DatasetCorruptError` naming ``path`` unless it has the size and SHA-256 of ``spec``."""
+    """Raise :class:`DatasetCorruptError` naming ``path`` unless it matches ``spec``.
+
+    ``path`` must have the size and SHA-256 of ``spec``.
+    """
     problem = archive_problem(path, spec, progress=progress)
     if problem is not None:
         advice = advice or f"Delete it (rm '{path}') and get a good copy of {spec.name}."
@@ -70,7 +81,7 @@ def check_archive(path: Path, spec: ArchiveSpec, *, advice: str = "", progress: 
 
 
 def member_path(member: tarfile.TarInfo) -> PurePosixPath | None:
-    """The member's relative path with any leading ``./`` removed; ``None`` for the archive root itself.
+    """The member's relative path without any leading ``./``; ``None`` for the archive root itself.
 
     Raises:
         ValueError: the name is absolute or climbs out with ``..`` (the message says which).
@@ -83,7 +94,7 @@ def member_path(member: tarfile.TarInfo) -> PurePosixPath | None:
 
 
 class _Counted:
-    """A read-only file wrapper that reports how many bytes of the (compressed) archive have been read."""
+    """A read-only file wrapper that reports how many bytes of the compressed archive were read."""
 
     def __init__(self, raw: BinaryIO, what: str, total: int, progress: Progress | None) -> None:
         self.raw, self.what, self.total, self.progress = raw, what, total, progress
@@ -92,7 +103,8 @@ class _Counted:
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.done += len(data)
-        # tarfile reads 10 KB at a time: report every CHUNK bytes and at the end, not 240,000 times for 2.4 GB
+        # tarfile reads 10 KB at a time: report every CHUNK bytes and at the end, not 240,000 times
+        # for 2.4 GB
         if self.progress is not None and (self.done - self.shown >= CHUNK or not data or self.done == self.total):
             self.shown = self.done
             self.progress(self.what, self.done, self.total)
@@ -104,8 +116,8 @@ def extract_tar(archive: Path, dest: Path, *, progress: Progress | None = None, 
 
     Args:
         archive: the ``.tar`` or ``.tar.gz`` file.
-        dest: the target directory (created if needed). On an error it may hold part of the archive; the
-            caller extracts into a temporary directory and renames it once everything is in.
+        dest: the target directory (created if needed). On an error it may hold part of the archive;
+            the caller extracts into a temporary directory and renames it once everything is in.
         progress: called as ``("extracting <name>", archive bytes read, archive size)``.
         advice: what to do about a bad archive (a default names the file to delete).
 
@@ -113,8 +125,9 @@ def extract_tar(archive: Path, dest: Path, *, progress: Progress | None = None, 
         ``(files, bytes)`` written.
 
     Raises:
-        DatasetCorruptError: the archive is truncated or damaged, or holds a member that is not a regular file or
-            directory or whose name escapes ``dest``; the message names the archive and the member.
+        DatasetCorruptError: the archive is truncated or damaged, or holds a member that is not a
+            regular file or directory or whose name escapes ``dest``; the message names the archive
+            and the member.
     """
     advice = advice or f"Delete it (rm '{archive}') and get a good copy."
     dest.mkdir(parents=True, exist_ok=True)
@@ -134,7 +147,11 @@ def extract_tar(archive: Path, dest: Path, *, progress: Progress | None = None, 
 
 
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> bool:
-    """Write one member under ``dest``; True for a file, False for a directory. ValueError for anything unsafe."""
+    """Write one member under ``dest``; True for a file, False for a directory.
+
+    Raises:
+        ValueError: anything unsafe.
+    """
     rel = member_path(member)
     if member.isdir():
         if rel is not None:

@@ -1,11 +1,12 @@
-"""The data-set catalog: what every data set can do (:class:`Dataset`), its errors, and the registry.
+"""The data-set catalog: what each data set can do (:class:`Dataset`), its errors, and the registry.
 
 A data set says whether it is present and where (:meth:`Dataset.status`), makes itself present
-(:meth:`Dataset.prepare`), re-checks its checksums (:meth:`Dataset.verify`) and tells a user how to get it
-(:meth:`Dataset.how_to_get`). Most data sets are fixed files with known checksums and are declared as a
-:class:`~dynbench.tasks.data.sources.DatasetSpec`; a data set made some other way (synthesized, shipped inside a
-Python package) subclasses :class:`Dataset` directly. Each registers itself with :func:`register_dataset` at module
-level of a module in this package, so adding one edits no list; ``bench data`` finds them all.
+(:meth:`Dataset.prepare`), re-checks its checksums (:meth:`Dataset.verify`) and tells a user how to
+get it (:meth:`Dataset.how_to_get`). Most data sets are fixed files with known checksums and are
+declared as a :class:`~dynbench.tasks.data.sources.DatasetSpec`; a data set made some other way
+(synthesized, shipped inside a Python package) subclasses :class:`Dataset` directly. Each registers
+itself with :func:`register_dataset` at module level of a module in this package, so adding one
+edits no list; ``bench data`` finds them all.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Dataset(ABC):
 
     @abstractmethod
     def status(self, path: Path | None = None) -> DataStatus:
-        """Whether it is present and where, by a cheap look; never raises for missing or bad data."""
+        """Whether it is present and where, by a cheap look; never raises on missing or bad data."""
 
     @abstractmethod
     def prepare(self, path: Path | None = None, *, progress: Progress | None = None) -> DataStatus:

@@ -1,7 +1,8 @@
-"""Download one data file from its canonical address: streamed to a temporary file, checked, then renamed.
+"""Download a data file from its canonical address: streamed to a temporary file, checked, renamed.
 
-The file never appears under its final name until its checksum passes, so a killed download or a corrupt mirror
-leaves nothing a loader would pick up. Mirrors are tried in order. Progress goes to a callback; nothing here prints.
+The file never appears under its final name until its checksum passes, so a killed download or a
+corrupt mirror leaves nothing a loader would pick up. Mirrors are tried in order. Progress goes to a
+callback; nothing here prints.
 """
 
 from __future__ import annotations
@@ -58,12 +59,13 @@ def fetch(
     progress: Progress | None = None,
     timeout: float = 60.0,
 ) -> Path:
-    """Download ``spec`` into ``directory`` from the first mirror that delivers a file passing its checksum.
+    """Download ``spec`` into ``directory`` from the first mirror whose file passes its checksum.
 
     Args:
         spec: the file and its checksum.
         base_urls: mirrors in order; the file's URL is ``base + "/" + spec.name``.
-        directory: where the file goes (created if needed); it is written as ``.name.<pid>.part`` and renamed.
+        directory: where the file goes (created if needed); it is written as ``.name.<pid>.part``
+            and renamed.
         progress: called with ``(name, bytes_done, bytes_total)`` as bytes arrive.
         timeout: seconds to wait for a connection or a chunk.
 
@@ -71,8 +73,10 @@ def fetch(
         The path of the verified file.
 
     Raises:
-        DatasetCorruptError: no mirror delivered a good file and one delivered a bad one; names its URL.
-        DatasetMissingError: no mirror could be reached or none had the file; the message lists each attempt.
+        DatasetCorruptError: no mirror delivered a good file and one delivered a bad one; names its
+            URL.
+        DatasetMissingError: no mirror could be reached or none had the file; the message lists each
+            attempt.
     """
     return fetch_checked(
         spec.name,
@@ -93,16 +97,18 @@ def fetch_checked(
     progress: Progress | None = None,
     timeout: float = 60.0,
 ) -> Path:
-    """Download the file ``name`` into ``directory`` from the first mirror whose copy passes ``check``.
+    """Download ``name`` into ``directory`` from the first mirror whose copy passes ``check``.
 
-    :func:`fetch` is this with the payload check of a :class:`FileSpec`; an archive checked by its own SHA-256
-    (:mod:`dynbench.tasks.data.archive`) passes its own ``check``.
+    :func:`fetch` is this with the payload check of a :class:`FileSpec`; an archive checked by its
+    own SHA-256 (:mod:`dynbench.tasks.data.archive`) passes its own ``check``.
 
     Args:
         name: the file name; its URL is ``base + "/" + name`` and it is saved under that name.
         base_urls: mirrors in order.
-        directory: where the file goes (created if needed); it is written as ``.name.<pid>.part`` and renamed.
-        check: called on the downloaded temporary file; raises :class:`DatasetCorruptError` for a bad file.
+        directory: where the file goes (created if needed); it is written as ``.name.<pid>.part``
+            and renamed.
+        check: called on the downloaded temporary file; raises :class:`DatasetCorruptError` for a
+            bad file.
         progress: called with ``(name, bytes_done, bytes_total)`` as bytes arrive.
         timeout: seconds to wait for a connection or a chunk.
 
@@ -110,8 +116,10 @@ def fetch_checked(
         The path of the checked file.
 
     Raises:
-        DatasetCorruptError: no mirror delivered a good file and one delivered a bad one; names its URL.
-        DatasetMissingError: no mirror could be reached or none had the file; the message lists each attempt.
+        DatasetCorruptError: no mirror delivered a good file and one delivered a bad one; names its
+            URL.
+        DatasetMissingError: no mirror could be reached or none had the file; the message lists each
+            attempt.
     """
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name

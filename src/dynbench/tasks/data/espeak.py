@@ -1,17 +1,19 @@
-"""A synthetic spoken-word corpus made with the ``espeak-ng`` speech synthesizer, cached once per spec.
+"""A synthetic spoken-word corpus made with the ``espeak-ng`` synthesizer, cached once per spec.
 
-All audio here is **synthetic**: espeak-ng is a formant synthesizer, so every clip is a rule-generated rendering
-of a written word, not a recording of a person. A corpus is every combination of words × voices × speeds (``-s``,
-words per minute) × pitches (``-p``, 0–99) in a :class:`CorpusSpec`; a voice is an espeak-ng language (which
-sets the accent: ``en-us``, ``en-gb-scotland`` …) plus an optional variant (which sets the timbre: ``+m3``,
-``+f2``, ``+klatt`` …).
+All audio here is **synthetic**: espeak-ng is a formant synthesizer, so every clip is a
+rule-generated rendering of a written word, not a recording of a person. A corpus is every
+combination of words × voices × speeds (``-s``, words per minute) × pitches (``-p``, 0–99) in a
+:class:`CorpusSpec`; a voice is an espeak-ng language (which sets the accent: ``en-us``,
+``en-gb-scotland`` …) plus an optional variant (which sets the timbre: ``+m3``, ``+f2``, ``+klatt``
+…).
 
-Mechanism: one ``espeak-ng --stdout`` call per clip (run on a few threads), the WAV parsed with :mod:`wave`,
-leading and trailing exact-zero samples (espeak-ng's silence) stripped, and the clips stored as they came out
-(int16 at espeak-ng's 22,050 Hz; resampling belongs to the front end, :mod:`dynbench.tasks.data.logmel`). The
-corpus goes to ``data_root()/spoken-digits/corpus-<digest>.npz`` with a JSON manifest beside it (espeak-ng
-version, spec, clip count, SHA-256 of the arrays), verified on every load. espeak-ng's output is deterministic,
-so the same spec and espeak-ng version give the same checksum.
+Mechanism: one ``espeak-ng --stdout`` call per clip (run on a few threads), the WAV parsed with
+:mod:`wave`, leading and trailing exact-zero samples (espeak-ng's silence) stripped, and the clips
+stored as they came out (int16 at espeak-ng's 22,050 Hz; resampling belongs to the front end,
+:mod:`dynbench.tasks.data.logmel`). The corpus goes to
+``data_root()/spoken-digits/corpus-<digest>.npz`` with a JSON manifest beside it (espeak-ng version,
+spec, clip count, SHA-256 of the arrays), verified on every load. espeak-ng's output is
+deterministic, so the same spec and espeak-ng version give the same checksum.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ INSTALL_HINT = "Install it with `apt-get install espeak-ng` (Debian/Ubuntu) and 
 SUBDIR = "spoken-digits"
 FORMAT = 1  # bump when the stored layout changes
 
-# The spoken-digits task's voice split, here so the default corpus is known without importing the task.
-# A voice is an accent (espeak-ng language) + a timbre (espeak-ng variant: formant scaling, pitch range,
-# voicing). Each accent appears in every split; no variant of a val or test voice is used by any training voice.
+# The spoken-digits task's voice split, here so the default corpus is known without importing the
+# task. A voice is an accent (espeak-ng language) + a timbre (espeak-ng variant: formant scaling,
+# pitch range, voicing). Each accent appears in every split; no variant of a val or test voice is
+# used by any training voice.
 DIGIT_TRAIN_VOICES = (
     "en-us+m1",
     "en+m2",
@@ -168,7 +171,11 @@ def espeak_available() -> bool:
 
 
 def espeak_binary() -> str:
-    """Path of the ``espeak-ng`` executable, or an :class:`EspeakError` that says how to install it."""
+    """Path of the ``espeak-ng`` executable.
+
+    Raises:
+        EspeakError: it is not installed; the message says how to install it.
+    """
     path = shutil.which("espeak-ng")
     if path is None:
         raise EspeakError(
@@ -178,7 +185,11 @@ def espeak_binary() -> str:
 
 
 def run_espeak(args: list[str], *, timeout: float = 30.0) -> bytes:
-    """Run ``espeak-ng args`` and return its stdout; a clear :class:`EspeakError` on failure or timeout."""
+    """Run ``espeak-ng args`` and return its stdout.
+
+    Raises:
+        EspeakError: it failed or timed out; the message says so clearly.
+    """
     cmd = [espeak_binary(), *args]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
@@ -214,7 +225,10 @@ def check_voices(voices: tuple[str, ...]) -> None:
 
 
 def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """16-bit mono WAV bytes (also espeak-ng's streamed ``--stdout`` header) → (int16 samples, rate)."""
+    """16-bit mono WAV bytes → (int16 samples, rate).
+
+    Also reads espeak-ng's streamed ``--stdout`` header.
+    """
     try:
         with wave.open(io.BytesIO(data)) as wav:
             if wav.getsampwidth() != 2 or wav.getnchannels() != 1:
@@ -235,7 +249,10 @@ def trim_silence(samples: np.ndarray) -> np.ndarray:
 
 
 def synthesize(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
-    """One clip: ``espeak-ng -v voice -s speed -p pitch --stdout text`` → (trimmed int16 samples, rate)."""
+    """One clip as (trimmed int16 samples, rate).
+
+    Made by ``espeak-ng -v voice -s speed -p pitch --stdout text``.
+    """
     data = run_espeak(["-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text])
     samples, rate = parse_wav(data)
     samples = trim_silence(samples)
@@ -245,7 +262,7 @@ def synthesize(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarra
 
 
 def corpus_path(spec: CorpusSpec, root: Path | None = None) -> Path:
-    """Where ``spec``'s corpus is cached (``.npz``; the manifest is the same name with ``.json``)."""
+    """Where ``spec``'s corpus is cached (``.npz``; its manifest swaps the suffix for ``.json``)."""
     return (data_root() if root is None else Path(root)) / SUBDIR / f"corpus-{spec.digest()}.npz"
 
 
@@ -304,7 +321,10 @@ def synthesize_corpus(spec: CorpusSpec, *, workers: int | None = None) -> Corpus
 
 
 def check_distinct_voices(spec: CorpusSpec, audio: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> None:
-    """Refuse a corpus in which two voices produced identical audio (an unknown voice silently fell back)."""
+    """Refuse a corpus in which two voices produced identical audio.
+
+    Identical audio means that an unknown voice silently fell back to another.
+    """
     seen: dict[str, str] = {}
     for v, voice in enumerate(spec.voices):
         h = hashlib.sha256()
@@ -320,7 +340,10 @@ def check_distinct_voices(spec: CorpusSpec, audio: np.ndarray, offsets: np.ndarr
 
 
 def save_corpus(corpus: Corpus, root: Path | None = None) -> Path:
-    """Write the corpus and its manifest atomically (temporary files + ``os.replace``); returns the ``.npz`` path."""
+    """Write the corpus and its manifest atomically; returns the ``.npz`` path.
+
+    Each is written to a temporary file, then moved into place with ``os.replace``.
+    """
     path = corpus_path(corpus.spec, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
@@ -357,7 +380,7 @@ def load_corpus(spec: CorpusSpec, root: Path | None = None) -> Corpus:
 
 
 def prepare_corpus(spec: CorpusSpec, root: Path | None = None) -> Corpus:
-    """The corpus of ``spec``: loaded from the cache, or synthesized with espeak-ng and cached first."""
+    """The corpus of ``spec``: from the cache, or synthesized with espeak-ng and cached first."""
     if is_cached(spec, root):
         return load_corpus(spec, root)
     logger.info("Synthesizing %d clips with espeak-ng into %s", spec.n_clips, corpus_path(spec, root))
@@ -367,22 +390,30 @@ def prepare_corpus(spec: CorpusSpec, root: Path | None = None) -> Corpus:
 
 
 def digit_corpus(voices: tuple[str, ...], speeds: tuple[int, ...], pitches: tuple[int, ...]) -> CorpusSpec:
-    """The ten digit words in ``voices`` (sorted, so reassigning voices to splits reuses the cache) × speed × pitch."""
+    """The ten digit words in ``voices`` × speed × pitch.
+
+    The voices are sorted, so reassigning voices to splits reuses the cache.
+    """
     return CorpusSpec(words=WORDS, voices=tuple(sorted(voices)), speeds=speeds, pitches=pitches)
 
 
 DEFAULT_DIGIT_CORPUS = digit_corpus(
     DIGIT_TRAIN_VOICES + DIGIT_VAL_VOICES + DIGIT_TEST_VOICES, DIGIT_SPEEDS, DIGIT_PITCHES
 )
-"""The ``spoken-digits`` task's default corpus: 34 voices × 3 speeds × 2 pitches × 10 words = 2,040 clips."""
+"""The ``spoken-digits`` task's default corpus.
+
+34 voices × 3 speeds × 2 pitches × 10 words = 2,040 clips.
+"""
 
 
 class SpokenDigitsCorpus(Dataset):
-    """The default ``spoken-digits`` corpus as a data set: ``prepare`` synthesizes it, ``verify`` re-hashes it.
+    """The default ``spoken-digits`` corpus as a data set.
 
-    It has no files to download: it is made here by espeak-ng, deterministically, so "getting" it means installing
-    espeak-ng. The corpus spec is the ``spoken-digits`` task's default (a task configured with other voices, speeds
-    or pitches synthesizes its own corpus on first use).
+    ``prepare`` synthesizes it, ``verify`` re-hashes it.
+
+    It has no files to download: it is made here by espeak-ng, deterministically, so "getting" it
+    means installing espeak-ng. The corpus spec is the ``spoken-digits`` task's default (a task
+    configured with other voices, speeds or pitches synthesizes its own corpus on first use).
     """
 
     name = "spoken-digits"

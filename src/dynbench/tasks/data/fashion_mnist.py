@@ -1,17 +1,20 @@
-"""Fashion-MNIST (Zalando, 2017): 70,000 real 28×28 grey images of clothing in 10 classes, in the idx format.
+"""Fashion-MNIST (Zalando, 2017): 70,000 real 28×28 grey images of clothing, 10 classes, idx format.
 
-Xiao, Rasul, Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning Algorithms",
-https://arxiv.org/abs/1708.07747; https://github.com/zalandoresearch/fashion-mnist (MIT licence).
+Xiao, Rasul, Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
+Algorithms", https://arxiv.org/abs/1708.07747; https://github.com/zalandoresearch/fashion-mnist (MIT
+licence).
 
-Four gzip-compressed idx files: 60,000 training and 10,000 test images with their labels. Copies come from the
-Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) or the canonical download. The
-Debian copies are re-compressed (the gzip header lost the file name, 23–24 bytes), so the files' own hashes differ
-from upstream's; the checksums below are of the decompressed payloads, which are byte-identical in both (the SHA-256
-values match those published for the decompressed upstream files, and upstream's README lists the MD5 of its .gz
-files: train images 8d4fb7e6…, train labels 25c81989…, test images bef4ecab…, test labels bb300cfd…).
+Four gzip-compressed idx files: 60,000 training and 10,000 test images with their labels. Copies
+come from the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) or
+the canonical download. The Debian copies are re-compressed (the gzip header lost the file name,
+23–24 bytes), so the files' own hashes differ from upstream's; the checksums below are of the
+decompressed payloads, which are byte-identical in both (the SHA-256 values match those published
+for the decompressed upstream files, and upstream's README lists the MD5 of its .gz
+files: train images 8d4fb7e6…, train labels 25c81989…, test images bef4ecab…, test labels
+bb300cfd…).
 
-The idx format (http://yann.lecun.com/exdb/mnist/): two zero bytes, a type code, the number of dimensions, each
-dimension as a big-endian uint32, then the values in C order, big-endian.
+The idx format (http://yann.lecun.com/exdb/mnist/): two zero bytes, a type code, the number of
+dimensions, each dimension as a big-endian uint32, then the values in C order, big-endian.
 """
 
 from __future__ import annotations

@@ -1,23 +1,30 @@
-"""ImageNet-1k (ILSVRC 2012): 1,281,167 training and 50,000 validation images of 1,000 classes, from the user's copy.
+"""ImageNet-1k (ILSVRC 2012), read from the user's own copy.
+
+1,281,167 training and 50,000 validation images of 1,000 classes.
 
 Russakovsky et al., "ImageNet Large Scale Visual Recognition Challenge", IJCV 2015, https://arxiv.org/abs/1409.0575;
-https://image-net.org. The images are released only to registered users who accept ImageNet's terms of access
-(non-commercial research and education), so dynbench never downloads them. Two layouts are read:
+https://image-net.org. The images are released only to registered users who accept ImageNet's terms
+of access (non-commercial research and education), so dynbench never downloads them. Two layouts are
+read:
 
-- **image folder** — ``DIR/train/<wnid>/*.JPEG`` and ``DIR/val/<wnid>/*.JPEG`` (``validation/`` is accepted for
-  ``val/``), one folder per class named by its WordNet id. The class index is the wnid's position in sorted
-  order, the standard ImageNet-1k index that torchvision and timm weights predict; samples are ordered as
-  torchvision's ``ImageFolder`` orders them (class, then a sorted walk of its folder), so sample ids match it.
-- **Hugging Face dataset saved to disk** — ``datasets.load_dataset("ILSVRC/imagenet-1k").save_to_disk(DIR)``
-  (splits ``train``/``validation``; columns ``image`` and ``label``, a ``ClassLabel`` in the same standard
-  order), or one split saved on its own (read as ``val``). ``datasets`` is imported only for this layout.
+- **image folder** — ``DIR/train/<wnid>/*.JPEG`` and ``DIR/val/<wnid>/*.JPEG`` (``validation/`` is
+  accepted for ``val/``), one folder per class named by its WordNet id. The class index is the
+  wnid's position in sorted order, the standard ImageNet-1k index that torchvision and timm weights
+  predict; samples are ordered as torchvision's ``ImageFolder`` orders them (class, then a sorted
+  walk of its folder), so sample ids match it.
+- **Hugging Face dataset saved to disk** —
+  ``datasets.load_dataset("ILSVRC/imagenet-1k").save_to_disk(DIR)`` (splits
+  ``train``/``validation``; columns ``image`` and ``label``, a ``ClassLabel`` in the same standard
+  order), or one split saved on its own (read as ``val``). ``datasets`` is imported only for this
+  layout.
 
-``bench data prepare imagenet --path DIR`` checks the layout (every class folder is listed and its images
-counted, the class sets of the splits agree, one image per split is decoded) and records DIR in
-``<data root>/imagenet/source.json``; nothing is copied. Without ``--path`` the recorded copy is used, or a copy
-placed in ``<data root>/imagenet`` itself. ``bench data verify imagenet`` repeats the layout check and decodes a
-seeded sample of ``verify_per_class`` images per class and split — not all 1.33 M (a full decode takes hours on
-one core); ImageNet publishes no checksums of the extracted images, so there are none to compare.
+``bench data prepare imagenet --path DIR`` checks the layout (every class folder is listed and its
+images counted, the class sets of the splits agree, one image per split is decoded) and records DIR
+in ``<data root>/imagenet/source.json``; nothing is copied. Without ``--path`` the recorded copy is
+used, or a copy placed in ``<data root>/imagenet`` itself. ``bench data verify imagenet`` repeats
+the layout check and decodes a seeded sample of ``verify_per_class`` images per class and split —
+not all 1.33 M (a full decode takes hours on one core); ImageNet publishes no checksums of the
+extracted images, so there are none to compare.
 """
 
 from __future__ import annotations
@@ -47,7 +54,10 @@ Kind = Literal["folder", "hf"]
 FOLDER_SPLITS: dict[str, tuple[str, ...]] = {"train": ("train",), "val": ("val", "validation")}
 """Split → the sub-folder names that hold it, in the order tried."""
 HF_SPLITS: dict[str, tuple[str, ...]] = {"train": ("train",), "val": ("validation", "val")}
-"""Split → the names of the saved dataset's split, in the order tried (ILSVRC/imagenet-1k says ``validation``)."""
+"""Split → the names of the saved dataset's split, in the order tried.
+
+ILSVRC/imagenet-1k says ``validation``.
+"""
 DATASETS_HINT = "Install it with: pip install datasets"
 
 
@@ -85,7 +95,10 @@ class Layout:
 
 
 def detect_kind(root: Path) -> Kind | None:
-    """``hf`` for a ``save_to_disk`` folder, ``folder`` for a folder with ``train/`` or ``val/``, else ``None``."""
+    """The kind of copy in ``root``, or ``None``.
+
+    ``hf`` for a ``save_to_disk`` folder, ``folder`` for a folder with ``train/`` or ``val/``.
+    """
     if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
         return "hf"
     if any((root / d).is_dir() for names in FOLDER_SPLITS.values() for d in names):
@@ -98,7 +111,10 @@ def _is_image(name: str) -> bool:
 
 
 def _walk_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` in ``ImageFolder``'s order: sorted walk, sorted names per directory."""
+    """Image files under ``folder`` in ``ImageFolder``'s order.
+
+    The walk is sorted, and so are the names in each directory.
+    """
     found: list[str] = []
     for root, _, files in sorted(os.walk(folder, followlinks=True)):
         found += [os.path.join(root, f) for f in sorted(files) if _is_image(f)]
@@ -118,7 +134,8 @@ class _Folder:
         """Sorted names of the class folders in a split folder.
 
         Raises:
-            DatasetMissingError: the split holds images directly (the raw validation archive), not class folders.
+            DatasetMissingError: the split holds images directly (the raw validation archive), not
+                class folders.
         """
         present = sorted(e.name for e in os.scandir(where) if e.is_dir())
         if not present:
@@ -286,10 +303,11 @@ class ImageNet(Dataset):
         )
 
     def find(self, path: Path | None = None) -> ImageNetCopy:
-        """The copy to use: ``path`` when given, else the recorded one, else one in :meth:`cache_dir`.
+        """The copy to use: ``path`` if given, else the recorded one, else one in :meth:`cache_dir`.
 
         Raises:
-            DatasetMissingError: no copy (or ``path`` holds no ImageNet layout); says how to get one.
+            DatasetMissingError: no copy (or ``path`` holds no ImageNet layout); says how to get
+                one.
         """
         if path is not None:
             root = Path(path).expanduser().resolve()
@@ -328,7 +346,8 @@ class ImageNet(Dataset):
         """The full layout check: classes, every split's images listed and counted, and their bytes.
 
         Raises:
-            DatasetMissingError: a split, class or image is missing, or the class count is not ``n_classes``.
+            DatasetMissingError: a split, class or image is missing, or the class count is not
+                ``n_classes``.
         """
         reader = self.reader(copy)
         classes = reader.classes()
@@ -343,7 +362,10 @@ class ImageNet(Dataset):
         return Layout(classes, splits, sum(reader.size(index) for index in splits.values()))
 
     def status(self, path: Path | None = None) -> DataStatus:
-        """Where the copy is, by a cheap look (the recorded size, no listing); never raises for missing data."""
+        """Where the copy is, by a cheap look; never raises for missing data.
+
+        The look reads the recorded size and lists nothing.
+        """
         try:
             copy = self.find(path)
         except DatasetMissingError as exc:
@@ -354,7 +376,7 @@ class ImageNet(Dataset):
         return DataStatus(True, source=copy.source, where=f"{copy.root} ({copy.kind})", size=size)
 
     def prepare(self, path: Path | None = None, *, progress: Progress | None = None) -> DataStatus:
-        """Check the copy at ``path`` (else the recorded one) and record where it is; nothing is copied.
+        """Check the copy at ``path`` (else the recorded one) and record where it is; copy nothing.
 
         Raises:
             DatasetMissingError: no copy, or its layout is incomplete; says how to get one.
@@ -372,7 +394,7 @@ class ImageNet(Dataset):
         return DataStatus(True, source=source, where=f"{copy.root} ({copy.kind})", size=layout.size)
 
     def verify(self, path: Path | None = None) -> list[FileCheck]:
-        """The layout check, then a seeded sample of ``verify_per_class`` decodes per class and split.
+        """The layout check, then seeded sample decodes: ``verify_per_class`` per class and split.
 
         Returns:
             One check per split (its folder), then one per image that failed to decode.

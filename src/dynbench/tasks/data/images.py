@@ -1,20 +1,21 @@
-"""Images for vision tasks: decoding, the standard evaluation transform, and a split decoded batch by batch.
+"""Vision task images: decoding, the standard evaluation transform, a split decoded batch by batch.
 
-The transform is the one torchvision's ``ImageClassification`` preset and timm's eval pipeline apply to a PIL
-image: convert to RGB; resize so the shorter side is ``resize`` pixels (the longer side becomes
-``int(resize · long / short)``, truncated) with PIL's antialiased bilinear or bicubic filter; take the centred
-``crop × crop`` square (offsets ``int(round((side - crop) / 2))``); scale to [0, 1]; subtract the mean and divide
-by the standard deviation per channel. Written here with Pillow and torch (no torchvision, which does not import
-beside every torch build).
+The transform is the one torchvision's ``ImageClassification`` preset and timm's eval pipeline apply
+to a PIL image: convert to RGB; resize so the shorter side is ``resize`` pixels (the longer side
+becomes ``int(resize · long / short)``, truncated) with PIL's antialiased bilinear or bicubic
+filter; take the centred ``crop × crop`` square (offsets ``int(round((side - crop) / 2))``); scale
+to [0, 1]; subtract the mean and divide by the standard deviation per channel. Written here with
+Pillow and torch (no torchvision, which does not import beside every torch build).
 
-What is exact and what is not: each step is the same operation those libraries run on PIL images, so with the
-same Pillow build the pixels are identical. Different Pillow or libjpeg builds (Pillow-SIMD, another libjpeg-turbo
-version) decode and resample a few pixel values differently, which moves ImageNet top-1 by hundredths of a
-point; torchvision's *tensor* path (``antialias=True`` on tensors) is a different resampler and is not reproduced.
+What is exact and what is not: each step is the same operation those libraries run on PIL images, so
+with the same Pillow build the pixels are identical. Different Pillow or libjpeg builds
+(Pillow-SIMD, another libjpeg-turbo version) decode and resample a few pixel values differently,
+which moves ImageNet top-1 by hundredths of a point; torchvision's *tensor* path (``antialias=True``
+on tensors) is a different resampler and is not reproduced.
 
-A :class:`LazyImageSplit` keeps only labels and image references in memory and decodes one batch at a time in a
-thread pool (Pillow releases the GIL while it decodes and resamples): the 50,000 ImageNet validation images at
-224² would need 30 GB as one float tensor.
+A :class:`LazyImageSplit` keeps only labels and image references in memory and decodes one batch at
+a time in a thread pool (Pillow releases the GIL while it decodes and resamples): the 50,000
+ImageNet validation images at 224² would need 30 GB as one float tensor.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ ImageSource = str | Path | bytes
 """A file path or the encoded bytes of one image (JPEG, PNG, …)."""
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-"""File endings read as images (case-insensitive): the list torchvision's ``ImageFolder`` accepts."""
+"""File endings read as images (case-insensitive): those torchvision's ``ImageFolder`` accepts."""
 
 PILLOW_HINT = "Install Pillow: pip install pillow (or pip install 'dynbench[imagenet]')."
 
@@ -81,10 +82,11 @@ class EvalTransform:
 
 
 def open_image(source: ImageSource) -> Image:
-    """Decode one image (a path or encoded bytes) into an RGB PIL image, as ``ImageFolder``'s loader does.
+    """Decode a path or encoded bytes into an RGB PIL image, as ``ImageFolder``'s loader does.
 
     Raises:
-        OSError: not a readable image (``PIL.UnidentifiedImageError`` is an ``OSError``), or truncated.
+        OSError: not a readable image (``PIL.UnidentifiedImageError`` is an ``OSError``), or
+            truncated.
     """
     Image = pillow()
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
@@ -107,7 +109,10 @@ def resize_center_crop(img: Image, transform: EvalTransform) -> np.ndarray:
 
 
 def normalise(pixels: np.ndarray, transform: EvalTransform) -> Tensor:
-    """``(B, H, W, 3)`` uint8 → ``(B, 3, H, W)`` float32 scaled to [0, 1] and normalised per channel."""
+    """``(B, H, W, 3)`` uint8 → ``(B, 3, H, W)`` float32, normalised per channel.
+
+    Pixels are scaled to [0, 1] before normalising.
+    """
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
     mean = torch.tensor(transform.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(transform.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -131,12 +136,14 @@ def default_threads() -> int:
 class LazyImageSplit:
     """A split held as labels plus image references; images are decoded per batch.
 
-    Batches come in the same order as :meth:`dynbench.tasks.base.TensorSplit.batches` (the split order, or the
-    same seeded permutation), so a task can swap one for the other without changing which samples run.
+    Batches come in the same order as :meth:`dynbench.tasks.base.TensorSplit.batches` (the split
+    order, or the same seeded permutation), so a task can swap one for the other without changing
+    which samples run.
 
     Args:
         labels: ``(N,)`` class index per sample.
-        fetch: sample indices → one :data:`ImageSource` per index (paths, or bytes read from a table).
+        fetch: sample indices → one :data:`ImageSource` per index (paths, or bytes read from a
+            table).
         transform: the evaluation transform.
         threads: decoding threads (1 = decode in the calling thread).
         name: sample index → where the image is, for the error about an unreadable one.
@@ -178,7 +185,7 @@ class LazyImageSplit:
         return normalise(np.stack(arrays), self.transform)  # (B, 3, crop, crop)
 
     def batches(self, *, batch_size: int, seed: int, shuffle: bool, limit: int | None) -> Iterator[Batch]:
-        """Yield decoded batches in a fixed order: the split order, or a seeded permutation when ``shuffle``."""
+        """Yield decoded batches in the split's order, or a seeded permutation when ``shuffle``."""
         n = len(self)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         if limit is not None:

@@ -1,8 +1,8 @@
-"""Checks that a data file is the file it should be: a cheap look (size, gzip trailer) and a full checksum.
+"""Checks that a data file is the right one: a cheap look (size, gzip trailer) and a full checksum.
 
-A :class:`FileSpec` says what a file should hold. Every file is checked by its payload (decompressed for
-``.gz``) against that SHA-256 and size. :func:`read_payload` checks while it reads, so loading a data set
-costs one pass over its bytes and never uses a file that fails its checksum.
+A :class:`FileSpec` says what a file should hold. Every file is checked by its payload (decompressed
+for ``.gz``) against that SHA-256 and size. :func:`read_payload` checks while it reads, so loading a
+data set costs one pass over its bytes and never uses a file that fails its checksum.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 class FileSpec:
     """One file of a data set.
 
-    A ``.gz`` file is checked by its decompressed payload, so two gzip encodings of the same bytes (the upstream
-    archive and a repackaged copy) both pass, and the uncompressed file (the name without ``.gz``) is accepted too.
+    A ``.gz`` file is checked by its decompressed payload, so two gzip encodings of the same bytes
+    (the upstream archive and a repackaged copy) both pass, and the uncompressed file (the name
+    without ``.gz``) is accepted too.
     """
 
     name: str  # file name as the canonical source spells it (the download URL ends with it)
@@ -38,7 +39,10 @@ class FileSpec:
 
     @property
     def candidates(self) -> tuple[str, ...]:
-        """File names accepted in a directory, preferred first: the canonical name, then the decompressed one."""
+        """File names accepted in a directory, preferred first.
+
+        The canonical name, then the decompressed one.
+        """
         return (self.name, self.name.removesuffix(".gz")) if self.compressed else (self.name,)
 
 
@@ -49,10 +53,10 @@ def is_gzip(path: Path) -> bool:
 
 
 def quick_problem(path: Path, spec: FileSpec) -> str | None:
-    """A cheap check without reading the whole file: the size, or for gzip the trailer's payload size.
+    """A cheap check, not reading the whole file: the size, or for gzip the trailer's payload size.
 
-    Catches truncated and wrong files in microseconds; the full check of :func:`read_payload` still runs before
-    the data is used.
+    Catches truncated and wrong files in microseconds; the full check of :func:`read_payload` still
+    runs before the data is used.
 
     Returns:
         ``None`` when the file looks right, else what is wrong (for an error message).
@@ -79,7 +83,8 @@ def read_payload(path: Path, spec: FileSpec, *, advice: str = "") -> bytes:
         advice: what the user should do if it is bad (a default names the file to delete).
 
     Raises:
-        DatasetCorruptError: truncated, not valid gzip, wrong size or wrong checksum; the message names ``path``.
+        DatasetCorruptError: truncated, not valid gzip, wrong size or wrong checksum; the message
+            names ``path``.
     """
     advice = advice or f"Delete it (rm '{path}') and get a good copy of {spec.name}."
     try:
@@ -99,7 +104,10 @@ def read_payload(path: Path, spec: FileSpec, *, advice: str = "") -> bytes:
 
 
 def payload_problem(path: Path, spec: FileSpec) -> str | None:
-    """What is wrong with ``path`` after the full check (``None`` when it passes); never raises for a bad file."""
+    """What is wrong with ``path`` after the full check, or ``None`` when it passes.
+
+    Never raises for a bad file.
+    """
     try:
         read_payload(path, spec)
     except DatasetCorruptError as exc:

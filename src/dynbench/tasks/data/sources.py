@@ -1,17 +1,20 @@
 """Data sets made of fixed files: where a copy is found, how one is prepared, how it is verified.
 
-A :class:`DatasetSpec` lists the files with their checksums and every place a copy can come from. Sources are
-tried in this order:
+A :class:`DatasetSpec` lists the files with their checksums and every place a copy can come from.
+Sources are tried in this order:
 
-1. an explicit directory given by the user (``bench data prepare NAME --path DIR``, or a task option) — when one is
-   given it is the only place looked at, so a wrong path is an error, never a quiet switch to another copy;
+1. an explicit directory given by the user (``bench data prepare NAME --path DIR``, or a task
+   option) — when one is given it is the only place looked at, so a wrong path is an error, never a
+   quiet switch to another copy;
 2. the cache, ``data_root()/<name>/``;
 3. a system copy, the directories a Debian package installs;
-4. a download from the canonical addresses (only :func:`prepare` downloads; loading a task never does).
+4. a download from the canonical addresses (only :func:`prepare` downloads; loading a task never
+   does).
 
-Every file is checked: by size (or the gzip trailer) whenever it is found, and by its SHA-256 whenever it is read,
-prepared or verified. A missing data set raises :class:`DatasetMissingError` with the exact ways to get it; a bad
-file raises :class:`DatasetCorruptError` naming the file and what to do.
+Every file is checked: by size (or the gzip trailer) whenever it is found, and by its SHA-256
+whenever it is read, prepared or verified. A missing data set raises :class:`DatasetMissingError`
+with the exact ways to get it; a bad file raises :class:`DatasetCorruptError` naming the file and
+what to do.
 """
 
 from __future__ import annotations
@@ -60,7 +63,10 @@ class DatasetSpec(Dataset):
         raise KeyError(f"{self.title} has no file '{name}'; its files are {', '.join(f.name for f in self.files)}.")
 
     def cache_dir(self) -> Path:
-        """This data set's cache directory, ``data_root()/<name>`` (read from the environment on each call)."""
+        """This data set's cache directory, ``data_root()/<name>``.
+
+        The root is read from the environment on each call.
+        """
         return data_root() / self.name
 
     def how_to_get(self) -> str:
@@ -85,7 +91,10 @@ class DatasetSpec(Dataset):
         return "\n".join(lines)
 
     def status(self, path: Path | None = None) -> DataStatus:
-        """Where it is, by the cheap check; a missing or bad copy gives ``present=False`` and the problem."""
+        """Where it is, by the cheap check.
+
+        A missing or bad copy gives ``present=False`` and the problem.
+        """
         try:
             found = locate(self, path)
         except DatasetMissingError:
@@ -106,7 +115,7 @@ class DatasetSpec(Dataset):
 
 @dataclass(frozen=True)
 class Located:
-    """A complete copy of a data set: which source, which directory, which file stands for each spec file."""
+    """A complete copy of a data set: its source, its directory, the file for each spec file."""
 
     spec: DatasetSpec  # the data set
     source: str  # "path", "cache", "system" or "download" (for prepare: how the copy was obtained)
@@ -132,7 +141,10 @@ class Located:
 
 
 def candidate_dirs(spec: DatasetSpec, path: Path | None = None) -> list[tuple[str, Path]]:
-    """``(source, directory)`` in the order they are tried: the explicit path alone, else cache then system."""
+    """``(source, directory)`` in the order they are tried.
+
+    The explicit path alone, else the cache, then the system directories.
+    """
     if path is not None:
         return [("path", Path(path).expanduser())]
     return [("cache", spec.cache_dir()), *(("system", Path(d)) for d in spec.system_dirs)]
@@ -148,7 +160,7 @@ def repair_advice(spec: DatasetSpec, source: str, path: Path) -> str:
 
 
 def scan(spec: DatasetSpec, directory: Path) -> tuple[dict[str, Path], list[str]]:
-    """The files of ``spec`` present in ``directory`` (by canonical name) and the names of those missing."""
+    """The files of ``spec`` in ``directory`` (by canonical name) and the names of those missing."""
     found: dict[str, Path] = {}
     missing: list[str] = []
     for f in spec.files:
@@ -161,10 +173,11 @@ def scan(spec: DatasetSpec, directory: Path) -> tuple[dict[str, Path], list[str]
 
 
 def first_complete(spec: DatasetSpec, path: Path | None = None) -> tuple[str, Path, dict[str, Path]]:
-    """``(source, directory, files)`` of the first directory holding every file (their content unchecked).
+    """``(source, directory, files)`` of the first directory with every file (content unchecked).
 
     Raises:
-        DatasetMissingError: no complete copy (or the explicit path lacks files); says how to get one.
+        DatasetMissingError: no complete copy (or the explicit path lacks files); says how to get
+            one.
     """
     for source, directory in candidate_dirs(spec, path):
         found, missing = scan(spec, directory)
@@ -179,13 +192,16 @@ def first_complete(spec: DatasetSpec, path: Path | None = None) -> tuple[str, Pa
 
 
 def locate(spec: DatasetSpec, path: Path | None = None) -> Located:
-    """The first complete copy among the explicit path, the cache and the system copies; never downloads.
+    """The first complete copy among the explicit path, cache and system copies; never downloads.
 
-    Every file gets the cheap check (size or gzip trailer); :meth:`Located.read` checks the SHA-256 on use.
+    Every file gets the cheap check (size or gzip trailer); :meth:`Located.read` checks the SHA-256
+    on use.
 
     Raises:
-        DatasetMissingError: no complete copy (or the explicit path lacks files); says how to get one.
-        DatasetCorruptError: a file of the first complete copy fails the cheap check; names the file.
+        DatasetMissingError: no complete copy (or the explicit path lacks files); says how to get
+            one.
+        DatasetCorruptError: a file of the first complete copy fails the cheap check; names the
+            file.
     """
     source, directory, found = first_complete(spec, path)
     for f in spec.files:
@@ -196,15 +212,19 @@ def locate(spec: DatasetSpec, path: Path | None = None) -> Located:
 
 
 def prepare(spec: DatasetSpec, path: Path | None = None, *, progress: Progress | None = None) -> Located:
-    """Make ``spec`` present and fully checked: copy it from ``path`` into the cache, or find it, or download it.
+    """Make ``spec`` present and fully checked.
+
+    Copy it from ``path`` into the cache, or find it, or download it.
 
     Args:
         spec: the data set.
-        path: a directory holding a copy; it is checked and copied into the cache, so later runs find it.
+        path: a directory holding a copy; it is checked and copied into the cache, so later runs
+            find it.
         progress: called as bytes arrive during a download (``what, done, total``).
 
     Returns:
-        The copy; ``source`` says how it was obtained ("path" = copied from ``path`` into the cache).
+        The copy; ``source`` says how it was obtained ("path" = copied from ``path`` into the
+        cache).
 
     Raises:
         DatasetMissingError: no copy and no download succeeded; says how to get it.
@@ -261,7 +281,9 @@ def _download(spec: DatasetSpec, progress: Progress | None) -> Located:
 
 
 def verify(spec: DatasetSpec, path: Path | None = None) -> list[FileCheck]:
-    """Re-check every file of the copy that would be used (``path``, else cache, else system) by its SHA-256.
+    """Re-check every file of the copy that would be used by its SHA-256.
+
+    That copy is the one at ``path``, else the cache's, else the system's.
 
     Raises:
         DatasetMissingError: there is no complete copy.

@@ -1,28 +1,33 @@
-"""Google Speech Commands v0.02: 105,829 real one-second recordings of 35 words by 2,618 speakers, as WAV files.
+"""Google Speech Commands v0.02: 105,829 real 1-s WAV recordings of 35 words by 2,618 speakers.
 
 Warden, "Speech Commands: A Dataset for Limited-Vocabulary Speech Recognition", https://arxiv.org/abs/1804.03209
-(CC BY 4.0). Canonical download: http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz, 2,428,923,189
-bytes, SHA-256 ``af14739e…68ff58``. That checksum is not published by the data set's authors; it is the one two
-independent catalogues record for this URL, TensorFlow Datasets (``url_checksums/speech_commands.txt``, which also
-gives the size) and torchaudio (``datasets/speechcommands.py``). The separate ``speech_commands_test_set_v0.02``
-archive is not used: quality is measured on the official ``testing_list.txt`` of the main archive.
+(CC BY 4.0). Canonical download: http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz,
+2,428,923,189 bytes, SHA-256 ``af14739e…68ff58``. That checksum is not published by the data set's
+authors; it is the one two independent catalogues record for this URL, TensorFlow Datasets
+(``url_checksums/speech_commands.txt``, which also gives the size) and torchaudio
+(``datasets/speechcommands.py``). The separate ``speech_commands_test_set_v0.02`` archive is not
+used: quality is measured on the official ``testing_list.txt`` of the main archive.
 
-Layout (the archive extracts without a top-level folder): one folder per word holding ``<speaker>_nohash_<n>.wav``
-(16-bit PCM, mono, 16 kHz, at most 1 s), ``validation_list.txt`` and ``testing_list.txt`` (one ``word/file.wav``
-per line; the official lists assign whole speakers to a split, 9,981 and 11,005 clips, leaving 84,843 for training),
-and ``_background_noise_/`` (six long noise recordings, not a class; used for training-time noise).
+Layout (the archive extracts without a top-level folder): one folder per word holding
+``<speaker>_nohash_<n>.wav`` (16-bit PCM, mono, 16 kHz, at most 1 s), ``validation_list.txt`` and
+``testing_list.txt`` (one ``word/file.wav`` per line; the official lists assign whole speakers to a
+split, 9,981 and 11,005 clips, leaving 84,843 for training), and ``_background_noise_/`` (six long
+noise recordings, not a class; used for training-time noise).
 
-Where a copy comes from, in order: an explicit folder (``bench data prepare speech-commands --path DIR`` records
-where it is, without copying 2 GB; the task option ``path`` uses it directly), the cache (a folder recorded by
-``--path``, or one extracted by ``prepare``), a shared system folder (no Debian package ships this data set; an
-administrator may put an extracted copy in one of :data:`SYSTEM_DIRS`), and the download (``prepare`` only): the
-archive is streamed into the cache, checked by size and SHA-256, extracted safely (:mod:`.archive`) into a temporary
-folder that is renamed once complete, then deleted. A folder whose ``DIR`` holds ``speech_commands_v0.02.tar.gz``
-instead (downloaded by hand) is checked and extracted the same way.
+Where a copy comes from, in order: an explicit folder
+(``bench data prepare speech-commands --path DIR`` records where it is, without copying 2 GB; the
+task option ``path`` uses it directly), the cache (a folder recorded by ``--path``, or one extracted
+by ``prepare``), a shared system folder (no Debian package ships this data set; an administrator may
+put an extracted copy in one of :data:`SYSTEM_DIRS`), and the
+download (``prepare`` only): the archive is streamed into the cache, checked by size and SHA-256,
+extracted safely (:mod:`.archive`) into a temporary folder that is renamed once complete, then
+deleted. A folder whose ``DIR`` holds ``speech_commands_v0.02.tar.gz`` instead (downloaded by hand)
+is checked and extracted the same way.
 
-There are no per-file checksums: the archive's checksum covers its contents at download time, and afterwards
-:meth:`SpeechCommandsData.verify` checks the layout (35 word folders, both lists, every listed file present) and
-every WAV header (format, and whether the file holds as many samples as its header promises).
+There are no per-file checksums: the archive's checksum covers its contents at download time, and
+afterwards :meth:`SpeechCommandsData.verify` checks the layout (35 word folders, both lists, every
+listed file present) and every WAV header (format, and whether the file holds as many samples as its
+header promises).
 """
 
 from __future__ import annotations
@@ -86,8 +91,8 @@ def read_wav(path: Path, *, advice: str = "") -> np.ndarray:
     """The int16 samples of a Speech Commands clip (16-bit PCM mono 16 kHz, read with :mod:`wave`).
 
     Raises:
-        DatasetCorruptError: the file is missing, not a WAV, in another format, or shorter than its header says;
-            the message names it.
+        DatasetCorruptError: the file is missing, not a WAV, in another format, or shorter than its
+            header says; the message names it.
     """
     advice = advice or "Replace it with the file from speech_commands_v0.02.tar.gz."
     try:
@@ -107,7 +112,10 @@ def read_wav(path: Path, *, advice: str = "") -> np.ndarray:
 
 
 def wav_problem(path: Path) -> str | None:
-    """A header check without reading the samples: the format, and whether the file holds the promised bytes."""
+    """A header check without reading the samples.
+
+    Checks the format, and whether the file holds the promised bytes.
+    """
     try:
         with open(path, "rb") as f, wave.open(f) as w:
             problem = _format_problem(w)
@@ -123,7 +131,7 @@ def wav_problem(path: Path) -> str | None:
 
 
 def find_root(directory: Path) -> Path | None:
-    """The folder holding the layout: ``directory`` itself or its ``speech_commands_v0.02`` sub-folder."""
+    """The layout's folder: ``directory`` itself or its ``speech_commands_v0.02`` sub-folder."""
     for candidate in (directory, directory / EXTRACTED):
         if (candidate / VALIDATION_LIST).is_file() or (candidate / TESTING_LIST).is_file():
             return candidate
@@ -174,7 +182,7 @@ class SpeechCommandsCopy:
         return entries
 
     def all_clips(self) -> list[str]:
-        """Every ``word/file.wav`` in the word folders, sorted (``_background_noise_`` is no word)."""
+        """Sorted ``word/file.wav`` of every word folder (``_background_noise_`` is no word)."""
         clips = []
         for word in self.words:
             with os.scandir(self.root / word) as it:
@@ -182,7 +190,9 @@ class SpeechCommandsCopy:
         return sorted(clips)
 
     def split_files(self, split: DataSplit) -> list[tuple[str, int]]:
-        """``(word/file.wav, label)`` of a split, sorted: ``val`` and ``test`` from the lists, ``train`` the rest.
+        """``(word/file.wav, label)`` of a split, sorted.
+
+        ``val`` and ``test`` come from the lists, ``train`` is the rest.
 
         Raises:
             DatasetCorruptError: a list is malformed or the two lists share files.
@@ -216,7 +226,10 @@ class SpeechCommandsCopy:
 
 @dataclass(frozen=True)
 class SpeechCommandsData(Dataset):
-    """Speech Commands v0.02 as a folder layout, from an explicit folder, the cache, a system folder or the archive."""
+    """Speech Commands v0.02 as a folder layout.
+
+    From an explicit folder, the cache, a system folder or the archive.
+    """
 
     name: str = "speech-commands"  # registry key, cache sub-directory, what users type
     title: str = "Google Speech Commands v0.02"  # human name in messages
@@ -253,7 +266,10 @@ class SpeechCommandsData(Dataset):
         return "\n".join(lines)
 
     def candidates(self, path: Path | None = None) -> Iterator[tuple[str, Path]]:
-        """``(source, folder)`` in the order they are tried: the explicit path alone, else cache then system."""
+        """``(source, folder)`` in the order they are tried.
+
+        The explicit path alone, else the cache, then the system folders.
+        """
         if path is not None:
             yield "path", Path(path).expanduser()
             return
@@ -264,10 +280,13 @@ class SpeechCommandsData(Dataset):
         yield from (("system", Path(d)) for d in self.system_dirs)
 
     def locate(self, path: Path | None = None) -> SpeechCommandsCopy:
-        """The first complete layout among the candidates (a cheap look: lists and folders exist); never downloads.
+        """The first complete layout among the candidates, by a cheap look; never downloads.
+
+        The cheap look checks that the lists and folders exist.
 
         Raises:
-            DatasetMissingError: no complete copy, or the explicit path lacks part of the layout; says how to get it.
+            DatasetMissingError: no complete copy, or the explicit path lacks part of the layout;
+                says how to get it.
         """
         for source, directory in self.candidates(path):
             root = find_root(directory)
@@ -285,7 +304,10 @@ class SpeechCommandsData(Dataset):
         )
 
     def status(self, path: Path | None = None) -> DataStatus:
-        """Where it is, by the cheap look; a missing copy gives ``present=False`` and where it looked."""
+        """Where it is, by the cheap look.
+
+        A missing copy gives ``present=False`` and where it looked.
+        """
         try:
             return self.locate(path).status()
         except DatasetMissingError as exc:
@@ -296,12 +318,14 @@ class SpeechCommandsData(Dataset):
     def prepare(self, path: Path | None = None, *, progress: Progress | None = None) -> DataStatus:
         """Make it present and check it (as :meth:`verify` does).
 
-        With ``path``: record that folder in the cache (nothing is copied), or, when it holds the archive instead,
-        check and extract that into the cache. Without: find a copy, else download and extract the archive.
+        With ``path``: record that folder in the cache (nothing is copied), or, when it holds the
+        archive instead, check and extract that into the cache. Without: find a copy, else download
+        and extract the archive.
 
         Raises:
             DatasetMissingError: no copy and no download succeeded; says how to get it.
-            DatasetCorruptError: the archive fails its checksum, or a file fails the check; names the file.
+            DatasetCorruptError: the archive fails its checksum, or a file fails the check; names
+                the file.
         """
         if path is not None:
             path = Path(path).expanduser()
@@ -325,16 +349,18 @@ class SpeechCommandsData(Dataset):
         return copy.status()
 
     def verify(self, path: Path | None = None) -> list[FileCheck]:
-        """Check the copy that would be used: both lists, every listed file present, every WAV header.
+        """Check the copy that would be used: both lists, each listed file present, each WAV header.
 
-        Returns one check per list file and word folder, plus one per bad or missing file (named by its path).
+        Returns one check per list file and word folder, plus one per bad or missing file (named by
+        its path).
 
         Raises:
             DatasetMissingError: there is no complete copy.
         """
         return self._checks(self.locate(path))
 
-    # ---- checking and preparing -----------------------------------------------------------------------------
+    # ---- checking and preparing
+    # -----------------------------------------------------------------------------
 
     def _checks(self, copy: SpeechCommandsCopy) -> list[FileCheck]:
         """See :meth:`verify`."""
@@ -355,14 +381,19 @@ class SpeechCommandsData(Dataset):
         return checks
 
     def _raise_first_problem(self, copy: SpeechCommandsCopy) -> None:
-        """Raise :class:`DatasetCorruptError` naming the first file that fails :meth:`_checks`, with the count."""
+        """Raise :class:`DatasetCorruptError` naming the first file that fails :meth:`_checks`.
+
+        The message also gives the count of problems.
+        """
         bad = [c for c in self._checks(copy) if c.problem]
         if bad:
             more = f"; {len(bad)} problem(s) in all, `bench data verify {self.name}` lists them" if len(bad) > 1 else ""
             raise DatasetCorruptError(bad[0].path, bad[0].problem + more, copy.advice())
 
     def _record(self, name: str) -> dict:
-        """A JSON record in the cache (``source.json``, or the extracted copy's manifest); ``{}`` when absent.
+        """A JSON record in the cache; ``{}`` when absent.
+
+        The record is ``source.json``, or the extracted copy's manifest.
 
         Raises:
             DatasetCorruptError: the record is unreadable; says how to replace it.
@@ -389,7 +420,10 @@ class SpeechCommandsData(Dataset):
         return size if isinstance(size, int) else 0
 
     def _download(self, progress: Progress | None) -> DataStatus:
-        """Download the archive into the cache (unless a checked one is left there), extract it, delete it."""
+        """Download the archive into the cache, extract it, delete it.
+
+        Nothing is downloaded when a checked archive is left there.
+        """
         cache = self.cache_dir()
         archive = cache / self.archive.name
         fresh = not archive.is_file()  # else: left by an interrupted prepare, checked again before use
@@ -409,9 +443,10 @@ class SpeechCommandsData(Dataset):
         return status
 
     def _extract(self, archive: Path, source: str, progress: Progress | None, *, checked: bool = False) -> DataStatus:
-        """Extract ``archive`` into the cache, through a temporary folder renamed once its contents pass the checks.
+        """Extract ``archive`` into the cache.
 
-        The archive's checksum is checked first, unless the caller has just ``checked`` it.
+        Extraction goes through a temporary folder, renamed once its contents pass the checks. The
+        archive's checksum is checked first, unless the caller has just ``checked`` it.
         """
         advice = f"Delete it (rm '{archive}') and run `bench data prepare {self.name}` to get a good copy."
         if not checked:
