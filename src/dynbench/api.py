@@ -29,6 +29,8 @@ the user's cache).
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +39,16 @@ import pandas as pd
 from dynbench.cache_dirs import model_cache_dir
 from dynbench.config import PluginSpec, SuiteSpec
 from dynbench.hardware.base import HARDWARE
+from dynbench.harness.dask_executor import parse_executor, run_dask
+from dynbench.harness.eta import SuiteEta
 from dynbench.harness.executors import RunProgress, SuiteOutcome, run_plans
 from dynbench.harness.planning import RunPlan, plan_suite
+from dynbench.harness.preflight import Destinations
 from dynbench.harness.store import ResultStore
 from dynbench.methods.base import METHODS
 from dynbench.tasks.base import TASKS
+
+logger = logging.getLogger(__name__)
 
 
 def default_tasks() -> tuple[PluginSpec, ...]:
@@ -54,13 +61,13 @@ def default_suite() -> SuiteSpec:
     return SuiteSpec(methods=tuple(PluginSpec(n) for n in METHODS.names()), tasks=default_tasks(), name="default")
 
 
-def plan(suite: SuiteSpec) -> list[RunPlan]:
-    """Validate a suite without running anything.
+def plan(suite: SuiteSpec, destinations: Destinations | None = None) -> list[RunPlan]:
+    """Validate a suite, and the folders it will write when given, without running anything.
 
     Raises:
         ConfigError: every problem found.
     """
-    return plan_suite(suite.runs())
+    return plan_suite(suite.runs(), destinations=destinations, problems=suite.problems())
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ class RunOptions:
 
     out: Path = Path("results")  # results directory
     cache_dir: Path | None = None  # backbone/fit cache; None = model_cache_dir() ($DYNBENCH_CACHE)
-    executor: str = "inline"  # inline | subprocess
+    executor: str = "inline"  # inline | subprocess | dask | dask[address=…,workers=…] (parse_executor)
     force: bool = False  # re-run finished runs
 
 
@@ -81,41 +88,120 @@ def run_suite(
     Raises:
         ConfigError: the suite is invalid (nothing is run or written).
     """
-    plans = plan(suite)
     cache = options.cache_dir or model_cache_dir()
+    plans = plan(suite, Destinations(options.out, cache))
+    name, dask = parse_executor(options.executor)
+    if dask is not None:
+        return run_dask(
+            plans, store=ResultStore(options.out), cache_dir=cache, config=dask, force=options.force, progress=progress
+        )
     return run_plans(
         plans,
         store=ResultStore(options.out),
         cache_dir=cache,
-        executor=options.executor,
+        executor=name,
         force=options.force,
         progress=progress,
     )
 
 
-def load_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(rows, samples)`` of every finished run under ``results_dir``."""
-    store = ResultStore(results_dir)
+def load_results(results_dir: Path, *, strict: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(rows, samples)`` of every finished run under ``results_dir``.
+
+    A bad file (truncated, foreign) is skipped with a warning naming it; with ``strict`` it raises
+    :class:`dynbench.harness.store.BadResultFile`.
+    """
+    store = ResultStore(results_dir, strict=strict)
     return store.rows(), store.samples()
 
 
-def write_report(results_dir: Path, out_dir: Path) -> list[Path]:
+def write_report(results_dir: Path, out_dir: Path, *, strict: bool = False) -> list[Path]:
     """Pareto plots, histograms, tables and an index page for the results under ``results_dir``.
 
+    Runs that failed and have not finished since are listed in a "Failed runs" section.
+
     Raises:
-        ValueError: no results there.
+        ValueError: no results there; with ``strict``, a bad file there (``BadResultFile``).
     """
+    return _report_from(ResultStore(results_dir, strict=strict), out_dir)
+
+
+def _report_from(store: ResultStore, out_dir: Path) -> list[Path]:
+    """:func:`write_report` from a store (whose parsed files it reuses when asked again)."""
     from dynbench.analysis.report import write_report as _write
 
-    rows, samples = load_results(results_dir)
+    rows, samples, failures = store.rows(), store.samples(), store.failures()
     if rows.empty:
-        raise ValueError(f"No result rows under {results_dir}. Run `bench run --out {results_dir}` first.")
-    return _write(rows, samples, out_dir)
+        failed = f" ({len(failures)} run(s) failed: see {store.root / 'failures'})" if failures else ""
+        raise ValueError(f"No result rows under {store.root}{failed}. Run `bench run --out {store.root}` first.")
+    return _write(rows, samples, out_dir, failures=failures)
 
 
-def export(results_dir: Path, path: Path, fmt: str) -> Path:
-    """All rows as one CSV or Parquet table."""
-    return ResultStore(results_dir).export(path, fmt)
+class LiveReport:
+    """The report of a results folder, rewritten while a suite runs, not only at its end.
+
+    :meth:`update` rewrites it after a run finished, unless the last rewrite is recent: a rewrite
+    waits at least ``min_interval_s`` and ``cost_factor`` times the last rewrite's duration, so
+    plotting never takes more than about 1/``cost_factor`` of the suite's time. One store serves
+    every rewrite, so a finished run's files are parsed once (the store keeps what it read).
+
+    Args:
+        results_dir: the results folder.
+        out_dir: the report folder.
+        min_interval_s: the shortest time between two rewrites.
+        cost_factor: how many rewrite durations must pass before the next one.
+    """
+
+    def __init__(self, results_dir: Path, out_dir: Path, *, min_interval_s: float = 30.0, cost_factor: float = 20.0):
+        self.store = ResultStore(results_dir)
+        self.out_dir = out_dir
+        self.min_interval_s, self.cost_factor = min_interval_s, cost_factor
+        self.next_at = 0.0  # monotonic time of the earliest next rewrite (0: the first run rewrites)
+        self.files: list[Path] = []
+        self.reported: list[str] = []  # the finished runs the last rewrite showed
+
+    def update(self, *, final: bool = False) -> list[Path]:
+        """Rewrite the report now when due (``final``: unless it shows every finished run already).
+
+        Returns the files of the last rewrite. A rewrite that fails mid-suite (a bad row, a full
+        disk) is logged and the suite goes on; the final one raises.
+        """
+        runs = self.store.run_keys()
+        if (not final and time.monotonic() < self.next_at) or (final and self.files and runs == self.reported):
+            return self.files
+        started = time.monotonic()
+        try:
+            self.files = _report_from(self.store, self.out_dir)
+            self.reported = runs
+        except (ValueError, OSError) as exc:
+            if final:
+                raise
+            logger.warning("could not update the report in %s: %s", self.out_dir, exc)
+        took = time.monotonic() - started
+        self.next_at = time.monotonic() + max(self.min_interval_s, self.cost_factor * took)
+        return self.files
+
+
+def finished_runs(plans: list[RunPlan], results_dir: Path) -> set[str]:
+    """Run keys of ``plans`` already in ``results_dir`` (a resumed suite skips them)."""
+    store = ResultStore(results_dir)
+    return {p.run_key for p in plans if store.has(p.run_key)}
+
+
+def estimate(plans: list[RunPlan], cache_dir: Path | None, done: set[str]) -> SuiteEta:
+    """The time-left estimate of a suite (:class:`dynbench.harness.eta.SuiteEta`).
+
+    Args:
+        plans: the suite's runs.
+        cache_dir: the cache the runs use; ``None`` = :func:`dynbench.cache_dirs.model_cache_dir`.
+        done: run keys that will be skipped.
+    """
+    return SuiteEta(plans, cache_dir or model_cache_dir(), done)
+
+
+def export(results_dir: Path, path: Path, fmt: str, *, strict: bool = False) -> Path:
+    """All rows as one CSV or Parquet table; a bad file is skipped (raised with ``strict``)."""
+    return ResultStore(results_dir, strict=strict).export(path, fmt)
 
 
 def plugin_table(kind: str) -> list[dict[str, str]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dynbench.registry import suggest
-from dynbench.validation import choice_message
+from dynbench.validation import check_choices, check_range, choice_message
 
 
 class ConfigError(ValueError):
@@ -267,6 +267,10 @@ def _defaults(cls: type) -> dict[str, Any]:
 # Measurement, run and suite specifications
 
 
+MAX_TIME_S = 3600.0
+"""Longest ``measure.max_time_s`` accepted: an hour of timing per model and operating point."""
+
+
 @dataclass(frozen=True)
 class MeasureConfig:
     """How each run measures (README § What is measured); every pass can be switched off."""
@@ -284,12 +288,54 @@ class MeasureConfig:
 
     def __post_init__(self) -> None:
         for name in ("eval_batch_size", "timing_inputs", "min_iters", "memory_inputs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"measure.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.min_time_s < 0 or self.max_time_s <= 0:
-            raise ValueError(
-                f"measure.min_time_s must be >= 0 and max_time_s > 0, got {self.min_time_s}, {self.max_time_s}."
-            )
+            default = MeasureConfig.__dataclass_fields__[name].default
+            check_range(f"measure.{name}", getattr(self, name), 1, advice=f"Use e.g. {name}={default}.")
+        check_range("measure.warmup_max", self.warmup_max, 0, advice="Use 0 for one warm-up call per path.")
+        # NaN passes every comparison and inf never ends the timing loop, so both are refused here.
+        check_range(
+            "measure.max_time_s", self.max_time_s, 0, MAX_TIME_S, low_open=True, advice="Use e.g. max_time_s=20."
+        )
+        check_range(
+            "measure.min_time_s", self.min_time_s, 0, self.max_time_s, advice="Use e.g. min_time_s=0.5 <= max_time_s."
+        )
+
+
+SEED_MAX = 2**32 - 1
+"""Largest seed: NumPy's generators take 32-bit seeds, and training seeds derive from it."""
+
+_EXAMPLES = {"methods": "dense", "tasks": "toy-vision", "seeds": "0", "hardware": "cpu"}
+
+
+Profile = Literal["quick", "full"]
+"""How much work a run does. ``full``: every plugin's own recipe — the paper-faithful suite.
+``quick``: the shorter fits, backbone training, budget lists and evaluation sample that each plugin
+declares (``Method.quick_options``, ``Method.quick_budgets``, ``Task.quick_options``,
+``Task.quick_eval_samples``) and :data:`QUICK_MEASURE`'s lighter timing, each applied only where the
+user did not choose the value. Rows and run keys record the profile; reports never average a quick
+run with a full one."""
+
+QUICK_MEASURE: Mapping[str, Any] = {
+    "min_iters": 6,  # 6 call pairs: batch-32 calls of a text model take 0.2 s each, 20 pairs cost 8 s
+    "min_time_s": 0.2,  # the minimum time per timed loop is what dominates a small model's timing
+    "max_time_s": 5.0,  # a slow operating point stops after 5 s instead of 20
+    "warmup_max": 4,  # warm-up beyond one call per execution path
+    "timing_inputs": 16,  # distinct inputs cycled (10 calls read at most 10 of them anyway)
+    "memory_inputs": 2,  # the two costliest paths: the peak is a max, and the costliest path sets it
+}
+"""The quick profile's lighter measurement: timing fields a suite left at their defaults."""
+
+
+def profile_measure(measure: MeasureConfig, profile: Profile) -> MeasureConfig:
+    """``measure`` under ``profile``: quick sets each :data:`QUICK_MEASURE` field at its default.
+
+    A field the user set (any value but MeasureConfig's default) is kept, so
+    ``--set measure.min_time_s=1`` holds under either profile.
+    """
+    if profile != "quick":
+        return measure
+    default = MeasureConfig()
+    lighter = {k: v for k, v in QUICK_MEASURE.items() if getattr(measure, k) == getattr(default, k)}
+    return dataclasses.replace(measure, **lighter)
 
 
 @dataclass(frozen=True)
@@ -305,12 +351,50 @@ class RunSpec:
     limit: int | None = None  # evaluate on at most this many samples (smoke runs)
     measure: MeasureConfig = MeasureConfig()
     suite: str = "default"  # suite name recorded in rows; not part of the run's identity
+    # "full" for a run made by hand (lm-eval's model, scripts): one run gets its plugins' own
+    # recipes; suites pass their profile ("quick" by default)
+    profile: Profile = "full"
+    eval_samples: int | None = None  # the profile's sample of the eval split (the planner sets it
+    # from Task.quick_eval_samples); None = the whole split
+
+    def __post_init__(self) -> None:
+        check_choices(self, {"profile": "Use quick (minutes) or full (the plugins' own recipes)."})
+
+    @property
+    def eval_limit(self) -> int | None:
+        """The evaluation samples measured: the smaller of ``limit`` and ``eval_samples``."""
+        caps = [n for n in (self.limit, self.eval_samples) if n is not None]
+        return min(caps) if caps else None
 
     def identity(self) -> dict[str, Any]:
-        """What defines the run's results (everything but the suite name)."""
+        """What defines the run's results (everything but the suite name).
+
+        A full run on the whole split leaves the profile fields out, so its key is the one it had
+        before profiles existed and stored full results stay valid.
+        """
         d = dataclasses.asdict(self)
         d.pop("suite")
+        if self.profile == "full" and self.eval_samples is None:
+            d.pop("profile")
+            d.pop("eval_samples")
         return d
+
+    def problems(self) -> list[str]:
+        """What is wrong with the seed, budgets, batch sizes and limit; one message each.
+
+        The plugins' own options and the budgets' range are checked by the planner
+        (:func:`dynbench.harness.planning.plan_run`), which builds the plugins.
+        """
+        out: list[str] = []
+        if not 0 <= self.seed <= SEED_MAX:
+            out.append(f"Seed {self.seed} is out of range: seeds must lie in [0, {SEED_MAX}]. Use e.g. --seeds 0,1,2.")
+        if self.budgets is not None and not self.budgets:
+            out.append("--budgets is empty. Give budgets such as --budgets 1,0.5, or leave it out for the defaults.")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            out.append(f"Batch sizes must be positive integers, got {list(self.batch_sizes)}. Use e.g. 1,32.")
+        if self.limit is not None and self.limit < 1:
+            out.append(f"--limit must be >= 1, got {self.limit}. Leave it out to evaluate every sample.")
+        return out
 
 
 @dataclass(frozen=True)
@@ -326,11 +410,33 @@ class SuiteSpec:
     batch_sizes: tuple[int, ...] = (1, 32)  # batch sizes timed
     limit: int | None = None  # at most this many eval samples per run
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    profile: Profile = "quick"  # the main job finishes in minutes; "full" = the plugins' own recipes
+
+    def __post_init__(self) -> None:
+        check_choices(self, {"profile": "Use quick (minutes) or full (the plugins' own recipes)."})
+
+    def problems(self) -> list[str]:
+        """Empty lists that leave the grid without runs; one message each.
+
+        Each run's own values are checked by :meth:`RunSpec.problems`.
+        """
+        lists = {"methods": self.methods, "tasks": self.tasks, "seeds": self.seeds, "hardware": self.hardware}
+        return [
+            f"--{key} is empty, so the suite has no runs. Give at least one, e.g. --{key} {_EXAMPLES[key]}."
+            for key, value in lists.items()
+            if not value
+        ]
 
     def runs(self) -> list[RunSpec]:
-        """Every run of the grid, task-major so one task's backbone is reused while it is warm."""
+        """Every run of the grid, task-major so one task's backbone is reused while it is warm.
+
+        Each run carries the suite's profile, and its measure config under that profile
+        (:func:`profile_measure`); the plugins' quick options are applied by the planner, which
+        builds them.
+        """
+        measure = profile_measure(self.measure, self.profile)
         return [
-            RunSpec(t, m, s, h, self.budgets, self.batch_sizes, self.limit, self.measure, self.name)
+            RunSpec(t, m, s, h, self.budgets, self.batch_sizes, self.limit, measure, self.name, self.profile)
             for t in self.tasks
             for s in self.seeds
             for h in self.hardware
@@ -338,7 +444,9 @@ class SuiteSpec:
         ]
 
 
-_SUITE_KEYS = ("name", "methods", "tasks", "seeds", "hardware", "budgets", "batch_sizes", "limit", "measure")
+_SUITE_KEYS = (
+    "name", "methods", "tasks", "seeds", "hardware", "budgets", "batch_sizes", "limit", "measure", "profile",
+)  # fmt: skip
 
 
 def _plugins_from_yaml(value: Any, where: str, errors: list[str]) -> tuple[PluginSpec, ...]:
@@ -381,7 +489,7 @@ def suite_from_mapping(data: Mapping[str, Any], where: str = "suite") -> SuiteSp
         if not kwargs.get(key):
             errors.append(f"{where}.{key} is missing or empty. List at least one, e.g. {key}: [dense].")
     hints = typing.get_type_hints(SuiteSpec)
-    for key in ("name", "seeds", "budgets", "batch_sizes", "limit"):
+    for key in ("name", "seeds", "budgets", "batch_sizes", "limit", "profile"):
         if key in data:
             try:
                 kwargs[key] = _coerce(data[key], hints[key], f"{where}.{key}")
@@ -406,10 +514,14 @@ def load_suite(path: Path) -> SuiteSpec:
 
     if not path.exists():
         raise ConfigError([f"Suite file {path} does not exist. Pass an existing YAML file to --config."])
+    if not path.is_file():
+        raise ConfigError([f"Suite file {path} is a folder, not a file. Pass a YAML file, e.g. --config suite.yaml."])
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path} is not valid YAML: {exc}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"Suite file {path} cannot be read ({exc}). Pass a readable YAML text file."]) from None
     if not isinstance(data, Mapping):
         raise ConfigError([f"{path} must hold a mapping (methods:, tasks:, …), got {type(data).__name__}."])
     return suite_from_mapping(data, where=str(path))
@@ -429,9 +541,15 @@ def apply_overrides(suite: SuiteSpec, overrides: Sequence[str]) -> SuiteSpec:
             continue
         key, value = item.split("=", 1)
         data[key.strip()] = value.strip()
+    nested = _nest(data)
+    if "measure" in nested and not isinstance(nested["measure"], Mapping):
+        fields_ = ", ".join(f.name for f in dataclasses.fields(MeasureConfig))
+        errors.append(
+            f"Override 'measure={nested.pop('measure')}' sets a group of options, not a value. "
+            f"Set one field, e.g. measure.min_time_s=0.2; fields: {fields_}."
+        )
     if errors:
         raise ConfigError(errors)
-    nested = _nest(data)
     current = {
         "name": suite.name,
         "methods": [p.label for p in suite.methods],
@@ -441,6 +559,7 @@ def apply_overrides(suite: SuiteSpec, overrides: Sequence[str]) -> SuiteSpec:
         "budgets": None if suite.budgets is None else list(suite.budgets),
         "batch_sizes": list(suite.batch_sizes),
         "limit": suite.limit,
+        "profile": suite.profile,
         "measure": {**dataclasses.asdict(suite.measure), **nested.pop("measure", {})},
     }
     current.update(nested)
@@ -468,4 +587,6 @@ def runspec_from_dict(data: Mapping[str, Any]) -> RunSpec:
         limit=data["limit"],
         measure=MeasureConfig(**data["measure"]),
         suite=data["suite"],
+        profile=data.get("profile", "full"),
+        eval_samples=data.get("eval_samples"),
     )

@@ -167,3 +167,17 @@ def test_no_function_in_the_cli_package_is_over_60_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
                 assert lines <= 60, f"dynbench.cli.{name}.{node.name} is {lines} lines"
+
+
+def test_version_names_dynbench_torch_and_python(capsys):
+    import platform
+
+    import torch
+
+    from dynbench import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"bench {__version__} (torch {torch.__version__}, Python {platform.python_version()})"

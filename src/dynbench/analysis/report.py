@@ -21,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from markdown_it import MarkdownIt
 
 from dynbench.analysis.controls import WINS, compare_to_controls
 from dynbench.analysis.plots import compute_histogram, pareto_plot
 from dynbench.analysis.tables import (
     format_sig,
+    profile_note,
     quality_formats,
     quality_scale,
+    separate_variants,
     summary_frame,
     task_markdown,
     upper_bound_mask,
@@ -370,6 +373,7 @@ def write_report(
     out_dir: Path | str,
     *,
     latency_batch_size: int = 1,
+    failures: list[dict] | None = None,
 ) -> list[Path]:
     """Write the full report of a set of results.
 
@@ -387,6 +391,8 @@ def write_report(
         samples: per-sample records (may be empty or ``None``: no histograms then).
         out_dir: directory to write into (created if needed).
         latency_batch_size: batch size whose latency, speedup and memory the plots and tables show.
+        failures: failure records of runs that have not finished (``ResultStore.failures``),
+            listed in a "Failed runs" section.
 
     Returns:
         Paths of all files written, index files last.
@@ -398,6 +404,7 @@ def write_report(
         raise ValueError("No result rows to report: the rows table is empty. Run `bench run` first, then report.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    rows, samples = separate_variants(rows, samples)  # quick and --limit runs get their own labels
     summary = summary_frame(rows, latency_batch_size=latency_batch_size)
     samples = _samples_with_flags(samples, rows)
     tasks = sorted({str(t) for t in summary["task"]})
@@ -414,7 +421,9 @@ def write_report(
         "and excluded from the Pareto front; `(reconstructed)` marks methods whose mechanism dynbench "
         "reconstructed from an incomplete paper."
     )
-    index_md = "\n\n".join(["# dynbench report", intro, *sections]) + "\n"
+    intro = f"{profile_note(rows)}\n\n{intro}"
+    failed = [_failed_runs(failures)] if failures else []
+    index_md = "\n\n".join(["# dynbench report", intro, *failed, *sections]) + "\n"
     md_path, html_path = out / "index.md", out / "index.html"
     md_path.write_text(index_md, encoding="utf-8")
     html_path.write_text(markdown_to_html(index_md, title="dynbench report"), encoding="utf-8")
@@ -422,48 +431,36 @@ def write_report(
     return [*written, md_path, html_path]
 
 
-def _inline(text: str) -> str:
-    """Escape text and render the inline markdown the report uses: code, bold, images and links."""
-    parts = re.split(r"(`[^`]+`)", text)
-    out = []
-    for part in parts:
-        if part.startswith("`") and part.endswith("`") and len(part) > 1:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-            continue
-        part = html.escape(part, quote=False).replace("\\|", "|")
-        part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
-        part = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f'<img src="{html.escape(m[2])}" alt="{m[1]}">', part)
-        part = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", lambda m: f'<a href="{html.escape(m[2])}">{m[1]}</a>', part)
-        out.append(part)
-    return "".join(out)
-
-
-def _table_html(lines: list[str]) -> str:
-    """A markdown pipe table (header, alignment row, body) as an HTML table."""
-
-    def cells(line: str) -> list[str]:
-        return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
-
-    header, aligns, body = cells(lines[0]), cells(lines[1]), [cells(line) for line in lines[2:]]
-    style = [
-        "center" if a.startswith(":") and a.endswith(":") else "right" if a.endswith(":") else "left" for a in aligns
+def _failed_runs(failures: list[dict]) -> str:
+    """The "Failed runs" section: one table row per run that failed and has not finished since."""
+    lines = [
+        "## Failed runs",
+        "",
+        f"{len(failures)} run(s) failed and have no rows in this report; `bench run` with the same arguments "
+        "retries them. The log holds each traceback.",
+        "",
+        "| run | phase | error | log | failed at | attempts |",
+        "|---|---|---|---|---|---:|",
     ]
-    out = [
-        "<table>",
-        "<thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in header) + "</tr></thead>",
-        "<tbody>",
-    ]
-    for row in body:
-        tds = "".join(f'<td style="text-align:{s}">{_inline(c)}</td>' for c, s in zip(row, style))
-        out.append(f"<tr>{tds}</tr>")
-    return "\n".join([*out, "</tbody>", "</table>"])
+    for rec in failures:
+        cells = [
+            str(rec.get("title") or rec["run_key"]),
+            str(rec["phase"]),
+            str(rec["error"]),
+            f"`{rec['log']}`",
+            str(rec["time"]),
+            str(rec.get("attempts", 1)),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+# CommonMark plus pipe tables; raw HTML in the markdown is escaped, never passed through.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 def markdown_to_html(markdown: str, *, title: str) -> str:
-    """Render the subset of markdown the report writes as a self-contained HTML page.
-
-    Handles ``#`` headings, pipe tables, ``-`` lists, image lines and paragraphs with inline code,
-    bold, images and links; enough for the report's own markdown, not a general converter.
+    """The report's markdown as one self-contained HTML page (markdown-it-py: CommonMark, tables).
 
     Args:
         markdown: the markdown text.
@@ -472,33 +469,7 @@ def markdown_to_html(markdown: str, *, title: str) -> str:
     Returns:
         A complete HTML document with inline CSS.
     """
-    lines = markdown.splitlines()
-    body: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            i += 1
-            continue
-        block = [line]
-        i += 1
-        if line.startswith(("|", "- ")) or not line.startswith("#"):
-            prefix = "|" if line.startswith("|") else "- " if line.startswith("- ") else None
-            while i < len(lines) and lines[i].strip() and not lines[i].startswith("#"):
-                nxt = lines[i]
-                if (prefix and not nxt.startswith(prefix)) or (not prefix and nxt.startswith(("|", "- "))):
-                    break
-                block.append(nxt)
-                i += 1
-        if line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")), 6)
-            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("|"):
-            body.append(_table_html(block))
-        elif line.startswith("- "):
-            body.append("<ul>\n" + "\n".join(f"<li>{_inline(b[2:])}</li>" for b in block) + "\n</ul>")
-        else:
-            body.append(f"<p>{_inline(' '.join(block))}</p>")
     head = '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
     head += f"<title>{html.escape(title)}</title>"
-    return f"{head}\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    body = _MARKDOWN.render(markdown)
+    return f"{head}\n<style>{_CSS}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"

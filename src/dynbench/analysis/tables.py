@@ -26,8 +26,10 @@ __all__ = [
     "format_sig",
     "interval_note",
     "pareto_mask",
+    "profile_note",
     "quality_formats",
     "quality_scale",
+    "separate_variants",
     "summary_frame",
     "upper_bound_mask",
     "task_markdown",
@@ -86,6 +88,107 @@ def display_label(method: str, method_label: str, reconstructed: bool, upper_bou
     if reconstructed:
         label += " (reconstructed)"
     return label
+
+
+def _variant(profile: Any, limit: Any) -> str:
+    """``""`` for a full run on the whole split, else e.g. ``quick``, ``limit 64``."""
+    parts = []
+    if isinstance(profile, str) and profile and profile != "full":
+        parts.append(profile)
+    if limit is not None and not (isinstance(limit, float) and math.isnan(limit)):
+        parts.append(f"limit {int(limit)}")
+    return ", ".join(parts)
+
+
+def _legacy_samples(rows: pd.DataFrame) -> pd.Series:
+    """Per row, ``N samples`` where a run measured fewer samples than its task's other runs.
+
+    For rows without a ``limit`` column (written before it existed): a ``--limit`` run among them
+    is still kept apart.
+    """
+    quality = rows[rows["metric"] == "quality"]
+    if quality.empty or "n" not in quality.columns or "run_key" not in rows.columns:
+        return pd.Series("", index=rows.index)
+    per_run = quality.groupby("run_key")["n"].max()
+    task_max = quality.groupby("task")["n"].max()
+    run_task = quality.groupby("run_key")["task"].first()
+    short = {k: f"{int(n)} samples" for k, n in per_run.items() if n < task_max[run_task[k]]}
+    return rows["run_key"].map(lambda key: short.get(key, ""))
+
+
+def separate_variants(
+    rows: pd.DataFrame, samples: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Label quick, ``--limit`` and full runs apart, so no mean or front mixes them.
+
+    When the rows hold runs of more than one kind, appends `` (quick)``, `` (limit 64)`` or
+    `` (quick, limit 64)`` to ``method_label`` (and to a control run's ``control_of``, so controls
+    pair within their kind) of every run that is not a full run on the whole evaluation split, in
+    the rows and in the samples of the same runs. Every summary keys on ``method_label``, so a
+    sampled run can never be averaged into a full run's mean. Rows of one kind keep their labels
+    (the header says which: :func:`profile_note`). The kind is kept in a ``variant`` column either
+    way. Rows written before profiles existed are full runs; those among them with fewer evaluation
+    samples than their task's others are ``N samples``. Rows that already have a ``variant`` column
+    are returned as they are.
+
+    Returns:
+        ``(rows, samples)`` relabelled (``samples`` ``None`` when given ``None``).
+    """
+    if "variant" in rows.columns or rows.empty:
+        return rows, samples
+    profile = rows["profile"] if "profile" in rows.columns else pd.Series("full", index=rows.index)
+    if "limit" in rows.columns:
+        variant = pd.Series([_variant(p, n) for p, n in zip(profile, rows["limit"])], index=rows.index)
+    else:
+        legacy = _legacy_samples(rows)
+        variant = pd.Series([_variant(p, None) for p in profile], index=rows.index)
+        variant = variant.where(legacy == "", (variant + ", ").where(variant != "", "") + legacy)
+
+    if variant.nunique() <= 1:  # one kind of run: nothing to keep apart
+        return rows.assign(variant=variant), samples
+
+    def suffixed(labels: pd.Series, which: pd.Series) -> pd.Series:
+        tail = which.map(lambda v: f" ({v})" if v else "")
+        return labels.astype(str).where(labels.astype(str) == "", labels.astype(str) + tail)
+
+    out = rows.assign(variant=variant, method_label=suffixed(rows["method_label"], variant))
+    if "control_of" in out.columns:
+        out["control_of"] = suffixed(out["control_of"].fillna(""), variant)
+    if samples is not None and not samples.empty and {"run_key", "method_label"} <= set(samples.columns):
+        by_run = variant.groupby(rows["run_key"]).first() if "run_key" in rows.columns else pd.Series(dtype=str)
+        which = samples["run_key"].map(lambda key: by_run.get(key, ""))
+        samples = samples.assign(variant=which, method_label=suffixed(samples["method_label"], which))
+    return out, samples
+
+
+def profile_note(rows: pd.DataFrame) -> str:
+    """What the rows were measured under: the profile(s), ``--limit`` runs, evaluation samples.
+
+    One sentence for the report's header and the terminal summary, e.g. "Profile: quick (shorter
+    fits and backbone training, fewer budgets, a sample of the evaluation split, lighter timing;
+    `--profile full` runs the plugins' own recipes). Evaluation samples per run: fashion-mnist
+    2,000, shakespeare 128."
+    """
+    if rows.empty:
+        return ""
+    profiles = sorted({str(p) for p in rows["profile"].dropna()}) if "profile" in rows.columns else []
+    profiles = profiles or ["full"]
+    what = {
+        "quick": "quick (shorter fits and backbone training, fewer budgets, a sample of the evaluation split, "
+        "lighter timing; `--profile full` runs the plugins' own recipes)",
+        "full": "full (the plugins' own recipes)",
+    }
+    text = f"Profile: {' and '.join(what.get(p, p) for p in profiles)}."
+    if len(profiles) > 1:
+        text += " Runs of different profiles are labelled apart, never averaged together."
+    limits = sorted({int(v) for v in rows["limit"].dropna()}) if "limit" in rows.columns else []
+    if limits:
+        text += f" `--limit` runs ({', '.join(map(str, limits))} samples) are labelled apart."
+    if "eval_samples" in rows.columns and rows["eval_samples"].notna().any():
+        counts = rows.dropna(subset=["eval_samples"]).groupby("task")["eval_samples"].unique()
+        per_task = [f"{t} {'/'.join(f'{int(n):,}' for n in sorted(ns))}" for t, ns in counts.items()]
+        text += f" Evaluation samples per run: {', '.join(per_task)}."
+    return text
 
 
 def quality_scale(unit: str, values: Iterable[float]) -> tuple[float, str]:
@@ -304,6 +407,7 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
     rows = _validate_rows(rows)
     if rows.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    rows, _ = separate_variants(rows)
     keys = list(KEYS)
     free_keys = [k for k in keys if k != "hardware"]
     out = rows.groupby(keys, dropna=False)["seed"].nunique().rename("n_seeds").reset_index()

@@ -45,10 +45,22 @@ SUBCOMMANDS: tuple[ModuleType, ...] = tuple(
 )
 
 
+def _version_line() -> str:
+    """``bench 0.1.0 (torch 2.13.0+cpu, Python 3.11.7)``: what a bug report needs first."""
+    import platform
+
+    import torch
+
+    from dynbench import __version__
+
+    return f"bench {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
 def _assemble() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     """The ``bench`` parser and, for each subcommand name, the module that added it."""
     parser = argparse.ArgumentParser(prog="bench", description="Benchmark dynamic-compute methods in transformers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (training, fits, caches)")
+    parser.add_argument("--version", action="version", version=_version_line())
     subparsers = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, ModuleType] = {}
     for module in SUBCOMMANDS:

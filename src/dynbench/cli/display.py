@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import pandas as pd
@@ -11,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dynbench.harness.eta import SuiteEta, format_duration
 from dynbench.harness.execution import Progress as BudgetProgress
 from dynbench.harness.planning import RunPlan
 
@@ -19,10 +22,35 @@ if not console.is_terminal:  # pipes and CI logs: wide enough that the summary t
     console.width = 160
 
 
-class RunDisplay:
-    """Two progress bars: runs of the suite, and budgets of the current run."""
+PLAIN_STEP_S = 10.0
+"""Seconds between two plain progress lines about training steps (pipes and CI logs)."""
+_STEP = re.compile(r": step (\d+)/(\d+)$")  # execution's training-step messages: "fitting x: step i/n"
 
-    def __init__(self, n_runs: int) -> None:
+
+class RunDisplay:
+    """Progress of a suite: a bar over runs with the time left, one over the current run's budgets.
+
+    Prints a line when the suite starts (runs already done, runs to come, the estimate), a line per
+    finished or failed run (its phases and the time left), and, where the output is not a terminal
+    (pipes, CI logs), a plain line per progress message instead of live bars (training steps at
+    most every :data:`PLAIN_STEP_S` seconds).
+
+    Args:
+        plans: every run of the suite, in order.
+        done: run keys already in the results folder (skipped, unless ``--force``).
+        eta: the suite's time estimate (:class:`~dynbench.harness.eta.SuiteEta`); ``None`` shows
+            none.
+        on_finished: called with each run's plan after it finished and was stored (the live
+            report).
+    """
+
+    def __init__(
+        self,
+        plans: list[RunPlan],
+        done: set[str] | None = None,
+        eta: SuiteEta | None = None,
+        on_finished: Callable[[RunPlan], None] | None = None,
+    ) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -31,33 +59,86 @@ class RunDisplay:
             console=console,
             transient=False,
         )
-        self.runs = self.progress.add_task("runs", total=n_runs)
+        self.plans, self.eta, self.on_finished = plans, eta, on_finished
+        self.already = [p for p in plans if p.run_key in (done or set())]
+        self.to_run = len(plans) - len(self.already)
+        self.runs = self.progress.add_task("runs", total=self.to_run)
         self.current: int | None = None
+        self.plan: RunPlan | None = None
+        self.finished: list[str] = []  # run keys finished or failed in this session
+        self.started = self.last_plain = 0.0
 
     def __enter__(self) -> RunDisplay:
         self.progress.__enter__()
+        done = f"{len(self.already)} already done, " if self.already else ""
+        self.say(f"{len(self.plans)} run(s): {done}{self.to_run} to run · {self.eta_text()}")
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            self._close_current()
         self.progress.__exit__(et, ev, tb)
+
+    def say(self, line: str) -> None:
+        """Print one line above the bars (plain text: titles hold brackets, not Rich markup)."""
+        self.progress.console.print(escape(line), highlight=False)
+
+    def eta_text(self) -> str:
+        """``ETA 12 min 30 s`` (with how many runs it could not count), or why there is none."""
+        if self.eta is None:
+            return "no estimate"
+        elapsed = time.monotonic() - self.started if self.plan is not None else 0.0
+        seconds, unknown = self.eta.remaining(self.plan, elapsed, self.finished)
+        if unknown and not seconds:
+            return "ETA after the first run of each kind"
+        more = f" + {unknown} run(s) not yet estimated" if unknown else ""
+        return f"ETA {format_duration(seconds)}{more}"
+
+    def _close_current(self) -> None:
+        """A run that ended without saying ``done`` failed (its message comes at the end)."""
+        if self.plan is not None and self.plan.run_key not in self.finished:
+            self.finished.append(self.plan.run_key)
+            self.progress.advance(self.runs)
+            self.say(f"✗ [{len(self.finished)}/{self.to_run}] {self.plan.title}: failed · {self.eta_text()}")
+        self.plan = None
+
+    def _finished(self, plan: RunPlan) -> None:
+        self.finished.append(plan.run_key)
+        self.progress.advance(self.runs)
+        if self.eta is not None:
+            self.eta.reload()  # the run's phase times are in the cache's record now
+        phases = self.eta.phases_text(plan.run_key) if self.eta is not None else ""
+        took = format_duration(time.monotonic() - self.started)
+        self.plan = None
+        self.say(f"✓ [{len(self.finished)}/{self.to_run}] {plan.title}: {took}{phases} · {self.eta_text()}")
+        self.progress.update(self.runs, description=escape(f"runs · {self.eta_text()}"))
+        if self.on_finished is not None:
+            self.on_finished(plan)
 
     def run_progress(self, plan: RunPlan) -> BudgetProgress:
         """The budget callback for one run (advances the runs bar when the run finishes)."""
+        self._close_current()
         if self.current is not None:
             self.progress.remove_task(self.current)
         self.current = self.progress.add_task(escape(f"  {plan.title}"), total=len(plan.budgets))
-
-        started = time.monotonic()
+        self.plan, self.started = plan, time.monotonic()
 
         def update(done: int, total: int, what: str) -> None:
-            assert self.current is not None  # noqa: S101 — set just above
+            if self.current is None:
+                return
             # titles hold brackets (dht[policy=random]): not Rich markup
             label = escape(f"  {plan.title}: {what}")
             self.progress.update(self.current, completed=done, total=total, description=label)
-            if not console.is_terminal:  # CI logs and pipes get no live bars: a plain line per step
-                print(f"[{time.monotonic() - started:7.1f} s] {plan.title}: {what} ({done}/{total})", flush=True)
             if done == total and what == "done":
-                self.progress.advance(self.runs)
+                self._finished(plan)
+                return
+            self.progress.update(self.runs, description=escape(f"runs · {self.eta_text()}"))
+            step = _STEP.search(what)
+            due = step is None or step[1] == step[2] or time.monotonic() - self.last_plain >= PLAIN_STEP_S
+            if not console.is_terminal and due:  # a training loop's last step always shows
+                self.last_plain = time.monotonic()
+                elapsed = time.monotonic() - self.started
+                print(f"[{elapsed:7.1f} s] {plan.title}: {what} ({done}/{total}) · {self.eta_text()}", flush=True)
 
         return update
 
@@ -82,8 +163,9 @@ def print_summary(rows: pd.DataFrame) -> None:
     """A table: task × method × budget → quality, FLOPs, latency, speedup, memory, 95% intervals."""
     if rows.empty:
         return
-    from dynbench.analysis.tables import interval_note, summary_frame, with_interval
+    from dynbench.analysis.tables import interval_note, profile_note, summary_frame, with_interval
 
+    console.print(escape(profile_note(rows)))
     s = summary_frame(rows)
     table = Table(title="dynbench summary (latency, speedup and memory at batch 1; means over seeds, [95% interval])")
     for col in (

@@ -7,16 +7,32 @@ import sys
 from pathlib import Path
 
 from dynbench import api
+from dynbench.cache_dirs import model_cache_dir
 from dynbench.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from dynbench.cli.suite_args import add_suite_args, suite_from_args
+from dynbench.config import ConfigError
+from dynbench.harness.dask_executor import parse_executor
+from dynbench.harness.preflight import Destinations
 
 RUN_EXAMPLES = """examples:
-  bench run                                            # the default suite, then the report in reports/
+  bench run                                            # the default suite, quick profile; report in reports/
+  bench run --profile full                             # the same suite with the plugins' own (paper) recipes
   bench run --methods dense,early_exit,layer_skip --tasks digits --seeds 0 --out R
   bench run --methods 'layer_skip[pattern=uniform]' --tasks digits --budgets 1,0.5 --batch-sizes 1,32
   bench run --config suite.yaml --set measure.min_time_s=0.2 --limit 64
   bench run --methods dense --tasks digits --hardware 'cpu[threads=1]'
+  bench run --executor dask --methods dense,early_exit,layer_skip --tasks toy-vision,toy-text --seeds 0,1
+  bench run --executor 'dask[address=tcp://scheduler-host:8786]' --tasks digits   # a running scheduler
 """
+
+
+def _executor(text: str) -> str:
+    """Check an ``--executor`` value (name, Dask options) as it is parsed: a typo exits 2."""
+    try:
+        parse_executor(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError("; ".join(exc.errors)) from None
+    return text
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,9 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--force", action="store_true", help="re-run runs already in the results directory")
     run.add_argument(
         "--executor",
-        choices=["inline", "subprocess"],
+        type=_executor,
         default=None,
-        help="inline (this process) or subprocess (one fresh process per run; default when memory is measured)",
+        metavar="{inline,subprocess,dask[...]}",
+        help="inline (this process), subprocess (one fresh process per run; default when memory is measured) or "
+        "dask: a task graph on a local Dask cluster, dask[workers=N], or an existing one, dask[address=tcp://host:port]",
     )
     run.add_argument(
         "--cache-dir",
@@ -52,10 +70,16 @@ def run(args: argparse.Namespace) -> int:
     from dynbench.cli.display import RunDisplay, print_summary  # rich, pandas: once a run starts
 
     suite, is_default = suite_from_args(args)
-    plans = api.plan(suite)  # validates everything before anything is written
+    destinations = Destinations(args.out, args.cache_dir or model_cache_dir())
+    plans = api.plan(suite, destinations)  # validates everything, folders included, before anything is written
     executor = args.executor or ("subprocess" if suite.measure.memory else "inline")
     options = api.RunOptions(out=args.out, cache_dir=args.cache_dir, executor=executor, force=args.force)
-    with RunDisplay(len(plans)) as display:
+    report_dir = args.report or (Path("reports") if is_default else None)
+    live = api.LiveReport(args.out, report_dir) if report_dir is not None else None  # rewritten as runs finish
+    done = set() if args.force else api.finished_runs(plans, args.out)
+    eta = api.estimate(plans, args.cache_dir, done)
+    on_finished = None if live is None else (lambda plan: live.update())
+    with RunDisplay(plans, done, eta, on_finished=on_finished) as display:
         outcome = api.run_suite(suite, options, progress=display.run_progress)
     print(
         f"{len(outcome.done)} run(s) measured, {len(outcome.skipped)} already in {args.out}, "
@@ -64,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
     rows, _ = api.load_results(args.out)
     keys = {p.run_key for p in plans}
     print_summary(rows[rows["run_key"].isin(keys)] if not rows.empty else rows)
-    report_dir = args.report or (Path("reports") if is_default else None)
-    if report_dir is not None and not rows.empty:
-        files = api.write_report(args.out, report_dir)
-        print(f"Report: {report_dir / 'index.html'} ({len(files)} files)")
+    if live is not None and not rows.empty:
+        files = live.update(final=True)
+        print(f"Report: {live.out_dir / 'index.html'} ({len(files)} files)")
+    for key, holder in outcome.elsewhere.items():  # a concurrent sweep into the same folder computes these
+        print(f"NOT RUN {key}: being computed by {holder}; run again once it is done", file=sys.stderr)
     for message in outcome.failed.values():
         print(f"FAILED {message}", file=sys.stderr)
     return EXIT_FAILED if outcome.failed else EXIT_OK

@@ -37,6 +37,12 @@ def add_suite_args(p: argparse.ArgumentParser, *, with_config: bool = True) -> N
     p.add_argument("--budgets", type=_csv_floats, help="override every dynamic method's budgets")
     p.add_argument("--batch-sizes", type=_csv_ints, help="batch sizes to time (default: 1,32)")
     p.add_argument("--limit", type=int, help="evaluate at most N samples per run (smoke runs)")
+    p.add_argument(
+        "--profile",
+        choices=["quick", "full"],
+        help="quick (default): the plugins' quick options — shorter fits and backbone training, fewer budgets, a "
+        "sample of the eval split, lighter timing — where you set none; full: the plugins' own recipes",
+    )
     p.add_argument("--name", help="suite name recorded in rows")
     p.add_argument(
         "--set",
@@ -58,6 +64,7 @@ _PLAIN_FIELDS = (
     ("batch_sizes", "batch_sizes"),
     ("limit", "limit"),
     ("name", "name"),
+    ("profile", "profile"),
 )
 
 

@@ -1,32 +1,38 @@
 """Executors run a suite: ``inline`` in this process, or ``subprocess``, one fresh process per run.
 
 A fresh process per run keeps memory figures clean (the process footprint is that run's alone) and
-isolates crashes. The results store is the only shared state, so executors need no coordination
-beyond it.
+isolates crashes. The results store is the only shared state: before computing a run the sweep
+claims it there (:meth:`ResultStore.claim`), so sweeps sharing a results folder never compute a run
+twice. A run that fails leaves a failure record (phase, one-line error, the path of a log holding
+the traceback) that ``bench report`` lists, and stays not done, so the next sweep retries it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynbench.config import RunSpec, runspec_from_dict, runspec_to_dict
-from dynbench.harness.execution import Progress, execute
+from dynbench.harness.execution import Progress, execute, failed_phase, phase, phase_listener
 from dynbench.harness.planning import RunPlan, plan_suite
 from dynbench.harness.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
-EXECUTORS = ("inline", "subprocess")
+# inline and subprocess run here (run_plans); dask runs the suite as a task graph on a cluster
+# (harness/dask_executor.py: run_dask, which api.run_suite picks for it).
+EXECUTORS = ("inline", "subprocess", "dask")
 
 RunProgress = Callable[[RunPlan], Progress]
 """Given a run, the callback that receives its budget progress."""
@@ -38,19 +44,50 @@ class SuiteOutcome:
 
     done: list[str] = field(default_factory=list)  # run keys measured now
     skipped: list[str] = field(default_factory=list)  # run keys already in the store
-    failed: dict[str, str] = field(default_factory=dict)  # run key → error message
+    failed: dict[str, str] = field(default_factory=dict)  # run key → one-line cause, phase and log path
+    elsewhere: dict[str, str] = field(default_factory=dict)  # run key → the live process computing it now
+
+
+class RunFailure(Exception):
+    """A run failed: where, the one-line cause, and the full detail for the log."""
+
+    def __init__(self, phase: str, error: str, detail: str) -> None:
+        super().__init__(error)
+        self.phase = phase  # one of execution.PHASES
+        self.error = error  # one line: exception type and the first line of its message
+        self.detail = detail  # the traceback (inline) or the worker's whole error output (subprocess)
+
+
+ERROR_CHARS = 400  # a one-line cause longer than this is cut: the log holds the whole message
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, at most :data:`ERROR_CHARS` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
 
 
 def run_inline(plan: RunPlan, store: ResultStore, cache_dir: Path | None, progress: Progress) -> None:
-    """Run in this process."""
-    execute(plan, store=store, cache_dir=cache_dir, progress=progress)
+    """Run in this process.
+
+    Raises:
+        RunFailure: the run failed (the original error is its cause).
+    """
+    try:
+        execute(plan, store=store, cache_dir=cache_dir, progress=progress)
+    except Exception as exc:
+        raise RunFailure(failed_phase(exc), one_line(exc), traceback.format_exc()) from exc
 
 
 def run_subprocess(plan: RunPlan, store: ResultStore, cache_dir: Path | None, progress: Progress) -> None:
-    """Run in a fresh Python process; progress arrives as JSON lines on its stdout.
+    """Run in a fresh Python process; progress, phases and failure arrive as lines on its stdout.
+
+    The worker's error output goes to an anonymous temporary file (a pipe read only at the end could
+    fill and block the worker); on failure all of it becomes the run's log.
 
     Raises:
-        RuntimeError: the worker failed; the message carries the end of its error output.
+        RunFailure: the worker failed or died; the cause is its one-line error, else its exit code.
     """
     job = {
         "parent_pid": os.getpid(),
@@ -58,27 +95,45 @@ def run_subprocess(plan: RunPlan, store: ResultStore, cache_dir: Path | None, pr
         "store": str(store.root),
         "cache_dir": cache_dir and str(cache_dir),
     }
-    with subprocess.Popen(
-        [sys.executable, "-m", "dynbench.harness.worker"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        stdout, stderr, stdin = proc.stdout, proc.stderr, proc.stdin
-        if stdout is None or stderr is None or stdin is None:  # cannot happen with PIPE; keeps type checkers calm
+    current, failure = "setup", None
+    with (
+        tempfile.TemporaryFile("w+") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "dynbench.harness.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        ) as proc,
+    ):
+        stdout, stdin = proc.stdout, proc.stdin
+        if stdout is None or stdin is None:  # cannot happen with PIPE; keeps type checkers calm
             raise RuntimeError("worker pipes were not created")
         stdin.write(json.dumps(job))
         stdin.close()
         for line in stdout:
-            if line.startswith("PROGRESS "):
-                msg = json.loads(line[len("PROGRESS ") :])
+            kind, _, payload = line.partition(" ")
+            if kind == "PROGRESS":
+                msg = json.loads(payload)
                 progress(msg["done"], msg["total"], msg["what"])
-        err = stderr.read()
+            elif kind == "PHASE":
+                current = payload.strip()
+            elif kind == "FAILED":
+                failure = json.loads(payload)
         code = proc.wait()
-    if code != 0:
-        tail = "\n".join(err.strip().splitlines()[-15:])
-        raise RuntimeError(f"worker exited with code {code}:\n{tail}")
+        err.seek(0)
+        detail = err.read()
+    if code == 0:
+        return
+    if failure is not None:
+        raise RunFailure(failure["phase"], failure["error"], detail)
+    if code < 0:
+        name = signal.Signals(-code).name
+        cause = f"the worker was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    else:
+        last = [line for line in detail.splitlines() if line.strip()][-1:]
+        cause = f"the worker exited with code {code}" + (f": {last[0].strip()}" if last else "")
+    raise RunFailure(current, cause[:ERROR_CHARS], detail)
 
 
 def run_plans(
@@ -92,7 +147,9 @@ def run_plans(
 ) -> SuiteOutcome:
     """Run every plan not already in the store (all of them with ``force``).
 
-    A failed run does not stop the rest.
+    A failed run does not stop the rest: it leaves a failure record and stays not done. Each run is
+    claimed first; a run a live process holds is left to it (``outcome.elsewhere``) and looked at
+    again after the others: finished by then, it counts as skipped; its holder died, it runs here.
 
     Raises:
         ValueError: unknown executor name.
@@ -102,17 +159,69 @@ def run_plans(
         raise ValueError(f"Unknown executor '{executor}'. Available: {', '.join(EXECUTORS)}.")
     outcome = SuiteOutcome()
     for plan in plans:
-        if store.has(plan.run_key) and not force:
-            outcome.skipped.append(plan.run_key)
-            continue
+        _run_claimed(plan, store, force, outcome, lambda p, cb: runners[executor](p, store, cache_dir, cb), progress)
+    for plan in {p.run_key: p for p in plans if p.run_key in outcome.elsewhere}.values():
+        del outcome.elsewhere[plan.run_key]  # a second look: finished, or left by a process that died
+        _run_claimed(plan, store, False, outcome, lambda p, cb: runners[executor](p, store, cache_dir, cb), progress)
+    return outcome
+
+
+def _run_claimed(
+    plan: RunPlan,
+    store: ResultStore,
+    force: bool,
+    outcome: SuiteOutcome,
+    runner: Callable[[RunPlan, Progress], None],
+    progress: RunProgress | None,
+) -> None:
+    """Claim one run, run it unless finished or held elsewhere, record how it went, release it."""
+    key = plan.run_key
+    if store.has(key) and not force:
+        outcome.skipped.append(key)
+        return
+    try:
+        claim = store.claim(key)
+    except OSError as exc:
+        outcome.failed[key] = f"{plan.title}: cannot claim the run under {store.root}: {one_line(exc)}"
+        return
+    if claim is None:
+        outcome.elsewhere[key] = store.claim_holder(key)
+        return
+    try:
+        if store.has(key) and not force:  # finished by another sweep between our look and our claim
+            outcome.skipped.append(key)
+            return
         cb = progress(plan) if progress else (lambda done, total, what: None)
         try:
-            runners[executor](plan, store, cache_dir, cb)
-            outcome.done.append(plan.run_key)
-        except Exception as exc:  # one broken run must not lose the others' results
-            logger.debug("run %s failed:\n%s", plan.run_key, traceback.format_exc())
-            outcome.failed[plan.run_key] = f"{plan.title}: {type(exc).__name__}: {exc}"
-    return outcome
+            runner(plan, cb)
+        except RunFailure as failure:  # one broken run must not lose the others' results
+            outcome.failed[key] = _record(plan, store, failure)
+            return
+        store.clear_failure(key)
+        outcome.done.append(key)
+    finally:
+        claim.release()
+
+
+def _record(plan: RunPlan, store: ResultStore, failure: RunFailure) -> str:
+    """Write the failure record and log of a run; the one-line message for the terminal."""
+    spec = plan.spec
+    about = {
+        "title": plan.title,
+        "task": spec.task.label,
+        "method": spec.method.label,
+        "seed": spec.seed,
+        "hardware": spec.hardware.label,
+    }
+    try:
+        record = store.record_failure(
+            plan.run_key, phase=failure.phase, error=failure.error, detail=failure.detail, about=about
+        )
+        where = f"traceback in {record['log']}"
+    except OSError as exc:
+        logger.error("run %s failed:\n%s", plan.run_key, failure.detail)
+        where = f"no failure record: {one_line(exc)}"
+    return f"{plan.title}: {failure.error} [{failure.phase}; {where}]"
 
 
 def die_with_parent(parent_pid: int | None) -> None:
@@ -135,15 +244,28 @@ def die_with_parent(parent_pid: int | None) -> None:
 
 
 def worker_main() -> int:
-    """Entry point of ``python -m dynbench.harness.worker``: one run from a JSON job on stdin."""
+    """Entry point of ``python -m dynbench.harness.worker``: one run from a JSON job on stdin.
+
+    Reports on stdout: ``PROGRESS {json}`` per step, ``PHASE name`` as each phase starts, and on
+    failure ``FAILED {"phase", "error"}`` (the one-line cause); the traceback goes to stderr, which
+    the parent keeps in the run's log. Returns 1 on failure.
+    """
+    faulthandler.enable()  # a crash in native code still leaves a Python traceback in the log
     job = json.loads(sys.stdin.read())
     die_with_parent(job.get("parent_pid"))
-    spec: RunSpec = runspec_from_dict(job["spec"])
-    (plan,) = plan_suite([spec])
 
     def progress(done: int, total: int, what: str) -> None:
         print("PROGRESS " + json.dumps({"done": done, "total": total, "what": what}), flush=True)
 
-    cache = Path(job["cache_dir"]) if job["cache_dir"] else None
-    execute(plan, store=ResultStore(Path(job["store"])), cache_dir=cache, progress=progress)
+    with phase_listener(lambda name: print(f"PHASE {name}", flush=True)):
+        try:
+            with phase("setup"):
+                spec: RunSpec = runspec_from_dict(job["spec"])
+                (plan,) = plan_suite([spec])
+            cache = Path(job["cache_dir"]) if job["cache_dir"] else None
+            execute(plan, store=ResultStore(Path(job["store"])), cache_dir=cache, progress=progress)
+        except Exception as exc:
+            traceback.print_exc()
+            print("FAILED " + json.dumps({"phase": failed_phase(exc), "error": one_line(exc)}), flush=True)
+            return 1
     return 0

@@ -54,7 +54,7 @@ def fitted_eval(plan: RunPlan, model: DynamicModel, batches: list[Batch], cache_
         return
     evaluation = {
         "split": plan.task.eval_split,
-        "limit": spec.limit,
+        "limit": spec.eval_limit,  # --limit and the quick profile's sample: the samples fitted on
         "batch_size": spec.measure.eval_batch_size,
         "budgets": list(plan.budgets),
     }
@@ -75,12 +75,7 @@ def cached_fit(
     The key: backbone key, method name, version and the digest of :meth:`Method.fit_identity`, plus
     ``suffix``. What is stored is what the fit made or changed (:func:`fitted_state`).
     """
-    method = plan.method
-    key = (
-        f"{backbone_key(plan.task, plan.spec.seed)}__{method.name}-v{method.version}-"
-        f"{config_digest(method.fit_identity())}{suffix}"
-    )
-    path = None if cache_dir is None else Path(cache_dir) / "methods" / f"{key}.pt"
+    path = fit_path(plan, cache_dir, suffix)
     if path is not None and path.exists():
         load_fitted_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
         return
@@ -89,6 +84,20 @@ def cached_fit(
     fit()
     if path is not None:
         atomic_torch_save(fitted_state(model, before), path)
+
+
+def fit_path(plan: RunPlan, cache_dir: Path | None, suffix: str = "") -> Path | None:
+    """Where :func:`cached_fit` keeps the fit of ``plan`` (``None`` without a cache).
+
+    The key: backbone key, method name, version and the digest of :meth:`Method.fit_identity`, plus
+    ``suffix``. The progress estimate asks whether it exists (a fit to come, or one to load).
+    """
+    method = plan.method
+    key = (
+        f"{backbone_key(plan.task, plan.spec.seed)}__{method.name}-v{method.version}-"
+        f"{config_digest(method.fit_identity())}{suffix}"
+    )
+    return None if cache_dir is None else Path(cache_dir) / "methods" / f"{key}.pt"
 
 
 def tensor_versions(model: nn.Module) -> dict[str, tuple[int, int]]:

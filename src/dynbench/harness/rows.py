@@ -32,9 +32,16 @@ def control_columns(plan: RunPlan) -> dict[str, str]:
 
 
 class RowMaker:
-    """Stamps the shared columns (run identity, provenance) onto every row of one run."""
+    """Stamps the shared columns (run identity, profile, provenance) onto every row of one run.
 
-    def __init__(self, plan: RunPlan, started_at: str) -> None:
+    Args:
+        plan: the run.
+        started_at: when it started.
+        eval_samples: evaluation samples it measures; ``None`` = the spec's cap
+            (``RunSpec.eval_limit``).
+    """
+
+    def __init__(self, plan: RunPlan, started_at: str, eval_samples: int | None = None) -> None:
         prov = collect()
         info = ", ".join(f"{k}={v}" for k, v in plan.hardware.describe().items())
         m = plan.method
@@ -54,6 +61,10 @@ class RowMaker:
             **control_columns(plan),
             "seed": plan.spec.seed,
             "hardware": plan.hardware.label,
+            # reports keep quick, full and --limit runs apart (never one mean over them)
+            "profile": plan.spec.profile,
+            "limit": plan.spec.limit,
+            "eval_samples": plan.spec.eval_limit if eval_samples is None else int(eval_samples),
             "git_sha": prov.git_sha,
             "dirty": prov.dirty,
             "dynbench_version": prov.dynbench_version,

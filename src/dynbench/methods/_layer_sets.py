@@ -28,6 +28,7 @@ __all__ = [
     "IMPORTANCE_FLOPS",
     "MAX_POINTS",
     "VERSION",
+    "clamped_budgets_problem",
     "depth_budgets",
     "importance_samples",
     "n_kept",
@@ -59,6 +60,24 @@ def n_kept(budget: Budget, n_blocks: int, min_layers: int) -> int:
         raise ValueError(f"layer_skip budget (fraction of blocks) must lie in [0, 1], got {budget}.")
     k = int(budget * n_blocks + 0.5)
     return max(min(k, n_blocks), min(min_layers, n_blocks))
+
+
+def clamped_budgets_problem(budgets: Sequence[Budget], n_blocks: int, min_layers: int, method: str) -> str | None:
+    """A message when some ``budgets`` fall below ``min_layers`` blocks, else ``None``.
+
+    :func:`n_kept` would run ``min_layers`` blocks at such a budget while the rows carried the
+    smaller number (``--budgets 0`` ran one block labelled 0), so the planner refuses them.
+    """
+    L, lo = n_blocks, min(min_layers, n_blocks)
+    low = [b for b in budgets if int(b * L + 0.5) < lo]
+    if not low:
+        return None
+    least = (lo - 0.5) / L  # the smallest budget that rounds to lo blocks
+    return (
+        f"{method} budget(s) {low} would run {lo} of the backbone's {L} blocks (min_layers={lo}), the same as "
+        f"budget {lo / L:g}, yet be labelled {low[0]:g}. Give budgets >= {least:g}, or leave --budgets out for "
+        f"k/L = 1 … {lo / L:g}."
+    )
 
 
 def depth_budgets(n_blocks: int, min_layers: int) -> tuple[Budget, ...]:

@@ -406,6 +406,9 @@ class ACM(Method):
     paper = "https://arxiv.org/abs/2312.10193"
     reconstructed = False
     Config = ACMConfig
+    # quick profile: about a third of each phase's steps and two targets (β = 0.6 and 0.25) of four:
+    # one fine-tuned copy per target is what costs
+    quick_options = {"targets": (0.6, 0.25), "distill_steps": 120, "gate_steps": 40, "finetune_steps": 50}
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     budget_doc = "target fraction of learner FLOPs β: 1.0 (the dense backbone) and each fitted target (0.75 … 0.25)"
@@ -416,13 +419,24 @@ class ACM(Method):
         Raises:
             ValueError: ``init="split"`` with an MLP width that N does not divide.
         """
-        f = backbone.block_config.mlp_hidden
-        if self.config.init == "split" and f % self.config.n_learners:
-            raise ValueError(
-                f"acm init='split' needs n_learners dividing the MLP width {f}, got n_learners="
-                f"{self.config.n_learners}. Pick a divisor (e.g. 4) or init=random."
-            )
+        if problem := self.width_problem(backbone):
+            raise ValueError(problem)
         return ACMModel(backbone, self.config)
+
+    def width_problem(self, backbone: Backbone) -> str | None:
+        """Why ``n_learners`` cannot split ``backbone``'s MLP width, or ``None``."""
+        f = backbone.block_config.mlp_hidden
+        if self.config.init != "split" or f % self.config.n_learners == 0:
+            return None
+        return (
+            f"acm init='split' needs n_learners dividing the MLP width {f}, got n_learners="
+            f"{self.config.n_learners}. Pick a divisor (e.g. 4) or init=random."
+        )
+
+    def shape_problems(self, task: Task) -> list[str]:
+        """``n_learners`` against ``task``'s MLP width, before training (:meth:`width_problem`)."""
+        problem = self.width_problem(task.meta_backbone())
+        return [f"task '{task.name}': {problem}"] if problem else []
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """1.0 (the dense backbone) then the fitted targets, descending."""

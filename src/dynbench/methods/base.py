@@ -237,6 +237,12 @@ class Method(ABC):
             ``tinv[policy=random]``); a method without a learned controller has none.
         control_only_options: options that configure a control only (MoD's ``random_scale``),
             dropped when a control's label is matched to its learned twin.
+        quick_options: the quick profile's values of ``Config`` options (shorter fits, fewer
+            fitted budgets), applied under ``--profile quick`` to every option the user did not
+            set; the full profile ignores them. Each value says why it is enough for a quick look.
+        quick_budgets: under the quick profile, sweep at most this many of the default budgets
+            (evenly spread over the list, the full budget and the lowest kept:
+            :func:`thin_budgets`); ``None`` = all. ``--budgets`` always wins.
     """
 
     name: ClassVar[str] = ""
@@ -255,6 +261,8 @@ class Method(ABC):
     sees_eval_labels: ClassVar[bool] = False
     controls: ClassVar[Mapping[str, Mapping[str, str]]] = {}
     control_only_options: ClassVar[tuple[str, ...]] = ()
+    quick_options: ClassVar[Mapping[str, Any]] = {}
+    quick_budgets: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Keep a subclass's ``version = "…"`` as ``own_version``; reads give the recorded one."""
@@ -336,6 +344,19 @@ class Method(ABC):
         """Whether :meth:`fit` is overridden (and its result worth caching)."""
         return cls.fit is not Method.fit
 
+    def shape_problems(self, task: Task) -> list[str]:
+        """Problems of this method's options on ``task``'s backbone, found before anything trains.
+
+        The planner asks for every run, so an option that the backbone's shape rules out
+        (``layer_skip[min_layers=10]`` on a 2-block backbone) is a usage error, not a failure after
+        training. Read shapes through ``task.n_blocks()`` or ``task.meta_backbone()`` (meta device:
+        nothing is allocated, loaded or trained).
+
+        Returns:
+            One message per problem, in the project's error shape; empty when the options fit.
+        """
+        return []
+
     def resolve_budgets(self, override: Sequence[Budget] | None, n_blocks: int) -> tuple[Budget, ...]:
         """The budgets to sweep on an ``n_blocks``-deep backbone, descending, without duplicates.
 
@@ -354,6 +375,21 @@ class Method(ABC):
                 f"(full budget {self.full_budget}). Defaults: {[round(b, 4) for b in defaults]}."
             )
         return tuple(sorted(set(budgets), reverse=True))
+
+
+def thin_budgets(budgets: Sequence[Budget], keep: int | None) -> tuple[Budget, ...]:
+    """At most ``keep`` of ``budgets`` (descending), evenly spread, the first and last kept.
+
+    ``thin_budgets((1, .999, .99, .95, .9, .8, .6, .4), 4) == (1, .99, .8, .4)``; ``None`` or a
+    list no longer than ``keep`` comes back whole.
+    """
+    budgets = tuple(budgets)
+    if keep is None or len(budgets) <= keep:
+        return budgets
+    if keep <= 1:
+        return budgets[:1]
+    picks = sorted({round(i * (len(budgets) - 1) / (keep - 1)) for i in range(keep)})
+    return tuple(budgets[i] for i in picks)
 
 
 METHODS: Registry[type[Method]] = Registry("method", Method, "dynbench.methods", "dynbench.methods")

@@ -578,6 +578,9 @@ class DHT(Method):
     paper = "https://arxiv.org/abs/2312.03038"
     reconstructed = True
     Config = DHTConfig
+    # quick profile: three bandit tables of five (the ends and the middle of the default range)
+    # and half the refinement batches per arm; fine-tuning follows the (shorter) quick dense recipe
+    quick_options = {"budgets": (1.0, 0.95, 0.8, 0.6), "refine_per_arm": 2}
     controls = {"static": {"policy": "static"}, "random": {"policy": "random"}}  # matched mean FLOPs, see the doc
     budget_range = (0.0, 1.0)
     full_budget = 1.0
@@ -591,6 +594,22 @@ class DHT(Method):
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """The configured (fitted) budgets, the full budget first."""
         return tuple(sorted(self.config.budgets, reverse=True))
+
+    def resolve_budgets(self, override: Sequence[Budget] | None, n_blocks: int) -> tuple[Budget, ...]:
+        """As :meth:`Method.resolve_budgets`, and every budget must have a fitted bandit table.
+
+        Raises:
+            ValueError: a budget out of range or without a table (found before the fit, not after).
+        """
+        budgets = super().resolve_budgets(override, n_blocks)
+        missing = [b for b in budgets if all(abs(b - f) >= 1e-9 for f in self.config.budgets)]
+        if missing:
+            raise ValueError(
+                f"dht has no bandit table for budget(s) {missing}: it fits one per budget in "
+                f"budgets={list(self.config.budgets)}. Add them (e.g. dht[budgets=1;{missing[0]:g}]) or sweep "
+                "only those."
+            )
+        return budgets
 
     def fit_identity(self) -> DHTConfig:
         """The config less ``policy``: the fit does not read it, so the controls reuse the fit.

@@ -48,7 +48,7 @@ from dynbench.methods._exit_heads import (
     fit_translators,
     train_exit_heads,
 )
-from dynbench.methods._layer_sets import depth_budgets, n_kept
+from dynbench.methods._layer_sets import clamped_budgets_problem, depth_budgets, n_kept
 from dynbench.methods._operating import backbone_parts, exit_parts
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
 from dynbench.models.backbone import Backbone
@@ -312,6 +312,10 @@ class EarlyExit(Method):
     shared_parts = (_exit_heads, _layer_sets)
     paper = "https://arxiv.org/abs/2410.20022"
     Config = EarlyExitConfig
+    # quick profile: heads reach most of their accuracy in the first third of the recipe; 4
+    # thresholds (1.0, 0.99, 0.8, 0.4) still span the curve from dense to the earliest exits
+    quick_options = {"steps": 100}
+    quick_budgets = 4
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     controls = {"static": {"rule": "depth"}}  # the best fixed exit depth at matched FLOPs
@@ -335,6 +339,18 @@ class EarlyExit(Method):
         if self.config.rule == "depth":
             return depth_budgets(n_blocks, 1)
         return (1.0, 0.999, 0.99, 0.95, 0.9, 0.8, 0.6, 0.4)
+
+    def resolve_budgets(self, override: Sequence[Budget] | None, n_blocks: int) -> tuple[Budget, ...]:
+        """As :meth:`Method.resolve_budgets`; with ``rule="depth"``, no budget below one block.
+
+        Raises:
+            ValueError: a budget out of range, or a depth budget that would run more blocks than it
+                says.
+        """
+        budgets = super().resolve_budgets(override, n_blocks)
+        if self.config.rule == "depth" and (problem := clamped_budgets_problem(budgets, n_blocks, 1, self.name)):
+            raise ValueError(problem)
+        return budgets
 
     def fit(self, model: EarlyExitModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
         """Train all exit heads jointly on the frozen backbone, or fit tuned exits.

@@ -32,6 +32,7 @@ from dynbench.methods._layer_sets import (
     IMPORTANCE_BATCH_SIZE,
     IMPORTANCE_BATCHES,
     IMPORTANCE_FLOPS,
+    clamped_budgets_problem,
     depth_budgets,
     n_kept,
     rank_blocks,
@@ -163,6 +164,8 @@ class LayerSkip(Method):
     paper = "https://arxiv.org/abs/2410.20022"
     reconstructed = False
     Config = LayerSkipConfig
+    # quick profile: the importance pass is cheap; 4 of the k/L points (L, two between, the fewest)
+    quick_budgets = 4
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     budget_doc = "fraction of blocks run: k/L for k = L … 1"
@@ -173,17 +176,38 @@ class LayerSkip(Method):
         Raises:
             ValueError: ``min_layers`` larger than the backbone's depth.
         """
-        L = backbone.n_blocks
-        if self.config.min_layers > L:
-            raise ValueError(
-                f"LayerSkipConfig.min_layers={self.config.min_layers} exceeds the backbone's {L} blocks. "
-                f"Use min_layers <= {L}."
-            )
+        if problem := self.depth_problem(backbone.n_blocks):
+            raise ValueError(problem)
         return LayerSkipModel(backbone, self.config.pattern, self.config.min_layers)
+
+    def depth_problem(self, n_blocks: int) -> str | None:
+        """Why ``min_layers`` does not fit an ``n_blocks``-deep backbone, or ``None``."""
+        if self.config.min_layers <= n_blocks:
+            return None
+        return (
+            f"LayerSkipConfig.min_layers={self.config.min_layers} exceeds the backbone's {n_blocks} blocks. "
+            f"Use min_layers <= {n_blocks}."
+        )
+
+    def shape_problems(self, task: Task) -> list[str]:
+        """``min_layers`` against ``task``'s depth (before training, instead of in :meth:`wrap`)."""
+        problem = self.depth_problem(task.n_blocks())
+        return [f"task '{task.name}': {problem}"] if problem else []
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """``k / L`` for ``k`` from ``L`` down to ``min_layers`` (:func:`depth_budgets`)."""
         return depth_budgets(n_blocks, self.config.min_layers)
+
+    def resolve_budgets(self, override: Sequence[Budget] | None, n_blocks: int) -> tuple[Budget, ...]:
+        """As :meth:`Method.resolve_budgets`, refusing budgets below ``min_layers`` blocks.
+
+        Raises:
+            ValueError: a budget out of range, or one that would run more blocks than it says.
+        """
+        budgets = super().resolve_budgets(override, n_blocks)
+        if problem := clamped_budgets_problem(budgets, n_blocks, self.config.min_layers, self.name):
+            raise ValueError(problem)
+        return budgets
 
     def fit(self, model: LayerSkipModel, task: Task, *, seed: int) -> None:  # type: ignore[override]
         """Measure each block's importance on the task's validation split (no-op for ``uniform``).

@@ -564,6 +564,10 @@ class MixtureOfDepths(Method):
     paper = "https://arxiv.org/abs/2404.02258"
     reconstructed = False
     Config = MixtureOfDepthsConfig
+    # quick profile: one trained capacity, the middle of the default range, instead of three (each
+    # is a model trained from scratch at the dense recipe's FLOPs — 134 s of a quick suite's 16 min
+    # with two — or a fine-tune, here at half of finetune_fraction)
+    quick_options = {"capacities": (0.25,), "finetune_fraction": 0.1}
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     controls = {"random": {"router": "random"}}  # the paper's stochastic routing at equal capacity
@@ -581,6 +585,16 @@ class MixtureOfDepths(Method):
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """1.0 (dense) and the trained capacities, descending."""
         return (1.0, *sorted(self.config.capacities, reverse=True))
+
+    def shape_problems(self, task: Task) -> list[str]:
+        """``route_every`` must route at least one of ``task``'s blocks (as :meth:`wrap` checks)."""
+        L, every = task.n_blocks(), self.config.route_every
+        if every <= L:
+            return []
+        return [
+            f"task '{task.name}': mod routes no block of its {L}-block backbone with route_every={every}. "
+            f"Use route_every <= {L} (2 = every other block, 1 = every block)."
+        ]
 
     def resolve_budgets(self, override: Sequence[Budget] | None, n_blocks: int) -> tuple[Budget, ...]:
         """As :meth:`Method.resolve_budgets`, and every budget must be 1.0 or a trained capacity.

@@ -404,6 +404,9 @@ class Oracle(Method):
     reconstructed = False
     sees_eval_labels = True
     Config = OracleConfig
+    # quick profile: one random subset per depth instead of three; 4 knapsack budgets of up to 10
+    quick_options = {"random_per_depth": 1}
+    quick_budgets = 4
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     budget_doc = "average executed layers as a fraction of L: 1.0, 0.9 … down to 1/L"

@@ -677,6 +677,16 @@ class TransformerInverse(Method):
     paper = "https://arxiv.org/abs/2501.16394"
     reconstructed = True
     Config = TransformerInverseConfig
+    # quick profile: a third of the exit-head steps, PPO rounds and boosting rounds, a quarter of
+    # the fit samples and half the episodes per rollout; 4 budgets of 6
+    quick_options = {
+        "exit_steps": 100,
+        "fit_samples": 1024,
+        "rollout_episodes": 1024,
+        "gbdt_iterations": 20,
+        "ppo.iterations": 12,
+    }
+    quick_budgets = 4
     controls = {"static": {"policy": "static"}, "random": {"policy": "random"}}  # matched mean FLOPs, see the doc
     budget_range = (0.0, 1.0)
     full_budget = 1.0

@@ -12,6 +12,7 @@ keyed and written with (:func:`config_digest`, :func:`atomic_torch_save`).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -19,6 +20,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dynbench.types import Batch
-from dynbench.validation import choice_message
+from dynbench.validation import check_range, choice_message
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,28 @@ class TrainConfig:
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     warmup_steps: int = 50  # linear warm-up before the cosine decay
     grad_clip: float = 1.0  # gradient-norm clip (global, or per group: see fit_loop); 0 = none
+
+    def __post_init__(self) -> None:
+        # steps may be 0: methods build recipes with no steps for "no fine-tuning" (dht[steps=0]);
+        # a task's own recipe must train, which Task checks (dynbench.tasks.base).
+        check_range("TrainConfig.steps", self.steps, 0, advice="Use e.g. steps=1000.")
+        check_range("TrainConfig.batch_size", self.batch_size, 1, advice="Use e.g. batch_size=64.")
+        check_range("TrainConfig.warmup_steps", self.warmup_steps, 0, advice="Use e.g. warmup_steps=50.")
+        # NaN fails every check_range; inf is refused too: an infinite rate or decay trains NaN.
+        for name, low_open in (("lr", True), ("weight_decay", False), ("grad_clip", False)):
+            value = getattr(self, name)
+            check_range(
+                f"TrainConfig.{name}", value, 0, low_open=low_open, advice=f"Use e.g. {name}={_DEFAULTS[name]}."
+            )
+            if math.isinf(value):
+                raise ValueError(f"TrainConfig.{name} must be finite, got {value}. Use e.g. {name}={_DEFAULTS[name]}.")
+
+
+_DEFAULTS = {"lr": 3e-3, "weight_decay": 0.05, "grad_clip": 1.0}  # the advice of TrainConfig's messages
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, an input or a weight became NaN or infinite; training stopped (nothing is cached)."""
 
 
 Schedule = Callable[[int], float]
@@ -195,11 +219,52 @@ def fit_loop(
     )
     tail: list[float] = []
     for step in range(cfg.steps):
-        loss = step_loss(next(batches))
+        batch = next(batches)
+        loss = step_loss(batch)
+        value = loss.item()  # one sync per step: a NaN must stop training before it reaches the weights
+        if not math.isfinite(value):
+            raise NonFiniteError(non_finite_message(value, step, cfg, batch))
         optimizer.step(loss)
         if step >= cfg.steps * 0.9:
-            tail.append(loss.item())
+            tail.append(value)
+        if (listener := _STEP_LISTENER.get()) is not None:
+            listener(step + 1, cfg.steps)
     return sum(tail) / max(1, len(tail))
+
+
+StepListener = Callable[[int, int], None]
+"""``listener(step, steps)``: called after each optimizer step of :func:`fit_loop` (1-based)."""
+
+_STEP_LISTENER: contextvars.ContextVar[StepListener | None] = contextvars.ContextVar("step_listener", default=None)
+
+
+@contextmanager
+def step_listener(listener: StepListener) -> Iterator[None]:
+    """Call ``listener(step, steps)`` after every :func:`fit_loop` step inside the block.
+
+    The harness shows training progress with it (the dense backbone, every method's fit phases);
+    the listener throttles what it prints. Nothing else changes: the steps and their random draws
+    are the same with or without one.
+    """
+    token = _STEP_LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _STEP_LISTENER.reset(token)
+
+
+def non_finite_message(value: float, step: int, cfg: TrainConfig, batch: Batch) -> str:
+    """Why the loss of ``batch`` at ``step`` is ``value`` (NaN or infinite), and what to do."""
+    inputs = batch.inputs
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        bad = int((~torch.isfinite(inputs)).sum())
+        cause = (
+            f"the batch's inputs hold {bad} NaN/Inf values. Check the task's data and options "
+            "(e.g. a noise level of nan or inf)"
+        )
+    else:
+        cause = f"the inputs are finite, so the weights diverged. Lower the learning rate (lr={cfg.lr:g})"
+    return f"Training stopped at step {step + 1} of {cfg.steps}: the loss is {value}; {cause}. Nothing was cached."
 
 
 def config_digest(obj: Any) -> str:
@@ -214,5 +279,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write ``obj`` to ``path`` via a temporary file: a killed process leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: leave no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dynbench.file_digest import files_digest
 from dynbench.models.backbone import Backbone
-from dynbench.models.training import TrainConfig, atomic_torch_save, config_digest, endless, fit_loop
+from dynbench.models.training import (
+    NonFiniteError,
+    TrainConfig,
+    atomic_torch_save,
+    config_digest,
+    endless,
+    fit_loop,
+)
 from dynbench.registry import Registry
 from dynbench.types import Batch, NoOptions, QualitySpec
 
@@ -205,6 +213,10 @@ class Task(ABC):
         ``eval_split``.
         splits: every split the task has: ``"train"``, ``validation_split`` and ``eval_split``, all
         different.
+        quick_options: the quick profile's values of ``Config`` options (a shorter backbone
+        recipe), applied under ``--profile quick`` to every option the user did not set.
+        quick_eval_samples: under the quick profile, measure a seeded sample of this many
+        evaluation samples (the first of the fixed eval order); ``None`` = the whole split.
 
     Reading a split (:meth:`split`, :meth:`load_split`, :meth:`batches`, :meth:`n_samples` — a
     subclass's own versions included — and task-specific readers that call :meth:`check_readable`)
@@ -222,6 +234,8 @@ class Task(ABC):
     eval_split: ClassVar[Split] = "test"
     validation_split: ClassVar[Split] = "val"
     splits: ClassVar[tuple[Split, ...]] = ("train", "val", "test")
+    quick_options: ClassVar[Mapping[str, Any]] = {}
+    quick_eval_samples: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Check the split roles and make the subclass's own split readers check their split.
@@ -360,6 +374,37 @@ class Task(ABC):
         """Samples in ``split``."""
         return len(self.split(split))
 
+    def meta_backbone(self) -> Backbone:
+        """The backbone built on the meta device: its shape without weights, data or training.
+
+        The planner reads it for checks before anything runs (a method's options against the
+        depth and widths, the size of the checkpoint to cache). Tasks whose ``build_backbone``
+        reads weights override this with a build from their config.
+        """
+        with torch.device("meta"):
+            return self.build_backbone()
+
+    def trains_backbone(self) -> bool:
+        """Whether :meth:`backbone` trains and caches a dense backbone rather than converting one.
+
+        Pretrained tasks override :meth:`backbone`.
+        """
+        return type(self).backbone is Task.backbone
+
+    def problems(self) -> list[str]:
+        """Problems of this task's options that its ``Config`` cannot see alone, one message each.
+
+        The planner asks before anything runs. By default: a task that trains its backbone must
+        train it for at least one step (``train.steps=0`` would measure an untrained network).
+        """
+        steps = self.train_config.steps
+        if self.trains_backbone() and steps < 1:
+            return [
+                f"Task '{self.name}': train.steps={steps} trains nothing; the dense backbone needs at least one "
+                f"step. Leave train.steps out for the recipe's {getattr(self.Config(), 'train', TrainConfig()).steps}."
+            ]
+        return []
+
     def data_status(self) -> str:
         """One word for ``bench ls tasks``: where the data comes from, or that it is missing."""
         return "synthetic"
@@ -371,6 +416,14 @@ class Task(ABC):
         written, so a missing data set is a usage error (exit 2) rather than a failed run.
         """
         return None
+
+    def source_files(self) -> tuple[Path, ...]:
+        """Files the backbone is read from (pretrained weights); none for a trained backbone.
+
+        Their content, not only their path, is part of :func:`backbone_key` and so of every
+        method-fit cache key built on it: replacing the file at a path refits.
+        """
+        return ()
 
     def backbone(self, seed: int, *, cache_dir: Path | None = None) -> Backbone:
         """The trained dense backbone for ``seed``, trained on first use and cached.
@@ -409,8 +462,10 @@ def train_backbone(task: Task, seed: int) -> Backbone:
 
 
 def backbone_key(task: Task, seed: int) -> str:
-    """Cache key: task name, version, full config and seed."""
-    return f"{task.name}-v{task.version}-{config_digest(task.config)}-seed{seed}"
+    """Cache key: task name, version, full config, the content of its source files, and seed."""
+    files = task.source_files()
+    content = f"-{files_digest(files)}" if files else ""  # tasks without files keep their old keys
+    return f"{task.name}-v{task.version}-{config_digest(task.config)}{content}-seed{seed}"
 
 
 def trained_backbone(task: Task, seed: int, *, cache_dir: Path | None) -> Backbone:
@@ -424,8 +479,22 @@ def trained_backbone(task: Task, seed: int, *, cache_dir: Path | None) -> Backbo
     if path is not None and path.exists():
         model = task.build_backbone()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
+        if not non_finite_tensors(model):
+            return model.eval()
+        logger.warning("Cached backbone %s holds NaN/Inf weights; training it again", path)
     model = train_backbone(task, seed)
+    if bad := non_finite_tensors(model):
+        raise NonFiniteError(
+            f"The trained {task.name} backbone (seed {seed}) has NaN/Inf in {', '.join(bad[:3])}"
+            f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; it was not cached. Check the task's data "
+            f"and lower its learning rate (train.lr={task.train_config.lr:g})."
+        )
     if path is not None:
         atomic_torch_save(model.state_dict(), path)
     return model
+
+
+def non_finite_tensors(module: torch.nn.Module) -> list[str]:
+    """Names of ``module``'s parameters and buffers that hold a NaN or an infinity."""
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return [n for n, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]

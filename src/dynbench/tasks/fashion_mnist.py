@@ -66,6 +66,10 @@ class FashionMNIST(Task):
     is_default = True
     metric = TopOneAccuracy()
     Config = FashionMNISTConfig
+    # quick profile: 800 of the recipe's 3,000 steps (~0.9 epochs; 1,000 reached 82.7% top-1 against
+    # the recipe's 86.1%) and 2,000 of the 10,000 test images (a seeded sample: ±1.7 points)
+    quick_options = {"train.steps": 800}
+    quick_eval_samples = 2000
 
     def _path(self) -> Path | None:
         return Path(self.config.path) if self.config.path else None

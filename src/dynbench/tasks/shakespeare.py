@@ -141,6 +141,11 @@ class Shakespeare(Task):
     is_default = True
     metric = Perplexity()
     Config = ShakespeareConfig
+    # quick profile: 350 of the recipe's 500 steps (250 reached perplexity 10.3 against 6.9, and
+    # left early exits nothing confident to exit on) and 128 of the 512 test windows (16,384
+    # scored characters)
+    quick_options = {"train.steps": 350}
+    quick_eval_samples = 128
 
     def __init__(self, config: ShakespeareConfig | None = None) -> None:
         super().__init__(config)

@@ -160,6 +160,10 @@ class SmolLM2(Task):
             raise SmolLM2DataMissingError(f"smollm2: gguf_path={str(path)!r} is not a file. Fix the path or unset it.")
         return path
 
+    def source_files(self) -> tuple[Path, ...]:
+        """The GGUF file (its content is part of the cache keys)."""
+        return (self.gguf_file(),)
+
     def _source(self, cache: Path | None = None, *, need_meta: bool = True) -> _Source:
         """The memo of the GGUF file, with its SHA-256.
 
@@ -230,6 +234,11 @@ class SmolLM2(Task):
     def build_backbone(self) -> GPT:
         """The converted pretrained model (read and dequantized from the GGUF file; no caching)."""
         return self._convert(None)
+
+    def meta_backbone(self) -> GPT:
+        """The model's shape from the GGUF metadata, on the meta device (no weights are read)."""
+        with torch.device("meta"):
+            return GPT(self.model_config)
 
     def backbone(self, seed: int, *, cache_dir: Path | None = None) -> GPT:
         """The pretrained model, the same for every ``seed``, cached when ``cache_dir`` is set.

@@ -122,6 +122,9 @@ class SpeechCommands(Task):
     is_default = False
     metric = TopOneAccuracy()
     Config = SpeechCommandsConfig
+    # quick profile: a quarter of the recipe and 2,000 of the 11,005 test clips
+    quick_options = {"train.steps": 2000}
+    quick_eval_samples = 2000
     eval_split = "test"
 
     def __init__(self, config: SpeechCommandsConfig | None = None) -> None:
@@ -147,6 +150,13 @@ class SpeechCommands(Task):
             f"missing: bench data prepare {SPEECH_COMMANDS.name} ({SPEECH_COMMANDS.archive.size / 1e9:.1f} GB "
             "download) or --path DIR"
         )
+
+    def data_problem(self) -> str | None:
+        """The problem and every way to get Speech Commands, when no usable copy is found."""
+        status = SPEECH_COMMANDS.status(self._path())
+        if status.present:
+            return None
+        return f"Task 'speech-commands' has no data: {status.problem}\n{SPEECH_COMMANDS.how_to_get()}"
 
     def batches(
         self, split: Split, *, batch_size: int, seed: int = 0, shuffle: bool = False, limit: int | None = None

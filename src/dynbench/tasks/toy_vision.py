@@ -7,6 +7,7 @@ something to adapt to. Not a benchmark: the data is made up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,8 @@ class ToyVisionConfig:
         check_range(
             "ToyVisionConfig.noise[1]", self.noise[1], self.noise[0], advice="Give noise=(low, high), low <= high."
         )
+        if math.isinf(self.noise[1]):  # infinite noise makes NaN images
+            raise ValueError(f"ToyVisionConfig.noise[1] must be finite, got {self.noise[1]}. Use e.g. noise=0.2;1.5.")
 
 
 @register_task("toy-vision")
