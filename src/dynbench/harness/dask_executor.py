@@ -63,6 +63,7 @@ from dynbench.harness.executors import (
     RunProgress,
     SuiteOutcome,
     _record,
+    claim_run,
     one_line,
     run_subprocess,
 )
@@ -431,24 +432,10 @@ def _claim(
     """Claim the runs to compute (into ``claims``) and return them; the rest go to ``outcome``."""
     todo = []
     for plan in plans:
-        key = plan.run_key
-        if store.has(key) and not force:
-            outcome.skipped.append(key)
-            continue
-        try:
-            claim = store.claim(key)
-        except OSError as exc:
-            outcome.failed[key] = f"{plan.title}: cannot claim the run under {store.root}: {one_line(exc)}"
-            continue
-        if claim is None:
-            outcome.elsewhere[key] = store.claim_holder(key)
-            continue
-        if store.has(key) and not force:  # finished by another sweep between our look and our claim
-            claim.release()
-            outcome.skipped.append(key)
-            continue
-        claims[key] = claim
-        todo.append(plan)
+        claim = claim_run(plan, store, force, outcome)
+        if claim is not None:
+            claims[plan.run_key] = claim
+            todo.append(plan)
     return todo
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynbench.config import RunSpec, runspec_from_dict, runspec_to_dict
+from dynbench.harness.claims import Claim
 from dynbench.harness.execution import Progress, execute, failed_phase, phase, phase_listener
 from dynbench.harness.planning import RunPlan, plan_suite
 from dynbench.harness.store import ResultStore
@@ -176,21 +177,10 @@ def _run_claimed(
 ) -> None:
     """Claim one run, run it unless finished or held elsewhere, record how it went, release it."""
     key = plan.run_key
-    if store.has(key) and not force:
-        outcome.skipped.append(key)
-        return
-    try:
-        claim = store.claim(key)
-    except OSError as exc:
-        outcome.failed[key] = f"{plan.title}: cannot claim the run under {store.root}: {one_line(exc)}"
-        return
+    claim = claim_run(plan, store, force, outcome)
     if claim is None:
-        outcome.elsewhere[key] = store.claim_holder(key)
         return
     try:
-        if store.has(key) and not force:  # finished by another sweep between our look and our claim
-            outcome.skipped.append(key)
-            return
         cb = progress(plan) if progress else (lambda done, total, what: None)
         try:
             runner(plan, cb)
@@ -201,6 +191,32 @@ def _run_claimed(
         outcome.done.append(key)
     finally:
         claim.release()
+
+
+def claim_run(plan: RunPlan, store: ResultStore, force: bool, outcome: SuiteOutcome) -> Claim | None:
+    """Claim a run to compute; ``None`` after recording in ``outcome`` why not.
+
+    A finished run is ``skipped``, one held by a live process goes to ``elsewhere``, an unclaimable
+    one is ``failed``. The store is looked at again after the claim: another sweep may have finished
+    the run in between.
+    """
+    key = plan.run_key
+    if store.has(key) and not force:
+        outcome.skipped.append(key)
+        return None
+    try:
+        claim = store.claim(key)
+    except OSError as exc:
+        outcome.failed[key] = f"{plan.title}: cannot claim the run under {store.root}: {one_line(exc)}"
+        return None
+    if claim is None:
+        outcome.elsewhere[key] = store.claim_holder(key)
+        return None
+    if store.has(key) and not force:  # finished by another sweep between our look and our claim
+        claim.release()
+        outcome.skipped.append(key)
+        return None
+    return claim
 
 
 def _record(plan: RunPlan, store: ResultStore, failure: RunFailure) -> str:
