@@ -30,7 +30,11 @@ the user's cache).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +43,12 @@ import pandas as pd
 from dynbench.cache_dirs import model_cache_dir
 from dynbench.config import PluginSpec, SuiteSpec
 from dynbench.hardware.base import HARDWARE
-from dynbench.harness.dask_executor import parse_executor, run_dask
+from dynbench.harness.dask_executor import parallel_runs, parse_executor, run_dask
 from dynbench.harness.eta import SuiteEta
 from dynbench.harness.executors import RunProgress, SuiteOutcome, run_plans
 from dynbench.harness.planning import RunPlan, plan_suite
-from dynbench.harness.preflight import Destinations
-from dynbench.harness.store import ResultStore
+from dynbench.harness.preflight import Destinations, write_failure
+from dynbench.harness.store import ResultStore, export_format
 from dynbench.methods.base import METHODS
 from dynbench.tasks.base import TASKS
 
@@ -118,10 +122,14 @@ def load_results(results_dir: Path, *, strict: bool = False) -> tuple[pd.DataFra
 def write_report(results_dir: Path, out_dir: Path, *, strict: bool = False) -> list[Path]:
     """Pareto plots, histograms, tables and an index page for the results under ``results_dir``.
 
-    Runs that failed and have not finished since are listed in a "Failed runs" section.
+    Runs that failed and have not finished since are listed in a "Failed runs" section. The report
+    is written into a temporary folder inside ``out_dir`` and its files are then renamed into
+    place, index pages last; a write that fails (a full disk) removes the temporary folder and
+    leaves the files of an earlier report as they were.
 
     Raises:
         ValueError: no results there; with ``strict``, a bad file there (``BadResultFile``).
+        OSError: ``out_dir`` cannot be written, or the write failed.
     """
     return _report_from(ResultStore(results_dir, strict=strict), out_dir)
 
@@ -134,7 +142,27 @@ def _report_from(store: ResultStore, out_dir: Path) -> list[Path]:
     if rows.empty:
         failed = f" ({len(failures)} run(s) failed: see {store.root / 'failures'})" if failures else ""
         raise ValueError(f"No result rows under {store.root}{failed}. Run `bench run --out {store.root}` first.")
-    return _write(rows, samples, out_dir, failures=failures)
+    return _staged(Path(out_dir), lambda stage: _write(rows, samples, stage, failures=failures))
+
+
+def _staged(out_dir: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
+    """Run ``write`` into a temporary folder inside ``out_dir``, then rename its files into place.
+
+    Returns the files' final paths, in ``write``'s order (index pages last), so a reader never sees
+    a half-written file and a failed write leaves no temporary file behind.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=out_dir))  # same disk: renames are atomic
+    try:
+        final = []
+        for path in write(stage):
+            target = out_dir / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            final.append(target)
+        return final
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 class LiveReport:
@@ -165,6 +193,10 @@ class LiveReport:
 
         Returns the files of the last rewrite. A rewrite that fails mid-suite (a bad row, a full
         disk) is logged and the suite goes on; the final one raises.
+
+        Raises:
+            ValueError: the final rewrite failed: bad rows, or (as one line saying where the results
+                are kept) a write error such as a full disk.
         """
         runs = self.store.run_keys()
         if (not final and time.monotonic() < self.next_at) or (final and self.files and runs == self.reported):
@@ -174,6 +206,11 @@ class LiveReport:
             self.files = _report_from(self.store, self.out_dir)
             self.reported = runs
         except (ValueError, OSError) as exc:
+            if final and isinstance(exc, OSError):  # the results are safe: say so in one line, no traceback
+                raise ValueError(
+                    f"{write_failure(self.out_dir, exc, '--report')} The results are kept in {self.store.root}: "
+                    f"`bench report {self.store.root} --out {self.out_dir}` writes the report later."
+                ) from exc
             if final:
                 raise
             logger.warning("could not update the report in %s: %s", self.out_dir, exc)
@@ -188,19 +225,37 @@ def finished_runs(plans: list[RunPlan], results_dir: Path) -> set[str]:
     return {p.run_key for p in plans if store.has(p.run_key)}
 
 
-def estimate(plans: list[RunPlan], cache_dir: Path | None, done: set[str]) -> SuiteEta:
+def estimate(plans: list[RunPlan], cache_dir: Path | None, done: set[str], executor: str = "inline") -> SuiteEta:
     """The time-left estimate of a suite (:class:`dynbench.harness.eta.SuiteEta`).
 
     Args:
         plans: the suite's runs.
         cache_dir: the cache the runs use; ``None`` = :func:`dynbench.cache_dirs.model_cache_dir`.
         done: run keys that will be skipped.
+        executor: how the suite runs (``RunOptions.executor``): a local Dask cluster's workers
+            share the work left.
     """
-    return SuiteEta(plans, cache_dir or model_cache_dir(), done)
+    _, dask = parse_executor(executor)
+    parallel = 1 if dask is None else parallel_runs(dask)
+    return SuiteEta(plans, cache_dir or model_cache_dir(), done, parallel=parallel)
 
 
-def export(results_dir: Path, path: Path, fmt: str, *, strict: bool = False) -> Path:
-    """All rows as one CSV or Parquet table; a bad file is skipped (raised with ``strict``)."""
+def export(results_dir: Path, path: Path, fmt: str | None = None, *, strict: bool = False) -> Path:
+    """All rows as one CSV or Parquet table; a bad file is skipped (raised with ``strict``).
+
+    Args:
+        results_dir: the results folder.
+        path: the file to write, replaced through a temporary file (none is left on failure).
+        fmt: ``csv`` or ``parquet``; ``None`` = from ``path``'s extension (``.csv``, ``.parquet``,
+            ``.pq``).
+        strict: raise on a bad file under ``results_dir`` instead of skipping it.
+
+    Raises:
+        ValueError: unknown or mismatched format (checked before anything is read), no rows, or
+            with ``strict`` a bad file.
+        OSError: the write failed.
+    """
+    fmt = export_format(path, fmt)
     return ResultStore(results_dir, strict=strict).export(path, fmt)
 
 

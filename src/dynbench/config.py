@@ -285,12 +285,17 @@ class MeasureConfig:
     min_time_s: float = 0.5  # … and at least this long (both must be met)
     max_time_s: float = 20.0  # stop a slow model here even if min_iters is not reached
     memory_inputs: int = 4  # inputs (the costliest paths first) whose peak memory is measured
+    # an eval split up to this size stays in memory between passes (decoded once); a larger one
+    # streams from the task a batch at a time (ImageNet's 50k images would take ~30 GB). Results do
+    # not depend on it, so run keys leave it out.
+    eval_memory_mb: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("eval_batch_size", "timing_inputs", "min_iters", "memory_inputs"):
             default = MeasureConfig.__dataclass_fields__[name].default
             check_range(f"measure.{name}", getattr(self, name), 1, advice=f"Use e.g. {name}={default}.")
         check_range("measure.warmup_max", self.warmup_max, 0, advice="Use 0 for one warm-up call per path.")
+        check_range("measure.eval_memory_mb", self.eval_memory_mb, 0, advice="Use 0 to always stream the eval split.")
         # NaN passes every comparison and inf never ends the timing loop, so both are refused here.
         check_range(
             "measure.max_time_s", self.max_time_s, 0, MAX_TIME_S, low_open=True, advice="Use e.g. max_time_s=20."
@@ -374,6 +379,7 @@ class RunSpec:
         """
         d = dataclasses.asdict(self)
         d.pop("suite")
+        d["measure"].pop("eval_memory_mb")  # kept or streamed, the passes see the same batches
         if self.profile == "full" and self.eval_samples is None:
             d.pop("profile")
             d.pop("eval_samples")

@@ -139,6 +139,7 @@ def test_an_upper_bound_sees_the_evaluation_batches_through_fit_eval_only(toy) -
     plan = plan_for("oracle", "toy-vision", limit=32)
     model = fitted_model(plan, copy.deepcopy(backbone), cache_dir=None)
     batches = eval_batches(plan)
+    assert len(list(batches)) == len(batches) and not batches.streaming  # the harness read and kept the split
     reads = record_reads(plan.task)
     fitted_eval(plan, model, batches, cache_dir=None)
     assert model.solved_budgets.numel() > 0  # solved on the evaluation samples

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -240,3 +241,167 @@ def test_a_cached_nan_backbone_is_trained_again(tmp_path):
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
     saved = torch.load(path, weights_only=True)
     assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# Where export and report write: checked before work; a failed write is one line and leaves nothing
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder of one small run (toy-vision, dense, 8 samples, no timing)."""
+    root = tmp_path_factory.mktemp("results")
+    dirs = {"out": root / "res", "cache": root / "cache"}
+    assert bench("run", dirs, TOY) == 0
+    return dirs["out"]
+
+
+def assert_one_line_exit_2(code: int, err: str, fragment: str) -> None:
+    """Exit 2 with one ``error:`` line naming ``fragment``, no traceback."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+def out_case(tmp_path: Path, kind: str) -> tuple[list[str], str]:
+    """The ``--out`` arguments of an unusable-output case, and the message fragment."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    return {
+        "export-out-is-a-folder": (["--out", str(tmp_path)], "is a folder, not a file"),
+        "export-out-under-a-file": (["--out", str(a_file / "rows.csv")], "which is a file"),
+        "export-unwritable": (["--out", "/sys/dynbench-rows.csv"], "its folder /sys is not writable"),
+        "export-unknown-extension": (["--out", str(tmp_path / "rows.xlsx")], "cannot tell the format"),
+        "export-no-extension": (["--out", str(tmp_path / "rows")], "a name without an extension"),
+        "export-format-mismatch": (["--out", str(tmp_path / "rows.csv"), "--format", "parquet"], "disagrees with"),
+        "report-out-is-a-file": (["--out", str(a_file)], "is a file, not a folder"),
+        "report-out-under-a-file": (["--out", str(a_file / "rep")], "which is a file"),
+        "report-unwritable": (["--out", "/sys/dynbench-report"], "is not writable"),
+    }[kind]
+
+
+OUT_CASES = [
+    "export-out-is-a-folder", "export-out-under-a-file", "export-unwritable", "export-unknown-extension",
+    "export-no-extension", "export-format-mismatch", "report-out-is-a-file", "report-out-under-a-file",
+    "report-unwritable",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", OUT_CASES)
+def test_an_unusable_out_exits_2_before_reading_anything(kind, results, tmp_path, capsys, monkeypatch):
+    from dynbench.harness.store import ResultStore
+
+    if "unwritable" in kind and not sys.platform.startswith("linux"):
+        pytest.skip("/sys is Linux's")
+    args, fragment = out_case(tmp_path, kind)
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr(ResultStore, "rows", lambda self: pytest.fail("the results were read before --out was checked"))
+    code = main([kind.split("-")[0], str(results), *args])
+    assert_one_line_exit_2(code, capsys.readouterr().err, fragment)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_export_infers_the_format_from_the_extension(results, tmp_path, capsys):
+    import pandas as pd
+
+    assert main(["export", str(results), "--out", str(tmp_path / "rows.csv")]) == 0
+    assert main(["export", str(results), "--out", str(tmp_path / "rows.pq")]) == 0
+    assert main(["export", str(results), "--out", str(tmp_path / "rows.tsv"), "--format", "csv"]) == 0
+    csv, pq = pd.read_csv(tmp_path / "rows.csv"), pd.read_parquet(tmp_path / "rows.pq")
+    assert len(csv) == len(pq) > 0 and list(csv.columns) == list(pq.columns)
+    assert (tmp_path / "rows.tsv").read_text() == (tmp_path / "rows.csv").read_text()
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_no_file(results, tmp_path, capsys, monkeypatch):
+    import pandas as pd
+
+    def half_then_full(self, path, **kwargs):
+        Path(path).write_text("run_key,met")
+        disk_full()
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_full)
+    code = main(["export", str(results), "--out", str(tmp_path / "out" / "rows.csv")])
+    assert_one_line_exit_2(code, capsys.readouterr().err, "No space left on device")
+    assert list((tmp_path / "out").iterdir()) == []  # no half file, no .tmp
+
+
+def test_a_full_disk_during_report_keeps_the_earlier_report_and_leaves_no_temporary_file(
+    results, tmp_path, capsys, monkeypatch
+):
+    from dynbench.analysis import report
+
+    out = tmp_path / "rep"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real = report.markdown_to_html
+
+    def full_at_the_index(*args, **kwargs):  # the plots and tables are written; the index fails
+        real(*args, **kwargs)
+        disk_full()
+
+    monkeypatch.setattr(report, "markdown_to_html", full_at_the_index)
+    code = main(["report", str(results), "--out", str(out)])
+    assert_one_line_exit_2(code, capsys.readouterr().err, f"Could not write --out {out}: No space left on device")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the earlier report, whole
+
+
+def test_run_checks_its_report_folder_before_training(isolated, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code = bench("run", isolated, [*TOY, "--report", str(a_file / "reports")])
+    assert_refused(code, capsys.readouterr().err, "--report", isolated)
+
+
+def test_a_truncated_rows_file_is_rerun(isolated, results, capsys):
+    shutil.copytree(results.parent / "cache", isolated["cache"])  # the backbone is trained already
+    assert bench("run", isolated, TOY) == 0
+    (rows,) = (isolated["out"] / "runs").glob("*.jsonl")
+    whole = rows.read_text()
+    rows.write_text(whole[: len(whole) // 2])  # damaged after the run: a copy cut short
+    capsys.readouterr()
+    assert bench("run", isolated, TOY) == 0
+    assert "1 run(s) measured, 0 already in" in capsys.readouterr().out
+    assert rows.read_text().count("\n") == whole.count("\n")
+
+
+def test_a_damaged_cached_backbone_is_a_warning_and_the_run_succeeds(isolated, capsys, caplog):
+    import logging
+
+    short = ["--methods", "dense", "--tasks", "toy-vision[train.steps=3]"]  # a backbone of seconds
+    assert bench("run", isolated, short) == 0
+    (checkpoint,) = (isolated["cache"] / "backbones").glob("*.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        assert bench("run", isolated, [*short, "--force"]) == 0
+    assert (checkpoint.parent / f"{checkpoint.name}.corrupt").exists() and checkpoint.exists()
+    assert any(str(checkpoint) in r.getMessage() and "training it again" in r.getMessage() for r in caplog.records)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_data_prepare_into_an_unusable_data_cache_exits_2_before_work(isolated, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    monkeypatch.setenv("DYNBENCH_DATA", str(a_file / "data"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    code = main(["data", "prepare", "imagenet", "--path", str(folder)])
+    assert_one_line_exit_2(code, capsys.readouterr().err, "The data cache")
+    assert a_file.read_text() == "x"
+
+
+def test_a_full_disk_at_the_runs_last_report_is_one_line_saying_the_results_are_kept(results, tmp_path, monkeypatch):
+    from dynbench import api
+    from dynbench.analysis import report
+
+    monkeypatch.setattr(report, "markdown_to_html", disk_full)
+    live = api.LiveReport(results, tmp_path / "rep")
+    assert live.update() == []  # mid-suite: logged, the suite goes on
+    with pytest.raises(ValueError, match=r"No space left on device.*results are kept in .*`bench report") as info:
+        live.update(final=True)
+    assert "\n" not in str(info.value)
+    assert [p.name for p in (tmp_path / "rep").iterdir()] == []  # no temporary folder left

@@ -22,6 +22,7 @@ from dynbench.cache_dirs import model_cache_dir
 from dynbench.cli import main
 from dynbench.config import ConfigError, MeasureConfig, SuiteSpec, parse_plugin_list, runspec_to_dict
 from dynbench.harness import dask_executor as dx
+from dynbench.harness import dask_tasks as dt
 from dynbench.harness.executors import SuiteOutcome
 from dynbench.harness.planning import plan_suite
 from dynbench.harness.store import ResultStore
@@ -103,7 +104,7 @@ def test_dask_gives_the_inline_rows(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "12 run(s) measured" in done.stdout
     assert not list((tmp_path / "dask").glob("claims/*.lock"))  # every claim released
     plans = plans_of("dense", "toy-vision,toy-text", seeds=(0, 1))
-    assert all((model_cache_dir() / dx.backbone_file(p)).exists() for p in plans)
+    assert all((model_cache_dir() / dt.backbone_file(p)).exists() for p in plans)
 
     assert main(["run", "--out", str(tmp_path / "inline"), "--executor", "inline", *SUITE, *LIGHT]) == 0
     dask_rows, inline_rows = non_timing_rows(tmp_path / "dask"), non_timing_rows(tmp_path / "inline")
@@ -190,7 +191,7 @@ class FakeClient:
 
 def test_each_backbone_trains_once_and_each_fit_follows_it():
     plans = plans_of("dense,early_exit,layer_skip", "toy-vision,toy-text", seeds=(0, 1))
-    setup = dx.WorkerSetup(cached=True, cache_dir=None, ship=False, threads=1, isolate="worker")
+    setup = dt.WorkerSetup(cached=True, cache_dir=None, ship=False, threads=1, isolate="worker")
     client = FakeClient()
     runs = dx.submit_graph(client, plans, setup)
     kinds = [f.name for f in client.submitted]
@@ -205,7 +206,7 @@ def test_each_backbone_trains_once_and_each_fit_follows_it():
         if plan.method.learns():
             assert inputs[1].args[3] is inputs[0]  # the fit follows the run's own backbone
     no_cache = FakeClient()
-    dx.submit_graph(no_cache, plans, dx.WorkerSetup(False, None, False, None, "worker"))
+    dx.submit_graph(no_cache, plans, dt.WorkerSetup(False, None, False, None, "worker"))
     assert {f.name for f in no_cache.submitted} == {"run_task"}  # nothing cached: nothing to share
 
 
@@ -213,12 +214,12 @@ def test_shipped_files_spare_a_worker_without_the_cache_any_training(tmp_path: P
     """cache=ship: a worker that never saw the other's disk gets the backbone and fit it needs."""
     (plan,) = plans_of("layer_skip", "toy-text")
     spec = runspec_to_dict(plan.spec)
-    maker = dx.WorkerSetup(True, None, ship=True, threads=None, isolate="worker")  # the session's cache
-    backbone = dx.backbone_task(spec, maker, plan.run_key)
-    fit = dx.fit_task(spec, maker, plan.run_key, backbone)
-    assert [rel for rel, _ in backbone.files] == [dx.backbone_file(plan)]
-    assert [rel for rel, _ in fit.files] == [dx.fit_file(plan)]
-    here = dx.run_task(spec, maker)
+    maker = dt.WorkerSetup(True, None, ship=True, threads=None, isolate="worker")  # the session's cache
+    backbone = dt.backbone_task(spec, maker, plan.run_key)
+    fit = dt.fit_task(spec, maker, plan.run_key, backbone)
+    assert [rel for rel, _ in backbone.files] == [dt.backbone_file(plan)]
+    assert [rel for rel, _ in fit.files] == [dt.fit_file(plan)]
+    here = dt.run_task(spec, maker)
 
     import dynbench.tasks.base as tasks_base
 
@@ -227,27 +228,27 @@ def test_shipped_files_spare_a_worker_without_the_cache_any_training(tmp_path: P
 
     monkeypatch.setattr(tasks_base, "train_backbone", no_training)
     monkeypatch.setattr(type(plan.method), "fit", no_training)
-    other = dx.WorkerSetup(True, str(tmp_path / "b"), ship=True, threads=None, isolate="worker")
-    there = dx.run_task(spec, other, backbone, fit)
-    assert (tmp_path / "b" / dx.backbone_file(plan)).exists() and (tmp_path / "b" / dx.fit_file(plan)).exists()
+    other = dt.WorkerSetup(True, str(tmp_path / "b"), ship=True, threads=None, isolate="worker")
+    there = dt.run_task(spec, other, backbone, fit)
+    assert (tmp_path / "b" / dt.backbone_file(plan)).exists() and (tmp_path / "b" / dt.fit_file(plan)).exists()
     assert there.run_key == here.run_key and len(there.rows) == len(here.rows) > 0
     assert [s["score"] for s in there.samples] == [s["score"] for s in here.samples]
 
 
 def test_a_run_measuring_memory_runs_in_a_fresh_process(tmp_path: Path):
     (plan,) = plans_of("dense", "toy-text", memory=True)
-    setup = dx.WorkerSetup(True, None, ship=False, threads=None, isolate="auto")
-    result = dx.run_task(runspec_to_dict(plan.spec), setup)
+    setup = dt.WorkerSetup(True, None, ship=False, threads=None, isolate="auto")
+    result = dt.run_task(runspec_to_dict(plan.spec), setup)
     assert result.run_key == plan.run_key
     assert "process_peak_bytes" in {r["metric"] for r in result.rows} and result.samples
 
 
 def test_a_failure_travels_back_with_its_phase_and_becomes_a_failure_record(tmp_path: Path):
     (plan,) = plans_of("dense", "toy-text")
-    setup = dx.WorkerSetup(True, str(tmp_path / "cache"), ship=False, threads=None, isolate="worker")
+    setup = dt.WorkerSetup(True, str(tmp_path / "cache"), ship=False, threads=None, isolate="worker")
     spec = {**runspec_to_dict(plan.spec), "task": {"name": "toy-text", "options": {"no_such_option": 1}}}
-    with pytest.raises(dx.TaskError) as caught:
-        dx.backbone_task(spec, setup, plan.run_key)
+    with pytest.raises(dt.TaskError) as caught:
+        dt.backbone_task(spec, setup, plan.run_key)
     err = pickle.loads(pickle.dumps(caught.value))  # as it crosses to the client
     assert err.phase == "setup" and err.error.startswith("ConfigError") and "no_such_option" in err.detail
 

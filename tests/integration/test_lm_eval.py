@@ -2,14 +2,20 @@
 
 The request-type tests check the model against log-probabilities computed directly from the dynamic
 model; the end-to-end tests run lm-eval itself on a tiny Shakespeare backbone (2 blocks, d=32, 20
-training steps).
+training steps): through ``simple_evaluate``, through ``bench lm-eval`` and through lm-eval's own
+``lm_eval`` command, which finds the model and the tasks by name through the startup hook that
+installing dynbench puts in site-packages.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +77,12 @@ def request(kind: str, args: tuple, task: str = "t"):
     from lm_eval.api.instance import Instance
 
     return Instance(kind, {}, args, 0, (task, 0, 1))
+
+
+def doc_request(kind: str, args: tuple, task: str, doc_id: int):
+    from lm_eval.api.instance import Instance
+
+    return Instance(kind, {}, args, 0, (task, doc_id, 1))
 
 
 def direct_log_probs(lm, ids: list[int]) -> torch.Tensor:
@@ -207,6 +219,28 @@ def test_flops_fall_with_the_budget_and_match_the_flop_counter(make_lm):
     for u in (f, h):
         assert u["measured_flops"] == pytest.approx(u["flops"], rel=1e-9)
         assert u["tokens_processed"] == 7 and u["tokens_scored"] == 3
+        assert u["requests"] == u["samples"] == u["forward_calls"] == 1
+        assert u["ms_per_sample"] == pytest.approx(u["forward_ms"]) and u["forward_ms"] > 0
+
+
+@needs_lm_eval
+def test_latency_is_each_forward_pass_timed_and_shared_among_its_inputs(make_lm):
+    lm = make_lm(budget=0.5, batch_size=4)
+    before = len(lm.ledger.calls)
+    # one task, two documents, three requests (doc 0 has two choices); equal lengths: one batch
+    reqs = [
+        doc_request("loglikelihood", ("abc", "d"), "lat", doc_id=0),
+        doc_request("loglikelihood", ("abc", "e"), "lat", doc_id=0),
+        doc_request("loglikelihood", ("bca", "d"), "lat", doc_id=1),
+    ]
+    lm.loglikelihood(reqs)
+    assert len(lm.ledger.calls) == before + 1 and lm.ledger.calls[-1] == ["lat"] * 3  # one pass, 3 inputs
+    u = lm.flops_summary()["by_task"]["lat"]
+    call_ms = lm.ledger.timer.elapsed_ms()[-1]
+    assert (u["samples"], u["requests"], u["sequences"], u["forward_calls"]) == (2, 3, 3, 1)
+    assert u["forward_ms"] == pytest.approx(call_ms) and u["median_call_ms"] == pytest.approx(call_ms)
+    assert u["ms_per_sample"] == pytest.approx(call_ms / 2) and u["ms_per_request"] == pytest.approx(call_ms / 3)
+    assert "hardware target's call timer" in lm.flops_summary()["latency"]
 
 
 @needs_lm_eval
@@ -257,6 +291,19 @@ def test_simple_evaluate_scores_the_shipped_tasks_offline_with_flops(tmp_path: P
     assert cloze_inputs == 2 * 3 * docs.CLOZE_CHOICES  # every choice with and without its context (mutual info)
     assert 0 < summary["total"]["flops"] < summary["total"]["dense_flops"]
     assert summary["total"]["mean_layers"] == 1
+    assert {u["samples"] for u in summary["by_task"].values()} == {3}  # --limit 3 documents per task
+    assert all(u["ms_per_sample"] > 0 and u["median_call_ms"] > 0 for u in summary["by_task"].values())
+
+
+class Records(logging.Handler):
+    """Keeps the messages logged to it (lm-eval's own handler does not propagate to pytest's)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 @pytest.mark.slow
@@ -269,13 +316,47 @@ def test_cli_wrapper_runs_lm_eval_with_the_dynbench_model(capsys: pytest.Capture
 
     before = lm_eval.tasks.TaskManager
     model_args = ",".join(f"{k}={v}" for k, v in TINY_SHAKESPEARE.items() if k != "batch_size")
-    code = lm_eval_cli.main(
-        ["--model", "dynbench", "--model_args", model_args, "--tasks", "dynbench_shakespeare_cloze", "--limit", "2"]
-    )
+    records = Records()
+    logging.getLogger("lm_eval.dynbench").addHandler(records)
+    try:
+        code = lm_eval_cli.main(
+            ["--model", "dynbench", "--model_args", model_args, "--tasks", "dynbench_shakespeare_cloze", "--limit", "2"]
+        )
+    finally:
+        logging.getLogger("lm_eval.dynbench").removeHandler(records)
     out = capsys.readouterr().out
     assert code == 0 and lm_eval.tasks.TaskManager is before
     assert "dynbench_shakespeare_cloze" in out and "acc_norm" in out  # lm-eval's own results table
-    assert "dynbench FLOPs" in out and "| total" in out
+    (table,) = [m for m in records.messages if m.startswith("dynbench FLOPs and latency")]
+    assert "| total" in table and "ms/sample" in table and "FLOPs/token out" in table
+
+
+@pytest.mark.slow
+@needs_lm_eval
+@needs_texts
+def test_lm_evals_own_command_runs_a_shipped_task_by_name_with_flops_and_latency(tmp_path: Path, cache_dir: Path):
+    """`lm_eval --model dynbench --tasks dynbench_shakespeare_ppl`: no wrapper, no include path."""
+    lm_eval_script = Path(sys.executable).with_name("lm_eval")
+    tiny = {k: v for k, v in TINY_SHAKESPEARE.items() if k != "batch_size"}  # lm-eval passes --batch_size itself
+    model_args = ",".join(f"{k}={v}" for k, v in {**tiny, "cache_dir": cache_dir, "threads": 1}.items())
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "LMEVAL_LOG_LEVEL": "INFO"}
+    run = subprocess.run(
+        [str(lm_eval_script), "--model", "dynbench", "--model_args", model_args, "--tasks", "dynbench_shakespeare_ppl",
+         "--limit", "2", "--batch_size", "16", "--device", "cpu", "--output_path", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "bits_per_byte" in run.stdout  # lm-eval's own results table
+    assert "dynbench FLOPs and latency" in run.stderr and "ms/sample" in run.stderr  # the model's table, logged
+    (saved,) = (tmp_path / "out").rglob("results_*.json")
+    results = json.loads(saved.read_text())
+    quality = results["results"]["dynbench_shakespeare_ppl"]
+    assert 1 < quality["byte_perplexity,none"] < 97 and quality["bits_per_byte,none"] > 0
+    used = results["config"]["dynbench"]["by_task"]["dynbench_shakespeare_ppl"]
+    assert used["samples"] == used["requests"] == 2  # --limit 2 documents, one rolling request each
+    assert 0 < used["flops"] < used["dense_flops"] and used["flops_ratio"] < 0.6  # half the blocks
+    assert used["ms_per_sample"] > 0 and used["median_call_ms"] > 0 and used["forward_calls"] >= 1
+    assert used["ms_per_sample"] == pytest.approx(used["forward_ms"] / 2)
 
 
 @needs_lm_eval

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 from dynbench import file_digest
+from dynbench.config import PluginSpec, RunSpec
+from dynbench.hardware.cpu import CPU
+from dynbench.harness.planning import run_key
+from dynbench.methods.base import METHODS
 from dynbench.models.training import config_digest
 from dynbench.tasks.base import TASKS, backbone_key
 
@@ -31,10 +35,25 @@ def test_backbone_and_fit_keys_change_with_the_file_content(task: str, option: s
     assert backbone_key(make(), 0) != first
 
 
-def test_a_task_without_files_keeps_its_key():
-    task = TASKS.get("toy-text")()
-    assert task.source_files() == ()
-    assert backbone_key(task, 3) == f"toy-text-v{task.version}-{config_digest(task.config)}-seed3"
+@pytest.mark.parametrize(("task", "option"), [("imagenet", "weights"), ("smollm2", "gguf_path")])
+def test_run_keys_change_with_the_file_content(task: str, option: str, tmp_path: Path):
+    """A finished run on the old file is not taken for a run on the new one ("N already done")."""
+    path = tmp_path / "weights.bin"
+    rewrite(path, b"first weights")
+    cls = TASKS.get(task)
+    spec = RunSpec(task=PluginSpec.make(task, {option: str(path)}), method=PluginSpec.make("dense", {}), seed=0)
+    key = lambda: run_key(spec, cls(cls.Config(**{option: str(path)})), METHODS.get("dense")(), CPU())  # noqa: E731
+    first = key()
+    assert key() == first
+    rewrite(path, b"other weights")
+    assert key() != first
+
+
+def test_run_keys_of_tasks_without_files_are_what_they_were():
+    spec = RunSpec(task=PluginSpec.make("toy-text", {}), method=PluginSpec.make("dense", {}), seed=0, profile="full")
+    task, method = TASKS.get("toy-text")(), METHODS.get("dense")()
+    identity = {**spec.identity(), "task_version": task.version, "method_version": method.version}
+    assert run_key(spec, task, method, CPU()) == f"toy-text__dense__s0__cpu__{config_digest(identity)}"
 
 
 def test_a_file_is_hashed_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -171,7 +171,7 @@ def _draw_front(ax: Axes, data: pd.DataFrame, x_metric: str, x_scale: float, y_s
 
 
 def _scale_x(ax: Axes, x: np.ndarray, x_metric: str) -> None:
-    """Log x when the points span more than ``_LOG_RATIO``; engineering prefixes for FLOPs."""
+    """Log x when the points span more than ``_LOG_RATIO``; FLOPs ticks read as in the tables."""
     log = bool(np.all(x > 0) and x.max() / x.min() > _LOG_RATIO)
     if log:
         ax.set_xscale("log")
@@ -179,7 +179,7 @@ def _scale_x(ax: Axes, x: np.ndarray, x_metric: str) -> None:
         ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     if x_metric == "flops_per_sample":
-        ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=" "))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: format_flops(v)))
     elif log:
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 

@@ -166,6 +166,7 @@ def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
         unit = str(quality["unit"].iloc[0]) if len(quality) else "quality"
         higher = bool(quality["higher_is_better"].map(_flag).iloc[0]) if len(quality) else True
         factor, q_label = quality_scale(unit, mean[[m for m in metrics if m in mean and m != "mean_layers"]].stack())
+        q_fmt, _ = quality_formats(factor)  # as in the task's table: one unit and one format per quality
         match = mean["matching_budget"].dropna()
         held = mean["matching_budget_heldout"].dropna() if "matching_budget_heldout" in mean else pd.Series()
         text = (
@@ -188,10 +189,15 @@ def _upper_bound_notes(rows: pd.DataFrame) -> str | None:
         lines = [text, "", header, "|---:|---:|---:|---:|---:|"]
         for budget, row in mean.sort_index(ascending=False).iterrows():
             cells = [f"{budget:.3g}", format_sig(row.get("mean_layers", np.nan))]
-            cells += [format_sig(row.get(m, np.nan) * factor, 4) for m in metrics if m != "mean_layers"]
+            cells += [_quality_cell(row.get(m, np.nan), q_fmt) for m in metrics if m != "mean_layers"]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _quality_cell(value: float, fmt: Callable[[float], str]) -> str:
+    """A quality in a table cell: ``fmt`` of the value, ``–`` when missing."""
+    return fmt(float(value)) if value is not None and np.isfinite(value) else "–"
 
 
 def _control_notes(samples: pd.DataFrame, summary: pd.DataFrame, task: str) -> str | None:

@@ -224,11 +224,16 @@ def format_sig(value: float | None, digits: int = 3) -> str:
 
 
 def format_flops(value: float | None) -> str:
-    """Format a FLOP count: 3 significant digits and a K/M/G/T prefix (``1.02 G``, ``770 M``)."""
+    """Format a FLOP count as people read it: 3 significant digits, an SI prefix, a space.
+
+    ``35.6 G``, ``812 M``, ``1.20 T``, ``257 k``, ``512``. The one format for FLOPs wherever a
+    person reads them: the report's tables and plot axes (:mod:`dynbench.analysis.plots`) and the
+    terminal summary (``cli/display.py``). Rounding comes first, so ``999.7e6`` reads ``1.00 G``.
+    """
     if value is None or not math.isfinite(float(value)):
         return _MISSING
     rounded = float(f"{float(value):.3g}")
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(rounded) >= scale:
             return f"{format_sig(rounded / scale)} {prefix}"
     return format_sig(rounded)
@@ -582,10 +587,10 @@ def _hardware_markdown(section: pd.DataFrame, hardware: str) -> str:
 def task_markdown(rows: pd.DataFrame, task: str, *, latency_batch_size: int = 1) -> str:
     """Markdown tables of one task's results, one section per hardware target.
 
-    FLOPs use K/M/G prefixes with 3 significant digits, times are in ms and memory in MiB with 3
-    significant digits, accuracy-like quality is a percentage, speedups read ``1.23×``. The Pareto
-    column marks with ``*`` the budgets on the quality-vs-FLOPs front. Columns of metrics that were
-    not measured are dropped and listed in a note under the table.
+    FLOPs read as :func:`format_flops` writes them (``35.6 G``), times are in ms and memory in MiB
+    with 3 significant digits, accuracy-like quality is a percentage, speedups read ``1.23×``. The
+    Pareto column marks with ``*`` the budgets on the quality-vs-FLOPs front. Columns of metrics
+    that were not measured are dropped and listed in a note under the table.
 
     Args:
         rows: result rows (all tasks or just this one).

@@ -126,6 +126,9 @@ def _prepare(names: list[str], path: Path | None) -> int:
     if path is not None and not path.is_dir():
         print(f"error: --path {path} is not a directory. Give the directory that holds the files.", file=sys.stderr)
         return EXIT_MISSING
+    if problem := _cache_problem(datasets, path):  # before any download or copy
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_MISSING
     missing = bad = False
     console = _console()
     for ds in datasets:
@@ -134,12 +137,34 @@ def _prepare(names: list[str], path: Path | None) -> int:
         except DatasetMissingError as exc:
             print(f"error: {exc}", file=sys.stderr)
             missing = True
+        except OSError as exc:  # the data cache failed a write (a full disk): one line, not a traceback
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(
+                f"error: could not prepare {ds.name} in the data cache {data_root()}: {exc.strerror or exc}{where}. "
+                "Free some space there, or set $DYNBENCH_DATA to a folder you can write to, then run it again.",
+                file=sys.stderr,
+            )
+            missing = True
         except DatasetCorruptError as exc:
             print(f"error: {exc}", file=sys.stderr)
             bad = True
         else:
             _say(console, f"{ds.name}: ready, {_describe(status)}")
     return _exit_code(missing, bad)
+
+
+def _cache_problem(datasets: list[Dataset], path: Path | None) -> str | None:
+    """Why the data cache cannot take what ``prepare`` would write there, or ``None``.
+
+    Data sets already present write nothing, so an unwritable cache is only a problem for one that
+    is missing or copied from ``--path``.
+    """
+    from dynbench.harness.preflight import folder_problem
+
+    if path is None and all(ds.status().present for ds in datasets):
+        return None
+    problem = folder_problem(data_root(), "The data cache")
+    return problem and f"{problem} $DYNBENCH_DATA moves the data cache (default ~/.cache/dynbench/data)."
 
 
 def _prepare_one(ds: Dataset, path: Path | None, console: Console) -> DataStatus:

@@ -144,29 +144,44 @@ class RunDisplay:
 
 
 def _fmt(value: float, kind: str) -> str:
+    """A summary cell, formatted as the report's tables format it (``analysis/tables.py``)."""
+    from dynbench.analysis.tables import format_sig
+
     if pd.isna(value):
         return "–"
-    if kind == "flops":
-        return f"{value / 1e6:.3g} M"
-    if kind == "ratio":
-        return f"{value:.3f}"
-    if kind == "ms":
-        return f"{value:.3g}"
     if kind == "mem":
-        return f"{value / 2**20:.3g}"
+        return format_sig(value / 2**20)
     if kind == "x":
         return f"{value:.2f}×"
-    return f"{value:.4g}"
+    return format_sig(value)  # ratios, milliseconds, layers: 3 significant digits, no exponent
 
 
 def print_summary(rows: pd.DataFrame) -> None:
-    """A table: task × method × budget → quality, FLOPs, latency, speedup, memory, 95% intervals."""
+    """A table: task × method × budget → quality, FLOPs, latency, speedup, memory, 95% intervals.
+
+    Quality and FLOPs read as in the report's tables: each task's quality in its unit, accuracy as a
+    percentage (``analysis/tables.py``: ``quality_scale``, ``quality_formats``), FLOPs as
+    ``format_flops`` writes them (``35.6 G``).
+    """
     if rows.empty:
         return
-    from dynbench.analysis.tables import interval_note, profile_note, summary_frame, with_interval
+    from dynbench.analysis.tables import (
+        format_flops,
+        interval_note,
+        profile_note,
+        quality_formats,
+        quality_scale,
+        summary_frame,
+        with_interval,
+    )
 
     console.print(escape(profile_note(rows)))
     s = summary_frame(rows)
+    quality: dict[str, tuple[Callable[[float], str], str]] = {}  # task → (format, unit label)
+    for task, part in s.groupby("task"):
+        unit = part["quality_unit"].dropna()
+        factor, label = quality_scale(str(unit.iloc[0]) if len(unit) else "quality", part["quality"])
+        quality[str(task)] = (quality_formats(factor)[0], label)
     table = Table(title="dynbench summary (latency, speedup and memory at batch 1; means over seeds, [95% interval])")
     for col in (
         "task",
@@ -189,8 +204,8 @@ def print_summary(rows: pd.DataFrame) -> None:
             r["hardware"],
             escape(str(r["method_label"])),  # labels hold brackets (dht[policy=random]): not markup
             f"{r['budget']:.3g}",
-            escape(f"{with_interval(r, 'quality', lambda v: _fmt(v, ''))} {r['quality_unit']}"),
-            _fmt(r["flops_per_sample"], "flops"),
+            escape(f"{with_interval(r, 'quality', quality[str(r['task'])][0])} {quality[str(r['task'])][1]}"),
+            format_flops(r["flops_per_sample"]),
             escape(with_interval(r, "flops_ratio", lambda v: _fmt(v, "ratio"))),
             escape(with_interval(r, "latency_ms", lambda v: _fmt(v, "ms"))),
             escape(speedup + (" ⚠ suspect" if r["suspect"] else "")),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dynbench import api
 from dynbench.cli.exit_codes import EXIT_OK, UsageError
+from dynbench.harness.preflight import folder_problem, write_failure
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,13 +34,21 @@ def run(args: argparse.Namespace) -> int:
     exit 2). Failed runs are listed in the report's "Failed runs" section.
 
     Raises:
-        UsageError: the results directory does not exist (the CLI prints it and exits 2).
+        UsageError: the results directory does not exist, ``--out`` cannot be written (checked
+            before anything is read), or the write itself failed (a full disk: the files of an
+            earlier report stay as they were, no temporary file is left). The CLI prints it and
+            exits 2.
         BadResultFile: with ``--strict``, a bad file (a ValueError: exit 2, nothing written).
     """
     if not args.results.exists():
         raise UsageError(
             f"Results directory {args.results} does not exist. Run `bench run --out {args.results}` first."
         )
-    files = api.write_report(args.results, args.out, strict=args.strict)
+    if problem := folder_problem(args.out, "--out"):
+        raise UsageError(problem)
+    try:
+        files = api.write_report(args.results, args.out, strict=args.strict)
+    except OSError as exc:
+        raise UsageError(write_failure(args.out, exc, "--out")) from None
     print(f"Wrote {len(files)} files; open {args.out / 'index.html'}")
     return EXIT_OK

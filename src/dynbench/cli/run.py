@@ -70,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
     from dynbench.cli.display import RunDisplay, print_summary  # rich, pandas: once a run starts
 
     suite, is_default = suite_from_args(args)
-    destinations = Destinations(args.out, args.cache_dir or model_cache_dir())
+    report_dir = args.report or (Path("reports") if is_default else None)
+    destinations = Destinations(args.out, args.cache_dir or model_cache_dir(), report_dir)
     plans = api.plan(suite, destinations)  # validates everything, folders included, before anything is written
     executor = args.executor or ("subprocess" if suite.measure.memory else "inline")
     options = api.RunOptions(out=args.out, cache_dir=args.cache_dir, executor=executor, force=args.force)
-    report_dir = args.report or (Path("reports") if is_default else None)
     live = api.LiveReport(args.out, report_dir) if report_dir is not None else None  # rewritten as runs finish
     done = set() if args.force else api.finished_runs(plans, args.out)
-    eta = api.estimate(plans, args.cache_dir, done)
+    eta = api.estimate(plans, args.cache_dir, done, executor)
     on_finished = None if live is None else (lambda plan: live.update())
     with RunDisplay(plans, done, eta, on_finished=on_finished) as display:
         outcome = api.run_suite(suite, options, progress=display.run_progress)

@@ -201,10 +201,17 @@ class SuiteEta:
         plans: every run of the suite, in execution order.
         cache_dir: the backbone and fit cache (its record file and its checkpoints).
         done: run keys already finished (skipped: they cost nothing).
+        parallel: runs that go at once (a Dask cluster's workers); the time left is the work left
+            shared among them, and never less than the longest run still to come. Each run's
+            estimate comes from recorded phase times, which a Dask suite records under its own
+            conditions (its workers' threads), so after one suite they are the cluster's.
     """
 
-    def __init__(self, plans: list[RunPlan], cache_dir: Path | None, done: Iterable[str] = ()) -> None:
+    def __init__(
+        self, plans: list[RunPlan], cache_dir: Path | None, done: Iterable[str] = (), *, parallel: int = 1
+    ) -> None:
         self.cache_dir = cache_dir
+        self.parallel = max(1, parallel)
         finished = set(done)
         self.todo = [p for p in plans if p.run_key not in finished]
         self.facts = {p.run_key: run_facts(p) for p in self.todo}
@@ -289,7 +296,7 @@ class SuiteEta:
             done: run keys finished (or failed) in this session.
         """
         finished = set(done)
-        total, unknown = 0.0, 0
+        total, longest, unknown = 0.0, 0.0, 0
         for p in self.todo:
             if p.run_key in finished:
                 continue
@@ -297,8 +304,9 @@ class SuiteEta:
             if est is None:
                 unknown += 1
                 continue
-            total += max(0.0, est - elapsed_s) if current is not None and p.run_key == current.run_key else est
-        return total, unknown
+            left = max(0.0, est - elapsed_s) if current is not None and p.run_key == current.run_key else est
+            total, longest = total + left, max(longest, left)
+        return max(total / self.parallel, longest), unknown
 
 
 def format_duration(seconds: float) -> str:

@@ -33,6 +33,7 @@ import torch
 
 from dynbench.harness import measure
 from dynbench.harness.eta import PhaseTimes, record_run
+from dynbench.harness.eval_batches import EvalBatches
 from dynbench.harness.fit_cache import fitted_eval, fitted_model
 from dynbench.harness.planning import RunPlan
 from dynbench.harness.provenance import now
@@ -40,7 +41,6 @@ from dynbench.harness.rows import RowMaker
 from dynbench.harness.store import ResultStore
 from dynbench.methods.base import METHODS, DynamicModel
 from dynbench.models.training import step_listener
-from dynbench.types import Batch
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, what)`` — budgets finished of this run, and what runs now."""
@@ -92,13 +92,22 @@ def failed_phase(exc: BaseException) -> str:
     return getattr(exc, "run_phase", None) or "unknown"
 
 
-def eval_batches(plan: RunPlan) -> list[Batch]:
-    """The eval split in a fixed seeded order (the same for every seed and method), on device."""
+def eval_batches(plan: RunPlan) -> EvalBatches:
+    """The eval split in a fixed seeded order (the same for every seed and method), on device.
+
+    Kept in memory between passes when it fits ``measure.eval_memory_mb``, streamed from the task
+    otherwise (:mod:`dynbench.harness.eval_batches`).
+    """
     task, spec = plan.task, plan.spec
-    batches = task.batches(
-        task.eval_split, batch_size=spec.measure.eval_batch_size, seed=0, shuffle=True, limit=spec.eval_limit
+    size = spec.measure.eval_batch_size
+    n = task.n_samples(task.eval_split)
+    return EvalBatches(
+        lambda: task.batches(task.eval_split, batch_size=size, seed=0, shuffle=True, limit=spec.eval_limit),
+        n_samples=n if spec.eval_limit is None else min(n, spec.eval_limit),
+        batch_size=size,
+        device=plan.hardware.device,
+        keep_bytes=spec.measure.eval_memory_mb * 2**20,
     )
-    return [b.to(plan.hardware.device) for b in batches]
 
 
 def execute(plan: RunPlan, *, store: ResultStore, cache_dir: Path | None, progress: Progress | None = None) -> None:
@@ -125,7 +134,7 @@ def execute(plan: RunPlan, *, store: ResultStore, cache_dir: Path | None, progre
     backbone = model.backbone.eval()
     with phase("quality"):
         batches = eval_batches(plan)
-        if not batches:
+        if batches.n_samples == 0:
             raise ValueError(
                 f"The {plan.task.eval_split} split of task '{plan.task.name}' is empty; nothing to evaluate."
             )
@@ -134,7 +143,7 @@ def execute(plan: RunPlan, *, store: ResultStore, cache_dir: Path | None, progre
     with phase("fit"):
         fitted_eval(plan, model, batches, cache_dir)
     clock.times.fit_s, clock.times.fit_trained = clock.lap("methods")
-    make_row = RowMaker(plan, started, eval_samples=sum(int(b.targets.shape[0]) for b in batches))
+    make_row = RowMaker(plan, started, eval_samples=batches.n_samples)
     dense = METHODS.get("dense")().wrap(backbone).eval()
     rows: list[dict] = []
     samples: list[dict] = []
@@ -219,7 +228,7 @@ def measure_budget(
     model: DynamicModel,
     dense: DynamicModel,
     budget: float,
-    batches: list[Batch],
+    batches: EvalBatches,
     twin: DenseTwin,
     make_row: RowMaker,
 ) -> tuple[list[dict], list[dict], list[dict]]:

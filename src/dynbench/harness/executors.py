@@ -63,10 +63,27 @@ ERROR_CHARS = 400  # a one-line cause longer than this is cut: the log holds the
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``, at most :data:`ERROR_CHARS` characters."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+    """``Type: the first problem of the message (+N more)``, at most :data:`ERROR_CHARS` characters.
+
+    An error that lists its problems (``ConfigError.errors``), or whose message opens with a header
+    line ending in ``:`` ("Invalid configuration (3 problem(s)):") followed by one problem per line,
+    shows the first problem and how many more there are; the header alone would hide the cause. An
+    overlong problem is cut, never the ``(+N more)``.
+    """
+    name = type(exc).__name__
+    listed = getattr(exc, "errors", None)
+    if isinstance(listed, list) and listed and all(isinstance(e, str) for e in listed):
+        problems = [" ".join(e.split()) for e in listed]
+    else:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if not lines:
+            return name
+        header = len(lines) > 1 and lines[0].endswith(":")
+        problems = [line.lstrip("-*• ").strip() for line in lines[1:]] if header else lines[:1]
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    text = f"{name}: {problems[0]}"
+    room = ERROR_CHARS - len(more)
+    return (text if len(text) <= room else text[: room - 1] + "…") + more
 
 
 def run_inline(plan: RunPlan, store: ResultStore, cache_dir: Path | None, progress: Progress) -> None:
@@ -185,7 +202,7 @@ def _run_claimed(
         try:
             runner(plan, cb)
         except RunFailure as failure:  # one broken run must not lose the others' results
-            outcome.failed[key] = _record(plan, store, failure)
+            outcome.failed[key] = store_failure(plan, store, failure)
             return
         store.clear_failure(key)
         outcome.done.append(key)
@@ -219,7 +236,7 @@ def claim_run(plan: RunPlan, store: ResultStore, force: bool, outcome: SuiteOutc
     return claim
 
 
-def _record(plan: RunPlan, store: ResultStore, failure: RunFailure) -> str:
+def store_failure(plan: RunPlan, store: ResultStore, failure: RunFailure) -> str:
     """Write the failure record and log of a run; the one-line message for the terminal."""
     spec = plan.spec
     about = {

@@ -10,7 +10,7 @@ fine-tunes the backbone keeps those weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from dynbench.harness.planning import RunPlan
 from dynbench.methods.base import DynamicModel
 from dynbench.models.backbone import Backbone
-from dynbench.models.training import atomic_torch_save, config_digest
+from dynbench.models.cached_state import read_state, set_aside, state_mismatch
+from dynbench.models.training import NonFiniteError, atomic_torch_save, config_digest
 from dynbench.tasks.base import backbone_key
 from dynbench.types import Batch
 
@@ -42,7 +43,7 @@ def fitted_model(plan: RunPlan, backbone: Backbone, cache_dir: Path | None) -> D
     return model.eval()
 
 
-def fitted_eval(plan: RunPlan, model: DynamicModel, batches: list[Batch], cache_dir: Path | None) -> None:
+def fitted_eval(plan: RunPlan, model: DynamicModel, batches: Sequence[Batch], cache_dir: Path | None) -> None:
     """Fit a method that sees the evaluation labels (an upper bound) on exactly ``batches``, cached.
 
     Nothing happens for other methods. The cache key adds to :func:`fitted_model`'s the evaluation
@@ -64,26 +65,47 @@ def fitted_eval(plan: RunPlan, model: DynamicModel, batches: list[Batch], cache_
         f"__eval-{config_digest(evaluation)}",
         cache_dir,
         lambda: method.fit_eval(model, plan.task, batches, budgets=plan.budgets, seed=spec.seed),
+        nan_marks_absent=True,
     )
 
 
 def cached_fit(
-    plan: RunPlan, model: DynamicModel, suffix: str, cache_dir: Path | None, fit: Callable[[], None]
+    plan: RunPlan,
+    model: DynamicModel,
+    suffix: str,
+    cache_dir: Path | None,
+    fit: Callable[[], None],
+    *,
+    nan_marks_absent: bool = False,
 ) -> None:
     """Load ``model``'s fitted state from the cache, or run ``fit`` (seeded) and store what it made.
 
     The key: backbone key, method name, version and the digest of :meth:`Method.fit_identity`, plus
-    ``suffix``. What is stored is what the fit made or changed (:func:`fitted_state`).
+    ``suffix``. What is stored is what the fit made or changed (:func:`fitted_state`). A cached file
+    that cannot be used (:func:`load_cached_fit`) is moved aside and the method is fitted again. A
+    fit that leaves NaN in its state fails and caches nothing, unless ``nan_marks_absent`` (the
+    oracle's evaluation fit writes NaN where a held-out figure does not exist).
+
+    Raises:
+        ValueError: a cached file passed the checks but its model refused it while loading, so the
+            model may be half loaded: the file is moved aside and the run fails; run it again.
+        NonFiniteError: the fit left NaN in the model's state.
     """
     path = fit_path(plan, cache_dir, suffix)
-    if path is not None and path.exists():
-        load_fitted_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
+    if path is not None and path.exists() and load_cached_fit(model, path):
         return
     before = tensor_versions(model)
     torch.manual_seed(plan.spec.seed)
     fit()
+    state = fitted_state(model, before)
+    nan = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+    if nan and not nan_marks_absent:  # NaN is never a fitted value (Inf may be: an exit threshold that never fires)
+        raise NonFiniteError(
+            f"The fit of method '{plan.method.name}' left NaN in {len(nan)} tensor(s) ({', '.join(nan[:3])}"
+            f"{' …' if len(nan) > 3 else ''}); nothing was cached. Check the method's options and the task's data."
+        )
     if path is not None:
-        atomic_torch_save(fitted_state(model, before), path)
+        atomic_torch_save(state, path)
 
 
 def fit_path(plan: RunPlan, cache_dir: Path | None, suffix: str = "") -> Path | None:
@@ -112,17 +134,53 @@ def fitted_state(model: nn.Module, before: dict[str, tuple[int, int]]) -> dict[s
     return {k: v.detach() for k, v in kept.items()}
 
 
+def load_cached_fit(model: nn.Module, path: Path) -> bool:
+    """Load the fit cached at ``path`` onto a freshly wrapped model; ``False``: it cannot be used.
+
+    A file that cannot be read, or whose keys or shapes do not fit the model, is checked before
+    anything is loaded, moved aside to ``<name>.corrupt`` with a warning naming it
+    (:mod:`dynbench.models.cached_state`), and ``False`` asks for a new fit.
+
+    Raises:
+        ValueError: the model refused the state while loading it (it may be half loaded); the
+            file has been moved aside, so running again fits anew.
+    """
+    what, redo = "cached method fit", "fitting the method again"
+    state = read_state(path, what, redo)
+    if state is None:
+        return False
+    mismatch = state_mismatch(model.state_dict(), state, may_lack=lambda key: key.startswith("backbone."))
+    if mismatch is not None:
+        set_aside(path, what, f"it does not fit the method's model ({mismatch})", redo)
+        return False
+    if (problem := _load(model, state)) is not None:
+        moved = set_aside(path, what, f"the method's model refused it while loading ({problem})", "the run fails")
+        raise ValueError(
+            f"Cached fit {path} was refused by the method's model while loading ({problem})"
+            f"{f'; it was moved to {moved.name}' if moved is not None else ''}. Run again: the method is fitted anew."
+        )
+    return True
+
+
 def load_fitted_state(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
     """Load a cached fit onto a freshly wrapped model; only backbone tensors may be absent from it.
 
     Raises:
         ValueError: the cached file holds keys the model lacks or misses method state (a stale
-            cache file).
+            cache file), or a tensor the model cannot take.
     """
-    result = model.load_state_dict(state, strict=False)
+    if (problem := _load(model, state)) is not None:
+        raise ValueError(f"Cached fit {path} does not match the method's model ({problem}). Delete it and run again.")
+
+
+def _load(model: nn.Module, state: dict[str, Tensor]) -> str | None:
+    """Load ``state`` (backbone tensors may be absent); what went wrong, or ``None``."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a size mismatch, reported after the tensors that fit were copied
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return lines[-1] if lines else type(exc).__name__
     missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
     if result.unexpected_keys or missing:
-        raise ValueError(
-            f"Cached fit {path} does not match the method's model (unexpected {result.unexpected_keys[:3]}, "
-            f"missing {missing[:3]}). Delete it and run again."
-        )
+        return f"unexpected {result.unexpected_keys[:3]}, missing {missing[:3]}"
+    return None

@@ -8,14 +8,14 @@ order of a run; why each pass measures the way it does is in docs/architecture.m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from dynbench.harness.eval_batches import EvalBatches
 from dynbench.harness.flops import count_flops
 from dynbench.harness.memory import measure_memory
 from dynbench.harness.planning import RunPlan
@@ -67,29 +67,30 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().double().cpu().numpy()
 
 
-def quality_pass(model: DynamicModel, budget: float, batches: list[Batch], task: Task) -> QualityResult:
+def quality_pass(model: DynamicModel, budget: float, batches: Iterable[Batch], task: Task) -> QualityResult:
     """Run every eval batch once; keep scores, correctness and traces per sample."""
     scores, correct, ids, traces = [], [], [], []
+    shape: tuple[int, ...] = ()
     for b in batches:
+        shape = tuple(b.inputs.shape[1:])
         out = model(b.inputs, budget=budget)
         scores.append(_np(task.metric.score(out.logits, b.targets)))
         correct.append(_np(task.metric.correct(out.logits, b.targets)))
         ids.append(b.sample_ids.numpy())
         traces.append(out.trace.to_cpu())
     trace = Trace.cat(traces)
-    shape = tuple(batches[0].inputs.shape[1:])
     analytic = _np(model.backbone.flops(trace, shape))
     return QualityResult(np.concatenate(scores), np.concatenate(correct), np.concatenate(ids), trace, analytic)
 
 
-def flops_pass(model: DynamicModel, budget: float, batches: list[Batch]) -> FlopsResult:
+def flops_pass(model: DynamicModel, budget: float, batches: Iterable[Batch]) -> FlopsResult:
     """Count executed FLOPs batch by batch and attribute them to samples through their traces."""
     per_sample, controller = [], []
     counted = 0
     analytic_total = 0.0
-    shape = tuple(batches[0].inputs.shape[1:])
     controllers = model.controller_modules()
     for b in batches:
+        shape = tuple(b.inputs.shape[1:])
         c = count_flops(lambda b=b: model(b.inputs, budget=budget), model, controllers)
         trace = c.output.trace.to_cpu()
         analytic = _np(model.backbone.flops(trace, shape))
@@ -166,8 +167,8 @@ class TimingInputs:
     timed: list[int]  # the inputs the timed loop cycles through: a plain sample of the eval order
 
 
-def timing_inputs(q: QualityResult, batches: list[Batch], batch_size: int, limit: int) -> TimingInputs:
-    """Real eval inputs for one batch size.
+def timing_inputs(q: QualityResult, batches: EvalBatches, batch_size: int, limit: int) -> TimingInputs:
+    """Real eval inputs for one batch size, copied out of the eval split in one pass.
 
     Batch 1: the timed inputs are the first ``limit`` samples in eval order (a seeded shuffle: a
     plain random sample, so their mean cost estimates the split's); one sample of every distinct
@@ -176,9 +177,11 @@ def timing_inputs(q: QualityResult, batches: list[Batch], batch_size: int, limit
     sub-networks: nearly one per sample) warms the first ``limit`` of them: warming thousands of
     one-off paths would cost more than the measurement. Batch N: consecutive eval samples, cycled
     when the split is smaller than N.
+
+    Only the chosen samples are copied (:meth:`EvalBatches.gather`): the inputs cost memory in
+    proportion to ``limit`` × ``batch_size``, never the split.
     """
-    inputs = _EvalInputs(batches)  # gathers the chosen samples only: no copy of the whole split
-    n = len(inputs)
+    n = batches.n_samples
     if batch_size == 1:
         first_of_path: dict[tuple, int] = {}
         for i in range(n):
@@ -187,36 +190,11 @@ def timing_inputs(q: QualityResult, batches: list[Batch], batch_size: int, limit
         timed = list(range(min(n, limit)))
         samples = list(dict.fromkeys(timed + reps))  # eval indices: the timed ones first, then extra warm-up paths
         position = {s: k for k, s in enumerate(samples)}
-        return TimingInputs(
-            [inputs.take(np.array([s])) for s in samples],
-            [np.array([s]) for s in samples],
-            [position[r] for r in reps],
-            [position[t] for t in timed],
-        )
+        members = [np.array([s]) for s in samples]
+        return TimingInputs(batches.gather(members), members, [position[r] for r in reps], [position[t] for t in timed])
     chunks = max(1, min(limit, -(-n // batch_size)))
     members = [(np.arange(batch_size) + k * batch_size) % n for k in range(chunks)]
-    return TimingInputs([inputs.take(m) for m in members], members, [0], list(range(chunks)))
-
-
-class _EvalInputs:
-    """The eval inputs of ``batches`` by eval-order index, copied out on demand.
-
-    Concatenating the split for a handful of timing inputs doubled the run's peak memory (the whole
-    split a second time: ~30 GB for ImageNet's 50,000 images); this copies only what is taken.
-    """
-
-    def __init__(self, batches: list[Batch]) -> None:
-        self.batches = batches
-        self.starts = np.cumsum([0] + [b.inputs.shape[0] for b in batches])  # (len(batches) + 1,)
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def take(self, indices: np.ndarray) -> Tensor:
-        """The inputs at eval-order ``indices``, stacked: (len(indices), ...)."""
-        which = np.searchsorted(self.starts, indices, side="right") - 1
-        rows = [self.batches[b].inputs[i - self.starts[b]] for b, i in zip(which.tolist(), indices.tolist())]
-        return torch.stack(rows)
+    return TimingInputs(batches.gather(members), members, [0], list(range(chunks)))
 
 
 REALIZATION_LIMIT = 1.1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynbench.config import ConfigError, PluginSpec, Profile, RunSpec, build_dataclass
+from dynbench.file_digest import files_digest
 from dynbench.hardware.base import HARDWARE, HardwareTarget
 from dynbench.harness.preflight import Destinations, destination_problems
 from dynbench.methods.base import METHODS, Method, thin_budgets
@@ -80,9 +81,14 @@ def run_key(spec: RunSpec, task: Task, method: Method, hardware: HardwareTarget,
     """Stable, readable key: names plus a digest of everything that defines the results.
 
     A quick run's key says ``quick`` and its digest covers the configs and budgets the profile made
-    (so changing a plugin's quick options re-runs it); a full run's key is what it always was.
+    (so changing a plugin's quick options re-runs it); a full run's key is what it always was. A
+    task that reads its backbone from files (pretrained weights) adds their content's digest:
+    replacing the file at the same path re-runs, as it refits (tasks/base.py, ``backbone_key``).
     """
     identity = {**spec.identity(), "task_version": task.version, "method_version": method.version}
+    sources = task.source_files()
+    if sources:  # tasks that train their backbone have none and keep their keys
+        identity["sources"] = files_digest(sources)
     profile = ""
     if spec.profile != "full":
         identity["profiled"] = [config_digest(task.config), config_digest(method.config), list(budgets)]

@@ -2,9 +2,12 @@
 
 :func:`dynbench.harness.planning.plan_suite` checks every run's plugins, options, budgets, data,
 seeds and sizes; given :class:`Destinations`, it also asks :func:`destination_problems` whether the
-results folder and the cache can be written and hold the suite's estimated output. Every problem of
-the whole suite is reported at once, and nothing is written: a folder is tested by creating and
-removing a temporary file in the nearest folder that exists, never by creating the folder.
+results folder, the cache and the report folder can be written and hold the suite's estimated
+output. Every problem of the whole suite is reported at once, and nothing is written: a folder is
+tested by creating and removing a temporary file in the nearest folder that exists, never by
+creating the folder. ``bench report`` and ``bench export`` check their ``--out`` the same way
+(:func:`folder_problem`, :func:`file_problem`), and turn an error of the write itself (a disk that
+fills up meanwhile) into one line with :func:`write_failure`.
 
 The size estimate (:func:`estimate_bytes`) is deliberately rough — the dense checkpoints a suite
 will train (their float32 parameters, from a meta-device build), one more checkpoint's worth per
@@ -14,6 +17,7 @@ before hours of training rather than at the first write.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -53,6 +57,7 @@ class Destinations:
 
     out: Path | None = None  # results folder (`--out`): rows, samples and timed calls
     cache_dir: Path | None = None  # backbone and fit cache (`--cache-dir`, $DYNBENCH_CACHE)
+    report: Path | None = None  # report folder (`bench run --report`; the default suite: reports/)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,20 @@ def existing_ancestor(path: Path) -> Path:
     return path
 
 
+def _probe(folder: Path) -> OSError | None:
+    """Create and remove a temporary file in an existing ``folder``; the error when that fails.
+
+    ``os.access`` ignores read-only mounts and answers yes to root, so a real file is tried.
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dynbench-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc
+    return None
+
+
 def folder_problem(path: Path, flag: str) -> str | None:
     """Why ``path`` cannot be used as a folder to write in, or ``None``; nothing is left behind.
 
@@ -84,14 +103,47 @@ def folder_problem(path: Path, flag: str) -> str | None:
     base = existing_ancestor(path)
     if not base.is_dir():
         return f"{flag} {path} lies under {base}, which is a file. Give a folder path."
-    try:  # os.access ignores read-only mounts and answers yes to root: try a real file
-        fd, probe = tempfile.mkstemp(prefix=".dynbench-probe-", dir=base)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
+    if (exc := _probe(base)) is not None:
         where = "" if base == path.expanduser().absolute() else f" (its existing parent {base})"
         return f"{flag} {path} is not writable{where}: {exc.strerror or exc}. Choose a folder you can write to."
     return None
+
+
+def file_problem(path: Path, flag: str) -> str | None:
+    """Why a file cannot be written at ``path``, or ``None``; nothing is left behind.
+
+    The file may exist (it is replaced); its folder may not exist yet (it is created), but its
+    nearest existing parent must be a writable folder.
+
+    Args:
+        path: the file to write.
+        flag: the option that named it (``--out``), for the message.
+    """
+    if path.is_dir():
+        return f"{flag} {path} is a folder, not a file. Give a file path, e.g. {path / 'rows.csv'}."
+    base = existing_ancestor(path.parent)
+    if not base.is_dir():
+        return f"{flag} {path} lies under {base}, which is a file. Give a path inside a folder."
+    if (exc := _probe(base)) is not None:
+        return (
+            f"{flag} {path} cannot be written: its folder {base} is not writable ({exc.strerror or exc}). "
+            "Choose a folder you can write to."
+        )
+    return None
+
+
+def write_failure(path: Path, exc: OSError, flag: str) -> str:
+    """The one-line message for a write to ``path`` that failed with ``exc`` (a full disk, …).
+
+    Args:
+        path: what was being written (a file or a report folder).
+        exc: the error of the write.
+        flag: the option that named ``path`` (``--out``), for the message.
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    advice = "Free some space or choose" if exc.errno == errno.ENOSPC else "Choose"
+    return f"Could not write {flag} {path}: {reason}{where}. {advice} another place; nothing partial was left there."
 
 
 def estimate_bytes(plans: Sequence[PlannedRun], destinations: Destinations) -> SizeEstimate:
@@ -148,11 +200,8 @@ def space_problems(estimate: SizeEstimate, destinations: Destinations) -> list[s
 
 def destination_problems(plans: Sequence[PlannedRun], destinations: Destinations) -> list[str]:
     """Folders that cannot be written, and disks too full for the suite; one message each."""
-    problems = [
-        problem
-        for flag, path in (("--out", destinations.out), ("--cache-dir", destinations.cache_dir))
-        if path is not None and (problem := folder_problem(Path(path), flag))
-    ]
+    folders = (("--out", destinations.out), ("--cache-dir", destinations.cache_dir), ("--report", destinations.report))
+    problems = [problem for flag, path in folders if path is not None and (problem := folder_problem(Path(path), flag))]
     if problems:
         return problems
     return space_problems(estimate_bytes(plans, destinations), destinations)

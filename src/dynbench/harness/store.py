@@ -29,13 +29,14 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 from dynbench.harness.claims import Claim, holder, try_claim
 from dynbench.harness.provenance import now
 from dynbench.types import ROW_COLUMNS
+from dynbench.validation import choice_message
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,43 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "timings": ("run_key",),
     "failures": ("run_key", "phase", "error", "log", "time"),
 }
+
+
+ExportFormat = Literal["csv", "parquet"]
+EXPORT_FORMATS: dict[str, ExportFormat] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+"""The file extensions :meth:`ResultStore.export` knows, and the format each one means."""
+
+
+def export_format(path: Path, fmt: str | None = None) -> ExportFormat:
+    """The table format of an export to ``path``: ``fmt`` when given, else its extension's.
+
+    Args:
+        path: the file to write (``rows.csv``, ``rows.parquet``, ``rows.pq``).
+        fmt: ``csv`` or ``parquet``; ``None`` infers it from the extension.
+
+    Raises:
+        ValueError: ``fmt`` is not a format, the extension is unknown and ``fmt`` is ``None``, or
+            ``fmt`` disagrees with a known extension.
+    """
+    choices = sorted(set(EXPORT_FORMATS.values()))
+    inferred = EXPORT_FORMATS.get(path.suffix.lower())
+    if fmt is not None and fmt not in choices:
+        raise ValueError(choice_message("--format", fmt, choices, "Or leave it out: --out's extension decides."))
+    if fmt is None:
+        if inferred is None:
+            what = f"the extension {path.suffix!r}" if path.suffix else "a name without an extension"
+            raise ValueError(
+                f"--out {path}: cannot tell the format from {what}; known extensions are {', '.join(EXPORT_FORMATS)}. "
+                f"Name the file with one of them or give --format ({' or '.join(choices)})."
+            )
+        return inferred
+    if inferred is not None and inferred != fmt:
+        raise ValueError(
+            f"--format {fmt} disagrees with --out {path}, whose extension {path.suffix!r} means {inferred}. "
+            f"Leave out --format, or name the file with a {fmt} extension "
+            f"({', '.join(e for e, f in EXPORT_FORMATS.items() if f == fmt)})."
+        )
+    return fmt  # type: ignore[return-value]  # checked against the choices above
 
 
 class BadResultFile(ValueError):
@@ -163,8 +201,16 @@ class ResultStore:
         return self.root / "claims" / f"{run_key}.lock"
 
     def has(self, run_key: str) -> bool:
-        """Whether the run finished (its rows file exists)."""
-        return self.rows_path(run_key).exists()
+        """Whether the run finished: its rows file exists, reads as a complete store file, has rows.
+
+        Rows files are written last, through a temporary file renamed into place, so a killed or
+        failed write never leaves one. A rows file that is there but not readable (truncated or
+        damaged later, a foreign file) or empty does not count as done: the run is computed again
+        and its files are replaced. A bad file is warned about once, never raised, even with
+        ``strict``.
+        """
+        path = self.rows_path(run_key)
+        return path.exists() and bool(self._records(path, "runs", strict=False))
 
     def write(
         self,
@@ -197,8 +243,12 @@ class ResultStore:
         folder = self.root / "runs"
         return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.exists() else []
 
-    def _records(self, path: Path, kind: str) -> list[dict[str, Any]] | None:
-        """A store file's records; ``None`` when it is bad (warned once; raised when ``strict``)."""
+    def _records(self, path: Path, kind: str, *, strict: bool | None = None) -> list[dict[str, Any]] | None:
+        """A store file's records; ``None`` when it is bad (warned once; raised when ``strict``).
+
+        ``strict`` ``None`` = the store's own setting.
+        """
+        strict = self.strict if strict is None else strict
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -210,14 +260,14 @@ class ResultStore:
             try:
                 records = _check_records(path, kind)
             except BadResultFile as exc:
-                if self.strict:
+                if strict:
                     raise
                 records = None
                 if path not in self.bad_files:
                     self.bad_files[path] = exc.reason
                     logger.warning("skipping %s: %s", path, exc.reason)
             self._read[path] = (stamp, records)
-        if records is None and self.strict:
+        if records is None and strict:
             raise BadResultFile(path, self.bad_files[path])
         return records
 
@@ -332,25 +382,35 @@ class ResultStore:
         """Who holds a run's claim, for messages (``pid P on host H since T``)."""
         return holder(self.claim_path(run_key))
 
-    def export(self, path: Path, fmt: str) -> Path:
-        """Write all rows to one CSV or Parquet file.
+    def export(self, path: Path, fmt: str | None = None) -> Path:
+        """Write all rows to one CSV or Parquet file, through a temporary file renamed into place.
+
+        Args:
+            path: the file to write (replaced if it exists; its folder is created).
+            fmt: ``csv`` or ``parquet``; ``None`` = from ``path``'s extension
+                (:func:`export_format`).
 
         Raises:
-            ValueError: unknown format, or no rows.
+            ValueError: unknown or mismatched format, no rows, or Parquet without pyarrow.
+            OSError: the write failed (a full disk); no file is left, not even a temporary one.
         """
+        fmt = export_format(path, fmt)
         df = self.rows()
         if df.empty:
             raise ValueError(f"No result rows under {self.root}. Run `bench run --out {self.root}` first.")
         path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "csv":
-            df.to_csv(path, index=False)
-        elif fmt == "parquet":
-            try:
-                df.to_parquet(path, index=False)
-            except ImportError as exc:
-                raise ValueError(
-                    f"Parquet export needs pyarrow: {exc}. Install it with `pip install 'dynbench[parquet]'`."
-                ) from None
-        else:
-            raise ValueError(f"Unknown export format '{fmt}'. Use csv or parquet.")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            if fmt == "csv":
+                df.to_csv(tmp, index=False)
+            else:
+                df.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        except ImportError as exc:
+            raise ValueError(
+                f"Parquet export needs pyarrow: {exc}. Install it with `pip install 'dynbench[parquet]'`."
+            ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # already renamed on success; a half-written file on failure
         return path

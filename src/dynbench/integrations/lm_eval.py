@@ -1,11 +1,10 @@
 r"""dynbench as an lm-eval model: any dynbench text task × method × budget, scored by lm-eval.
 
 lm-eval: EleutherAI's LM Evaluation Harness, https://github.com/EleutherAI/lm-evaluation-harness
-(written against 0.4.13, ``pip install lm-eval==0.4.13``). Registered as ``dynbench``::
+(written against 0.4.13, ``pip install 'dynbench[lm-eval]'``). Registered as ``dynbench``::
 
-    python -m dynbench.integrations.lm_eval_cli --model dynbench \
-        --model_args task=shakespeare,method=layer_skip,budget=0.5 \
-        --tasks dynbench_shakespeare_ppl,dynbench_shakespeare_cloze --limit 20
+    lm_eval --model dynbench --model_args task=shakespeare,method=layer_skip,budget=0.5 \
+        --tasks dynbench_shakespeare_ppl,dynbench_shakespeare_cloze --limit 20 --output_path out/
 
 The backbone and the fitted method are the ones ``bench run`` uses: the run is planned and validated
 by :func:`dynbench.harness.planning.plan_run`, the dense backbone comes from the task's (trained,
@@ -31,8 +30,13 @@ routers), 1 multiply-add = 2 FLOPs, matmuls and attention only, the convention o
 :mod:`dynbench.harness.flops`. Only real tokens are counted: inputs are batched with others of the
 same length, so nothing is padded. Generation has no KV cache, so every new token re-runs the (up to
 ``max_length``) window, and that is what is counted. ``measured_flops=true`` also counts each call
-with ``FlopCounterMode`` as a cross-check. Totals per lm-eval task go into the results under
-``config.dynbench`` (saved by ``--output_path``), to ``flops_json`` when given, and to the log.
+with ``FlopCounterMode`` as a cross-check.
+
+Latency: every forward pass is timed with the hardware target's call timer, and the time per
+lm-eval document, request and call sits beside the FLOPs (how it is shared out:
+:mod:`dynbench.integrations.lm_eval_usage`). Totals per lm-eval task go into the results under
+``config.dynbench`` (``--output_path`` saves them), to ``flops_json`` when given, and to lm-eval's
+log as a table when the evaluation ends.
 
 Text → tokens: tasks with ``encode``/``decode`` methods (``smollm2``'s BPE tokenizer) use them, the
 ``shakespeare`` task its fixed character vocabulary, and tiny synthetic tasks (``toy-text``, ≤ 26
@@ -41,8 +45,8 @@ slot) is ``<|endoftext|>`` for BPE, a newline for characters, ``a`` for letters.
 defaults to the task's ``seq_len`` (the context the backbone was trained and is scored with in
 ``bench run``), capped at the backbone's ``block_size``.
 
-How lm-eval finds ``--model dynbench`` (0.4.13 has no plugin discovery): see
-:mod:`dynbench.integrations.lm_eval_cli`.
+How lm-eval 0.4.13, which has no plugin discovery, finds ``--model dynbench`` and the shipped
+tasks by name: :mod:`dynbench.integrations.lm_eval_registration`.
 """
 
 from __future__ import annotations
@@ -51,9 +55,9 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,6 +77,7 @@ from dynbench.config import ConfigError, PluginSpec, RunSpec, build_dataclass
 from dynbench.harness.fit_cache import fitted_model
 from dynbench.harness.flops import count_flops
 from dynbench.harness.planning import plan_run
+from dynbench.integrations.lm_eval_usage import FLOPS_DOC, Usage, UsageLedger, format_summary, request_task
 from dynbench.tasks.base import Task
 from dynbench.validation import check_range
 
@@ -165,37 +170,6 @@ def _unletters(ids: list[int]) -> str:
     return "".join(chr(ord("a") + int(i)) for i in ids)
 
 
-@dataclass
-class Usage:
-    """Compute spent on one lm-eval task's requests."""
-
-    sequences: int = 0  # model inputs run: rolling windows, (context + choice) sequences, generation steps
-    tokens_processed: int = 0  # input tokens fed through the model
-    tokens_scored: int = 0  # continuation tokens whose log-probability was returned
-    tokens_generated: int = 0  # tokens produced by generate_until
-    flops: float = 0.0  # analytic executed FLOPs (Backbone.flops of each trace)
-    dense_flops: float = 0.0  # the dense backbone's FLOPs on the same inputs
-    controller_flops: float = 0.0  # the part of `flops` spent deciding (exit heads, routers)
-    layers: int = 0  # blocks executed, summed over sequences
-    measured_flops: float = 0.0  # FlopCounterMode's count (only with measured_flops=true)
-
-    def add(self, other: Usage) -> None:
-        """Add ``other``'s counts to these."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def as_dict(self, measured: bool) -> dict[str, Any]:
-        """The counts plus the derived ``flops_ratio``, ``flops_per_token`` and ``mean_layers``."""
-        out: dict[str, Any] = asdict(self)
-        if not measured:
-            out.pop("measured_flops")
-        tokens_out = self.tokens_scored + self.tokens_generated
-        out["flops_ratio"] = self.flops / self.dense_flops if self.dense_flops else None
-        out["flops_per_token"] = self.flops / tokens_out if tokens_out else None
-        out["mean_layers"] = self.layers / self.sequences if self.sequences else None
-        return out
-
-
 Item = tuple[list[int], list[int], str]
 """One scoring request in tokens: (context ids, continuation ids, lm-eval task name)."""
 
@@ -213,9 +187,6 @@ class DynbenchLM(LM):
             (all at once).
         ValueError: the task is not a text task.
     """
-
-    last_summary: ClassVar[dict[str, Any] | None] = None
-    """The FLOPs summary of the latest finished evaluation in this process (the CLI prints it)."""
 
     def __init__(self, **model_args: Any) -> None:
         super().__init__()
@@ -256,8 +227,25 @@ class DynbenchLM(LM):
         wanted = cfg.max_length or int(getattr(plan.task.config, "seq_len", block_size))
         self.max_length = min(wanted, block_size)
         self.codec = text_codec(plan.task, int(self.backbone.config.vocab_size))
-        self.usage: dict[str, Usage] = defaultdict(Usage)
+        self.ledger = UsageLedger(plan.hardware.timer(), cfg.measured_flops)
         self._dense: dict[int, float] = {}
+        self.warm_up()
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """One untimed pass of ``max_length`` prefix tokens: one-time costs stay out of the latency.
+
+        The first call pays for the allocator, kernel selection and thread pools (on a GPU, the
+        CUDA context's libraries); no request should.
+        """
+        x = torch.full((1, self.max_length), self.codec.prefix_id, dtype=torch.long, device=self._device)  # (1, T)
+        self.model(x, budget=self.budget)
+        self.plan.hardware.synchronize()
+
+    @property
+    def usage(self) -> dict[str, Usage]:
+        """lm-eval task → compute and time spent on its requests so far."""
+        return self.ledger.usage
 
     # ------------------------------------------------------------------ lm-eval's request types
 
@@ -289,7 +277,8 @@ class DynbenchLM(LM):
 
         ``is_greedy``: whether greedy decoding yields the continuation.
         """
-        items = [(*self.encode_pair(*r.args), _name(r)) for r in requests]
+        self.ledger.count_requests(requests)
+        items = [(*self.encode_pair(*r.args), request_task(r)) for r in requests]
         return self.score(items)
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
@@ -299,13 +288,14 @@ class DynbenchLM(LM):
         ``get_rolling_token_windows`` (context_len=1: each window predicts up to ``max_length`` new
         tokens with the tokens before them as context) made disjoint.
         """
+        self.ledger.count_requests(requests)
         items: list[Item] = []
         owner: list[int] = []
         for i, r in enumerate(requests):
             ids = self.tok_encode(r.args[0])
             windows = get_rolling_token_windows(ids, self.codec.prefix_id, self.max_length, 1)
             for ctx, cont in map(make_disjoint_window, windows):
-                items.append((ctx, cont, _name(r)))
+                items.append((ctx, cont, request_task(r)))
                 owner.append(i)
         totals = [0.0] * len(requests)
         for i, (ll, _) in zip(owner, self.score(items)):
@@ -320,13 +310,14 @@ class DynbenchLM(LM):
         Raises:
             ValueError: sampling was asked for (``do_sample=True`` or ``temperature > 0``).
         """
+        self.ledger.count_requests(requests)
         out = [""] * len(requests)
         groups: dict[tuple, list[tuple[int, list[int], str]]] = defaultdict(list)
         for i, r in enumerate(requests):
             context, kwargs = r.args
             stops, max_new = generation_options(kwargs)
             ids = self.tok_encode(context) or [self.codec.prefix_id]
-            groups[(len(ids), stops, max_new)].append((i, ids, _name(r)))
+            groups[(len(ids), stops, max_new)].append((i, ids, request_task(r)))
         for (_, stops, max_new), members in groups.items():  # same length: the batch steps in lockstep
             for j in range(0, len(members), self.config.batch_size):
                 chunk = members[j : j + self.config.batch_size]
@@ -401,49 +392,39 @@ class DynbenchLM(LM):
     def forward(self, rows: list[list[int]], names: list[str]) -> Tensor:
         """Run equal-length token rows at the budget; ``(B, T, V)`` float32 logits.
 
-        The logits are on the model's device. Records each row's executed and dense FLOPs, tokens
-        and blocks under its lm-eval task name.
+        The logits are on the model's device. The pass is timed, and each row's executed and dense
+        FLOPs, tokens and blocks are recorded under its lm-eval task name.
         """
         x = torch.tensor(rows, dtype=torch.long, device=self._device)  # (B, T)
-        B, T = x.shape
+        T = x.shape[1]
 
         def call() -> Any:
             return self.model(x, budget=self.budget)
 
-        measured = None
-        if self.config.measured_flops:
+        measured: list[float] = []
+
+        def run() -> Any:
+            if not self.config.measured_flops:
+                return call()
             counted = count_flops(call, self.model, self.model.controller_modules())
-            out, measured = counted.output, counted.total
-        else:
-            out = call()
+            measured.append(counted.total)
+            return counted.output
+
+        out = self.ledger.timed(run, names)
         trace = out.trace.to_cpu()
-        flops = self.backbone.flops(trace, (T,))  # (B,) analytic executed FLOPs per row
         if T not in self._dense:
             self._dense[T] = self.backbone.dense_flops((T,))
-        layers = trace.layers_executed.tolist()
-        for b, name in enumerate(names):
-            u = self.usage[name]
-            u.sequences += 1
-            u.tokens_processed += T
-            u.flops += float(flops[b])
-            u.dense_flops += self._dense[T]
-            u.controller_flops += float(trace.controller_flops[b])
-            u.layers += int(layers[b])
-            if measured is not None:  # one count per batch, shared in proportion to the analytic counts
-                u.measured_flops += measured * float(flops[b] / flops.sum()) if float(flops.sum()) else 0.0
+        flops = self.backbone.flops(trace, (T,))  # (B,) analytic executed FLOPs per row
+        self.ledger.add_forward(names, T, trace, flops, self._dense[T], measured[0] if measured else None)
         return out.logits.float()  # (B, T, V); callers normalise only the positions they read
 
     # ------------------------------------------------------------------ reporting
 
     def flops_summary(self) -> dict[str, Any]:
-        """Totals and per-lm-eval-task FLOPs, tokens and blocks of everything run so far.
+        """FLOPs, tokens, blocks and latency of everything run so far: totals and per lm-eval task.
 
         The result is JSON-able.
         """
-        total = Usage()
-        for u in self.usage.values():
-            total.add(u)
-        measured = self.config.measured_flops
         spec = self.plan.spec
         return {
             "task": spec.task.label,
@@ -453,34 +434,26 @@ class DynbenchLM(LM):
             "seed": spec.seed,
             "hardware": self.plan.hardware.label,
             "max_length": self.max_length,
+            "batch_size": self.config.batch_size,
             "tokenizer": self.codec.name,
-            "flops": "analytic executed FLOPs from each trace; 1 multiply-add = 2 FLOPs; matmuls and attention",
-            "total": total.as_dict(measured),
-            "by_task": {name: u.as_dict(measured) for name, u in sorted(self.usage.items())},
+            "flops": FLOPS_DOC,
+            "latency": self.ledger.latency_doc(self.config.batch_size),
+            **self.ledger.summary(),
         }
 
     def get_model_info(self) -> dict[str, Any]:
-        """What lm-eval adds to ``results["config"]``: the FLOPs summary under ``dynbench``.
+        """What lm-eval adds to ``results["config"]``: the FLOPs and latency summary (``dynbench``).
 
-        lm-eval calls this once, after every request has run, so the summary is also logged,
-        remembered in :attr:`last_summary` and written to ``flops_json`` here.
+        lm-eval calls this once, after every request has run, so the summary is also logged as a
+        table and written to ``flops_json`` here.
         """
         summary = self.flops_summary()
-        DynbenchLM.last_summary = summary
-        t = summary["total"]
-        ratio = "-" if t["flops_ratio"] is None else f"{t['flops_ratio']:.3f}"
-        done = f"{t['flops']:.4g} FLOPs executed over {t['tokens_processed']} input tokens ({ratio} of dense)"
-        logger.info("dynbench %s @ budget %s: %s", summary["method"], self.budget, done)
+        logger.info("%s", format_summary(summary))
         if self.config.flops_json:
             path = Path(self.config.flops_json).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(summary, indent=2) + "\n")
         return {"dynbench": summary}
-
-
-def _name(request: Any) -> str:
-    """The lm-eval task a request belongs to (``(none)`` for requests built by hand)."""
-    return getattr(request, "task_name", None) or "(none)"
 
 
 def hardware_spec(device: str, threads: int) -> PluginSpec:

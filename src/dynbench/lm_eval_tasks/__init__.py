@@ -1,10 +1,12 @@
 """lm-eval task YAMLs shipped with dynbench, and the code that builds their documents offline.
 
-lm-eval imports this package when it resolves the tasks' ``!function`` hooks, so importing it also
-registers the ``dynbench`` lm-eval model (when lm-eval is installed). That lets lm-eval's own
-``lm_eval`` script run ``--model dynbench`` on tasks given by path (``--tasks <this folder>`` or
-``--tasks <file>.yaml``), which lm-eval 0.4.13 resolves before it builds the model; it has no other
-way to find a model that it does not ship.
+lm-eval finds these tasks by name because dynbench's startup hook adds this folder to every
+lm-eval ``TaskManager`` (src/dynbench/integrations/lm_eval_registration.py). lm-eval imports this
+package when it resolves the tasks' ``!function`` hooks, so importing it also registers the
+``dynbench`` model (when lm-eval is installed): a fallback for a process without the startup hook
+(a source tree on ``PYTHONPATH``, ``python -S``), where ``lm_eval --model dynbench --tasks <this
+folder or one of its YAML files>`` still works, since lm-eval 0.4.13 resolves tasks given by path
+before it builds the model.
 """
 
 import importlib.util

@@ -289,7 +289,7 @@ class Method(ABC):
         """
 
     def fit_eval(  # noqa: B027 — optional hook
-        self, model: DynamicModel, task: Task, batches: list[Batch], *, budgets: Sequence[Budget], seed: int
+        self, model: DynamicModel, task: Task, batches: Sequence[Batch], *, budgets: Sequence[Budget], seed: int
     ) -> None:
         """Fit on the evaluation samples themselves; only for methods that ``sees_eval_labels``.
 

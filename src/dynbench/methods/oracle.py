@@ -422,7 +422,7 @@ class Oracle(Method):
         return tuple(b for b in (round(1.0 - 0.1 * i, 10) for i in range(10)) if b >= 1.0 / n_blocks - BUDGET_TOL)
 
     def fit_eval(  # type: ignore[override]
-        self, model: OracleModel, task: Task, batches: list[Batch], *, budgets: Sequence[Budget], seed: int
+        self, model: OracleModel, task: Task, batches: Sequence[Batch], *, budgets: Sequence[Budget], seed: int
     ) -> None:
         """Score every candidate on every evaluation sample and solve the knapsack for ``budgets``.
 
@@ -454,7 +454,7 @@ class Oracle(Method):
             setattr(model, name, value)
 
     def _score(
-        self, model: OracleModel, task: Task, batches: list[Batch], configs: list[Config], kind: int, seed: int
+        self, model: OracleModel, task: Task, batches: Sequence[Batch], configs: list[Config], kind: int, seed: int
     ) -> dict[str, np.ndarray]:
         """Per-sample task scores ``(N, M)`` of every candidate, under ``score``, ``a`` and ``b``.
 

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from dynbench.file_digest import files_digest
 from dynbench.models.backbone import Backbone
+from dynbench.models.cached_state import load_cached
 from dynbench.models.training import (
     NonFiniteError,
     TrainConfig,
@@ -473,15 +474,14 @@ def trained_backbone(task: Task, seed: int, *, cache_dir: Path | None) -> Backbo
 
     A backbone is keyed by its task's name, version and full config plus the seed
     (:func:`backbone_key`), so changing any recipe value trains a new one instead of silently
-    reusing a stale checkpoint.
+    reusing a stale checkpoint. A cached file that cannot be used (damaged, another model's, NaN) is
+    set aside with a warning and the backbone trained again (:mod:`dynbench.models.cached_state`).
     """
     path = None if cache_dir is None else Path(cache_dir) / "backbones" / f"{backbone_key(task, seed)}.pt"
     if path is not None and path.exists():
         model = task.build_backbone()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        if not non_finite_tensors(model):
+        if load_cached(model, path, "cached backbone", "training it again"):
             return model.eval()
-        logger.warning("Cached backbone %s holds NaN/Inf weights; training it again", path)
     model = train_backbone(task, seed)
     if bad := non_finite_tensors(model):
         raise NonFiniteError(

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dynbench.models.cached_state import read_state, set_aside, state_mismatch
 from dynbench.models.convert import (
     CONVERT_VERSION,
     GGUFCheckpoint,
@@ -181,10 +182,16 @@ class SmolLM2(Task):
             return src
         folder = None if cache is None else self.cache_folder(cache, src.sha256)
         if folder is not None and (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file():
-            src.config = GPTConfig(**json.loads((folder / "config.json").read_text()))
-            src.tokenizer_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
-        else:
-            self._remember(src, read_gguf_file(path, tensors=False))
+            reading = folder / "config.json"
+            try:
+                src.config = GPTConfig(**json.loads(reading.read_text()))
+                reading = folder / "tokenizer.json"
+                src.tokenizer_json = reading.read_text(encoding="utf-8")
+                return src
+            except (OSError, ValueError, TypeError) as exc:  # a damaged cache file: read the GGUF metadata instead
+                set_aside(reading, "cached SmolLM2 file", f"it cannot be read ({exc})", "reading the GGUF file instead")
+                src.config = src.tokenizer_json = None
+        self._remember(src, read_gguf_file(path, tensors=False))
         return src
 
     @staticmethod
@@ -260,8 +267,8 @@ class SmolLM2(Task):
         folder = None if cache is None else self.cache_folder(cache, src.sha256)
         if folder is not None and (folder / "model.pt").is_file():
             self._source(cache)  # config and tokenizer from the same folder
-            state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-            return gpt_from_state_dict(self.model_config, state)
+            if (state := self._cached_state(folder / "model.pt")) is not None:
+                return gpt_from_state_dict(self.model_config, state)
         ckpt = read_gguf_file(self.gguf_file())
         if src.config is None or src.tokenizer_json is None:
             self._remember(src, ckpt)
@@ -276,6 +283,18 @@ class SmolLM2(Task):
             atomic_torch_save(model.state_dict(), folder / "model.pt")  # last: its presence marks a complete cache
             logger.info("Cached the converted SmolLM2 weights in %s", folder)
         return model
+
+    def _cached_state(self, path: Path) -> dict[str, Tensor] | None:
+        """The cached converted weights; ``None`` when they cannot be used (then moved aside).
+
+        See :mod:`dynbench.models.cached_state`; the caller converts the GGUF file again.
+        """
+        what, redo = "cached SmolLM2 conversion", "converting the GGUF file again"
+        state = read_state(path, what, redo)
+        if state is not None and (mismatch := state_mismatch(self.meta_backbone().state_dict(), state)):
+            set_aside(path, what, f"it does not fit the model ({mismatch})", redo)
+            return None
+        return state
 
     def data_status(self) -> str:
         """Whether the model file and the texts are installed."""

@@ -151,6 +151,10 @@ def test_formatters():
     assert format_flops(7.7e8) == "770 M"
     assert format_flops(999.7e6) == "1.00 G"
     assert format_flops(float("nan")) == "–"
+    # the issue's examples: 3 significant digits, an SI prefix, a space
+    assert [format_flops(v) for v in (35.6e9, 812e6, 1.2e12, 257_000, 512, 0)] == [
+        "35.6 G", "812 M", "1.20 T", "257 k", "512", "0"
+    ]  # fmt: skip
     assert format_sig(12.345) == "12.3"
     assert format_sig(0.012345) == "0.0123"
     assert format_sig(1234.5) == "1230"
@@ -214,3 +218,27 @@ def test_single_seed_points_show_their_own_interval_and_the_suspect_flag():
     line = next(x for x in md.splitlines() if x.startswith("| early_exit | 0.5 |"))
     assert "[60.00, 70.00]" in line and "× ⚠" in line  # a suspect speedup is marked, not hidden
     assert "a bootstrap over the evaluation samples" in md and "⚠ = a realization above 1.1" in md
+
+
+def test_terminal_summary_prints_quality_and_flops_as_the_report_does(monkeypatch):
+    """One unit per quality and one FLOPs format: the same cells in the report and the terminal."""
+    import io
+
+    from rich.console import Console
+
+    from dynbench.cli import display
+
+    rows = make_rows(tasks=("cls", "lm"), hardware=("cpu",), seeds=(0,))
+    wide = Console(width=250, file=io.StringIO())
+    monkeypatch.setattr(display, "console", wide)
+    display.print_summary(rows)
+    terminal = [[c.strip() for c in x.split("│")[1:-1]] for x in wide.file.getvalue().splitlines() if "│" in x]
+    for task, label, budget, unit in (("cls", "early_exit", "0.5", "top1 (%)"), ("lm", "dense", "1", "ppl")):
+        md = task_markdown(rows, task).splitlines()
+        header = [c.strip() for c in next(x for x in md if x.startswith("| method |")).split("|")]
+        cells = [c.strip() for c in next(x for x in md if x.startswith(f"| {label} | {budget} |")).split("|")]
+        quality, flops = cells[3], cells[header.index("FLOPs/sample")]  # cells[0]: the text before the first bar
+        (line,) = [r for r in terminal if r[0] == task and r[2] == label and r[3] == budget]
+        assert line[4] == f"{quality} {unit}" and line[5] == flops, (line, quality, flops)
+    cls_dense = next(r for r in terminal if r[0] == "cls" and r[2] == "dense")
+    assert cls_dense[4] == "79.00 top1 (%)" and cls_dense[5] == "1.00 G"  # a percentage, not 0.79; not 1e+03 M

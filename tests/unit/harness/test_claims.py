@@ -118,7 +118,8 @@ def test_concurrent_sweeps_into_one_folder_compute_each_run_once(tmp_path: Path)
         time.sleep(0.02)
         path = ResultStore(store_root).rows_path(plan.run_key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("{}\n")  # finished
+        row = {"run_key": plan.run_key, "task": "t", "method": "m", "metric": "quality", "value": 1.0}
+        path.write_text(json.dumps(row) + "\n")  # finished: a readable rows file (ResultStore.has)
 
     def sweep() -> None:
         store, outcome = ResultStore(store_root), SuiteOutcome()  # each sweep its own store, as processes

@@ -55,6 +55,28 @@ def test_estimate_counts_only_work_still_to_do(tmp_path: Path):
     assert SuiteEta([dense, skip], tmp_path, done=[dense.run_key]).remaining(None, 0, ())[0] == pytest.approx(skip_s)
 
 
+def test_parallel_workers_share_the_work_left_but_never_beat_the_longest_run(tmp_path: Path):
+    dense, skip = suite_plans()
+    record_run(tmp_path, dense, PhaseTimes(backbone_s=30.0, backbone_trained=True, measure_s=4.0), 34.0)
+    record_run(tmp_path, skip, PhaseTimes(fit_s=2.0, fit_trained=True, measure_s=8.0), 10.0)
+    serial = SuiteEta([dense, skip], tmp_path)
+    dense_s, skip_s = serial.run_seconds(dense), serial.run_seconds(skip)
+    assert serial.remaining(None, 0.0, ())[0] == pytest.approx(dense_s + skip_s)
+    two = SuiteEta([dense, skip], tmp_path, parallel=2)
+    assert two.remaining(None, 0.0, ())[0] == pytest.approx(dense_s)  # the longest run: more than half the sum
+    many = SuiteEta([dense, skip, dense, skip], tmp_path, parallel=3)
+    assert many.remaining(None, 0.0, ())[0] == pytest.approx(max(dense_s, (2 * dense_s + 2 * skip_s) / 3))
+
+
+def test_a_local_dask_cluster_estimates_with_its_workers(tmp_path: Path):
+    from dynbench import api
+
+    plans = suite_plans()
+    assert api.estimate(plans, tmp_path, set(), "dask[workers=3]").parallel == 3
+    assert api.estimate(plans, tmp_path, set(), "dask[address=tcp://127.0.0.1:1]").parallel == 1  # size unknown
+    assert api.estimate(plans, tmp_path, set(), "subprocess").parallel == 1
+
+
 def test_unseen_runs_borrow_from_the_closest_records(tmp_path: Path):
     (dense,) = suite_plans("dense")
     early, skip = suite_plans("early_exit,layer_skip")

@@ -11,6 +11,7 @@ from torch import nn
 
 from dynbench.config import MeasureConfig
 from dynbench.hardware.cpu import CPU
+from dynbench.harness.eval_batches import EvalBatches
 from dynbench.harness.measure import QualityResult, memory_rows, timing_inputs
 from dynbench.harness.memory import measure_memory, module_bytes, modules_bytes
 from dynbench.methods.mixture_of_depths import MixtureOfDepths, MixtureOfDepthsConfig
@@ -46,7 +47,7 @@ def test_memory_rows_count_one_capacity_and_report_resident_bytes() -> None:
     batches = [Batch(torch.randn(n, 1, 8, 8), torch.zeros(n, dtype=torch.long), torch.arange(n))]
     trace = model(batches[0].inputs, budget=1.0).trace
     q = QualityResult(np.zeros(n), np.zeros(n), np.arange(n), trace, np.ones(n))
-    ti = timing_inputs(q, batches, 1, limit=n)
+    ti = timing_inputs(q, EvalBatches.in_memory(batches), 1, limit=n)
     plan = SimpleNamespace(spec=SimpleNamespace(measure=MeasureConfig(memory_inputs=2)), hardware=CPU())
 
     def make_row(budget: float, batch_size: int, metric: str, value: float, n: int, **kw) -> dict:

@@ -8,6 +8,7 @@ from torch import nn
 from dynbench.config import MeasureConfig
 from dynbench.hardware.cpu import CPU, profiler_tensor_peak
 from dynbench.harness import timing
+from dynbench.harness.eval_batches import EvalBatches
 from dynbench.harness.measure import QualityResult, timing_inputs
 from dynbench.harness.memory import measure_memory, module_bytes
 from dynbench.harness.timing import TimingStats, time_controllers, time_interleaved
@@ -109,9 +110,12 @@ def test_batch1_timing_warms_every_path_up_to_the_input_limit():
     trace.block_heads[:6, 0] = torch.arange(6) % 2  # paths: samples 0-5 alternate two paths, 6-9 the dense one
     batches = [Batch(torch.arange(n * 3, dtype=torch.float32).reshape(n, 3), torch.zeros(n), torch.arange(n))]
     q = QualityResult(np.zeros(n), np.zeros(n), np.arange(n), trace, np.zeros(n))
+    batches = EvalBatches.in_memory(batches)
     ti = timing_inputs(q, batches, 1, limit=8)
     assert [int(m[0]) for m in ti.members] == list(range(8)) and ti.warmup == [0, 1, 6] and ti.timed == list(range(8))
-    ti = timing_inputs(q, batches, 1, limit=4)  # the dense path's first sample (6) is warmed, never timed
+    ti = timing_inputs(
+        q, EvalBatches.in_memory(batches), 1, limit=4
+    )  # the dense path's first sample (6) is warmed, never timed
     assert [int(m[0]) for m in ti.members] == [0, 1, 2, 3, 6] and ti.warmup == [0, 1, 4] and ti.timed == [0, 1, 2, 3]
     trace.block_heads[:, 1] = torch.arange(n)  # a path per sample (random sub-networks)
     ti = timing_inputs(q, batches, 1, limit=4)

@@ -3,6 +3,11 @@
 A :class:`FileSpec` says what a file should hold. Every file is checked by its payload (decompressed
 for ``.gz``) against that SHA-256 and size. :func:`read_payload` checks while it reads, so loading a
 data set costs one pass over its bytes and never uses a file that fails its checksum.
+
+This stays hand-written, not pooch: pooch's ``known_hash`` is the hash of the file as stored, and
+``pooch.Decompress`` writes the decompressed copy to disk. A payload checksum lets a repackaged
+``.gz`` (or an uncompressed copy from a system package) pass, and is checked while the bytes are
+read for use.
 """
 
 from __future__ import annotations
