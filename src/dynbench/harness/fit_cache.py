@@ -83,8 +83,9 @@ def cached_fit(
     The key: backbone key, method name, version and the digest of :meth:`Method.fit_identity`, plus
     ``suffix``. What is stored is what the fit made or changed (:func:`fitted_state`). A cached file
     that cannot be used (:func:`load_cached_fit`) is moved aside and the method is fitted again. A
-    fit that leaves NaN in its state fails and caches nothing, unless ``nan_marks_absent`` (the
-    oracle's evaluation fit writes NaN where a held-out figure does not exist).
+    fit that puts NaN into a tensor that held none fails and caches nothing, unless
+    ``nan_marks_absent`` (the oracle's evaluation fit writes NaN where a held-out figure does not
+    exist); a NaN placeholder the fit leaves alone is no error.
 
     Raises:
         ValueError: a cached file passed the checks but its model refused it while loading, so the
@@ -95,17 +96,23 @@ def cached_fit(
     if path is not None and path.exists() and load_cached_fit(model, path):
         return
     before = tensor_versions(model)
+    had_nan = _holding_nan(model.state_dict())  # placeholders: layer_skip's importance before a ranking
     torch.manual_seed(plan.spec.seed)
     fit()
     state = fitted_state(model, before)
-    nan = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
-    if nan and not nan_marks_absent:  # NaN is never a fitted value (Inf may be: an exit threshold that never fires)
+    nan = sorted(_holding_nan(state) - had_nan)
+    if nan and not nan_marks_absent:  # a NaN the fit made is never a fitted value (Inf may be one)
         raise NonFiniteError(
             f"The fit of method '{plan.method.name}' left NaN in {len(nan)} tensor(s) ({', '.join(nan[:3])}"
             f"{' …' if len(nan) > 3 else ''}); nothing was cached. Check the method's options and the task's data."
         )
     if path is not None:
         atomic_torch_save(state, path)
+
+
+def _holding_nan(state: dict[str, Tensor]) -> set[str]:
+    """Names of the floating-point tensors of ``state`` that hold a NaN."""
+    return {k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any())}
 
 
 def fit_path(plan: RunPlan, cache_dir: Path | None, suffix: str = "") -> Path | None:
