@@ -124,7 +124,7 @@ def plan_run(spec: RunSpec, errors: list[str]) -> RunPlan | None:
         errors.append(f"Hardware target '{spec.hardware.label}' is not available here: {reason}.")
     budgets: tuple[float, ...] = ()
     if method is not None and task is not None and not data_problem:
-        errors.extend(method.shape_problems(task))
+        errors.extend(f"task '{task.name}': {problem}" for problem in method.shape_problems(task))
         try:
             budgets = method.resolve_budgets(spec.budgets, task.n_blocks())
         except ValueError as exc:

@@ -436,7 +436,7 @@ class ACM(Method):
     def shape_problems(self, task: Task) -> list[str]:
         """``n_learners`` against ``task``'s MLP width, before training (:meth:`width_problem`)."""
         problem = self.width_problem(task.meta_backbone())
-        return [f"task '{task.name}': {problem}"] if problem else []
+        return [problem] if problem else []
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """1.0 (the dense backbone) then the fitted targets, descending."""

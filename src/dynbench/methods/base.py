@@ -353,7 +353,8 @@ class Method(ABC):
         nothing is allocated, loaded or trained).
 
         Returns:
-            One message per problem, in the project's error shape; empty when the options fit.
+            One message per problem, in the project's error shape (the planner prefixes the task's
+            name); empty when the options fit.
         """
         return []
 

@@ -192,7 +192,7 @@ class LayerSkip(Method):
     def shape_problems(self, task: Task) -> list[str]:
         """``min_layers`` against ``task``'s depth (before training, instead of in :meth:`wrap`)."""
         problem = self.depth_problem(task.n_blocks())
-        return [f"task '{task.name}': {problem}"] if problem else []
+        return [problem] if problem else []
 
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """``k / L`` for ``k`` from ``L`` down to ``min_layers`` (:func:`depth_budgets`)."""

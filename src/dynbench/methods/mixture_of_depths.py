@@ -592,7 +592,7 @@ class MixtureOfDepths(Method):
         if every <= L:
             return []
         return [
-            f"task '{task.name}': mod routes no block of its {L}-block backbone with route_every={every}. "
+            f"mod routes no block of its {L}-block backbone with route_every={every}. "
             f"Use route_every <= {L} (2 = every other block, 1 = every block)."
         ]
 
