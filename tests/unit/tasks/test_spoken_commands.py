@@ -1,0 +1,193 @@
+"""The spoken-commands task on a tiny corpus (5 words, 4 voices): registration and its synthetic
+label, the front end and model shared with speech-commands, voice-disjoint splits through the task,
+the feature cache, the seal, augmentation, and one short end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynbench.api import RunOptions, load_results, run_suite
+from dynbench.config import MeasureConfig, PluginSpec, SuiteSpec
+from dynbench.tasks.base import TASKS, EvalSplitAccessError
+from dynbench.tasks.data import audio_augment, command_corpus
+from dynbench.tasks.data.speech_commands import WORDS, SpeechCommandsCopy
+from dynbench.tasks.speech_commands import SpeechCommands, SpeechCommandsConfig
+from dynbench.tasks.spoken_commands import SpokenCommands, SpokenCommandsConfig
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+TINY_CORPUS = command_corpus.CommandCorpusSpec(
+    words=WORDS[:5],
+    train_voices=("en-us+m1", "en+f2"),
+    val_voices=("en-029+m3",),
+    test_voices=("en-gb-x-rp+klatt2",),
+    train_copies=2,
+)  # 20 train clips (2 copies), 5 val, 5 test
+TINY = SpokenCommandsConfig(
+    corpus=TINY_CORPUS, model=dataclasses.replace(SpokenCommandsConfig().model, n_classes=5, d_model=16, n_layers=2)
+)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory):
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("dynbench-data")
+    mp.setenv("DYNBENCH_DATA", str(root))
+    yield root
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tiny_task(data_root: Path) -> SpokenCommands:
+    task = SpokenCommands(TINY)
+    assert task.data_status().startswith("not prepared" if shutil.which("espeak-ng") else "missing")
+    return task
+
+
+def test_registered_as_a_speech_task_that_says_synthetic():
+    cls = TASKS.get("spoken-commands")
+    assert cls is SpokenCommands and cls.modality == "speech" and cls.eval_split == "test"
+    assert not cls.is_default  # the default suite is switched by the lead after timing the main job
+    assert "synthetic" in cls.description.lower() and "synthetic" in sys.modules[cls.__module__].__doc__.lower()
+    assert cls.size == "6,790 synthetic clips (5,110 train / 840 val / 840 test, by voice)"
+    assert cls.metric.spec.unit == "top1"
+    assert cls.quick_options["train.steps"] < SpokenCommandsConfig().train.steps
+
+
+def test_front_end_labels_and_model_are_speech_commands():
+    """A backbone trained on one task evaluates on the other: same inputs, same labels, same net."""
+    ours, theirs = SpokenCommandsConfig(), SpeechCommandsConfig()
+    assert ours.frontend == theirs.frontend and ours.model == theirs.model
+    assert (ours.peak_normalize, ours.feature_mean, ours.feature_std) == (
+        theirs.peak_normalize,
+        theirs.feature_mean,
+        theirs.feature_std,
+    )
+    assert ours.corpus.words == WORDS  # Speech Commands' label order
+    assert audio_augment.SAMPLE_RATE == ours.frontend.sample_rate and audio_augment.CLIP_SAMPLES == 16_000
+    torch.manual_seed(0)
+    trained_here = SpokenCommands().build_backbone()
+    there = SpeechCommands().build_backbone()
+    there.load_state_dict(trained_here.state_dict(), strict=True)
+    x = torch.randn(2, ours.frontend.n_frames, ours.frontend.n_mels)
+    torch.testing.assert_close(there(x), trained_here(x))
+
+
+def test_config_refuses_a_model_that_does_not_fit():
+    with pytest.raises(ValueError, match="model.n_classes=35, but the corpus has 5 words"):
+        dataclasses.replace(TINY, model=SpokenCommandsConfig().model)
+    with pytest.raises(ValueError, match="front end makes"):
+        dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, n_mels=32))
+    with pytest.raises(ValueError, match=r"max_shift must be in \[0, 100\), got 100"):
+        dataclasses.replace(TINY, max_shift=100)
+
+
+@needs_espeak
+def test_a_clip_has_the_same_features_here_and_as_a_speech_commands_wav(tiny_task, tmp_path: Path):
+    corpus = command_corpus.prepare_corpus(TINY_CORPUS)
+    clip = corpus.audio[7]
+    (tmp_path / "bed").mkdir()
+    with wave.open(str(tmp_path / "bed" / "x.wav"), "wb") as w:  # as Speech Commands stores a clip
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(clip.astype("<i2").tobytes())
+    theirs = SpeechCommands().features(SpeechCommandsCopy(tmp_path, "path"), ["bed/x.wav"])
+    ours = tiny_task.features(clip[None])
+    assert ours.shape == theirs.shape == (1, 100, 40) and ours.dtype == theirs.dtype == torch.float16
+    assert torch.equal(ours, theirs)
+
+
+@needs_espeak
+def test_splits_are_whole_voices_with_speech_commands_shapes(tiny_task):
+    corpus = command_corpus.prepare_corpus(TINY_CORPUS)
+    assert tiny_task.data_status().startswith("present")
+    rows = {s: tiny_task.split_rows(corpus, s) for s in tiny_task.splits}
+    voices = {s: {TINY_CORPUS.voices(s)[int(v)] for v in corpus.column("voice")[r]} for s, r in rows.items()}
+    assert voices == {s: set(TINY_CORPUS.voices(s)) for s in tiny_task.splits}
+    assert sorted(np.concatenate(list(rows.values())).tolist()) == list(range(len(corpus)))
+    for split, n in (("train", 20), ("val", 5), ("test", 5)):
+        data = tiny_task.split(split)
+        assert data.inputs.shape == (n, 100, 40) and data.inputs.dtype == torch.float32
+        assert torch.isfinite(data.inputs).all()
+        assert data.targets.tolist() == corpus.labels[rows[split]].tolist()
+    with tiny_task.sealed(reader="a fit"), pytest.raises(EvalSplitAccessError, match="a fit read the evaluation"):
+        tiny_task.split_rows(corpus, "test")
+
+
+@needs_espeak
+def test_features_are_cached_and_reloaded_identically(tiny_task, data_root: Path):
+    first = tiny_task.split("val").inputs
+    stored = list((data_root / "spoken-commands" / "features").glob("val-*.pt"))
+    assert len(stored) == 1
+    assert torch.equal(SpokenCommands(TINY).split("val").inputs, first)  # from the stored file
+    fresh = SpokenCommands(dataclasses.replace(TINY, cache_features=False)).split("val").inputs
+    assert torch.equal(fresh, first)  # the same float16 rounding with or without the cache
+    stored[0].write_bytes(b"not a tensor file")
+    assert torch.equal(SpokenCommands(TINY).split("val").inputs, first)  # recomputed, with a warning
+
+
+@needs_espeak
+def test_the_corpus_is_read_and_verified_once_per_task_when_features_are_stored(tiny_task, monkeypatch):
+    for split in tiny_task.splits:
+        tiny_task.split(split)  # stores every split's features
+    reads = []
+    real = command_corpus.prepare_corpus
+    monkeypatch.setattr(command_corpus, "prepare_corpus", lambda spec: reads.append(spec) or real(spec))
+    task = SpokenCommands(TINY)
+    sizes = [task.n_samples(split) for split in task.splits]
+    assert sizes == [20, 5, 5] and len(reads) == 1  # verified once; the clips were not needed again
+    assert len(task.corpus(audio=False).audio) == 0 and len(task.corpus().audio) == 30
+
+
+def test_augment_shifts_with_silence_and_is_seeded():
+    task = SpokenCommands(dataclasses.replace(TINY, max_shift=3))
+    x = torch.randn(8, 100, 40)
+    torch.manual_seed(1)
+    a = task.augment(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, task.augment(x))
+    silence = (np.log(TINY.frontend.log_floor) - TINY.feature_mean) / TINY.feature_std
+    for i in range(8):
+        shift = next(s for s in range(-3, 4) if torch.equal(a[i, 3:-3], x[i, 3 - s : 97 - s]))
+        filled = a[i, :shift] if shift > 0 else a[i, 100 + shift :]
+        torch.testing.assert_close(filled, torch.full_like(filled, float(silence)))
+    assert torch.equal(SpokenCommands(dataclasses.replace(TINY, max_shift=0)).augment(x), x)
+
+
+@pytest.mark.slow
+@needs_espeak
+def test_a_tiny_end_to_end_run_produces_rows(data_root: Path, tmp_path: Path):
+    options = {
+        "corpus.words": list(WORDS[:5]),
+        "corpus.train_voices": list(TINY_CORPUS.train_voices),
+        "corpus.val_voices": list(TINY_CORPUS.val_voices),
+        "corpus.test_voices": list(TINY_CORPUS.test_voices),
+        "model.n_classes": 5,
+        "model.d_model": 16,
+        "model.n_layers": 2,
+        "corpus.train_copies": 2,
+        "train.steps": 4,
+        "train.batch_size": 8,
+        "train.warmup_steps": 1,
+    }
+    suite = SuiteSpec(
+        methods=(PluginSpec("dense"),),
+        tasks=(PluginSpec.make("spoken-commands", options),),
+        batch_sizes=(1, 4),
+        measure=MeasureConfig(min_time_s=0.01, min_iters=2, timing_inputs=2, memory_inputs=1, warmup_max=1),
+    )
+    outcome = run_suite(suite, RunOptions(out=tmp_path / "res", cache_dir=tmp_path / "cache"))
+    assert len(outcome.done) == 1 and not outcome.failed
+    rows, samples = load_results(tmp_path / "res")
+    quality = rows[rows.metric == "quality"]
+    assert len(quality) == 1 and quality.unit.iloc[0] == "top1" and 0.0 <= quality.value.iloc[0] <= 1.0
+    assert set(rows.task) == {"spoken-commands"} and len(samples) == 5
