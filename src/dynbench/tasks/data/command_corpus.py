@@ -45,7 +45,6 @@ import hashlib
 import json
 import logging
 import os
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ import numpy as np
 import torch
 
 from dynbench.cache_dirs import data_root
-from dynbench.tasks.data import espeak
+from dynbench.tasks.data import espeak, npz_corpus
 from dynbench.tasks.data.audio_augment import (
     SAMPLE_RATE,
     AugmentSpec,
@@ -303,21 +302,13 @@ def corpus_path(spec: CommandCorpusSpec, root: Path | None = None) -> Path:
 
 def is_cached(spec: CommandCorpusSpec, root: Path | None = None) -> bool:
     """Whether the corpus and its manifest are on disk (not verified)."""
-    path = corpus_path(spec, root)
-    return path.exists() and path.with_suffix(".json").exists()
+    return npz_corpus.is_cached(corpus_path(spec, root))
 
 
 def save_corpus(corpus: CommandCorpus, root: Path | None = None) -> Path:
     """Write the corpus, then its manifest, each through a temporary file and ``os.replace``."""
-    path = corpus_path(corpus.spec, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, audio=corpus.audio, labels=corpus.labels, meta=corpus.meta)
-    os.replace(tmp, path)
-    tmp_json = path.with_name(f".{path.stem}.{os.getpid()}.tmp.json")
-    tmp_json.write_text(json.dumps(corpus.manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp_json, path.with_suffix(".json"))
-    return path
+    arrays = {"audio": corpus.audio, "labels": corpus.labels, "meta": corpus.meta}
+    return npz_corpus.save_arrays(corpus_path(corpus.spec, root), arrays, corpus.manifest)
 
 
 def load_corpus(spec: CommandCorpusSpec, root: Path | None = None) -> CommandCorpus:
@@ -327,20 +318,10 @@ def load_corpus(spec: CommandCorpusSpec, root: Path | None = None) -> CommandCor
         FileNotFoundError: not cached (make it with :func:`prepare_corpus`).
         CommandCorpusError: the cached files are unreadable, of another spec, or fail the SHA-256.
     """
-    path = corpus_path(spec, root)
-    if not is_cached(spec, root):
-        raise FileNotFoundError(f"no synthesized corpus at {path}. Run `bench data prepare {SUBDIR}`.")
-    fix = f"Delete {path} and {path.with_suffix('.json')} and run `bench data prepare {SUBDIR}` again."
-    try:
-        manifest = json.loads(path.with_suffix(".json").read_text())
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed on a bad file too
-            audio, labels, meta = z["audio"], z["labels"], z["meta"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise CommandCorpusError(f"the cached corpus {path} cannot be read ({exc}). {fix}") from exc
-    if manifest.get("spec") != json.loads(json.dumps(dataclasses.asdict(spec))):
-        raise CommandCorpusError(f"the manifest of {path} describes another corpus than the one asked for. {fix}")
-    if checksum(audio, labels, meta) != manifest.get("sha256"):
-        raise CommandCorpusError(f"the cached corpus {path} fails its SHA-256 check (corrupt or truncated). {fix}")
+    manifest, (audio, labels, meta) = npz_corpus.load_arrays(
+        corpus_path(spec, root), ("audio", "labels", "meta"), spec, checksum, CommandCorpusError,
+        f"bench data prepare {SUBDIR}",
+    )  # fmt: skip
     return CommandCorpus(spec, audio, labels, meta, manifest)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from dynbench.cache_dirs import data_root
+from dynbench.tasks.data import npz_corpus
 from dynbench.tasks.data.catalog import (
     Dataset,
     DatasetCorruptError,
@@ -268,8 +269,7 @@ def corpus_path(spec: CorpusSpec, root: Path | None = None) -> Path:
 
 def is_cached(spec: CorpusSpec, root: Path | None = None) -> bool:
     """Whether the corpus and its manifest are on disk (not verified)."""
-    path = corpus_path(spec, root)
-    return path.exists() and path.with_suffix(".json").exists()
+    return npz_corpus.is_cached(corpus_path(spec, root))
 
 
 def checksum(audio: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> str:
@@ -340,19 +340,9 @@ def check_distinct_voices(spec: CorpusSpec, audio: np.ndarray, offsets: np.ndarr
 
 
 def save_corpus(corpus: Corpus, root: Path | None = None) -> Path:
-    """Write the corpus and its manifest atomically; returns the ``.npz`` path.
-
-    Each is written to a temporary file, then moved into place with ``os.replace``.
-    """
-    path = corpus_path(corpus.spec, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, audio=corpus.audio, offsets=corpus.offsets, labels=corpus.labels)
-    os.replace(tmp, path)
-    tmp_json = path.with_name(f".{path.stem}.{os.getpid()}.tmp.json")
-    tmp_json.write_text(json.dumps(corpus.manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp_json, path.with_suffix(".json"))
-    return path
+    """Write the corpus and its manifest atomically; returns the ``.npz`` path."""
+    arrays = {"audio": corpus.audio, "offsets": corpus.offsets, "labels": corpus.labels}
+    return npz_corpus.save_arrays(corpus_path(corpus.spec, root), arrays, corpus.manifest)
 
 
 def load_corpus(spec: CorpusSpec, root: Path | None = None) -> Corpus:
@@ -362,20 +352,10 @@ def load_corpus(spec: CorpusSpec, root: Path | None = None) -> Corpus:
         FileNotFoundError: not cached (synthesize it with :func:`prepare_corpus`).
         EspeakError: the cached files are corrupt or do not match the spec.
     """
-    path = corpus_path(spec, root)
-    if not is_cached(spec, root):
-        raise FileNotFoundError(f"no synthesized corpus at {path}. Run `bench data prepare spoken-digits`.")
-    fix = f"Delete {path} and {path.with_suffix('.json')} and prepare the corpus again."
-    try:
-        manifest = json.loads(path.with_suffix(".json").read_text())
-        with np.load(path, allow_pickle=False) as z:
-            audio, offsets, labels = z["audio"], z["offsets"], z["labels"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise EspeakError(f"the cached corpus {path} cannot be read ({exc}). {fix}") from exc
-    if manifest.get("spec") != json.loads(json.dumps(dataclasses.asdict(spec))):
-        raise EspeakError(f"the manifest of {path} describes another corpus than the one asked for. {fix}")
-    if checksum(audio, offsets, labels) != manifest.get("sha256"):
-        raise EspeakError(f"the cached corpus {path} fails its SHA-256 check (corrupt or truncated). {fix}")
+    manifest, (audio, offsets, labels) = npz_corpus.load_arrays(
+        corpus_path(spec, root), ("audio", "offsets", "labels"), spec, checksum, EspeakError,
+        "bench data prepare spoken-digits",
+    )  # fmt: skip
     return Corpus(spec, int(manifest["sample_rate"]), audio, offsets, labels, manifest)
 
 
