@@ -24,7 +24,7 @@ from dynbench.methods.base import METHODS
 def main() -> None:
     """Print one line per task, profile and seed: validation samples and quality."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="fashion-mnist,spoken-digits,shakespeare")
+    parser.add_argument("--tasks", default="fashion-mnist,spoken-commands,shakespeare")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--profiles", default="quick,full")
     args = parser.parse_args()

@@ -24,6 +24,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 
 from dynbench.analysis.controls import WINS, compare_to_controls
+from dynbench.analysis.method_pairs import pairs_markdown
 from dynbench.analysis.plots import compute_histogram, pareto_plot
 from dynbench.analysis.tables import (
     format_sig,
@@ -355,6 +356,11 @@ def _write_task(
             _join_blocks(figures),
             *([f"### Upper bounds\n\n{notes}"] if (notes := _upper_bound_notes(task_rows)) else []),
             *([f"### Learned vs static vs random\n\n{cmp}"] if (cmp := _control_notes(samples, summary, task)) else []),
+            *(
+                [f"### Methods against each other\n\n{pairs}"]
+                if (pairs := pairs_markdown(samples, summary, task))
+                else []
+            ),
             "### Tables",
             f"Also as [{task_dir.name}/table.md]({task_dir.name}/table.md).",
             nested.rstrip("\n"),

@@ -89,6 +89,25 @@ def read_state(path: Path, what: str, redo: str) -> dict[str, Tensor] | None:
     return state
 
 
+def read_tensor(
+    path: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype, what: str, redo: str
+) -> Tensor | None:
+    """Tensor ``key`` of the dict cached at ``path`` if of ``shape`` and ``dtype``, else ``None``.
+
+    A file that cannot be read, lacks ``key`` or holds another shape or dtype is moved aside with
+    a warning (:func:`set_aside`); a missing file is a plain miss.
+    """
+    state = read_state(path, what, redo)
+    if state is None:
+        return None
+    value = state.get(key)
+    if value is None or tuple(value.shape) != shape or value.dtype != dtype:
+        found = "no such entry" if value is None else f"{tuple(value.shape)} {value.dtype}"
+        set_aside(path, what, f"{key!r} is {found}, not {shape} {dtype}", redo)
+        return None
+    return value
+
+
 def state_mismatch(
     reference: Mapping[str, Tensor], state: Mapping[str, Tensor], *, may_lack: Callable[[str], bool] | None = None
 ) -> str | None:

@@ -57,9 +57,18 @@ import torch
 from torch import Tensor
 
 from dynbench.models.audio import AudioConfig, AudioEncoder
+from dynbench.models.cached_state import read_tensor
 from dynbench.models.training import TrainConfig, atomic_torch_save
 from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, register_task
-from dynbench.tasks.data.logmel import LogMelConfig, add_white_noise, filterbank_for, fix_length, log_mel, mel_power
+from dynbench.tasks.data.logmel import (
+    LogMelConfig,
+    add_white_noise,
+    check_model_input,
+    filterbank_for,
+    fix_length,
+    log_mel,
+    mel_power,
+)
 from dynbench.tasks.data.logmel import resample as resample_to
 from dynbench.tasks.data.speech_commands import SAMPLE_RATE, SPEECH_COMMANDS, WORDS, SpeechCommandsCopy, read_wav
 from dynbench.types import Batch
@@ -94,11 +103,7 @@ class SpeechCommandsConfig:
 
     def __post_init__(self) -> None:
         fe, m = self.frontend, self.model
-        if (m.n_frames, m.n_mels) != (fe.n_frames, fe.n_mels):
-            raise ValueError(
-                f"model expects {m.n_frames} frames × {m.n_mels} mels but the front end makes {fe.n_frames} × "
-                f"{fe.n_mels}. Set model.n_frames/n_mels to the front end's."
-            )
+        check_model_input(fe, m)
         if m.n_classes != len(WORDS):
             raise ValueError(f"model.n_classes={m.n_classes}, but Speech Commands v2 has {len(WORDS)} words. Use 35.")
         name = type(self).__name__
@@ -239,17 +244,10 @@ class SpeechCommands(Task):
         return SPEECH_COMMANDS.cache_dir() / "features" / f"{split}-{len(files)}-{digest}.pt"
 
     def _load_cached(self, path: Path, n: int) -> Tensor | None:
-        """Stored features, or ``None`` with a warning when unreadable or of the wrong shape."""
+        """Stored features; ``None`` (the file set aside, with a warning) when unusable."""
         fe = self.config.frontend
-        try:
-            inputs = torch.load(path, map_location="cpu", weights_only=True)["inputs"]
-        except (OSError, RuntimeError, KeyError, EOFError) as exc:
-            logger.warning("Recomputing speech-commands features: %s is unreadable (%s)", path, exc)
-            return None
-        if tuple(inputs.shape) != (n, fe.n_frames, fe.n_mels) or inputs.dtype != torch.float16:
-            logger.warning("Recomputing speech-commands features: %s has shape %s", path, tuple(inputs.shape))
-            return None
-        return inputs
+        shape = (n, fe.n_frames, fe.n_mels)
+        return read_tensor(path, "inputs", shape, torch.float16, "cached speech-commands features", "recomputing them")
 
     def noise_power(self) -> Tensor | None:
         """Mel power ``(W, T, M)`` of every 1-s window (0.5-s hop) of ``_background_noise_``.

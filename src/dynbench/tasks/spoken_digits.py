@@ -32,7 +32,15 @@ from dynbench.models.audio import AudioConfig, AudioEncoder
 from dynbench.models.training import TrainConfig
 from dynbench.tasks.base import Split, Task, TensorSplit, TopOneAccuracy, register_task
 from dynbench.tasks.data import espeak
-from dynbench.tasks.data.logmel import LogMelConfig, add_white_noise, filterbank_for, fix_length, log_mel, resample
+from dynbench.tasks.data.logmel import (
+    LogMelConfig,
+    add_white_noise,
+    check_model_input,
+    filterbank_for,
+    fix_length,
+    log_mel,
+    resample,
+)
 from dynbench.validation import check_range
 
 
@@ -63,20 +71,9 @@ class SpokenDigitsConfig:
         for name, voices in groups.items():
             if not voices:
                 raise ValueError(f"SpokenDigitsConfig.{name} is empty. Give it at least one espeak-ng voice.")
-        shared = (set(self.train_voices) & set(self.val_voices + self.test_voices)) | (
-            set(self.val_voices) & set(self.test_voices)
-        )
-        if shared:
-            raise ValueError(
-                f"voices {sorted(shared)} are in more than one split; the split must hold whole voices out. "
-                "Put each voice in exactly one of train_voices, val_voices, test_voices."
-            )
+        espeak.check_voice_split(self.train_voices, self.val_voices, self.test_voices)
         fe, m = self.frontend, self.model
-        if (m.n_frames, m.n_mels) != (fe.n_frames, fe.n_mels):
-            raise ValueError(
-                f"model expects {m.n_frames} frames × {m.n_mels} mels but the front end makes {fe.n_frames} × "
-                f"{fe.n_mels}. Set model.n_frames/n_mels to the front end's."
-            )
+        check_model_input(fe, m)
         name = type(self).__name__
         check_range(f"{name}.max_shift", self.max_shift, 0, fe.n_frames, high_open=True, advice="Use 0 for none.")
         check_range(f"{name}.snr_db[1]", self.snr_db[1], self.snr_db[0], advice="Give snr_db=(low, high), low <= high.")
@@ -106,7 +103,7 @@ class SpokenDigits(Task):
     modality = "speech"
     description = "synthetic speech: digit words spoken by espeak-ng in 34 voices, test voices unseen; 4-block encoder"
     size: ClassVar[str] = _size(SpokenDigitsConfig())
-    is_default = True
+    is_default = False  # the tiny speech task for tests; spoken-commands is the default (issue 14)
     metric = TopOneAccuracy()
     Config = SpokenDigitsConfig
     # quick profile: 250 of the 400 steps; the 360 test clips are few enough to keep whole

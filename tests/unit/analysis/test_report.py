@@ -118,7 +118,9 @@ def test_index_links_every_file_and_explains_gaps(report):
     assert "not measured" in page
     assert "Provenance: git `0123456789ab` (dirty) · dynbench 0.1.0 · torch 2.13.0 · machine box" in md
     # Tables are rendered in the HTML and nothing in the page points outside the report directory.
-    assert page.count("<table>") == 4 and "<td" in page
+    # Four summary tables and the cls task's methods against each other (lm has no samples).
+    assert page.count("<table>") == 5 and "<td" in page
+    assert "### Methods against each other" in cls and "### Methods against each other" not in lm
     for target in re.findall(r'(?:src|href)="([^"]+)"', page):
         assert (out / target).is_file()
 

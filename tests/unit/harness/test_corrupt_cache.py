@@ -20,7 +20,7 @@ from torch import nn
 from dynbench.config import PluginSpec, RunSpec
 from dynbench.harness.fit_cache import fitted_model, load_cached_fit
 from dynbench.harness.planning import plan_suite
-from dynbench.models.cached_state import CORRUPT_SUFFIX
+from dynbench.models.cached_state import CORRUPT_SUFFIX, read_tensor
 from dynbench.models.training import TrainConfig
 from dynbench.tasks.base import backbone_key, trained_backbone
 from dynbench.tasks.toy_vision import ToyVision, ToyVisionConfig
@@ -150,3 +150,27 @@ def test_a_damaged_smollm2_conversion_is_converted_again(damage: str, tmp_path: 
     ids = torch.tensor([[5, 80, 200, 3]])
     with torch.no_grad():
         torch.testing.assert_close(again(ids), first(ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_cached_features_are_a_miss_and_set_aside(
+    damage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    path = tmp_path / "train-features.pt"
+    inputs = torch.randn(6, 100, 40).half()  # (N, T, M), as the speech tasks store them
+    torch.save({"inputs": inputs}, path)
+    assert torch.equal(read_tensor(path, "inputs", (6, 100, 40), torch.float16, "cached features", "redo"), inputs)
+    DAMAGE[damage](path)
+    with caplog.at_level(logging.WARNING):
+        assert read_tensor(path, "inputs", (6, 100, 40), torch.float16, "cached features", "recomputing them") is None
+    corrupt = path.with_name(path.name + CORRUPT_SUFFIX)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert corrupt.exists() and not path.exists() and len(warnings) == 1 and "recomputing them" in warnings[0]
+
+
+def test_cached_features_of_another_dtype_are_set_aside(tmp_path: Path):
+    path = tmp_path / "f.pt"
+    torch.save({"inputs": torch.zeros(2, 3)}, path)
+    assert read_tensor(path, "inputs", (2, 3), torch.float16, "cached features", "redo") is None
+    assert read_tensor(tmp_path / "absent.pt", "inputs", (2, 3), torch.float16, "cached features", "redo") is None
+    assert path.with_name("f.pt" + CORRUPT_SUFFIX).exists()

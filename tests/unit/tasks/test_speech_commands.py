@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynbench.api import RunOptions, load_results, run_suite
-from dynbench.config import MeasureConfig, PluginSpec, SuiteSpec
+from dynbench.config import PluginSpec
 from dynbench.models.audio import AudioConfig
 from dynbench.tasks.base import TASKS
 from dynbench.tasks.data.catalog import DatasetCorruptError, DatasetMissingError
@@ -162,7 +161,7 @@ def test_noise_is_mixed_at_the_requested_snr():
 
 
 @pytest.mark.slow
-def test_a_tiny_end_to_end_run_produces_rows(layout: Path, tmp_path: Path):
+def test_a_tiny_end_to_end_run_produces_rows(layout: Path, tiny_dense_run):
     task = PluginSpec.make(
         "speech-commands",
         {
@@ -175,17 +174,6 @@ def test_a_tiny_end_to_end_run_produces_rows(layout: Path, tmp_path: Path):
             "train.warmup_steps": 1,
         },
     )
-    suite = SuiteSpec(
-        methods=(PluginSpec("dense"),),
-        tasks=(task,),
-        batch_sizes=(1, 4),
-        limit=12,
-        measure=MeasureConfig(min_time_s=0.01, min_iters=2, timing_inputs=2, memory_inputs=1, warmup_max=1),
-    )
-    outcome = run_suite(suite, RunOptions(out=tmp_path / "res", cache_dir=tmp_path / "cache"))
-    assert len(outcome.done) == 1 and not outcome.failed
-    rows, samples = load_results(tmp_path / "res")
-    quality = rows[rows.metric == "quality"]
-    assert len(quality) == 1 and quality.unit.iloc[0] == "top1" and 0.0 <= quality.value.iloc[0] <= 1.0
+    rows, samples = tiny_dense_run(task, limit=12)
     assert set(rows.task) == {"speech-commands"} and {"flops_per_sample", "latency_ms"} <= set(rows.metric)
     assert len(samples) == 12

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dynbench.tasks.base import TASKS
-from dynbench.tasks.data import espeak
+from dynbench.tasks.data import espeak, synthesized_dataset
 from dynbench.tasks.spoken_digits import SpokenDigits, SpokenDigitsConfig
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -40,7 +40,7 @@ def _variant(voice: str) -> str:
 def test_registered_as_the_default_speech_task_and_says_synthetic():
     cls = TASKS.get("spoken-digits")
     assert cls is SpokenDigits
-    assert cls.modality == "speech" and cls.is_default and cls.eval_split == "test"
+    assert cls.modality == "speech" and not cls.is_default and cls.eval_split == "test"
     assert "synthetic" in cls.description.lower()
     assert "synthetic" in sys.modules[cls.__module__].__doc__.lower()
     assert cls.metric.spec.unit == "top1"
@@ -56,7 +56,7 @@ def test_default_split_holds_whole_voices_and_their_variants_out():
     assert not train_variants & {_variant(v) for v in val | test}
     assert len(cfg.corpus.voices) == len(train | val | test)
     # the data set `bench data prepare spoken-digits` makes is the default task's corpus
-    assert cfg.corpus == espeak.DEFAULT_DIGIT_CORPUS == espeak.SPOKEN_DIGITS_CORPUS.spec()
+    assert cfg.corpus == espeak.DEFAULT_DIGIT_CORPUS == synthesized_dataset.SPOKEN_DIGITS_CORPUS.spec()
     assert cfg.corpus.n_clips == 2040
 
 

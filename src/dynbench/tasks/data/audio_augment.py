@@ -35,7 +35,7 @@ NoiseKind = Literal["white", "pink", "brown", "babble"]
 class AugmentSpec:
     """The offline augmentation's draws (see the module docstring)."""
 
-    snr_db: tuple[float, ...] = (10.0, 15.0, 20.0, 25.0)  # drawn uniformly; chosen on validation (docs)
+    snr_db: tuple[float, ...] = (15.0, 20.0, 25.0, 30.0)  # drawn uniformly; chosen on validation (docs)
     noise_kinds: tuple[NoiseKind, ...] = ("white", "pink", "brown", "babble")  # one drawn per noisy clip
     clean_prob: float = 0.1  # share of clips left without noise
     babble_talkers: int = 4  # other words summed into one babble noise

@@ -61,15 +61,6 @@ from dynbench.tasks.data.audio_augment import (
     clip_rng,
     to_int16,
 )
-from dynbench.tasks.data.catalog import (
-    Dataset,
-    DatasetCorruptError,
-    DatasetMissingError,
-    DataStatus,
-    FileCheck,
-    Progress,
-    register_dataset,
-)
 from dynbench.tasks.data.logmel import resample
 from dynbench.tasks.data.speech_commands import WORDS
 from dynbench.validation import check_range
@@ -143,14 +134,7 @@ class CommandCorpusSpec:
         for key, voices in {"words": self.words, **groups}.items():
             if not voices or len(set(voices)) != len(voices):
                 raise ValueError(f"{name}.{key}={voices!r} must be non-empty and free of repeats. Fix the list.")
-        shared = (set(self.train_voices) & set(self.val_voices + self.test_voices)) | (
-            set(self.val_voices) & set(self.test_voices)
-        )
-        if shared:
-            raise ValueError(
-                f"voices {sorted(shared)} are in more than one split; the split must hold whole voices out. "
-                "Put each voice in exactly one of train_voices, val_voices, test_voices."
-            )
+        espeak.check_voice_split(self.train_voices, self.val_voices, self.test_voices)
         check_range(f"{name}.speeds[0]", self.speeds[0], 80, self.speeds[1], advice="Give (low, high) words/min.")
         check_range(f"{name}.pitches[1]", self.pitches[1], self.pitches[0], 99, advice="Give (low, high) in 0–99.")
         check_range(f"{name}.renderings", self.renderings, 1, advice="Use 1.")
@@ -338,71 +322,3 @@ def prepare_corpus(spec: CommandCorpusSpec, root: Path | None = None) -> Command
 
 DEFAULT_COMMAND_CORPUS = CommandCorpusSpec()
 """The ``spoken-commands`` task's default corpus: 5,110 train / 840 val / 840 test clips."""
-
-
-class SpokenCommandsCorpus(Dataset):
-    """The default ``spoken-commands`` corpus as a data set.
-
-    ``prepare`` makes it, ``verify`` re-hashes it.
-
-    Nothing is downloaded: espeak-ng makes it here, deterministically, so getting it means
-    installing espeak-ng. A task configured with another corpus makes its own on first use.
-    """
-
-    name = SUBDIR
-    title = "Spoken commands (synthetic, espeak-ng, noisy)"
-
-    @staticmethod
-    def spec() -> CommandCorpusSpec:
-        """The default task's corpus."""
-        return DEFAULT_COMMAND_CORPUS
-
-    def _check_path(self, path: Path | None) -> None:
-        if path is not None:
-            raise DatasetMissingError(
-                f"{self.title} is synthesized, not copied: --path {path} cannot be used. "
-                f"Run `bench data prepare {self.name}` without --path."
-            )
-
-    def status(self, path: Path | None = None) -> DataStatus:
-        """Cached (by a file check) or not; never synthesizes."""
-        file = corpus_path(self.spec())
-        if is_cached(self.spec()):
-            return DataStatus(True, "synthesized", str(file.parent), file.stat().st_size)
-        if not espeak.espeak_available():
-            return DataStatus(False, problem=f"not synthesized, and espeak-ng is not installed. {espeak.INSTALL_HINT}")
-        return DataStatus(False, problem=f"not synthesized yet (bench data prepare {self.name}, ~1–2 min)")
-
-    def prepare(self, path: Path | None = None, *, progress: Progress | None = None) -> DataStatus:
-        """Synthesize and augment the corpus (or load and check the cached one)."""
-        self._check_path(path)
-        if not is_cached(self.spec()) and not espeak.espeak_available():
-            raise DatasetMissingError(self.how_to_get())
-        try:
-            prepare_corpus(self.spec())
-        except espeak.EspeakError as exc:
-            raise DatasetCorruptError(corpus_path(self.spec()), str(exc), "See the message above.") from exc
-        return self.status()
-
-    def verify(self, path: Path | None = None) -> list[FileCheck]:
-        """Re-hash the cached corpus against its manifest."""
-        self._check_path(path)
-        file = corpus_path(self.spec())
-        if not is_cached(self.spec()):
-            raise DatasetMissingError(f"{self.title} is not synthesized yet.\n{self.how_to_get()}")
-        try:
-            load_corpus(self.spec())
-        except espeak.EspeakError as exc:
-            return [FileCheck(file, str(exc))]
-        return [FileCheck(file)]
-
-    def how_to_get(self) -> str:
-        """Install espeak-ng, then synthesize."""
-        n = sum(self.spec().n_clips(s) for s in SPLITS)
-        return (
-            f"To get {self.title}: install espeak-ng (sudo apt-get install espeak-ng), then run "
-            f"`bench data prepare {self.name}` (synthesizes {n:,} clips into {data_root() / SUBDIR})."
-        )
-
-
-SPOKEN_COMMANDS_CORPUS = register_dataset(SpokenCommandsCorpus())

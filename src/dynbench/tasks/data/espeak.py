@@ -35,15 +35,6 @@ import numpy as np
 
 from dynbench.cache_dirs import data_root
 from dynbench.tasks.data import npz_corpus
-from dynbench.tasks.data.catalog import (
-    Dataset,
-    DatasetCorruptError,
-    DatasetMissingError,
-    DataStatus,
-    FileCheck,
-    Progress,
-    register_dataset,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +216,16 @@ def check_voices(voices: tuple[str, ...]) -> None:
         )
 
 
+def check_voice_split(train: tuple[str, ...], val: tuple[str, ...], test: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` if a voice is in two splits (held-out voices must be unheard)."""
+    shared = (set(train) & set(val + test)) | (set(val) & set(test))
+    if shared:
+        raise ValueError(
+            f"voices {sorted(shared)} are in more than one split; the split must hold whole voices out. "
+            "Put each voice in exactly one of train_voices, val_voices, test_voices."
+        )
+
+
 def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
     """16-bit mono WAV bytes → (int16 samples, rate).
 
@@ -384,78 +385,3 @@ DEFAULT_DIGIT_CORPUS = digit_corpus(
 
 34 voices × 3 speeds × 2 pitches × 10 words = 2,040 clips.
 """
-
-
-class SpokenDigitsCorpus(Dataset):
-    """The default ``spoken-digits`` corpus as a data set.
-
-    ``prepare`` synthesizes it, ``verify`` re-hashes it.
-
-    It has no files to download: it is made here by espeak-ng, deterministically, so "getting" it
-    means installing espeak-ng. The corpus spec is the ``spoken-digits`` task's default (a task
-    configured with other voices, speeds or pitches synthesizes its own corpus on first use).
-    """
-
-    name = "spoken-digits"
-    title = "Spoken digits (synthetic, espeak-ng)"
-
-    @staticmethod
-    def spec() -> CorpusSpec:
-        """The default task's corpus."""
-        return DEFAULT_DIGIT_CORPUS
-
-    def _check_path(self, path: Path | None) -> None:
-        if path is not None:
-            raise DatasetMissingError(
-                f"{self.title} is synthesized, not copied: --path {path} cannot be used. "
-                f"Run `bench data prepare {self.name}` without --path."
-            )
-
-    def status(self, path: Path | None = None) -> DataStatus:
-        """Cached (by a file check) or not; never synthesizes."""
-        spec = self.spec()
-        file = corpus_path(spec)
-        if is_cached(spec):
-            return DataStatus(True, "synthesized", str(file.parent), file.stat().st_size)
-        if not espeak_available():
-            return DataStatus(False, problem=f"not synthesized, and espeak-ng is not installed. {INSTALL_HINT}")
-        return DataStatus(False, problem=f"not synthesized yet (bench data prepare {self.name}, ~1 min)")
-
-    def prepare(self, path: Path | None = None, *, progress: Progress | None = None) -> DataStatus:
-        """Synthesize the corpus with espeak-ng (or load and check the cached one)."""
-        self._check_path(path)
-        if not is_cached(self.spec()) and not espeak_available():
-            raise DatasetMissingError(self.how_to_get())
-        try:
-            prepare_corpus(self.spec())
-        except EspeakError as exc:
-            raise DatasetCorruptError(corpus_path(self.spec()), str(exc), "See the message above.") from exc
-        return self.status()
-
-    def verify(self, path: Path | None = None) -> list[FileCheck]:
-        """Re-hash the cached corpus against its manifest."""
-        self._check_path(path)
-        spec = self.spec()
-        file = corpus_path(spec)
-        if not is_cached(spec):
-            raise DatasetMissingError(f"{self.title} is not synthesized yet.\n{self.how_to_get()}")
-        try:
-            load_corpus(spec)
-        except EspeakError as exc:
-            return [FileCheck(file, str(exc))]
-        return [FileCheck(file)]
-
-    def how_to_get(self) -> str:
-        """Install espeak-ng, then synthesize."""
-        return (
-            f"To get {self.title}: install espeak-ng (sudo apt-get install espeak-ng), then run "
-            f"`bench data prepare {self.name}` (synthesizes {self.spec().n_clips:,} clips into {file_parent()})."
-        )
-
-
-def file_parent() -> Path:
-    """Folder of the synthesized corpora."""
-    return data_root() / SUBDIR
-
-
-SPOKEN_DIGITS_CORPUS = register_dataset(SpokenDigitsCorpus())

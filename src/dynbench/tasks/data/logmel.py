@@ -21,6 +21,7 @@ Mechanism:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -226,3 +227,12 @@ def add_white_noise(features: Tensor, snr_db: Tensor, filterbank: Tensor, log_fl
 def duration_s(cfg: LogMelConfig) -> float:
     """Seconds of audio per fixed-length clip."""
     return cfg.n_samples / cfg.sample_rate
+
+
+def check_model_input(frontend: LogMelConfig, model: Any) -> None:
+    """Raise ``ValueError`` unless ``model`` (an ``AudioConfig``) reads the front end's output."""
+    if (model.n_frames, model.n_mels) != (frontend.n_frames, frontend.n_mels):
+        raise ValueError(
+            f"model expects {model.n_frames} frames × {model.n_mels} mels but the front end makes "
+            f"{frontend.n_frames} × {frontend.n_mels}. Set model.n_frames/n_mels to the front end's."
+        )
