@@ -213,6 +213,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "suite",
     "task",
     "task_version",
+    "synthetic_data",  # the task's inputs are generated (synthesized speech, toy data), not recorded
     "method",
     "method_version",
     "method_label",

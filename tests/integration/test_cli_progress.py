@@ -39,6 +39,7 @@ def test_progress_eta_resume_and_live_report(
     assert main([*args, "--out", res, "--report", rep, *FAST]) == 0
     out = capsys.readouterr().out
     assert "3 run(s): 3 to run" in out
+    assert "(synthetic)" in out  # the summary labels generated data (the cell may wrap)
     assert re.search(r"✓ \[1/3\] toy-vision × dense .*backbone (trained|loaded)", out)
     assert re.search(r"✓ \[2/3\] toy-vision × early_exit .*· ETA \d", out)  # estimated from the runs so far
     assert re.search(r"fitting early_exit: step \d+/\d+", out)  # steps inside the fit
@@ -53,3 +54,4 @@ def test_progress_eta_resume_and_live_report(
     index = (Path(rep) / "index.md").read_text()
     assert "dense (quick, limit 8)" in index and "dense (quick, limit 16)" in index
     assert "Profile: quick" in index
+    assert "**Synthetic data**" in index  # toy-vision's rows say synthetic_data

@@ -33,12 +33,18 @@ from dynbench.analysis.tables import (
     quality_scale,
     separate_variants,
     summary_frame,
+    synthetic_tasks,
     task_markdown,
     upper_bound_mask,
 )
 from dynbench.stats import seed_interval
 
 logger = logging.getLogger(__name__)
+
+SYNTHETIC_NOTE = (
+    "**Synthetic data**: this task's inputs were generated here (synthesized speech or seeded toy data), not "
+    "recorded; its numbers compare methods on those inputs and say nothing by themselves about real data."
+)
 
 __all__ = ["write_report"]
 
@@ -351,6 +357,7 @@ def _write_task(
     section = "\n\n".join(
         [
             f"## {task}",
+            *([SYNTHETIC_NOTE] if task in synthetic_tasks(task_rows) else []),
             provenance,
             "### Plots",
             _join_blocks(figures),

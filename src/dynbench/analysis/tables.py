@@ -31,6 +31,7 @@ __all__ = [
     "quality_scale",
     "separate_variants",
     "summary_frame",
+    "synthetic_tasks",
     "upper_bound_mask",
     "task_markdown",
     "with_interval",
@@ -278,6 +279,13 @@ def _as_bool(value: Any) -> bool:
     if value is None or pd.isna(value):
         return False
     return bool(value)
+
+
+def synthetic_tasks(rows: pd.DataFrame) -> set[str]:
+    """Tasks whose rows say ``synthetic_data``: their inputs were generated, not recorded."""
+    if "synthetic_data" not in rows.columns:
+        return set()
+    return {str(t) for t, flag in zip(rows["task"], rows["synthetic_data"]) if _as_bool(flag)}
 
 
 def upper_bound_mask(frame: pd.DataFrame) -> np.ndarray:

@@ -172,11 +172,13 @@ def print_summary(rows: pd.DataFrame) -> None:
         quality_formats,
         quality_scale,
         summary_frame,
+        synthetic_tasks,
         with_interval,
     )
 
     console.print(escape(profile_note(rows)))
     s = summary_frame(rows)
+    synthetic = synthetic_tasks(rows)
     quality: dict[str, tuple[Callable[[float], str], str]] = {}  # task → (format, unit label)
     for task, part in s.groupby("task"):
         unit = part["quality_unit"].dropna()
@@ -200,7 +202,7 @@ def print_summary(rows: pd.DataFrame) -> None:
     for _, r in s.iterrows():
         speedup = with_interval(r, "speedup_realized", lambda v: _fmt(v, "x"), lambda v: f"{v:.2f}")
         table.add_row(
-            r["task"],
+            f"{r['task']} (synthetic)" if r["task"] in synthetic else r["task"],
             r["hardware"],
             escape(str(r["method_label"])),  # labels hold brackets (dht[policy=random]): not markup
             f"{r['budget']:.3g}",

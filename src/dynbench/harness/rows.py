@@ -51,6 +51,7 @@ class RowMaker:
             "suite": plan.spec.suite,
             "task": plan.spec.task.name,
             "task_version": plan.task.version,
+            "synthetic_data": plan.task.synthetic,
             "method": m.name,
             "method_version": m.version,
             "method_label": plan.spec.method.label,

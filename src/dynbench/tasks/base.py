@@ -172,10 +172,7 @@ class TensorSplit:
 
 
 class EvalSplitAccessError(RuntimeError):
-    """A sealed split (the evaluation split, while a method fits) was read.
-
-    See :meth:`Task.sealed`.
-    """
+    """A sealed split (the evaluation split, while a method fits) was read: :meth:`Task.sealed`."""
 
 
 SPLIT_READERS = ("split", "load_split", "batches", "n_samples")
@@ -207,6 +204,7 @@ class Task(ABC):
         description: one line for ``bench ls tasks``.
         size: the data's size in words, for ``bench ls tasks`` (e.g. ``"1,797 images"``).
         is_default: the modality's default task (run by a bare ``bench run``).
+        synthetic: inputs generated here, not recorded (rows: ``synthetic_data``; reports say so).
         metric: the quality metric.
         Config: frozen dataclass with the data, backbone shape and a ``train`` :class:`TrainConfig`.
         eval_split: the split quality is reported on.
@@ -230,6 +228,7 @@ class Task(ABC):
     description: ClassVar[str] = ""
     size: ClassVar[str] = ""
     is_default: ClassVar[bool] = False
+    synthetic: ClassVar[bool] = False
     metric: ClassVar[QualityMetric]
     Config: ClassVar[type] = NoOptions
     eval_split: ClassVar[Split] = "test"

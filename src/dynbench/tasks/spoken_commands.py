@@ -94,6 +94,7 @@ class SpokenCommands(Task):
     """Synthetic Speech Commands words (espeak-ng) in noise; quality = top-1 on unseen voices."""
 
     modality = "speech"
+    synthetic = True
     description = (
         "synthetic speech: the 35 Speech Commands words spoken by espeak-ng, with noise and reverb, "
         "test voices unseen; 4-block encoder"

@@ -101,6 +101,7 @@ class SpokenDigits(Task):
     """Synthetic spoken digits (espeak-ng), 4-block encoder; quality = top-1 on unseen voices."""
 
     modality = "speech"
+    synthetic = True
     description = "synthetic speech: digit words spoken by espeak-ng in 34 voices, test voices unseen; 4-block encoder"
     size: ClassVar[str] = _size(SpokenDigitsConfig())
     is_default = False  # the tiny speech task for tests; spoken-commands is the default (issue 14)

@@ -41,6 +41,7 @@ class ToyText(Task):
     """Next-token prediction on a synthetic Markov chain; quality = perplexity."""
 
     modality = "text"
+    synthetic = True
     description = "synthetic Markov-chain sequences, 2-block GPT (tests only)"
     size = "512 train / 128 val / 128 test sequences of 16 tokens (generated)"
     metric = Perplexity()

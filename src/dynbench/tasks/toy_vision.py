@@ -47,6 +47,7 @@ class ToyVision(Task):
     """Synthetic template-matching images; quality = top-1."""
 
     modality = "vision"
+    synthetic = True
     description = "synthetic 8×8 images, 4 classes, 2-block ViT (tests only)"
     size = "512 train / 128 val / 128 test images (generated)"
     metric = TopOneAccuracy()

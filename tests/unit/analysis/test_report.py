@@ -155,3 +155,14 @@ def test_markdown_to_html_escapes_and_renders():
     assert "<h1>T &lt;x&gt;</h1>" in page
     assert '<td style="text-align:left">x|y</td>' in page and "<code>1&lt;2</code>" in page
     assert "<li><strong>k:</strong> v</li>" in page
+
+
+def test_a_synthetic_task_is_labelled_and_a_recorded_one_is_not(tmp_path):
+    rows = make_rows(hardware=("cpu",), seeds=(0,))
+    rows["synthetic_data"] = rows["task"] == "cls"
+    write_report(rows, None, tmp_path)
+    cls, lm = (tmp_path / "index.md").read_text(encoding="utf-8").split("## lm")
+    assert "**Synthetic data**" in cls and "**Synthetic data**" not in lm
+    del rows["synthetic_data"]  # rows written before the column existed: nothing claimed
+    write_report(rows, None, tmp_path / "old")
+    assert "Synthetic data" not in (tmp_path / "old" / "index.md").read_text(encoding="utf-8")

@@ -55,6 +55,8 @@ def test_registered_as_a_speech_task_that_says_synthetic():
     cls = TASKS.get("spoken-commands")
     assert cls is SpokenCommands and cls.modality == "speech" and cls.eval_split == "test"
     assert cls.is_default  # the speech leg of the default suite
+    assert cls.synthetic and TASKS.get("spoken-digits").synthetic  # rows say synthetic_data
+    assert not any(TASKS.get(n).synthetic for n in ("speech-commands", "fashion-mnist", "shakespeare", "smollm2"))
     assert "synthetic" in cls.description.lower() and "synthetic" in sys.modules[cls.__module__].__doc__.lower()
     assert cls.size == "6,790 synthetic clips (5,110 train / 840 val / 840 test, by voice)"
     assert cls.metric.spec.unit == "top1"
