@@ -15,14 +15,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dynbench.analysis.controls import WINS, compare_at_equal_flops
+from dynbench.analysis.controls import compare_at_equal_flops
 from dynbench.analysis.tables import format_sig, quality_formats, quality_scale, upper_bound_mask
 
 __all__ = ["LOW_COMPUTE", "PAIR_COLUMNS", "method_pairs", "pairs_markdown"]
 
 LOW_COMPUTE = 0.6
 """FLOPs ratio (of dense) at or below which a point counts as low-compute."""
+GAINS = frozenset({"better", "better, fewer FLOPs"})
 LOSSES = frozenset({"worse", "worse, more FLOPs"})
+TIES = frozenset({"tie", "as good, fewer FLOPs", "as good, more FLOPs"})
+RESOLVED = GAINS | LOSSES
+"""Verdicts whose quality interval excludes 0: the two methods are told apart (``as good, fewer
+FLOPs`` is cheaper but a tie in quality, so it is counted with the ties)."""
 PAIR_COLUMNS = (
     "method", "against", "points", "better", "worse", "tie", "not_comparable",
     "budget", "flops_ratio", "delta", "ci_low", "ci_high", "ci_over", "verdict",
@@ -55,9 +60,9 @@ def method_pairs(samples: pd.DataFrame, summary: pd.DataFrame, task: str) -> pd.
                 continue
             verdicts = table["verdict"]
             counts = (
-                int(verdicts.isin(WINS).sum()),
+                int(verdicts.isin(GAINS).sum()),
                 int(verdicts.isin(LOSSES).sum()),
-                int(verdicts.isin(["tie", "as good, more FLOPs"]).sum()),
+                int(verdicts.isin(TIES).sum()),
             )
             rows.append((method, against, len(table), *counts, len(table) - sum(counts), *_clearest_low(table)))
     return pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
@@ -68,7 +73,7 @@ def _clearest_low(table: pd.DataFrame) -> tuple:
     low = table[table["flops_ratio"] <= LOW_COMPUTE]
     if low.empty:
         return (np.nan, np.nan, np.nan, np.nan, np.nan, "", "no point at ≤ 60% FLOPs")
-    resolved = low[low["verdict"].isin(WINS | LOSSES)]
+    resolved = low[low["verdict"].isin(RESOLVED)]
     pick = (
         resolved.loc[resolved["delta"].abs().idxmax()] if not resolved.empty else low.loc[low["flops_ratio"].idxmin()]
     )
@@ -84,7 +89,7 @@ def pairs_markdown(samples: pd.DataFrame, summary: pd.DataFrame, task: str) -> s
     unit = str(frame["quality_unit"].dropna().iloc[0]) if frame["quality_unit"].notna().any() else "quality"
     factor, q_label = quality_scale(unit, table["delta"].dropna().abs())
     _, d_fmt = quality_formats(factor)
-    separated = table[table["verdict"].isin(WINS | LOSSES)]
+    separated = table[table["verdict"].isin(RESOLVED)]
     pairs = {frozenset(p) for p in zip(separated["method"], separated["against"], strict=True)}
     lines = [
         "Each method's operating points against every other method's curve at the same mean FLOPs per sample "
@@ -92,15 +97,17 @@ def pairs_markdown(samples: pd.DataFrame, summary: pd.DataFrame, task: str) -> s
         "first method better; 95% interval: paired bootstrap over samples with one seed, t over per-seed "
         f"differences with more; a verdict is better / worse only when the interval excludes 0). At ≤ "
         f"{LOW_COMPUTE:.0%} of dense FLOPs, **{len(pairs)} pair(s) of methods are told apart**; the last columns "
-        f"show each pair's clearest such point. Δ in {q_label}.",
+        f"show each pair's clearest such point; n/c: not comparable (one curve ends before the other's point, "
+        f"and the cheaper side is also worse). Δ in {q_label}.",
         "",
-        "| method | vs | points | better | worse | tie | budget | FLOPs ratio | Δ [95%] | over | verdict |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| method | vs | points | better | worse | tie | n/c | budget | FLOPs ratio | Δ [95%] | over | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in table.itertuples():
         has_point = np.isfinite(row.delta)
         interval = f"{d_fmt(row.delta)} [{d_fmt(row.ci_low)}, {d_fmt(row.ci_high)}]" if has_point else "–"
-        cells = [row.method, row.against, str(row.points), str(row.better), str(row.worse), str(row.tie)]
+        counts = (row.points, row.better, row.worse, row.tie, row.not_comparable)
+        cells = [row.method, row.against, *map(str, counts)]
         cells += [f"{row.budget:.3g}" if has_point else "–", format_sig(row.flops_ratio) if has_point else "–"]
         cells += [interval, row.ci_over or "–", row.verdict]
         lines.append("| " + " | ".join(cells) + " |")

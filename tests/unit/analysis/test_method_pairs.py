@@ -55,7 +55,7 @@ def test_every_ordered_pair_of_curves_is_compared_and_the_clearest_low_point_nam
 def test_the_markdown_counts_the_pairs_told_apart() -> None:
     text = pairs_markdown(*frames(), "t")
     assert "**2 pair(s) of methods are told apart**" in text  # {acm, layer_skip}, {early_exit, layer_skip}
-    assert "| acm | layer_skip | 1 | 1 | 0 | 0 | 0.5 | 0.250 | +" in text
+    assert "| acm | layer_skip | 1 | 1 | 0 | 0 | 0 | 0.5 | 0.250 | +" in text
     assert text.count("\n| ") == 1 + 6  # the header and six ordered pairs
 
 
@@ -73,3 +73,17 @@ def test_fewer_than_two_curves_give_no_section() -> None:
     s, frame = frames()
     only = frame[frame["method_label"].isin(["dense", "acm", "oracle"])]
     assert pairs_markdown(s, only, "t") is None
+
+
+def test_as_good_with_fewer_flops_is_a_tie_not_a_separation() -> None:
+    full, good = correct(0.9), correct(0.85)
+    points = {
+        "acm": {1.0: (100.0, full), 0.5: (50.0, good)},
+        "early_exit": {1.0: (100.0, full), 0.5: (40.0, good.copy())},  # same scores, cheaper
+    }
+    frame = summary(list(points), {k: list(v) for k, v in points.items()})
+    frame["quality_unit"] = "top1"
+    table = method_pairs(samples(points), frame, "t").set_index(["method", "against"])
+    cheaper = table.loc[("early_exit", "acm")]
+    assert cheaper.verdict == "as good, fewer FLOPs" and (cheaper.better, cheaper.tie) == (0, 1)
+    assert "**0 pair(s) of methods are told apart**" in pairs_markdown(samples(points), frame, "t")
