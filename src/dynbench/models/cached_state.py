@@ -89,23 +89,38 @@ def read_state(path: Path, what: str, redo: str) -> dict[str, Tensor] | None:
     return state
 
 
-def read_tensor(
-    path: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype, what: str, redo: str
-) -> Tensor | None:
-    """Tensor ``key`` of the dict cached at ``path`` if of ``shape`` and ``dtype``, else ``None``.
+def read_tensors(
+    path: Path, expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]], what: str, redo: str
+) -> dict[str, Tensor] | None:
+    """The tensors ``expected`` names, from the dict cached at ``path`` (one load); else ``None``.
 
-    A file that cannot be read, lacks ``key`` or holds another shape or dtype is moved aside with
+    A file that cannot be read, lacks an entry or holds another shape or dtype is moved aside with
     a warning (:func:`set_aside`); a missing file is a plain miss.
+
+    Args:
+        path: the cache file (written by ``torch.save`` of a dict of tensors).
+        expected: ``key → (shape, dtype)`` of every entry the caller needs.
+        what: what it holds, for the warning (``cached spoken-commands features``).
+        redo: what the caller does instead, for the warning (``recomputing them``).
     """
     state = read_state(path, what, redo)
     if state is None:
         return None
-    value = state.get(key)
-    if value is None or tuple(value.shape) != shape or value.dtype != dtype:
-        found = "no such entry" if value is None else f"{tuple(value.shape)} {value.dtype}"
-        set_aside(path, what, f"{key!r} is {found}, not {shape} {dtype}", redo)
-        return None
-    return value
+    for key, (shape, dtype) in expected.items():
+        value = state.get(key)
+        if value is None or tuple(value.shape) != shape or value.dtype != dtype:
+            found = "no such entry" if value is None else f"{tuple(value.shape)} {value.dtype}"
+            set_aside(path, what, f"{key!r} is {found}, not {shape} {dtype}", redo)
+            return None
+    return {key: state[key] for key in expected}
+
+
+def read_tensor(
+    path: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype, what: str, redo: str
+) -> Tensor | None:
+    """Tensor ``key`` of the dict cached at ``path`` if of ``shape`` and ``dtype``, else None."""
+    found = read_tensors(path, {key: (shape, dtype)}, what, redo)
+    return None if found is None else found[key]
 
 
 def state_mismatch(
