@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+from fnmatch import fnmatch
 
 import pytest
 import torch
@@ -190,3 +191,15 @@ def test_state_dict_round_trip(toy, method_name, task_name):
     with torch.no_grad():
         for budget in method.resolve_budgets(None, model.backbone.n_blocks):
             assert torch.equal(fresh(x, budget=budget).logits, model(x, budget=budget).logits)
+
+
+@per_task
+def test_every_trace_metric_is_declared(toy, method_name, task_name):
+    """Paper tables and claims name metrics by ``Method.extra_metrics``: nothing may go unlisted."""
+    method, model, _ = fitted(toy, method_name, task_name)
+    x = eval_inputs(toy, task_name)
+    with torch.no_grad():
+        for budget in method.resolve_budgets(None, model.backbone.n_blocks):
+            names = model.trace_metrics(model(x, budget=budget).trace)
+            undeclared = [n for n in names if not any(fnmatch(n, p) for p in method.extra_metrics)]
+            assert not undeclared, f"{method_name}.extra_metrics lacks {undeclared} (budget {budget})"

@@ -1,4 +1,4 @@
-"""``bench`` (alias ``dynbench``): run | ls | validate | report | export | data | lm-eval.
+"""``bench`` (alias ``dynbench``): run | ls | validate | report | export | data | paper | lm-eval.
 
 The CLI parses arguments, builds a suite and calls :mod:`dynbench.api`; it holds no measurement
 logic. Bad input exits with code 2, a clear message and nothing written; failed runs exit with
@@ -41,6 +41,7 @@ SUBCOMMANDS: tuple[ModuleType, ...] = tuple(
         "report",
         "export",
         "data",
+        "paper",
     )
 )
 

@@ -404,6 +404,7 @@ class ACM(Method):
     version = "3"  # 2: budget 1.0 runs the dense backbone (1: the distilled learners, all on); 3: the price is
     # calibrated on the validation split, not on training samples
     paper = "https://arxiv.org/abs/2312.10193"
+    extra_metrics = ("mean_learners", "learner_share_k*", "mean_learners_*")
     reconstructed = False
     Config = ACMConfig
     # quick profile: about a third of each phase's steps and two targets (β = 0.6 and 0.25) of four:

@@ -155,7 +155,10 @@ class DynamicModel(nn.Module, ABC):
         return [self]
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
-        """Method-specific metrics of an eval pass: ``name → (value, unit, higher_is_better)``."""
+        """Method-specific metrics of an eval pass: ``name → (value, unit, higher_is_better)``.
+
+        Every name must match a pattern of the method's ``extra_metrics`` (a contract test checks).
+        """
         return {}
 
 
@@ -243,6 +246,8 @@ class Method(ABC):
         quick_budgets: under the quick profile, sweep at most this many of the default budgets
             (evenly spread over the list, the full budget and the lowest kept:
             :func:`thin_budgets`); ``None`` = all. ``--budgets`` always wins.
+        extra_metrics: the row metrics its model's ``trace_metrics`` may add, as ``fnmatch``
+            patterns (``learner_share_k*``): what paper tables and claims may name.
     """
 
     name: ClassVar[str] = ""
@@ -260,6 +265,7 @@ class Method(ABC):
     budget_doc: ClassVar[str] = ""
     sees_eval_labels: ClassVar[bool] = False
     controls: ClassVar[Mapping[str, Mapping[str, str]]] = {}
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
     control_only_options: ClassVar[tuple[str, ...]] = ()
     quick_options: ClassVar[Mapping[str, Any]] = {}
     quick_budgets: ClassVar[int | None] = None

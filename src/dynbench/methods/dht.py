@@ -576,6 +576,7 @@ class DHT(Method):
     version = "4"  # what each version changed: docs/architecture.md
     shared_parts = (_sample_hash, _static_control)
     paper = "https://arxiv.org/abs/2312.03038"
+    extra_metrics = ("mean_depth", "mean_heads", "train_flops_ratio", "fit_flops")
     reconstructed = True
     Config = DHTConfig
     # quick profile: three bandit tables of five (the ends and the middle of the default range)

@@ -311,6 +311,7 @@ class EarlyExit(Method):
     version = "2"
     shared_parts = (_exit_heads, _layer_sets)
     paper = "https://arxiv.org/abs/2410.20022"
+    extra_metrics = ("exit_rate",)
     Config = EarlyExitConfig
     # quick profile: heads reach most of their accuracy in the first third of the recipe; 4
     # thresholds (1.0, 0.99, 0.8, 0.4) still span the curve from dense to the earliest exits

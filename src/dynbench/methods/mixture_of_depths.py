@@ -562,6 +562,7 @@ class MixtureOfDepths(Method):
 
     version = "3"
     paper = "https://arxiv.org/abs/2404.02258"
+    extra_metrics = ("routed_fraction", "predictor_agreement", "train_flops")
     reconstructed = False
     Config = MixtureOfDepthsConfig
     # quick profile: one trained capacity, the middle of the default range, instead of three (each

@@ -401,6 +401,7 @@ class Oracle(Method):
     version = "5"
     shared_parts = (_exit_heads, _layer_sets, _sample_hash)
     paper = "https://arxiv.org/abs/2410.20022"
+    extra_metrics = ("matching_budget", "matching_budget_heldout", "quality_selection_half", "quality_heldout_half")
     reconstructed = False
     sees_eval_labels = True
     Config = OracleConfig

@@ -675,6 +675,7 @@ class TransformerInverse(Method):
     version = "4"  # what each version changed: docs/architecture.md
     shared_parts = (_exit_heads, _sample_hash, _static_control)
     paper = "https://arxiv.org/abs/2501.16394"
+    extra_metrics = ("policy_moved", "predicted_depth", "predictor_ops_per_sample")
     reconstructed = True
     Config = TransformerInverseConfig
     # quick profile: a third of the exit-head steps, PPO rounds and boosting rounds, a quarter of
