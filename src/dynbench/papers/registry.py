@@ -245,7 +245,7 @@ def _claim(data: Any, where: str, errors: list[str]) -> Claim | None:
     measure, p1 = build_dataclass(Measure, data.get("measure") or {}, f"{here}.measure")
     expect, p2 = build_dataclass(Expectation, data.get("expect") or {}, f"{here}.expect")
     fields = {k: v for k, v in data.items() if k not in ("measure", "expect")}
-    for key, value in (("measure", measure), ("expect", expect)):
+    for key in ("measure", "expect"):
         if key not in data:
             errors.append(f"{here}: missing {key}:.")
     errors += p1 + p2
@@ -258,7 +258,7 @@ def _claim(data: Any, where: str, errors: list[str]) -> Claim | None:
 
 
 def method_metrics(label: str) -> tuple[str, ...]:
-    """Patterns of the metrics the method behind ``label`` may add to rows (its ``extra_metrics``)."""
+    """Patterns of the metrics the method behind ``label`` adds to rows: its ``extra_metrics``."""
     from dynbench.methods.base import METHODS
 
     return tuple(METHODS.get(parse_plugin(label).name).extra_metrics)

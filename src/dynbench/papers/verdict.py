@@ -67,7 +67,7 @@ def _inside(x: float, lo: float, hi: float, open_: bool) -> bool:
 def judge(
     expect: Expectation, low: float | None, high: float | None, *, comparable: bool = True, measured: bool = True
 ) -> PaperVerdict:
-    """The verdict of one measured interval ``[low, high]`` against the claim's region (module rule)."""
+    """The verdict of one interval ``[low, high]`` against the claim's region (module docstring)."""
     if not comparable:
         return "not comparable"
     if not measured:
