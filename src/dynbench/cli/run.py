@@ -10,7 +10,7 @@ from dynbench import api
 from dynbench.cache_dirs import model_cache_dir
 from dynbench.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from dynbench.cli.suite_args import add_suite_args, suite_from_args
-from dynbench.config import ConfigError
+from dynbench.config import ConfigError, SuiteSpec
 from dynbench.harness.dask_executor import parse_executor
 from dynbench.harness.preflight import Destinations
 
@@ -41,22 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run", help="run a suite", epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_suite_args(run)
-    run.add_argument("--out", type=Path, default=Path("results"), help="results directory (default: results)")
-    run.add_argument("--force", action="store_true", help="re-run runs already in the results directory")
-    run.add_argument(
-        "--executor",
-        type=_executor,
-        default=None,
-        metavar="{inline,subprocess,dask[...]}",
-        help="inline (this process), subprocess (one fresh process per run; default when memory is measured) or "
-        "dask: a task graph on a local Dask cluster, dask[workers=N], or an existing one, dask[address=tcp://host:port]",
-    )
-    run.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="backbone/fit cache (default: $DYNBENCH_CACHE or ~/.cache/dynbench)",
-    )
+    add_execution_args(run)
     run.add_argument(
         "--report",
         type=Path,
@@ -65,12 +50,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
+def add_execution_args(parser: argparse.ArgumentParser) -> None:
+    """The flags ``--out``, ``--force``, ``--executor``, ``--cache-dir``: how a suite runs."""
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results directory (default: results)")
+    parser.add_argument("--force", action="store_true", help="re-run runs already in the results directory")
+    parser.add_argument(
+        "--executor",
+        type=_executor,
+        default=None,
+        metavar="{inline,subprocess,dask[...]}",
+        help="inline (this process), subprocess (one fresh process per run; default when memory is measured) or "
+        "dask: a task graph on a local Dask cluster, dask[workers=N], or an existing one, dask[address=tcp://host:port]",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="backbone/fit cache (default: $DYNBENCH_CACHE or ~/.cache/dynbench)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``bench run``; returns :data:`EXIT_FAILED` when any run failed (the others are kept)."""
-    from dynbench.cli.display import RunDisplay, print_summary  # rich, pandas: once a run starts
-
     suite, is_default = suite_from_args(args)
     report_dir = args.report or (Path("reports") if is_default else None)
+    return execute(suite, args, report_dir)
+
+
+def execute(suite: SuiteSpec, args: argparse.Namespace, report_dir: Path | None) -> int:
+    """Plan ``suite``, run what is not in ``args.out`` yet, print the summary; the exit code.
+
+    ``args`` holds :func:`add_execution_args`' flags.
+    """
+    from dynbench.cli.display import RunDisplay, print_summary  # rich, pandas: once a run starts
+
     destinations = Destinations(args.out, args.cache_dir or model_cache_dir(), report_dir)
     plans = api.plan(suite, destinations)  # validates everything, folders included, before anything is written
     executor = args.executor or ("subprocess" if suite.measure.memory else "inline")

@@ -1,0 +1,165 @@
+"""Our numbers for a paper's tables and claims, read from stored rows only (nothing is recomputed).
+
+A paper's runs are those of one of its suites in a results folder: :func:`suite_rows` picks the full
+suite when its runs are there (its tasks at the full profile), else the quick one, and keeps only
+that profile's rows (quick and full numbers are never mixed). Then:
+
+- :func:`metric_point`: a row metric of a method at a budget — the mean over seeds with a Student-t
+  interval over seeds when two or more ran, else the row's own interval (over samples or timed
+  calls) when it has one, else none (one number alone gives no verdict);
+- :func:`vs_dense`: the % change of a metric against the dense model of the same seed (FLOPs
+  through the ``flops_ratio`` rows, which carry a paired interval);
+- :func:`paired_points`: Δ quality against another method at equal mean FLOPs, per budget below the
+  full one (:func:`dynbench.analysis.controls.compare_at_equal_flops`); points outside the other
+  curve's range are not measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dynbench.analysis.controls import compare_at_equal_flops
+from dynbench.analysis.tables import summary_frame
+from dynbench.papers.registry import Measure, Paper
+from dynbench.stats import seed_interval
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Our value of a measure: the mean, its 95% interval (``None``: none), seeds, budget."""
+
+    value: float
+    low: float | None
+    high: float | None
+    seeds: int
+    over: str  # "3 seeds", "samples", "calls" or "" (no interval)
+    budget: float
+
+
+def suite_rows(paper: Paper, rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """``(suite name, rows of that suite's tasks at its profile)``: full when its runs are there."""
+    for name in ("full", "quick"):
+        suite = paper.suites[name]
+        tasks = {pair[name] for pair in paper.tasks.values()}
+        mine = rows[rows["task"].isin(tasks) & (rows["profile"] == suite.profile)] if not rows.empty else rows
+        if suite.limit is not None and "limit" in mine.columns:
+            mine = mine[mine["limit"] == suite.limit]
+        if not mine.empty:
+            return name, mine
+    return "quick", rows.iloc[0:0]
+
+
+def _task(paper: Paper, role: str, suite: str) -> str:
+    return paper.task(role, suite)
+
+
+def _budget(frame: pd.DataFrame, budget: str) -> float | None:
+    """The budget a measure names: a number, or ``lowest`` (the lowest below the full budget)."""
+    budgets = sorted(frame["budget"].unique())
+    if budget == "lowest":
+        below = [b for b in budgets if not frame.loc[frame["budget"] == b, "is_full_budget"].astype(bool).any()]
+        return float(below[0]) if below else None
+    value = float(budget)
+    close = [b for b in budgets if math.isclose(b, value, rel_tol=1e-9, abs_tol=1e-12)]
+    return float(close[0]) if close else None
+
+
+def _one_per_seed(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per seed of ``metric``: the first hardware target, the smallest batch size."""
+    rows = frame[frame["metric"] == metric].sort_values(["seed", "hardware", "batch_size"])
+    return rows.groupby("seed", as_index=False).first()
+
+
+def _aggregate(per_seed: pd.DataFrame, budget: float, transform=lambda v: v) -> Measured | None:
+    if per_seed.empty:
+        return None
+    values = np.array([transform(v) for v in per_seed["value"]], dtype=float)
+    if len(values) >= 2:
+        ci = seed_interval(values)
+        return Measured(float(values.mean()), ci.low, ci.high, len(values), f"{len(values)} seeds", budget)
+    row = per_seed.iloc[0]
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return Measured(float(values[0]), None, None, 1, "", budget)
+    ends = sorted([transform(float(low)), transform(float(high))])
+    return Measured(float(values[0]), ends[0], ends[1], 1, str(row.get("ci_over") or "samples"), budget)
+
+
+def metric_point(rows: pd.DataFrame, task: str, label: str, budget: str, metric: str) -> Measured | None:
+    """``metric`` of ``label`` at ``budget`` on ``task``; ``None`` when the runs do not hold it."""
+    frame = rows[(rows["task"] == task) & (rows["method_label"] == label)]
+    if frame.empty:
+        return None
+    b = _budget(frame, budget)
+    if b is None:
+        return None
+    return _aggregate(_one_per_seed(frame[np.isclose(frame["budget"], b)], metric), b)
+
+
+def vs_dense(rows: pd.DataFrame, task: str, label: str, budget: str, metric: str) -> Measured | None:
+    """% change of ``metric`` against dense (same seed); FLOPs via the paired ``flops_ratio``."""
+    if metric == "flops_per_sample":
+        point = metric_point(rows, task, label, budget, "flops_ratio")
+        return None if point is None else _scaled(point)
+    frame = rows[(rows["task"] == task) & (rows["method_label"] == label)]
+    dense = rows[(rows["task"] == task) & (rows["method"] == "dense")]
+    if frame.empty or dense.empty:
+        return None
+    b = _budget(frame, budget)
+    if b is None:
+        return None
+    mine = _one_per_seed(frame[np.isclose(frame["budget"], b)], metric).set_index("seed")["value"]
+    base = _one_per_seed(dense, metric).set_index("seed")["value"]
+    seeds = sorted(set(mine.index) & set(base.index))
+    if not seeds:
+        return None
+    changes = np.array([100.0 * (mine[s] / base[s] - 1.0) for s in seeds], dtype=float)
+    if len(changes) >= 2:
+        ci = seed_interval(changes)
+        return Measured(float(changes.mean()), ci.low, ci.high, len(changes), f"{len(changes)} seeds", b)
+    return Measured(float(changes[0]), None, None, 1, "", b)
+
+
+def _scaled(point: Measured) -> Measured:
+    """A ratio as a % change: (r − 1) × 100, interval likewise."""
+    low = None if point.low is None else 100.0 * (point.low - 1.0)
+    high = None if point.high is None else 100.0 * (point.high - 1.0)
+    return Measured(100.0 * (point.value - 1.0), low, high, point.seeds, point.over, point.budget)
+
+
+def paired_points(
+    rows: pd.DataFrame, samples: pd.DataFrame, task: str, label: str, against: str, budget: str
+) -> list[Measured]:
+    """Δ quality (positive = ``label`` better) against ``against`` at equal FLOPs, per budget."""
+    frame = rows[rows["task"] == task]
+    if frame.empty or samples.empty:
+        return []
+    table = compare_at_equal_flops(samples, summary_frame(frame), task, label, against)
+    table = table[table["verdict"] != "not comparable"]  # outside the other curve's range: not measured there
+    if budget != "all":
+        b = _budget(frame[frame["method_label"] == label], budget)
+        table = table[np.isclose(table["budget"], b)] if b is not None else table.iloc[0:0]
+    return [
+        Measured(float(r.delta), _finite(r.ci_low), _finite(r.ci_high), int(r.seeds), str(r.ci_over), float(r.budget))
+        for r in table.itertuples()
+    ]
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def measure(paper: Paper, measure_: Measure, suite: str, rows: pd.DataFrame, samples: pd.DataFrame) -> list[Measured]:
+    """Every point of ``measure_`` in the stored rows (empty: not measured)."""
+    if measure_.kind == "missing":
+        return []
+    task = paper.task(measure_.task, suite)
+    if measure_.kind == "paired":
+        return paired_points(rows, samples, task, measure_.method, measure_.against, measure_.budget)
+    read = metric_point if measure_.kind == "metric" else vs_dense
+    point = read(rows, task, measure_.method, measure_.budget, measure_.metric)
+    return [] if point is None else [point]

@@ -1,0 +1,83 @@
+"""Our numbers for claims, read from synthetic stored rows, and the verdicts they get."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from dynbench.papers.measures import metric_point, suite_rows, vs_dense
+from dynbench.papers.registry import load_papers
+from dynbench.papers.render import build, render
+
+PAPER = load_papers()["transformer_inverse"]
+
+
+def rows(seeds=(0, 1, 2), flops=0.55, acc_drop=0.002, mem=0.9, profile="full", task="fashion-mnist") -> pd.DataFrame:
+    """Rows of dense and tinv (budget 0.5): FLOPs ratio, quality Δ and peak memory per seed."""
+    recs = []
+    for seed in seeds:
+        jitter = 0.001 * seed
+        for label, budget, full, ratio, delta, peak in (
+            ("dense", 1.0, True, 1.0, 0.0, 100.0),
+            ("tinv", 1.0, True, 1.0, 0.0, 100.0),
+            ("tinv", 0.5, False, flops + jitter, -acc_drop + jitter, 100.0 * mem + seed),
+        ):
+            base = dict(task=task, method=label, method_label=label, budget=budget, is_full_budget=full, seed=seed,
+                        hardware="cpu", profile=profile, limit=None, run_key=f"{label}-{seed}")  # fmt: skip
+            recs += [
+                {**base, "metric": "flops_ratio", "value": ratio, "batch_size": 32, "ci_low": ratio - 0.01,
+                 "ci_high": ratio + 0.01},
+                {**base, "metric": "quality_delta", "value": delta, "batch_size": 32, "ci_low": delta - 0.004,
+                 "ci_high": delta + 0.004},
+                {**base, "metric": "peak_mem_bytes", "value": peak, "batch_size": 1},
+            ]  # fmt: skip
+    return pd.DataFrame(recs)
+
+
+def test_a_metric_over_seeds_gets_a_t_interval_and_one_seed_keeps_the_rows_own():
+    three = metric_point(rows(), "fashion-mnist", "tinv", "lowest", "flops_ratio")
+    assert three.budget == 0.5 and three.seeds == 3 and three.over == "3 seeds"
+    assert three.value == pytest.approx(0.551) and three.low < 0.551 < three.high
+    one = metric_point(rows(seeds=(0,)), "fashion-mnist", "tinv", "0.5", "flops_ratio")
+    assert (one.low, one.high, one.over) == (pytest.approx(0.54), pytest.approx(0.56), "samples")
+    assert metric_point(rows(), "fashion-mnist", "tinv", "0.25", "flops_ratio") is None  # not run: not measured
+
+
+def test_changes_against_dense_are_percent_per_seed():
+    flops = vs_dense(rows(), "fashion-mnist", "tinv", "lowest", "flops_per_sample")
+    assert flops.value == pytest.approx(-44.9)
+    memory = vs_dense(rows(), "fashion-mnist", "tinv", "lowest", "peak_mem_bytes")
+    assert memory.value == pytest.approx(-9.0) and memory.seeds == 3
+
+
+@pytest.mark.parametrize(
+    ("flops", "verdict"),
+    [(0.40, "reproduced"), (0.80, "not reproduced"), (0.573, "inconclusive")],  # a clear win, a loss, an overlap
+)
+def test_a_value_claim_judged_from_rows(flops, verdict):
+    claim = next(c for c in PAPER.claims if c.id == "flops-42.7")
+    comparable = dataclasses.replace(PAPER, claims=(dataclasses.replace(claim, comparable=True),))
+    out = build(comparable, rows(flops=flops), pd.DataFrame())
+    assert out.suite == "full" and out.claims[0].verdict == verdict
+
+
+def test_a_different_scale_is_not_comparable_and_the_output_says_why():
+    out = build(PAPER, rows(flops=0.40), pd.DataFrame())
+    verdicts = {r.claim.id: r.verdict for r in out.claims}
+    assert verdicts == {"flops-42.7": "not comparable", "memory-34.1": "not comparable",
+                        "accuracy-0.3": "not comparable"}  # fmt: skip
+    text = render([out], "md")
+    assert "not comparable: the paper's model and operating point are not given" in text
+    assert "| tinv | 0.5 | 0.401 [" in text  # the table from the same rows
+
+
+def test_quick_runs_are_used_only_without_full_ones():
+    quick = rows(profile="quick", task="toy-vision")
+    assert suite_rows(PAPER, quick)[0] == "quick"
+    both = pd.concat([quick, rows()], ignore_index=True)
+    name, mine = suite_rows(PAPER, both)
+    assert name == "full" and set(mine["task"]) == {"fashion-mnist"}
+    text = render([build(PAPER, quick, pd.DataFrame())], "md")
+    assert "a first look on small tasks (vision: `toy-vision` for `fashion-mnist`)" in text
