@@ -76,3 +76,15 @@ def test_csv_has_a_row_per_claim_point_and_table_cell(results: Path, tmp_path: P
 def test_bad_input_exits_2(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_report_gets_a_papers_page_linked_from_the_index(results: Path, tmp_path: Path):
+    assert main(["report", str(results), "--out", str(tmp_path / "P")]) == 0
+    index = (tmp_path / "P" / "index.md").read_text(encoding="utf-8")
+    assert (
+        "## Papers" in index
+        and "](papers/glavas.html) — quick suite; claims: 2 not comparable, 1 not measured" in index
+    )
+    page = (tmp_path / "P" / "papers" / "glavas.html").read_text(encoding="utf-8")
+    assert "<table>" in page and "oracle-23" in page and "T1: Quality against executed layers" in page
+    assert "## Papers" not in index.split("## toy-text")[1]  # the section comes before the tasks

@@ -25,6 +25,7 @@ from markdown_it import MarkdownIt
 
 from dynbench.analysis.controls import WINS, compare_to_controls
 from dynbench.analysis.method_pairs import pairs_markdown
+from dynbench.analysis.paper_pages import paper_pages
 from dynbench.analysis.plots import compute_histogram, pareto_plot
 from dynbench.analysis.tables import (
     format_sig,
@@ -423,6 +424,7 @@ def write_report(
         raise ValueError("No result rows to report: the rows table is empty. Run `bench run` first, then report.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    papers, paper_files = paper_pages(rows, samples, out, lambda text, title: markdown_to_html(text, title=title))
     rows, samples = separate_variants(rows, samples)  # quick and --limit runs get their own labels
     summary = summary_frame(rows, latency_batch_size=latency_batch_size)
     samples = _samples_with_flags(samples, rows)
@@ -442,12 +444,12 @@ def write_report(
     )
     intro = f"{profile_note(rows)}\n\n{intro}"
     failed = [_failed_runs(failures)] if failures else []
-    index_md = "\n\n".join(["# dynbench report", intro, *failed, *sections]) + "\n"
+    index_md = "\n\n".join(["# dynbench report", intro, *failed, *([papers] if papers else []), *sections]) + "\n"
     md_path, html_path = out / "index.md", out / "index.html"
     md_path.write_text(index_md, encoding="utf-8")
     html_path.write_text(markdown_to_html(index_md, title="dynbench report"), encoding="utf-8")
     logger.info("wrote report for %d task(s) to %s", len(tasks), out)
-    return [*written, md_path, html_path]
+    return [*written, *paper_files, md_path, html_path]
 
 
 def _failed_runs(failures: list[dict]) -> str:

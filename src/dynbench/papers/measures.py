@@ -42,10 +42,12 @@ class Measured:
 
 def suite_rows(paper: Paper, rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """``(suite name, rows of that suite's tasks at its profile)``: full when its runs are there."""
+    if rows.empty or not {"task", "profile"} <= set(rows.columns):  # rows from elsewhere: no paper suite
+        return "quick", rows.iloc[0:0]
     for name in ("full", "quick"):
         suite = paper.suites[name]
         tasks = {pair[name] for pair in paper.tasks.values()}
-        mine = rows[rows["task"].isin(tasks) & (rows["profile"] == suite.profile)] if not rows.empty else rows
+        mine = rows[rows["task"].isin(tasks) & (rows["profile"] == suite.profile)]
         if suite.limit is not None and "limit" in mine.columns:
             mine = mine[mine["limit"] == suite.limit]
         if not mine.empty:

@@ -1,0 +1,55 @@
+"""The report's Papers pages: each seed paper whose runs are in the results, with its claims judged.
+
+A paper gets a page (``papers/<id>.md`` and ``.html``) when the results hold its quick or full
+suite's runs (:func:`dynbench.papers.measures.suite_rows`); the page is ``bench paper table``'s
+Markdown for it, and the index lists the pages with their verdict counts. The main job's results
+(quick runs of the default tasks) match no paper suite, so its report has no Papers section.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from dynbench.papers.measures import suite_rows
+from dynbench.papers.registry import load_papers
+from dynbench.papers.render import build, markdown
+
+
+def paper_pages(
+    rows: pd.DataFrame, samples: pd.DataFrame | None, out: Path, to_html: Callable[[str, str], str]
+) -> tuple[str | None, list[Path]]:
+    """Write a page per paper with runs in ``rows``; return the index section (or None) and files.
+
+    Args:
+        rows: the result rows, with their original method labels.
+        samples: their per-sample records (may be ``None``).
+        out: the report folder; pages go to ``out/papers/``.
+        to_html: ``(markdown, title) → html`` (the report's converter).
+    """
+    samples = samples if samples is not None else pd.DataFrame()
+    lines, written = [], []
+    for paper in load_papers().values():
+        if suite_rows(paper, rows)[1].empty:
+            continue
+        output = build(paper, rows, samples)
+        text = f"# {paper.id}\n\n{markdown([output])}"
+        folder = out / "papers"
+        folder.mkdir(parents=True, exist_ok=True)
+        md_path, html_path = folder / f"{paper.id}.md", folder / f"{paper.id}.html"
+        md_path.write_text(text, encoding="utf-8")
+        html_path.write_text(to_html(text, f"{paper.id}: {paper.title}"), encoding="utf-8")
+        written += [md_path, html_path]
+        counts = Counter(r.verdict for r in output.claims)
+        tally = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))
+        lines.append(f"- [{paper.id}: {paper.title}](papers/{paper.id}.html) — {output.suite} suite; claims: {tally}")
+    if not lines:
+        return None, written
+    intro = (
+        "Each seed paper whose suite ran here (`bench paper run`), its claims beside our measurements with a verdict "
+        "by one stated rule (`dynbench.papers.verdict`), and its tables regenerated from these rows."
+    )
+    return "\n\n".join(["## Papers", intro, "\n".join(lines)]), written
