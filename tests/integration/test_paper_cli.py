@@ -87,4 +87,6 @@ def test_the_report_gets_a_papers_page_linked_from_the_index(results: Path, tmp_
     )
     page = (tmp_path / "P" / "papers" / "glavas.html").read_text(encoding="utf-8")
     assert "<table>" in page and "oracle-23" in page and "T1: Quality against executed layers" in page
+    assert '<img src="../toy-text/quality_layers.png"' in page  # the task's plot, drawn by the same report
+    assert (tmp_path / "P" / "toy-text" / "quality_layers.png").is_file()
     assert "## Papers" not in index.split("## toy-text")[1]  # the section comes before the tasks

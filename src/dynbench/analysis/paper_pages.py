@@ -20,7 +20,11 @@ from dynbench.papers.render import build, markdown
 
 
 def paper_pages(
-    rows: pd.DataFrame, samples: pd.DataFrame | None, out: Path, to_html: Callable[[str, str], str]
+    rows: pd.DataFrame,
+    samples: pd.DataFrame | None,
+    out: Path,
+    to_html: Callable[[str, str], str],
+    task_folder: Callable[[str], str] = str,
 ) -> tuple[str | None, list[Path]]:
     """Write a page per paper with runs in ``rows``; return the index section (or None) and files.
 
@@ -29,6 +33,8 @@ def paper_pages(
         samples: their per-sample records (may be ``None``).
         out: the report folder; pages go to ``out/papers/``.
         to_html: ``(markdown, title) → html`` (the report's converter).
+        task_folder: a task's folder name in the report, where its plots are (a table's ``figure``
+            is shown under it when that plot was drawn).
     """
     samples = samples if samples is not None else pd.DataFrame()
     lines, written = [], []
@@ -36,7 +42,12 @@ def paper_pages(
         if suite_rows(paper, rows)[1].empty:
             continue
         output = build(paper, rows, samples)
-        text = f"# {paper.id}\n\n{markdown([output])}"
+        figures = {}
+        for table in paper.tables:
+            folder = task_folder(paper.task(table.task, output.suite))
+            if table.figure and (out / folder / f"{table.figure}.png").is_file():
+                figures[table.id] = f"../{folder}/{table.figure}.png"
+        text = f"# {paper.id}\n\n{markdown([output], figures)}"
         folder = out / "papers"
         folder.mkdir(parents=True, exist_ok=True)
         md_path, html_path = folder / f"{paper.id}.md", folder / f"{paper.id}.html"

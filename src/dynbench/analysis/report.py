@@ -424,7 +424,7 @@ def write_report(
         raise ValueError("No result rows to report: the rows table is empty. Run `bench run` first, then report.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    papers, paper_files = paper_pages(rows, samples, out, lambda text, title: markdown_to_html(text, title=title))
+    original = (rows, samples)  # the paper pages read the runs' own labels
     rows, samples = separate_variants(rows, samples)  # quick and --limit runs get their own labels
     summary = summary_frame(rows, latency_batch_size=latency_batch_size)
     samples = _samples_with_flags(samples, rows)
@@ -435,6 +435,7 @@ def write_report(
         section, files = _write_task(task, rows, summary, samples, out)
         sections.append(section)
         written += files
+    papers, paper_files = paper_pages(*original, out, lambda text, title: markdown_to_html(text, title=title), _slug)
     intro = (
         f"{len(rows)} result rows, tasks: {', '.join(tasks)}. Points are means over seeds; error bars and "
         "`[low, high]` are 95% intervals (over seeds with two or more, else over evaluation samples or timed "

@@ -38,6 +38,7 @@ Tag = Literal["V", "A", "S"]
 MeasureKind = Literal["metric", "vs_dense", "paired", "missing"]
 ExpectKind = Literal["near", "at_least", "at_most", "between", "positive", "negative", "tie"]
 SuiteName = Literal["quick", "full"]
+Figure = Literal["", "pareto_flops", "quality_layers", "compute_hist"]
 
 TAGS: Mapping[str, str] = {
     "V": "read in the paper or its official code",
@@ -110,6 +111,10 @@ class PaperTable:
     methods: tuple[str, ...]  # method labels, one block of rows each
     columns: tuple[str, ...]  # row metrics, one column each
     regenerable: bool = True  # False: the paper's table is not public; ours is shown beside its claim only
+    figure: Figure = ""  # the report's plot of the task that goes with it on the Papers page ("" = none)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass(frozen=True)

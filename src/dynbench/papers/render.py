@@ -117,8 +117,8 @@ def _settings(claim: Claim) -> str:
     return text + ("" if claim.comparable else f" — not comparable: {claim.not_comparable_because}")
 
 
-def markdown(outputs: list[PaperOutput]) -> str:
-    """Every paper's claims and tables as Markdown."""
+def markdown(outputs: list[PaperOutput], figures: dict[str, str] | None = None) -> str:
+    """Every paper's claims and tables as Markdown; ``figures``: table id → image link under it."""
     parts = []
     for out in outputs:
         p = out.paper
@@ -135,6 +135,8 @@ def markdown(outputs: list[PaperOutput]) -> str:
             parts += ["", f"### {table.id}: {table.title}", "", f"Paper: {table.paper_ref}.{public} Task: "
                       f"`{p.task(table.task, out.suite)}`.", ""]  # fmt: skip
             parts.append(_md_table(frame) if not frame.empty else "_No runs of this table in the results._")
+            if figures and table.id in figures:
+                parts += ["", f"![{p.id} {table.id}: {table.figure}]({figures[table.id]})"]
         parts.append("")
     return "\n".join(parts)
 
