@@ -55,10 +55,6 @@ def suite_rows(paper: Paper, rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return "quick", rows.iloc[0:0]
 
 
-def _task(paper: Paper, role: str, suite: str) -> str:
-    return paper.task(role, suite)
-
-
 def _budget(frame: pd.DataFrame, budget: str) -> float | None:
     """The budget a measure names: a number, or ``lowest`` (the lowest below the full budget)."""
     budgets = sorted(frame["budget"].unique())
@@ -76,10 +72,10 @@ def _one_per_seed(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows.groupby("seed", as_index=False).first()
 
 
-def _aggregate(per_seed: pd.DataFrame, budget: float, transform=lambda v: v) -> Measured | None:
+def _aggregate(per_seed: pd.DataFrame, budget: float) -> Measured | None:
     if per_seed.empty:
         return None
-    values = np.array([transform(v) for v in per_seed["value"]], dtype=float)
+    values = per_seed["value"].to_numpy(dtype=float)
     if len(values) >= 2:
         ci = seed_interval(values)
         return Measured(float(values.mean()), ci.low, ci.high, len(values), f"{len(values)} seeds", budget)
@@ -87,8 +83,7 @@ def _aggregate(per_seed: pd.DataFrame, budget: float, transform=lambda v: v) -> 
     low, high = row.get("ci_low"), row.get("ci_high")
     if low is None or high is None or pd.isna(low) or pd.isna(high):
         return Measured(float(values[0]), None, None, 1, "", budget)
-    ends = sorted([transform(float(low)), transform(float(high))])
-    return Measured(float(values[0]), ends[0], ends[1], 1, str(row.get("ci_over") or "samples"), budget)
+    return Measured(float(values[0]), float(low), float(high), 1, str(row.get("ci_over") or "samples"), budget)
 
 
 def metric_point(rows: pd.DataFrame, task: str, label: str, budget: str, metric: str) -> Measured | None:
