@@ -61,8 +61,9 @@ def default_tasks() -> tuple[PluginSpec, ...]:
 
 
 def default_suite() -> SuiteSpec:
-    """Every registered method on each modality's default task, seed 0, on the CPU."""
-    return SuiteSpec(methods=tuple(PluginSpec(n) for n in METHODS.names()), tasks=default_tasks(), name="default")
+    """Every registered method (but studies: ``in_default_suite``) on each modality's default task."""
+    methods = tuple(PluginSpec(n) for n in METHODS.names() if METHODS.get(n).in_default_suite)
+    return SuiteSpec(methods=methods, tasks=default_tasks(), name="default")
 
 
 def plan(suite: SuiteSpec, destinations: Destinations | None = None) -> list[RunPlan]:
@@ -282,7 +283,11 @@ def _method_info(name: str) -> dict[str, str]:
         "version": cls.version,
         "budgets": cls.budget_doc,
         "paper": cls.paper or "",
-        "note": "reconstruction" if cls.reconstructed else "",
+        "note": "; ".join(
+            n
+            for n, on in (("reconstruction", cls.reconstructed), ("study: not in the default suite", not cls.in_default_suite))
+            if on
+        ),
     }
 
 

@@ -18,7 +18,7 @@ def test_unknown_name_suggests_and_lists():
     with pytest.raises(RegistryError) as err:
         METHODS.get("layer_skp")
     msg = str(err.value)
-    assert msg.startswith("Unknown method 'layer_skp'. Did you mean: layer_skip?")
+    assert msg.startswith("Unknown method 'layer_skp'. Did you mean: layer_skip")  # the closest first
     assert "Available: " in msg and "dense" in msg
 
 

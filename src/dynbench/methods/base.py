@@ -248,6 +248,8 @@ class Method(ABC):
             :func:`thin_budgets`); ``None`` = all. ``--budgets`` always wins.
         extra_metrics: the row metrics its model's ``trace_metrics`` may add, as ``fnmatch``
             patterns (``learner_share_k*``): what paper tables and claims may name.
+        in_default_suite: False for a study that paper suites name but the default ``bench run``
+            leaves out (its fit would add minutes to the main job); ``bench ls methods`` says so.
     """
 
     name: ClassVar[str] = ""
@@ -266,6 +268,7 @@ class Method(ABC):
     sees_eval_labels: ClassVar[bool] = False
     controls: ClassVar[Mapping[str, Mapping[str, str]]] = {}
     extra_metrics: ClassVar[tuple[str, ...]] = ()
+    in_default_suite: ClassVar[bool] = True
     control_only_options: ClassVar[tuple[str, ...]] = ()
     quick_options: ClassVar[Mapping[str, Any]] = {}
     quick_budgets: ClassVar[int | None] = None
