@@ -8,7 +8,10 @@ A paper file (``papers/data/<id>.yaml``) declares, without code:
   training is involved);
 - ``suites``: the methods, seeds and profile of each suite (any field of a suite file except
   ``tasks``, which come from the roles);
-- ``tables``: what to regenerate — a role, method labels and the row metrics to show;
+- ``sweeps`` (optional): extra configurations of one role's task — model sizes for an isoFLOP
+  study — each run with a few of the suites' methods (:class:`Sweep`); the role's own task is the
+  sweep's reference point and its runs are reused;
+- ``tables``: what to regenerate — a role (or a sweep over it), method labels and the row metrics;
 - ``claims``: each headline claim with the paper's value or, when none is printed, the shape of the
   claim; the paper's setting and ours; an evidence tag (``V`` read in the paper or its code, ``A``
   abstract only, ``S`` a secondary source); whether the two settings are comparable at all and why
@@ -30,15 +33,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dynbench.config import ConfigError, SuiteSpec, build_dataclass, parse_plugin, suite_from_mapping
-from dynbench.registry import RegistryError, unknown_message
+from dynbench.registry import RegistryError, suggest, unknown_message
 from dynbench.types import METRICS
 from dynbench.validation import check_choices
 
 Tag = Literal["V", "A", "S"]
-MeasureKind = Literal["metric", "vs_dense", "paired", "missing"]
+MeasureKind = Literal["metric", "vs_dense", "paired", "isoflop", "missing"]
 ExpectKind = Literal["near", "at_least", "at_most", "between", "positive", "negative", "tie"]
 SuiteName = Literal["quick", "full"]
-Figure = Literal["", "pareto_flops", "quality_layers", "compute_hist"]
+# the task's report plots (pareto_flops, quality_layers, compute_hist) or a figure drawn from the
+# table's own rows (quality_layers_oracle, isoflop_bars: dynbench.analysis.paper_figures)
+Figure = Literal["", "pareto_flops", "quality_layers", "compute_hist", "quality_layers_oracle", "isoflop_bars"]
 
 TAGS: Mapping[str, str] = {
     "V": "read in the paper or its official code",
@@ -53,10 +58,13 @@ ROW_METRICS = frozenset(METRICS) | {"quality", "quality_delta", "mean_layers"}
 class Measure:
     """How our number for a claim is read from stored rows."""
 
-    kind: MeasureKind = "missing"  # metric: a row metric; vs_dense: % change against dense; paired: Δ at equal FLOPs
+    # metric: a row metric; vs_dense: % change against dense; paired: Δ at equal FLOPs; isoflop: the
+    # forward-FLOPs ratio of the best dense size to the cheapest MoD as good (papers.measures.isoflop_point)
+    kind: MeasureKind = "missing"
     task: str = ""  # a role of the paper's ``tasks``
+    sweep: str = ""  # isoflop only: the sweep over the role's task (model sizes) whose runs are compared
     method: str = ""  # method label (``mod[router=random]``)
-    against: str = ""  # paired only: the other method's label
+    against: str = ""  # paired: the other method's label; isoflop: the dense label
     metric: str = ""  # metric and vs_dense: the row metric
     budget: str = "lowest"  # a budget (``0.25``), ``lowest`` (below the full budget) or, paired, ``all``
     reason: str = ""  # missing only: which study is absent
@@ -112,9 +120,29 @@ class PaperTable:
     columns: tuple[str, ...]  # row metrics, one column each
     regenerable: bool = True  # False: the paper's table is not public; ours is shown beside its claim only
     figure: Figure = ""  # the report's plot of the task that goes with it on the Papers page ("" = none)
+    sweep: str = ""  # a sweep of the paper: one block of rows per swept task (model size), "" = the role's task
 
     def __post_init__(self) -> None:
         check_choices(self)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Extra configurations of one role's task (e.g. model sizes), each run with a few methods.
+
+    The role's own task is the sweep's reference point: its runs come from the suite and are
+    reused, so a sweep lists only the configurations it adds. Each suite runs its sweeps as one
+    more grid (the sweep's tasks × the sweep's methods, the suite's seeds and profile).
+    """
+
+    role: str = ""  # the role whose task is swept (a key of the paper's ``tasks``)
+    methods: tuple[str, ...] = ()  # method labels run on every swept task (dense and one MoD, not every control)
+    quick: tuple[str, ...] = ()  # task specs the quick suite adds (the role's quick task with options)
+    full: tuple[str, ...] = ()  # task specs the full suite adds (the role's full task with options)
+
+    def tasks(self, suite: str) -> tuple[str, ...]:
+        """The task labels ``suite`` (``quick`` or ``full``) adds."""
+        return tuple(parse_plugin(spec).label for spec in (self.quick if suite == "quick" else self.full))
 
 
 @dataclass(frozen=True)
@@ -132,6 +160,7 @@ class Paper:
     suites: Mapping[str, SuiteSpec]  # "quick" and "full"
     tables: tuple[PaperTable, ...]
     claims: tuple[Claim, ...]
+    sweeps: Mapping[str, Sweep]  # sweep id → Sweep (empty when the paper has none)
     path: Path
 
     @property
@@ -143,12 +172,37 @@ class Paper:
         """The task spec that plays ``role`` in ``suite`` (``quick`` or ``full``)."""
         return self.tasks[role][suite]
 
+    def sweep_tasks(self, sweep: str, suite: str) -> tuple[str, ...]:
+        """The role's task of ``suite`` and the sweep's, in that order (the reference point first)."""
+        s = self.sweeps[sweep]
+        return (self.task(s.role, suite), *s.tasks(suite))
+
+    def run_suites(self, suite: str) -> tuple[SuiteSpec, ...]:
+        """What ``bench paper run`` runs for ``suite``: the suite, then one grid per sweep."""
+        main = self.suites[suite]
+        grids = tuple(
+            dataclasses.replace(
+                main,
+                name=f"{main.name}-{sid}",
+                tasks=tuple(parse_plugin(t) for t in sweep.tasks(suite)),
+                methods=tuple(parse_plugin(m) for m in sweep.methods),
+            )
+            for sid, sweep in self.sweeps.items()
+            if sweep.tasks(suite)
+        )
+        return (main, *grids)
+
+    def suite_tasks(self, suite: str) -> set[str]:
+        """Every task label ``suite`` runs: each role's and each sweep's."""
+        return {pair[suite] for pair in self.tasks.values()} | {t for s in self.sweeps.values() for t in s.tasks(suite)}
+
 
 class PaperRegistryError(ConfigError):
     """A paper file is malformed or names things that do not exist; every problem is listed."""
 
 
 DATA = "data"
+_OPTIONAL = frozenset({"sweeps"})
 _FIELDS = {f.name for f in dataclasses.fields(Paper)} - {"path"}
 
 
@@ -175,9 +229,11 @@ def load_paper(path: Path) -> Paper:
     errors: list[str] = []
     where = path.name
     unknown = sorted(set(data) - _FIELDS)
-    missing = sorted(f for f in _FIELDS if f not in data)
-    if unknown:
-        errors.append(f"{where}: unknown keys {unknown}. Allowed: {sorted(_FIELDS)}.")
+    missing = sorted(f for f in _FIELDS - _OPTIONAL if f not in data)
+    for key in unknown:
+        close = suggest(str(key), sorted(_FIELDS))
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        errors.append(f"{where}: unknown key {key!r}.{hint} Allowed: {', '.join(sorted(_FIELDS))}.")
     if missing:
         errors.append(f"{where}: missing keys {missing}.")
     if errors:
@@ -186,10 +242,11 @@ def load_paper(path: Path) -> Paper:
     suites = _suites(data["suites"], tasks, where, errors)
     tables = tuple(t for t in (_table(t, where, errors) for t in data.get("tables") or ()) if t is not None)
     claims = tuple(c for c in (_claim(c, where, errors) for c in data.get("claims") or ()) if c is not None)
+    sweeps = _sweeps(data.get("sweeps") or {}, where, errors)
     paper = Paper(
         id=str(data["id"]), title=str(data["title"]), authors=str(data["authors"]), arxiv=str(data["arxiv"]),
         venue=str(data["venue"]), paper_setting=str(data["paper_setting"]), sources=str(data["sources"]),
-        tasks=tasks, suites=suites, tables=tables, claims=claims, path=path,
+        tasks=tasks, suites=suites, tables=tables, claims=claims, sweeps=sweeps, path=path,
     )  # fmt: skip
     if paper.id != path.stem:
         errors.append(f"{where}: id {paper.id!r} differs from the file name; name the file {paper.id}.yaml.")
@@ -209,7 +266,32 @@ def _tasks(data: Any, where: str, errors: list[str]) -> dict[str, dict[str, str]
         if not isinstance(pair, Mapping) or set(pair) != {"quick", "full"}:
             errors.append(f"{where}: tasks.{role} must give exactly quick: and full:, got {pair!r}.")
             continue
-        out[str(role)] = {k: str(v) for k, v in pair.items()}
+        try:  # rows name a task by its label (options sorted), so the registry does too
+            out[str(role)] = {k: parse_plugin(str(v)).label for k, v in pair.items()}
+        except ConfigError as exc:
+            errors += [f"{where}: tasks.{role}: {e}" for e in exc.errors]
+    return out
+
+
+def _sweeps(data: Any, where: str, errors: list[str]) -> dict[str, Sweep]:
+    """``sweep id → Sweep``, each parsed strictly (unknown keys with a did-you-mean)."""
+    if not isinstance(data, Mapping):
+        errors.append(f"{where}: sweeps must map ids to {{role:, methods:, quick: [...], full: [...]}}, got {data!r}.")
+        return {}
+    out: dict[str, Sweep] = {}
+    for sid, body in data.items():
+        if not isinstance(body, Mapping):
+            errors.append(f"{where}: sweeps.{sid} must be a mapping (role:, methods:, quick:, full:), got {body!r}.")
+            continue
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
+        sweep, problems = build_dataclass(Sweep, fields, f"{where} sweeps.{sid}")
+        errors += problems
+        if sweep is not None:
+            try:
+                sweep.tasks("quick"), sweep.tasks("full")
+                out[str(sid)] = sweep
+            except ConfigError as exc:
+                errors += [f"{where}: sweeps.{sid}: {e}" for e in exc.errors]
     return out
 
 
@@ -289,9 +371,11 @@ def check_paper(paper: Paper) -> list[str]:
             except RegistryError as exc:
                 errors.append(f"{where}: tasks.{role}.{suite}: {exc}")
     ran = {n: {s.label for s in suite.methods} for n, suite in paper.suites.items()}
+    errors += _sweep_problems(paper)
 
-    def labels_ok(what: str, labels: tuple[str, ...]) -> bool:
+    def labels_ok(what: str, labels: tuple[str, ...], sweep: str = "") -> bool:
         ok = True
+        extra = set(paper.sweeps[sweep].methods) if sweep in paper.sweeps else set()
         for label in labels:
             try:
                 METHODS.get(parse_plugin(label).name)
@@ -299,7 +383,7 @@ def check_paper(paper: Paper) -> list[str]:
                 errors.append(f"{where}: {what}: {exc}")
                 ok = False
             for suite, names in ran.items():
-                if label not in names:
+                if label not in names | extra:
                     errors.append(f"{where}: {what} needs {label!r}, which suites.{suite} does not run. Add it there.")
         return ok
 
@@ -307,12 +391,15 @@ def check_paper(paper: Paper) -> list[str]:
         what = f"table {table.id}"
         if table.task not in paper.tasks:
             errors.append(f"{where}: {what}: task role {table.task!r} is not in tasks: {sorted(paper.tasks)}.")
-        if labels_ok(what, table.methods):
+        errors += _sweep_ref(paper, what, table.sweep, table.task, required=False)
+        if labels_ok(what, table.methods, table.sweep):
             for metric in table.columns:
                 if not metric_known(metric, table.methods):
                     errors.append(f"{where}: {what}: no run of {list(table.methods)} writes metric {metric!r}.")
     for claim in paper.claims:
         errors += _claim_problems(paper, claim, labels_ok)
+        if claim.measure.kind == "isoflop":
+            errors += _sweep_ref(paper, f"claim {claim.id}", claim.measure.sweep, claim.measure.task, required=True)
     ids = [t.id for t in paper.tables] + [c.id for c in paper.claims]
     if len(ids) != len(set(ids)):
         errors.append(f"{where}: table and claim ids must be unique, got {sorted(ids)}.")
@@ -336,9 +423,12 @@ def _claim_problems(paper: Paper, claim: Claim, labels_ok: Any) -> list[str]:
         return errors
     if m.task not in paper.tasks:
         errors.append(f"{where}: {what}: task role {m.task!r} is not in tasks: {sorted(paper.tasks)}.")
-    labels = (m.method, m.against) if m.kind == "paired" else (m.method,)
-    if m.kind == "paired" and not m.against:
-        errors.append(f"{where}: {what}: a paired measure needs against: (the other method's label).")
+    labels = (m.method, m.against) if m.kind in ("paired", "isoflop") else (m.method,)
+    if m.kind in ("paired", "isoflop") and not m.against:
+        errors.append(f"{where}: {what}: a {m.kind} measure needs against: (the other method's label).")
+        return errors
+    if m.kind == "isoflop":
+        labels_ok(what, labels, m.sweep)
         return errors
     if m.kind == "vs_dense":
         labels = (*labels, "dense")
@@ -352,6 +442,51 @@ def _claim_problems(paper: Paper, claim: Claim, labels_ok: Any) -> list[str]:
     elif m.budget == "all" and m.kind != "paired":
         errors.append(f"{where}: {what}: budget 'all' is for paired measures; give a number or 'lowest'.")
     return errors
+
+
+def _sweep_problems(paper: Paper) -> list[str]:
+    """A sweep must vary its role's task (same task, other options) and name methods that exist."""
+    from dynbench.methods.base import METHODS
+    from dynbench.tasks.base import TASKS
+
+    where = paper.path.name
+    errors: list[str] = []
+    for sid, sweep in paper.sweeps.items():
+        what = f"sweeps.{sid}"
+        if sweep.role not in paper.tasks:
+            errors.append(f"{where}: {what}: {unknown_message('task role', sweep.role, paper.tasks)}")
+            continue
+        if not sweep.methods:
+            errors.append(f"{where}: {what}: methods is empty; list the methods to run on each size, e.g. [dense, mod].")
+        for label in sweep.methods:
+            try:
+                METHODS.get(parse_plugin(label).name)
+            except RegistryError as exc:
+                errors.append(f"{where}: {what}: {exc}")
+        for suite in ("quick", "full"):
+            base = parse_plugin(paper.task(sweep.role, suite)).name
+            for label in sweep.tasks(suite):
+                spec = parse_plugin(label)
+                if spec.name != base:
+                    errors.append(f"{where}: {what}.{suite}: {label!r} is not the role's task {base!r}; a sweep "
+                                  f"varies that task's options, e.g. {base}[model.d_model=64].")  # fmt: skip
+                    continue
+                cls = TASKS.get(spec.name)
+                _, problems = build_dataclass(cls.Config, spec.options_dict(), f"{where} {what}.{suite} task {label}")
+                errors += problems
+    return errors
+
+
+def _sweep_ref(paper: Paper, what: str, sweep: str, role: str, *, required: bool) -> list[str]:
+    """Problems of a table's or claim's ``sweep:`` (it must exist and sweep the same role)."""
+    where = paper.path.name
+    if not sweep:
+        return [f"{where}: {what}: an isoflop measure needs sweep: (one of {sorted(paper.sweeps)})."] if required else []
+    if sweep not in paper.sweeps:
+        return [f"{where}: {what}: {unknown_message('sweep', sweep, paper.sweeps)}"]
+    if paper.sweeps[sweep].role != role:
+        return [f"{where}: {what}: sweep {sweep!r} sweeps role {paper.sweeps[sweep].role!r}, not {role!r}."]
+    return []
 
 
 def load_papers() -> dict[str, Paper]:
