@@ -148,8 +148,8 @@ def isoflop_bars(paper: Paper, table: PaperTable, suite: str, rows: pd.DataFrame
         base = metric_point(rows, task, dense, "1.0", "quality")
         if base is None:
             continue
-        mods = [(metric_point(rows, task, label, repr(b), "quality"), label, b)
-                for label in table.methods if label != dense for b in _budgets(rows, task, label) if b < 1.0]  # fmt: skip
+        below = [(label, b) for label in table.methods if label != dense for b in _budgets(rows, task, label) if b < 1]
+        mods = [(metric_point(rows, task, label, repr(b), "quality"), label, b) for label, b in below]
         mods = [m for m in mods if m[0] is not None]
         best = max(mods, key=lambda m: m[0].value if higher else -m[0].value) if mods else None
         sizes.append((task_params(task), task, base, best))

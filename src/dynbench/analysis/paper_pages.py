@@ -3,9 +3,10 @@
 A paper gets a page (``papers/<id>.md`` and ``.html``) when the results hold its quick or full
 suite's runs (:func:`dynbench.papers.measures.suite_rows`); the page is ``bench paper table``'s
 Markdown for it, and the index lists the pages with their verdict counts. A table's ``figure`` is
-either one of the task's plots that the same report draws (shown from the task's folder) or a figure
-drawn from the table's own rows (:mod:`dynbench.analysis.paper_figures`, written beside the page). The main job's results
-(quick runs of the default tasks) match no paper suite, so its report has no Papers section.
+either one of the task's plots that the same report draws (shown from the task's folder) or a
+figure drawn from the table's own rows (:mod:`dynbench.analysis.paper_figures`, written beside the
+page). The main job's results (quick runs of the default tasks) match no paper suite, so its report
+has no Papers section.
 """
 
 from __future__ import annotations

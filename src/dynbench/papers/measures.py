@@ -160,7 +160,9 @@ def _quality_better(rows: pd.DataFrame) -> bool:
     return bool(q["higher_is_better"].iloc[0]) if not q.empty and "higher_is_better" in q.columns else True
 
 
-def isoflop_point(rows: pd.DataFrame, tasks: tuple[str, ...], mod_labels: tuple[str, ...], dense: str) -> Measured | None:
+def isoflop_point(
+    rows: pd.DataFrame, tasks: tuple[str, ...], mod_labels: tuple[str, ...], dense: str
+) -> Measured | None:
     """The isoFLOP "equal performance, faster step" ratio over a sweep of model sizes.
 
     The rule, stated once (``None`` = no point: not measured):
@@ -200,7 +202,9 @@ def isoflop_point(rows: pd.DataFrame, tasks: tuple[str, ...], mod_labels: tuple[
         if f.value > best_f.value * (1 + 1e-9):
             continue  # a larger model than the best dense: more training FLOPs, not isoFLOP against it
         for label in mod_labels:
-            frame = rows[(rows["task"] == task) & (rows["method_label"] == label) & ~rows["is_full_budget"].astype(bool)]
+            frame = rows[
+                (rows["task"] == task) & (rows["method_label"] == label) & ~rows["is_full_budget"].astype(bool)
+            ]
             for budget in sorted(frame["budget"].unique()):
                 mq = metric_point(rows, task, label, repr(float(budget)), "quality")
                 mf = metric_point(rows, task, label, repr(float(budget)), "flops_per_sample")
@@ -217,7 +221,11 @@ def isoflop_point(rows: pd.DataFrame, tasks: tuple[str, ...], mod_labels: tuple[
 
 
 def task_params(label: str) -> int:
-    """Parameters of the backbone a task label builds (counted from its configuration, not measured)."""
+    """Parameters of the backbone a task label builds (counted from its config, not measured).
+
+    Raises:
+        ValueError: the label's options do not fit the task's config (with the problems).
+    """
     from dynbench.config import build_dataclass, parse_plugin
     from dynbench.tasks.base import TASKS
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dynbench.config import ConfigError, SuiteSpec, build_dataclass, parse_plugin, suite_from_mapping
+from dynbench.papers.sweeps import Sweep, parse_sweeps, sweep_problems, sweep_ref
 from dynbench.registry import RegistryError, suggest, unknown_message
 from dynbench.types import METRICS
 from dynbench.validation import check_choices
@@ -59,7 +60,8 @@ class Measure:
     """How our number for a claim is read from stored rows."""
 
     # metric: a row metric; vs_dense: % change against dense; paired: Δ at equal FLOPs; isoflop: the
-    # forward-FLOPs ratio of the best dense size to the cheapest MoD as good (papers.measures.isoflop_point)
+    # forward-FLOPs ratio of the best dense size to the cheapest MoD as good
+    # (papers.measures.isoflop_point)
     kind: MeasureKind = "missing"
     task: str = ""  # a role of the paper's ``tasks``
     sweep: str = ""  # isoflop only: the sweep over the role's task (model sizes) whose runs are compared
@@ -127,25 +129,6 @@ class PaperTable:
 
 
 @dataclass(frozen=True)
-class Sweep:
-    """Extra configurations of one role's task (e.g. model sizes), each run with a few methods.
-
-    The role's own task is the sweep's reference point: its runs come from the suite and are
-    reused, so a sweep lists only the configurations it adds. Each suite runs its sweeps as one
-    more grid (the sweep's tasks × the sweep's methods, the suite's seeds and profile).
-    """
-
-    role: str = ""  # the role whose task is swept (a key of the paper's ``tasks``)
-    methods: tuple[str, ...] = ()  # method labels run on every swept task (dense and one MoD, not every control)
-    quick: tuple[str, ...] = ()  # task specs the quick suite adds (the role's quick task with options)
-    full: tuple[str, ...] = ()  # task specs the full suite adds (the role's full task with options)
-
-    def tasks(self, suite: str) -> tuple[str, ...]:
-        """The task labels ``suite`` (``quick`` or ``full``) adds."""
-        return tuple(parse_plugin(spec).label for spec in (self.quick if suite == "quick" else self.full))
-
-
-@dataclass(frozen=True)
 class Paper:
     """One seed paper: its tables, its claims and the two suites that measure them."""
 
@@ -173,7 +156,7 @@ class Paper:
         return self.tasks[role][suite]
 
     def sweep_tasks(self, sweep: str, suite: str) -> tuple[str, ...]:
-        """The role's task of ``suite`` and the sweep's, in that order (the reference point first)."""
+        """The role's task of ``suite``, then the sweep's (the reference point first)."""
         s = self.sweeps[sweep]
         return (self.task(s.role, suite), *s.tasks(suite))
 
@@ -242,7 +225,7 @@ def load_paper(path: Path) -> Paper:
     suites = _suites(data["suites"], tasks, where, errors)
     tables = tuple(t for t in (_table(t, where, errors) for t in data.get("tables") or ()) if t is not None)
     claims = tuple(c for c in (_claim(c, where, errors) for c in data.get("claims") or ()) if c is not None)
-    sweeps = _sweeps(data.get("sweeps") or {}, where, errors)
+    sweeps = parse_sweeps(data.get("sweeps") or {}, where, errors)
     paper = Paper(
         id=str(data["id"]), title=str(data["title"]), authors=str(data["authors"]), arxiv=str(data["arxiv"]),
         venue=str(data["venue"]), paper_setting=str(data["paper_setting"]), sources=str(data["sources"]),
@@ -270,28 +253,6 @@ def _tasks(data: Any, where: str, errors: list[str]) -> dict[str, dict[str, str]
             out[str(role)] = {k: parse_plugin(str(v)).label for k, v in pair.items()}
         except ConfigError as exc:
             errors += [f"{where}: tasks.{role}: {e}" for e in exc.errors]
-    return out
-
-
-def _sweeps(data: Any, where: str, errors: list[str]) -> dict[str, Sweep]:
-    """``sweep id → Sweep``, each parsed strictly (unknown keys with a did-you-mean)."""
-    if not isinstance(data, Mapping):
-        errors.append(f"{where}: sweeps must map ids to {{role:, methods:, quick: [...], full: [...]}}, got {data!r}.")
-        return {}
-    out: dict[str, Sweep] = {}
-    for sid, body in data.items():
-        if not isinstance(body, Mapping):
-            errors.append(f"{where}: sweeps.{sid} must be a mapping (role:, methods:, quick:, full:), got {body!r}.")
-            continue
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
-        sweep, problems = build_dataclass(Sweep, fields, f"{where} sweeps.{sid}")
-        errors += problems
-        if sweep is not None:
-            try:
-                sweep.tasks("quick"), sweep.tasks("full")
-                out[str(sid)] = sweep
-            except ConfigError as exc:
-                errors += [f"{where}: sweeps.{sid}: {e}" for e in exc.errors]
     return out
 
 
@@ -371,7 +332,7 @@ def check_paper(paper: Paper) -> list[str]:
             except RegistryError as exc:
                 errors.append(f"{where}: tasks.{role}.{suite}: {exc}")
     ran = {n: {s.label for s in suite.methods} for n, suite in paper.suites.items()}
-    errors += _sweep_problems(paper)
+    errors += sweep_problems(paper.sweeps, paper.tasks, where)
 
     def labels_ok(what: str, labels: tuple[str, ...], sweep: str = "") -> bool:
         ok = True
@@ -391,7 +352,7 @@ def check_paper(paper: Paper) -> list[str]:
         what = f"table {table.id}"
         if table.task not in paper.tasks:
             errors.append(f"{where}: {what}: task role {table.task!r} is not in tasks: {sorted(paper.tasks)}.")
-        errors += _sweep_ref(paper, what, table.sweep, table.task, required=False)
+        errors += sweep_ref(paper.sweeps, where, what, table.sweep, table.task, required=False)
         if labels_ok(what, table.methods, table.sweep):
             for metric in table.columns:
                 if not metric_known(metric, table.methods):
@@ -399,7 +360,9 @@ def check_paper(paper: Paper) -> list[str]:
     for claim in paper.claims:
         errors += _claim_problems(paper, claim, labels_ok)
         if claim.measure.kind == "isoflop":
-            errors += _sweep_ref(paper, f"claim {claim.id}", claim.measure.sweep, claim.measure.task, required=True)
+            errors += sweep_ref(
+                paper.sweeps, where, f"claim {claim.id}", claim.measure.sweep, claim.measure.task, required=True
+            )
     ids = [t.id for t in paper.tables] + [c.id for c in paper.claims]
     if len(ids) != len(set(ids)):
         errors.append(f"{where}: table and claim ids must be unique, got {sorted(ids)}.")
@@ -442,51 +405,6 @@ def _claim_problems(paper: Paper, claim: Claim, labels_ok: Any) -> list[str]:
     elif m.budget == "all" and m.kind != "paired":
         errors.append(f"{where}: {what}: budget 'all' is for paired measures; give a number or 'lowest'.")
     return errors
-
-
-def _sweep_problems(paper: Paper) -> list[str]:
-    """A sweep must vary its role's task (same task, other options) and name methods that exist."""
-    from dynbench.methods.base import METHODS
-    from dynbench.tasks.base import TASKS
-
-    where = paper.path.name
-    errors: list[str] = []
-    for sid, sweep in paper.sweeps.items():
-        what = f"sweeps.{sid}"
-        if sweep.role not in paper.tasks:
-            errors.append(f"{where}: {what}: {unknown_message('task role', sweep.role, paper.tasks)}")
-            continue
-        if not sweep.methods:
-            errors.append(f"{where}: {what}: methods is empty; list the methods to run on each size, e.g. [dense, mod].")
-        for label in sweep.methods:
-            try:
-                METHODS.get(parse_plugin(label).name)
-            except RegistryError as exc:
-                errors.append(f"{where}: {what}: {exc}")
-        for suite in ("quick", "full"):
-            base = parse_plugin(paper.task(sweep.role, suite)).name
-            for label in sweep.tasks(suite):
-                spec = parse_plugin(label)
-                if spec.name != base:
-                    errors.append(f"{where}: {what}.{suite}: {label!r} is not the role's task {base!r}; a sweep "
-                                  f"varies that task's options, e.g. {base}[model.d_model=64].")  # fmt: skip
-                    continue
-                cls = TASKS.get(spec.name)
-                _, problems = build_dataclass(cls.Config, spec.options_dict(), f"{where} {what}.{suite} task {label}")
-                errors += problems
-    return errors
-
-
-def _sweep_ref(paper: Paper, what: str, sweep: str, role: str, *, required: bool) -> list[str]:
-    """Problems of a table's or claim's ``sweep:`` (it must exist and sweep the same role)."""
-    where = paper.path.name
-    if not sweep:
-        return [f"{where}: {what}: an isoflop measure needs sweep: (one of {sorted(paper.sweeps)})."] if required else []
-    if sweep not in paper.sweeps:
-        return [f"{where}: {what}: {unknown_message('sweep', sweep, paper.sweeps)}"]
-    if paper.sweeps[sweep].role != role:
-        return [f"{where}: {what}: sweep {sweep!r} sweeps role {paper.sweeps[sweep].role!r}, not {role!r}."]
-    return []
 
 
 def load_papers() -> dict[str, Paper]:

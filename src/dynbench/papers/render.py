@@ -225,7 +225,8 @@ def csv_text(outputs: list[PaperOutput]) -> str:
             for row in frame.itertuples(index=False):
                 for metric in table.columns:
                     writer.writerow([out.paper.id, out.suite, "table", table.id, row.method, row.budget, metric,
-                                     getattr(row, metric), "", "", "", "", "", getattr(row, "model", task)])  # fmt: skip
+                                     getattr(row, metric), "", "", "", "", "",
+                                     getattr(row, "model", task)])  # fmt: skip
     return buffer.getvalue()
 
 

@@ -16,7 +16,7 @@ PAPERS = load_papers()
 
 
 def _rows(points: list[tuple[str, str, float, dict[str, float]]], seeds=(0, 1)) -> pd.DataFrame:
-    """Quick-profile rows: ``(task, label, budget, {metric: value})`` per point, jittered per seed."""
+    """Quick-profile rows, ``(task, label, budget, {metric: value})`` a point, jittered by seed."""
     recs = []
     for seed in seeds:
         for task, label, budget, metrics in points:

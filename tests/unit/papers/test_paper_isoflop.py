@@ -1,4 +1,4 @@
-"""MoD's isoFLOP study: the size sweep in the registry, the isoflop measure on synthetic rows, M1."""
+"""MoD's isoFLOP study: the size sweep, the isoflop measure on synthetic rows, table M1."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ SIZES = ("shakespeare", "shakespeare[model.d_model=64]", "shakespeare[model.d_mo
 
 
 def size_rows(points: dict[str, dict], seeds=(0, 1, 2), profile="full") -> pd.DataFrame:
-    """Rows of dense and MoD per model size: ``{task: {label: {budget: (ppl, flops)}}}``, jittered per seed."""
+    """Dense and MoD rows per size, ``{task: {label: {budget: (ppl, flops)}}}``, seed-jittered."""
     recs = []
     for seed in seeds:
         for task, labels in points.items():
@@ -42,7 +42,8 @@ def sweep(mod_ppl_small: float = 6.2, mod_ppl_default: float = 5.7) -> dict[str,
     """Three sizes; the default (d=128) is the best dense at 6.74 ppl."""
     return {
         "shakespeare": {"dense": {1.0: (6.74, 238e6)},
-                        "mod": {1.0: (6.74, 238e6), 0.5: (mod_ppl_default + 0.3, 180e6), 0.125: (mod_ppl_default, 134e6)}},
+                        "mod": {1.0: (6.74, 238e6), 0.5: (mod_ppl_default + 0.3, 180e6),
+                                0.125: (mod_ppl_default, 134e6)}},
         "shakespeare[model.d_model=96]": {"dense": {1.0: (7.3, 141e6)},
                                           "mod[capacities=0.125]": {1.0: (7.3, 141e6), 0.125: (mod_ppl_small, 80e6)}},
         "shakespeare[model.d_model=64]": {"dense": {1.0: (8.1, 69e6)},
@@ -69,7 +70,7 @@ def test_the_registry_holds_the_size_sweep_table_m1_and_a_measured_isoflop_claim
 def test_a_clear_win_gives_the_forward_flops_ratio_of_the_best_dense_to_the_cheapest_mod_as_good():
     rows = size_rows(sweep(mod_ppl_small=6.2))
     point = isoflop_point(rows, SIZES, ("mod", "mod[capacities=0.125]"), "dense")
-    # the d=96 MoD (6.2 ppl) beats the best dense (d=128, 6.74) with 80 M FLOPs; d=64's MoD (7.9) is worse
+    # the d=96 MoD (6.2 ppl) beats the best dense (d=128, 6.74) at 80 M FLOPs, d=64's (7.9) not
     assert point.value == pytest.approx(238e6 / 80e6) and point.where == "mod[capacities=0.125] on " + SIZES[2]
     assert point.budget == 0.125 and point.seeds == 3
     comparable = dataclasses.replace(PAPER, claims=(dataclasses.replace(isoflop_claim(), comparable=True),))
