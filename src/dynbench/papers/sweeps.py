@@ -90,7 +90,10 @@ def sweep_problems(sweeps: Mapping[str, Sweep], tasks: Mapping[str, Mapping[str,
                     errors.append(f"{where}: {what}.{suite}: {label!r} is not the role's task {base!r}; a sweep "
                                   f"varies that task's options, e.g. {base}[model.d_model=64].")  # fmt: skip
                     continue
-                cls = TASKS.get(spec.name)
+                try:
+                    cls = TASKS.get(spec.name)
+                except RegistryError:
+                    continue  # the role's own task is unknown: reported with the roles
                 _, problems = build_dataclass(cls.Config, spec.options_dict(), f"{where} {what}.{suite} task {label}")
                 errors += problems
     return errors
