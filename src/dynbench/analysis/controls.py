@@ -122,11 +122,12 @@ def _edge_verdict(where: str, v: str) -> str:
 
 
 def _metric_of(task: str) -> QualityMetric | None:
+    from dynbench.config import ConfigError, parse_plugin
     from dynbench.tasks.base import TASKS
 
-    try:
-        return TASKS.get(task).metric
-    except RegistryError:
+    try:  # rows name a task with options by its label, ``shakespeare[model.d_model=64]``
+        return TASKS.get(parse_plugin(task).name).metric
+    except (RegistryError, ConfigError):
         return None
 
 

@@ -60,9 +60,10 @@ def _run(args: argparse.Namespace) -> int:
 
     codes = []
     for paper in _papers(args.paper):
-        suite = paper.suites["quick" if args.quick else "full"]
-        print(f"== {paper.id}: {paper.title} ({'quick' if args.quick else 'full'} suite)")
-        codes.append(execute(suite, args, None))
+        name = "quick" if args.quick else "full"
+        print(f"== {paper.id}: {paper.title} ({name} suite)")
+        for suite in paper.run_suites(name):  # the suite, then each sweep's grid (runs shared with it are skipped)
+            codes.append(execute(suite, args, None))
     return EXIT_FAILED if any(code != EXIT_OK for code in codes) else EXIT_OK
 
 
@@ -101,6 +102,9 @@ def _ls(args: argparse.Namespace) -> int:
                   f"  read: {p.sources}"]  # fmt: skip
         roles = ", ".join(f"{role}: {pair['quick']} (quick) / {pair['full']} (full)" for role, pair in p.tasks.items())
         lines.append(f"  tasks: {roles}")
+        for sid, sweep in p.sweeps.items():
+            lines.append(f"  sweep {sid} of {sweep.role}: {', '.join(sweep.quick)} (quick) / {', '.join(sweep.full)} "
+                         f"(full), each with {', '.join(sweep.methods)}")  # fmt: skip
         for t in p.tables:
             public = "" if t.regenerable else "  [the paper's table is not public: ours only]"
             lines.append(f"  table {t.id}: {t.title} ({t.paper_ref}){public}")

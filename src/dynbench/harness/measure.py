@@ -402,7 +402,7 @@ def sample_records(plan: RunPlan, budget: float, q: QualityResult, flops: FlopsR
     ctrl = flops.controller if flops is not None else t.controller_flops.numpy()
     base = {
         "run_key": plan.run_key,
-        "task": plan.spec.task.name,
+        "task": plan.spec.task.label,  # as the rows name it (RowMaker)
         "method": plan.method.name,
         "method_label": plan.spec.method.label,
         "budget": float(budget),

@@ -49,7 +49,9 @@ class RowMaker:
         self.base = {
             "run_key": plan.run_key,
             "suite": plan.spec.suite,
-            "task": plan.spec.task.name,
+            # the task's label (its name, or name[options]): two configurations of one task (model
+            # sizes) stay apart in every table; a task without options keeps its bare name
+            "task": plan.spec.task.label,
             "task_version": plan.task.version,
             "synthetic_data": plan.task.synthetic,
             "method": m.name,

@@ -11,7 +11,10 @@ that profile's rows (quick and full numbers are never mixed). Then:
   through the ``flops_ratio`` rows, which carry a paired interval);
 - :func:`paired_points`: Δ quality against another method at equal mean FLOPs, per budget below the
   full one (:func:`dynbench.analysis.controls.compare_at_equal_flops`); points outside the other
-  curve's range are not measured.
+  curve's range are not measured;
+- :func:`isoflop_point`: over a sweep of model sizes (the role's task and the sweep's), how many
+  times fewer forward FLOPs per sample the cheapest MoD at least as good as the best dense model
+  takes — the paper's "equal performance, faster step" read in FLOPs (rule in its docstring).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Measured:
     seeds: int
     over: str  # "3 seeds", "samples", "calls" or "" (no interval)
     budget: float
+    where: str = ""  # what the point is of when a claim reads several runs (isoflop: the MoD's task and label)
 
 
 def suite_rows(paper: Paper, rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
@@ -46,7 +50,7 @@ def suite_rows(paper: Paper, rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         return "quick", rows.iloc[0:0]
     for name in ("full", "quick"):
         suite = paper.suites[name]
-        tasks = {pair[name] for pair in paper.tasks.values()}
+        tasks = paper.suite_tasks(name)
         mine = rows[rows["task"].isin(tasks) & (rows["profile"] == suite.profile)]
         if suite.limit is not None and "limit" in mine.columns:
             mine = mine[mine["limit"] == suite.limit]
@@ -150,6 +154,89 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
+def _quality_better(rows: pd.DataFrame) -> bool:
+    """Whether higher quality is better, as the rows' ``quality`` say (perplexity: no)."""
+    q = rows[rows["metric"] == "quality"]
+    return bool(q["higher_is_better"].iloc[0]) if not q.empty and "higher_is_better" in q.columns else True
+
+
+def isoflop_point(
+    rows: pd.DataFrame, tasks: tuple[str, ...], mod_labels: tuple[str, ...], dense: str
+) -> Measured | None:
+    """The isoFLOP "equal performance, faster step" ratio over a sweep of model sizes.
+
+    The rule, stated once (``None`` = no point: not measured):
+
+    1. the best dense model: of ``dense``'s runs on ``tasks`` (one per model size), the best mean
+       quality over seeds;
+    2. the MoD points that count: every budget below the full one of every label in
+       ``mod_labels``, on a size whose dense model takes at most the best dense's forward FLOPs
+       per sample (every size sees the same training tokens and each MoD trains for its dense
+       twin's FLOPs, so those MoD models cost no more training than the best dense one), whose
+       mean quality is at least as good as the worse end of the best dense's 95% interval (its
+       mean when it has none);
+    3. of those, the one with the fewest forward FLOPs per sample; our value is the best dense's
+       forward FLOPs ÷ its FLOPs, with the interval of the two FLOPs means' intervals (none when
+       either has none). No MoD point counts → ``None``.
+
+    Args:
+        rows: one suite's rows.
+        tasks: the sweep's task labels (model sizes).
+        mod_labels: the MoD method labels.
+        dense: the dense method's label.
+    """
+    higher = _quality_better(rows)
+    sign = 1.0 if higher else -1.0
+    sizes = []
+    for task in tasks:
+        q = metric_point(rows, task, dense, "1.0", "quality")
+        f = metric_point(rows, task, dense, "1.0", "flops_per_sample")
+        if q is not None and f is not None:
+            sizes.append((task, q, f))
+    if not sizes:
+        return None
+    _, best_q, best_f = max(sizes, key=lambda s: sign * s[1].value)
+    worst_end = best_q.value if best_q.low is None else (best_q.low if higher else best_q.high)
+    candidates = []
+    for task, _, f in sizes:
+        if f.value > best_f.value * (1 + 1e-9):
+            continue  # a larger model than the best dense: more training FLOPs, not isoFLOP against it
+        for label in mod_labels:
+            frame = rows[
+                (rows["task"] == task) & (rows["method_label"] == label) & ~rows["is_full_budget"].astype(bool)
+            ]
+            for budget in sorted(frame["budget"].unique()):
+                mq = metric_point(rows, task, label, repr(float(budget)), "quality")
+                mf = metric_point(rows, task, label, repr(float(budget)), "flops_per_sample")
+                if mq is not None and mf is not None and sign * (mq.value - worst_end) >= 0:
+                    candidates.append((mf, f"{label} on {task}"))
+    if not candidates:
+        return None
+    mf, where = min(candidates, key=lambda c: c[0].value)
+    low = best_f.low / mf.high if best_f.low is not None and mf.high is not None and mf.high > 0 else None
+    high = best_f.high / mf.low if best_f.high is not None and mf.low is not None and mf.low > 0 else None
+    if low is None or high is None:
+        low = high = None
+    return Measured(best_f.value / mf.value, low, high, min(best_f.seeds, mf.seeds), mf.over, mf.budget, where)
+
+
+def task_params(label: str) -> int:
+    """Parameters of the backbone a task label builds (counted from its config, not measured).
+
+    Raises:
+        ValueError: the label's options do not fit the task's config (with the problems).
+    """
+    from dynbench.config import build_dataclass, parse_plugin
+    from dynbench.tasks.base import TASKS
+
+    spec = parse_plugin(label)
+    cls = TASKS.get(spec.name)
+    config, problems = build_dataclass(cls.Config, spec.options_dict(), f"task {label!r}")
+    if config is None:
+        raise ValueError(f"Cannot build task {label!r}: {'; '.join(problems)}. Fix the task options in the paper file.")
+    return sum(p.numel() for p in cls(config).build_backbone().parameters())
+
+
 def measure(paper: Paper, measure_: Measure, suite: str, rows: pd.DataFrame, samples: pd.DataFrame) -> list[Measured]:
     """Every point of ``measure_`` in the stored rows (empty: not measured)."""
     if measure_.kind == "missing":
@@ -157,6 +244,11 @@ def measure(paper: Paper, measure_: Measure, suite: str, rows: pd.DataFrame, sam
     task = paper.task(measure_.task, suite)
     if measure_.kind == "paired":
         return paired_points(rows, samples, task, measure_.method, measure_.against, measure_.budget)
+    if measure_.kind == "isoflop":
+        sweep = paper.sweeps[measure_.sweep]
+        mods = tuple(dict.fromkeys(m for m in (measure_.method, *sweep.methods) if m != measure_.against))
+        point = isoflop_point(rows, paper.sweep_tasks(measure_.sweep, suite), mods, measure_.against)
+        return [] if point is None else [point]
     read = metric_point if measure_.kind == "metric" else vs_dense
     point = read(rows, task, measure_.method, measure_.budget, measure_.metric)
     return [] if point is None else [point]

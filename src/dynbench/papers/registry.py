@@ -8,7 +8,10 @@ A paper file (``papers/data/<id>.yaml``) declares, without code:
   training is involved);
 - ``suites``: the methods, seeds and profile of each suite (any field of a suite file except
   ``tasks``, which come from the roles);
-- ``tables``: what to regenerate — a role, method labels and the row metrics to show;
+- ``sweeps`` (optional): extra configurations of one role's task — model sizes for an isoFLOP
+  study — each run with a few of the suites' methods (:class:`Sweep`); the role's own task is the
+  sweep's reference point and its runs are reused;
+- ``tables``: what to regenerate — a role (or a sweep over it), method labels and the row metrics;
 - ``claims``: each headline claim with the paper's value or, when none is printed, the shape of the
   claim; the paper's setting and ours; an evidence tag (``V`` read in the paper or its code, ``A``
   abstract only, ``S`` a secondary source); whether the two settings are comparable at all and why
@@ -30,15 +33,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dynbench.config import ConfigError, SuiteSpec, build_dataclass, parse_plugin, suite_from_mapping
-from dynbench.registry import RegistryError, unknown_message
+from dynbench.papers.sweeps import Sweep, parse_sweeps, sweep_problems, sweep_ref
+from dynbench.registry import RegistryError, suggest, unknown_message
 from dynbench.types import METRICS
 from dynbench.validation import check_choices
 
 Tag = Literal["V", "A", "S"]
-MeasureKind = Literal["metric", "vs_dense", "paired", "missing"]
+MeasureKind = Literal["metric", "vs_dense", "paired", "isoflop", "missing"]
 ExpectKind = Literal["near", "at_least", "at_most", "between", "positive", "negative", "tie"]
 SuiteName = Literal["quick", "full"]
-Figure = Literal["", "pareto_flops", "quality_layers", "compute_hist"]
+# the task's report plots (pareto_flops, quality_layers, compute_hist) or a figure drawn from the
+# table's own rows (quality_layers_oracle, isoflop_bars: dynbench.analysis.paper_figures)
+Figure = Literal["", "pareto_flops", "quality_layers", "compute_hist", "quality_layers_oracle", "isoflop_bars"]
 
 TAGS: Mapping[str, str] = {
     "V": "read in the paper or its official code",
@@ -53,10 +59,14 @@ ROW_METRICS = frozenset(METRICS) | {"quality", "quality_delta", "mean_layers"}
 class Measure:
     """How our number for a claim is read from stored rows."""
 
-    kind: MeasureKind = "missing"  # metric: a row metric; vs_dense: % change against dense; paired: Δ at equal FLOPs
+    # metric: a row metric; vs_dense: % change against dense; paired: Δ at equal FLOPs; isoflop: the
+    # forward-FLOPs ratio of the best dense size to the cheapest MoD as good
+    # (papers.measures.isoflop_point)
+    kind: MeasureKind = "missing"
     task: str = ""  # a role of the paper's ``tasks``
+    sweep: str = ""  # isoflop only: the sweep over the role's task (model sizes) whose runs are compared
     method: str = ""  # method label (``mod[router=random]``)
-    against: str = ""  # paired only: the other method's label
+    against: str = ""  # paired: the other method's label; isoflop: the dense label
     metric: str = ""  # metric and vs_dense: the row metric
     budget: str = "lowest"  # a budget (``0.25``), ``lowest`` (below the full budget) or, paired, ``all``
     reason: str = ""  # missing only: which study is absent
@@ -112,6 +122,7 @@ class PaperTable:
     columns: tuple[str, ...]  # row metrics, one column each
     regenerable: bool = True  # False: the paper's table is not public; ours is shown beside its claim only
     figure: Figure = ""  # the report's plot of the task that goes with it on the Papers page ("" = none)
+    sweep: str = ""  # a sweep of the paper: one block of rows per swept task (model size), "" = the role's task
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -132,6 +143,7 @@ class Paper:
     suites: Mapping[str, SuiteSpec]  # "quick" and "full"
     tables: tuple[PaperTable, ...]
     claims: tuple[Claim, ...]
+    sweeps: Mapping[str, Sweep]  # sweep id → Sweep (empty when the paper has none)
     path: Path
 
     @property
@@ -143,12 +155,37 @@ class Paper:
         """The task spec that plays ``role`` in ``suite`` (``quick`` or ``full``)."""
         return self.tasks[role][suite]
 
+    def sweep_tasks(self, sweep: str, suite: str) -> tuple[str, ...]:
+        """The role's task of ``suite``, then the sweep's (the reference point first)."""
+        s = self.sweeps[sweep]
+        return (self.task(s.role, suite), *s.tasks(suite))
+
+    def run_suites(self, suite: str) -> tuple[SuiteSpec, ...]:
+        """What ``bench paper run`` runs for ``suite``: the suite, then one grid per sweep."""
+        main = self.suites[suite]
+        grids = tuple(
+            dataclasses.replace(
+                main,
+                name=f"{main.name}-{sid}",
+                tasks=tuple(parse_plugin(t) for t in sweep.tasks(suite)),
+                methods=tuple(parse_plugin(m) for m in sweep.methods),
+            )
+            for sid, sweep in self.sweeps.items()
+            if sweep.tasks(suite)
+        )
+        return (main, *grids)
+
+    def suite_tasks(self, suite: str) -> set[str]:
+        """Every task label ``suite`` runs: each role's and each sweep's."""
+        return {pair[suite] for pair in self.tasks.values()} | {t for s in self.sweeps.values() for t in s.tasks(suite)}
+
 
 class PaperRegistryError(ConfigError):
     """A paper file is malformed or names things that do not exist; every problem is listed."""
 
 
 DATA = "data"
+_OPTIONAL = frozenset({"sweeps"})
 _FIELDS = {f.name for f in dataclasses.fields(Paper)} - {"path"}
 
 
@@ -175,9 +212,11 @@ def load_paper(path: Path) -> Paper:
     errors: list[str] = []
     where = path.name
     unknown = sorted(set(data) - _FIELDS)
-    missing = sorted(f for f in _FIELDS if f not in data)
-    if unknown:
-        errors.append(f"{where}: unknown keys {unknown}. Allowed: {sorted(_FIELDS)}.")
+    missing = sorted(f for f in _FIELDS - _OPTIONAL if f not in data)
+    for key in unknown:
+        close = suggest(str(key), sorted(_FIELDS))
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        errors.append(f"{where}: unknown key {key!r}.{hint} Allowed: {', '.join(sorted(_FIELDS))}.")
     if missing:
         errors.append(f"{where}: missing keys {missing}.")
     if errors:
@@ -186,10 +225,11 @@ def load_paper(path: Path) -> Paper:
     suites = _suites(data["suites"], tasks, where, errors)
     tables = tuple(t for t in (_table(t, where, errors) for t in data.get("tables") or ()) if t is not None)
     claims = tuple(c for c in (_claim(c, where, errors) for c in data.get("claims") or ()) if c is not None)
+    sweeps = parse_sweeps(data.get("sweeps") or {}, where, errors)
     paper = Paper(
         id=str(data["id"]), title=str(data["title"]), authors=str(data["authors"]), arxiv=str(data["arxiv"]),
         venue=str(data["venue"]), paper_setting=str(data["paper_setting"]), sources=str(data["sources"]),
-        tasks=tasks, suites=suites, tables=tables, claims=claims, path=path,
+        tasks=tasks, suites=suites, tables=tables, claims=claims, sweeps=sweeps, path=path,
     )  # fmt: skip
     if paper.id != path.stem:
         errors.append(f"{where}: id {paper.id!r} differs from the file name; name the file {paper.id}.yaml.")
@@ -209,7 +249,10 @@ def _tasks(data: Any, where: str, errors: list[str]) -> dict[str, dict[str, str]
         if not isinstance(pair, Mapping) or set(pair) != {"quick", "full"}:
             errors.append(f"{where}: tasks.{role} must give exactly quick: and full:, got {pair!r}.")
             continue
-        out[str(role)] = {k: str(v) for k, v in pair.items()}
+        try:  # rows name a task by its label (options sorted), so the registry does too
+            out[str(role)] = {k: parse_plugin(str(v)).label for k, v in pair.items()}
+        except ConfigError as exc:
+            errors += [f"{where}: tasks.{role}: {e}" for e in exc.errors]
     return out
 
 
@@ -289,9 +332,11 @@ def check_paper(paper: Paper) -> list[str]:
             except RegistryError as exc:
                 errors.append(f"{where}: tasks.{role}.{suite}: {exc}")
     ran = {n: {s.label for s in suite.methods} for n, suite in paper.suites.items()}
+    errors += sweep_problems(paper.sweeps, paper.tasks, where)
 
-    def labels_ok(what: str, labels: tuple[str, ...]) -> bool:
+    def labels_ok(what: str, labels: tuple[str, ...], sweep: str = "") -> bool:
         ok = True
+        extra = set(paper.sweeps[sweep].methods) if sweep in paper.sweeps else set()
         for label in labels:
             try:
                 METHODS.get(parse_plugin(label).name)
@@ -299,7 +344,7 @@ def check_paper(paper: Paper) -> list[str]:
                 errors.append(f"{where}: {what}: {exc}")
                 ok = False
             for suite, names in ran.items():
-                if label not in names:
+                if label not in names | extra:
                     errors.append(f"{where}: {what} needs {label!r}, which suites.{suite} does not run. Add it there.")
         return ok
 
@@ -307,12 +352,17 @@ def check_paper(paper: Paper) -> list[str]:
         what = f"table {table.id}"
         if table.task not in paper.tasks:
             errors.append(f"{where}: {what}: task role {table.task!r} is not in tasks: {sorted(paper.tasks)}.")
-        if labels_ok(what, table.methods):
+        errors += sweep_ref(paper.sweeps, where, what, table.sweep, table.task, required=False)
+        if labels_ok(what, table.methods, table.sweep):
             for metric in table.columns:
                 if not metric_known(metric, table.methods):
                     errors.append(f"{where}: {what}: no run of {list(table.methods)} writes metric {metric!r}.")
     for claim in paper.claims:
         errors += _claim_problems(paper, claim, labels_ok)
+        if claim.measure.kind == "isoflop":
+            errors += sweep_ref(
+                paper.sweeps, where, f"claim {claim.id}", claim.measure.sweep, claim.measure.task, required=True
+            )
     ids = [t.id for t in paper.tables] + [c.id for c in paper.claims]
     if len(ids) != len(set(ids)):
         errors.append(f"{where}: table and claim ids must be unique, got {sorted(ids)}.")
@@ -336,9 +386,12 @@ def _claim_problems(paper: Paper, claim: Claim, labels_ok: Any) -> list[str]:
         return errors
     if m.task not in paper.tasks:
         errors.append(f"{where}: {what}: task role {m.task!r} is not in tasks: {sorted(paper.tasks)}.")
-    labels = (m.method, m.against) if m.kind == "paired" else (m.method,)
-    if m.kind == "paired" and not m.against:
-        errors.append(f"{where}: {what}: a paired measure needs against: (the other method's label).")
+    labels = (m.method, m.against) if m.kind in ("paired", "isoflop") else (m.method,)
+    if m.kind in ("paired", "isoflop") and not m.against:
+        errors.append(f"{where}: {what}: a {m.kind} measure needs against: (the other method's label).")
+        return errors
+    if m.kind == "isoflop":
+        labels_ok(what, labels, m.sweep)
         return errors
     if m.kind == "vs_dense":
         labels = (*labels, "dense")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dynbench.analysis.tables import format_sig
-from dynbench.papers.measures import Measured, measure, metric_point, suite_rows
+from dynbench.papers.measures import Measured, measure, metric_point, suite_rows, task_params
 from dynbench.papers.registry import Claim, Paper, PaperTable
 from dynbench.papers.verdict import PaperVerdict, combine, judge
 
@@ -50,14 +50,19 @@ def _number(x: float | None) -> str:
 def ours_text(result: ClaimResult) -> str:
     """Our value ± interval, per budget when the claim is measured at several."""
     if not result.points:
-        return result.claim.measure.reason or "not in these results"
+        return result.claim.measure.reason or _NONE.get(result.claim.measure.kind, "not in these results")
     parts = []
     for p in result.points:
         interval = f" [{_number(p.low)}, {_number(p.high)}]" if p.low is not None else " (no interval)"
         where = f"b={p.budget:g}: " if len(result.points) > 1 or result.claim.measure.kind == "paired" else ""
-        parts.append(f"{where}{_number(p.value)}{interval}")
+        of = f" ({p.where} at b={p.budget:g})" if p.where else ""
+        parts.append(f"{where}{_number(p.value)}{interval}{of}")
     over = result.points[0].over
     return "; ".join(parts) + (f" (over {over})" if over else "")
+
+
+_NONE = {"isoflop": "no MoD model as good as the best dense one in these results"}
+"""Why a measure kind has no point when its runs are there (the isoflop rule found no MoD)."""
 
 
 def paper_text(claim: Claim) -> str:
@@ -66,18 +71,27 @@ def paper_text(claim: Claim) -> str:
 
 
 def table_frame(paper: Paper, table: PaperTable, suite: str, rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per (method, budget) of ``table``, each column ``value [low, high]`` as text."""
-    task = paper.task(table.task, suite)
+    """One line per (method, budget) of ``table``, each column ``value [low, high]`` as text.
+
+    A sweep's table has a block per swept task (model size) that ran, each headed by the task's
+    label and its backbone's parameter count (from the task's configuration).
+    """
+    tasks = paper.sweep_tasks(table.sweep, suite) if table.sweep else (paper.task(table.task, suite),)
+    lead = ["model", "params"] if table.sweep else []
     lines = []
-    for label in table.methods:
-        budgets = sorted(rows.loc[(rows["task"] == task) & (rows["method_label"] == label), "budget"].unique())
-        for budget in reversed(budgets):
-            cells = {"method": label, "budget": f"{budget:g}"}
-            for metric in table.columns:
-                point = metric_point(rows, task, label, repr(float(budget)), metric)
-                cells[metric] = "–" if point is None else _cell(point)
-            lines.append(cells)
-    return pd.DataFrame(lines, columns=["method", "budget", *table.columns])
+    for task in tasks:
+        if table.sweep and not (rows["task"] == task).any():
+            continue  # a size that has not run: no block
+        size = {"model": task, "params": f"{task_params(task):,}"} if table.sweep else {}
+        for label in table.methods:
+            budgets = sorted(rows.loc[(rows["task"] == task) & (rows["method_label"] == label), "budget"].unique())
+            for budget in reversed(budgets):
+                cells = {**size, "method": label, "budget": f"{budget:g}"}
+                for metric in table.columns:
+                    point = metric_point(rows, task, label, repr(float(budget)), metric)
+                    cells[metric] = "–" if point is None else _cell(point)
+                lines.append(cells)
+    return pd.DataFrame(lines, columns=[*lead, "method", "budget", *table.columns])
 
 
 def _cell(point: Measured) -> str:
@@ -132,8 +146,9 @@ def markdown(outputs: list[PaperOutput], figures: dict[str, str] | None = None) 
             parts.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
         for table, frame in out.tables:
             public = "" if table.regenerable else " The paper's table is not public: ours only."
-            parts += ["", f"### {table.id}: {table.title}", "", f"Paper: {table.paper_ref}.{public} Task: "
-                      f"`{p.task(table.task, out.suite)}`.", ""]  # fmt: skip
+            tasks = p.sweep_tasks(table.sweep, out.suite) if table.sweep else (p.task(table.task, out.suite),)
+            parts += ["", f"### {table.id}: {table.title}", "", f"Paper: {table.paper_ref}.{public} "
+                      f"Task{'s' if len(tasks) > 1 else ''}: {', '.join(f'`{t}`' for t in tasks)}.", ""]  # fmt: skip
             parts.append(_md_table(frame) if not frame.empty else "_No runs of this table in the results._")
             if figures and table.id in figures:
                 parts += ["", f"![{p.id} {table.id}: {table.figure}]({figures[table.id]})"]
@@ -195,20 +210,23 @@ def csv_text(outputs: list[PaperOutput]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["paper", "suite", "kind", "id", "method", "budget", "metric", "value", "ci_low", "ci_high",
-                     "paper_value", "tag", "verdict"])  # fmt: skip
+                     "paper_value", "tag", "verdict", "task"])  # fmt: skip
     for out in outputs:
         for r in out.claims:
             m = r.claim.measure
             paper_value = "" if r.claim.paper_value is None else r.claim.paper_value
             for point in r.points or (None,):
                 values = ("", "", "", "") if point is None else (point.budget, point.value, point.low, point.high)
+                task = "" if point is None else point.where
                 writer.writerow([out.paper.id, out.suite, "claim", r.claim.id, m.method, values[0], m.metric or m.kind,
-                                 *values[1:], paper_value, r.claim.tag, r.verdict])  # fmt: skip
+                                 *values[1:], paper_value, r.claim.tag, r.verdict, task])  # fmt: skip
         for table, frame in out.tables:
+            task = out.paper.task(table.task, out.suite)
             for row in frame.itertuples(index=False):
                 for metric in table.columns:
                     writer.writerow([out.paper.id, out.suite, "table", table.id, row.method, row.budget, metric,
-                                     getattr(row, metric), "", "", "", "", ""])  # fmt: skip
+                                     getattr(row, metric), "", "", "", "", "",
+                                     getattr(row, "model", task)])  # fmt: skip
     return buffer.getvalue()
 
 
