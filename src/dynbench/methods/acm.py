@@ -56,7 +56,7 @@ from dynbench.methods._learner_stack import (
     entropy_loss,
     improvement_labels,
 )
-from dynbench.methods.base import DynamicModel, Method, freeze, register_method
+from dynbench.methods.base import DynamicModel, Method, budgets_not_among, freeze, register_method
 from dynbench.models.audio import AudioEncoder
 from dynbench.models.backbone import Backbone, mlp_unit_flops
 from dynbench.models.block import Block
@@ -450,8 +450,7 @@ class ACM(Method):
             ValueError: a budget that is neither 1.0 nor a target.
         """
         budgets = super().resolve_budgets(override, n_blocks)
-        known = {budget_key(b) for b in self.budgets(n_blocks)}
-        missing = [b for b in budgets if budget_key(b) not in known]
+        missing = budgets_not_among(budgets, self.budgets(n_blocks), budget_key)
         if missing:
             raise ValueError(
                 f"acm budget(s) {missing} have no fine-tuned model: acm fits one model per target β and has "

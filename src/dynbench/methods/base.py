@@ -387,6 +387,16 @@ class Method(ABC):
         return tuple(sorted(set(budgets), reverse=True))
 
 
+def budgets_not_among(budgets: Sequence[Budget], fitted: Sequence[Budget], key: Callable[[Budget], str]) -> list[Budget]:
+    """The ``budgets`` that ``fitted`` lacks, matched by ``key`` (a method's own budget key).
+
+    For methods that fit or calibrate per budget (ACM's targets, token_skip's biases): their
+    ``resolve_budgets`` refuses what was never fitted, before any run starts.
+    """
+    known = {key(b) for b in fitted}
+    return [b for b in budgets if key(b) not in known]
+
+
 def thin_budgets(budgets: Sequence[Budget], keep: int | None) -> tuple[Budget, ...]:
     """At most ``keep`` of ``budgets`` (descending), evenly spread, the first and last kept.
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynbench.methods._token_gather import gather_tokens, padded_positions, scatter_add_tokens
-from dynbench.methods.base import DynamicModel, Method, freeze, register_method
+from dynbench.methods.base import DynamicModel, Method, budgets_not_among, freeze, register_method
 from dynbench.models.backbone import Backbone
 from dynbench.models.block import Block
 from dynbench.models.training import TrainConfig, endless, fit_loop
@@ -397,8 +397,7 @@ class TokenSkip(Method):
             ValueError: a budget out of range or not among ``targets``.
         """
         budgets = super().resolve_budgets(override, n_blocks)
-        known = {budget_key(b) for b in self.budgets(n_blocks)}
-        missing = [b for b in budgets if budget_key(b) not in known]
+        missing = budgets_not_among(budgets, self.budgets(n_blocks), budget_key)
         if missing:
             raise ValueError(
                 f"token_skip calibrates only its targets; budgets {missing} are not among {list(self.budgets(n_blocks))}. "
