@@ -61,7 +61,7 @@ def default_tasks() -> tuple[PluginSpec, ...]:
 
 
 def default_suite() -> SuiteSpec:
-    """Every registered method (but studies: ``in_default_suite``) on each modality's default task."""
+    """Every registered method but studies (``in_default_suite``) on each modality's default task."""
     methods = tuple(PluginSpec(n) for n in METHODS.names() if METHODS.get(n).in_default_suite)
     return SuiteSpec(methods=methods, tasks=default_tasks(), name="default")
 
@@ -285,7 +285,10 @@ def _method_info(name: str) -> dict[str, str]:
         "paper": cls.paper or "",
         "note": "; ".join(
             n
-            for n, on in (("reconstruction", cls.reconstructed), ("study: not in the default suite", not cls.in_default_suite))
+            for n, on in (
+                ("reconstruction", cls.reconstructed),
+                ("study: not in the default suite", not cls.in_default_suite),
+            )
             if on
         ),
     }

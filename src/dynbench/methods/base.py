@@ -387,7 +387,9 @@ class Method(ABC):
         return tuple(sorted(set(budgets), reverse=True))
 
 
-def budgets_not_among(budgets: Sequence[Budget], fitted: Sequence[Budget], key: Callable[[Budget], str]) -> list[Budget]:
+def budgets_not_among(
+    budgets: Sequence[Budget], fitted: Sequence[Budget], key: Callable[[Budget], str]
+) -> list[Budget]:
     """The ``budgets`` that ``fitted`` lacks, matched by ``key`` (a method's own budget key).
 
     For methods that fit or calibrate per budget (ACM's targets, token_skip's biases): their

@@ -6,11 +6,11 @@ https://arxiv.org/abs/2410.20022 (the per-token controllers of ``DynamicPropagat
 controllers that read hidden states do no better than a fixed-input control at matched compute.
 
 Mechanism: before each controlled block a ``Linear(d → 2)`` reads every token's detached hidden
-state (after the block's own input norm) and decides keep or skip (hard Gumbel-softmax with a straight-through gradient in training, as
-the authors' code); a skipped token's state passes the block unchanged. The controllers train on the
-frozen backbone with the task loss plus a compute cost. ``controller="fixed"`` is the paper's
-control (``with_fixed_input``): the controller reads a constant vector of ones, so it learns one
-keep-or-skip preference per block that no input changes.
+state (after the block's own input norm) and decides keep or skip (hard Gumbel-softmax with a
+straight-through gradient in training, as the authors' code); a skipped token's state passes the
+block unchanged. The controllers train on the frozen backbone with the task loss plus a compute
+cost. ``controller="fixed"`` is the paper's control (``with_fixed_input``): the controller reads a
+constant vector of ones, so it learns one keep-or-skip preference per block that no input changes.
 
 What we changed / reconstructed:
 - a token that skips a block writes no keys or values there: the kept tokens attend among
@@ -99,7 +99,7 @@ class TokenSkipConfig:
 
 
 def controlled_blocks(n_blocks: int, keep_ends: bool) -> list[int]:
-    """The blocks a controller decides: all but the first and last (with ``keep_ends`` and L ≥ 3)."""
+    """The blocks a controller decides: all but the first and last (``keep_ends``, L ≥ 3)."""
     if keep_ends and n_blocks >= 3:
         return list(range(1, n_blocks - 1))
     return list(range(n_blocks))
@@ -235,9 +235,7 @@ class TokenSkipModel(DynamicModel):
         update = block.delta(x_sel, positions=idx if block.cfg.rope else None)  # (B, n, C)
         return scatter_add_tokens(x, idx, update)  # (B, T, C)
 
-    def masked_forward(
-        self, inputs: Tensor, keep_of: Callable[[int, Tensor], Tensor]
-    ) -> tuple[Tensor, list[Tensor]]:
+    def masked_forward(self, inputs: Tensor, keep_of: Callable[[int, Tensor], Tensor]) -> tuple[Tensor, list[Tensor]]:
         """The training forward: every token runs every block; skipped ones are masked out.
 
         ``keep_of(index, logits)`` turns a block's ``(B, T)`` keep logits into a ``(B, T)`` 0/1 keep
@@ -311,12 +309,12 @@ class TokenSkipModel(DynamicModel):
         return list(self.controllers.values())
 
     def trace_metrics(self, trace: Trace) -> dict[str, tuple[float, str, bool]]:
-        """``executed_fraction``: (token, block) pairs run ÷ all, the compute a per-token method spends."""
+        """``executed_fraction``: (token, block) pairs run ÷ all, what a per-token method spends."""
         return {"executed_fraction": (float(trace.extra["executed_fraction"].mean()), "fraction", False)}
 
 
 def gumbel_keep(logits: Tensor) -> Tensor:
-    """``(B, T)`` hard 0/1 keep with a straight-through gradient: Gumbel-softmax over [keep, skip], τ = 1."""
+    """``(B, T)`` hard 0/1 keep, straight-through: Gumbel-softmax over [keep, skip], τ = 1."""
     pair = torch.stack([logits, torch.zeros_like(logits)], dim=-1)  # (B, T, 2) keep-minus-skip as two logits
     return F.gumbel_softmax(pair, tau=1.0, hard=True)[..., 0]  # (B, T)
 
@@ -400,7 +398,8 @@ class TokenSkip(Method):
         missing = budgets_not_among(budgets, self.budgets(n_blocks), budget_key)
         if missing:
             raise ValueError(
-                f"token_skip calibrates only its targets; budgets {missing} are not among {list(self.budgets(n_blocks))}. "
+                f"token_skip calibrates only its targets; budgets {missing} are not among "
+                f"{list(self.budgets(n_blocks))}. "
                 "Choose among those, or set token_skip[targets=...] to calibrate others."
             )
         return budgets
@@ -421,9 +420,9 @@ class TokenSkip(Method):
         """Train the controllers on the frozen backbone, then calibrate each target's bias.
 
         Training: the task loss plus ``cost_weight · (kept − train_budget)²`` with hard Gumbel
-        decisions (straight-through), on the training split. Calibration: on
-        ``calibration_samples`` shuffled validation inputs (a threshold is a selection: it is made on
-        held-out data), by :func:`calibrate`.
+        decisions (straight-through), on the training split. Calibration: by :func:`calibrate` on
+        ``calibration_samples`` shuffled validation inputs (a threshold is a selection: it is made
+        on held-out data).
 
         Args:
             model: the wrapped model whose controllers and biases are set in place.
