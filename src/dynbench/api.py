@@ -61,7 +61,7 @@ def default_tasks() -> tuple[PluginSpec, ...]:
 
 
 def default_suite() -> SuiteSpec:
-    """Every registered method but studies (``in_default_suite``) on each modality's default task."""
+    """Every registered method, studies aside (``in_default_suite``), on each default task."""
     methods = tuple(PluginSpec(n) for n in METHODS.names() if METHODS.get(n).in_default_suite)
     return SuiteSpec(methods=methods, tasks=default_tasks(), name="default")
 

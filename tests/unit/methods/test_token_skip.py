@@ -59,7 +59,7 @@ def test_first_and_last_blocks_always_run_from_three_blocks_up() -> None:
 
 
 def test_the_evaluation_path_equals_the_masked_training_rule_at_the_same_decisions() -> None:
-    """Running only the kept tokens (what the trace charges) = all tokens, the skipped masked out."""
+    """Only the kept tokens run (what the trace charges) = all tokens, the skipped masked out."""
     model = with_controllers(llama_like())
     x = torch.randint(0, 16, (3, 16))
     with torch.no_grad():
