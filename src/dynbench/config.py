@@ -451,8 +451,10 @@ class SuiteSpec:
 
 
 _SUITE_KEYS = (
-    "name", "methods", "tasks", "seeds", "hardware", "budgets", "batch_sizes", "limit", "measure", "profile",
+    "name", "methods", "tasks", "seeds", "hardware", "budgets", "batch_sizes", "limit", "measure", "profile", "gate",
 )  # fmt: skip
+"""Keys of a suite file. ``gate`` holds bench compare's rules (:mod:`dynbench.analysis.compare`):
+``bench compare --suite`` reads it; a suite checks it and does not run it."""
 
 
 def _plugins_from_yaml(value: Any, where: str, errors: list[str]) -> tuple[PluginSpec, ...]:
@@ -501,6 +503,13 @@ def suite_from_mapping(data: Mapping[str, Any], where: str = "suite") -> SuiteSp
                 kwargs[key] = _coerce(data[key], hints[key], f"{where}.{key}")
             except ValueError as exc:
                 errors.append(str(exc))
+    if "gate" in data:
+        from dynbench.analysis.compare import gate_from_mapping
+
+        try:
+            gate_from_mapping(data["gate"], f"{where}.gate")
+        except ValueError as exc:
+            errors.append(str(exc))
     if "measure" in data:
         measure, errs = build_dataclass(MeasureConfig, data["measure"] or {}, f"{where}.measure")
         errors.extend(errs)

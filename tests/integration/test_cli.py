@@ -164,7 +164,7 @@ def test_report_and_export(results: Path):
 def test_unknown_method_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert run(tmp_path, "--methods", "layer_skp", "--tasks", "toy-vision") == 2
     err = capsys.readouterr().err
-    assert "Unknown method 'layer_skp'. Did you mean: layer_skip?" in err
+    assert "Unknown method 'layer_skp'. Did you mean: layer_skip" in err  # the closest first
     assert not (tmp_path / "res").exists()
 
 

@@ -26,7 +26,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_quick_run_holds_every_run_its_tables_need(results: Path, capsys):
     assert main(["paper", "run", "glavas", "--quick", "--out", str(results), "--executor", "inline"]) == 0
-    assert "0 run(s) measured, 4 already in" in capsys.readouterr().out  # resumes like bench run
+    assert "0 run(s) measured, 6 already in" in capsys.readouterr().out  # resumes like bench run
 
 
 def test_markdown_has_every_claim_with_paper_value_ours_and_a_verdict(results: Path, capsys):
@@ -35,7 +35,9 @@ def test_markdown_has_every_claim_with_paper_value_ours_and_a_verdict(results: P
     assert "Numbers from the **quick** suite" in md and "text: `toy-text` for `smollm2`" in md
     for claim in ("skip-beats-exit", "per-token-control-is-hard", "oracle-23"):
         assert f"**{claim}**" in md
-    assert "| 0.233 fraction of layers |" in md and "**not comparable** |" in md and "**not measured** |" in md
+    assert "| 0.233 fraction of layers |" in md and "**not comparable** |" in md
+    assert "**not measured** |" not in md  # the per-token controller study (token_skip) measures its claim
+    assert "### T2:" in md and "| token_skip[controller=fixed] | 0.5 |" in md
     assert "### T1: Quality against executed layers" in md and "| layer_skip[pattern=uniform] | 0.5 |" in md
     assert "### T3:" in md and "| oracle | 1 |" in md
 
@@ -61,7 +63,8 @@ def test_csv_has_a_row_per_claim_point_and_table_cell(results: Path, tmp_path: P
     with out.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     claims = {r["id"]: r["verdict"] for r in rows if r["kind"] == "claim"}
-    assert claims["oracle-23"] == "not comparable" and claims["per-token-control-is-hard"] == "not measured"
+    assert claims["oracle-23"] == "not comparable"
+    assert claims["per-token-control-is-hard"] in ("reproduced", "not reproduced", "inconclusive")
     assert {r["method"] for r in rows if r["kind"] == "table"} >= {"early_exit[rule=depth]", "layer_skip", "oracle"}
 
 
@@ -83,7 +86,8 @@ def test_the_report_gets_a_papers_page_linked_from_the_index(results: Path, tmp_
     index = (tmp_path / "P" / "index.md").read_text(encoding="utf-8")
     assert (
         "## Papers" in index
-        and "](papers/glavas.html) — quick suite; claims: 2 not comparable, 1 not measured" in index
+        and "](papers/glavas.html) — quick suite; claims: " in index
+        and "2 not comparable" in index.split("papers/glavas.html")[1].splitlines()[0]
     )
     page = (tmp_path / "P" / "papers" / "glavas.html").read_text(encoding="utf-8")
     assert "<table>" in page and "oracle-23" in page and "T1: Quality against executed layers" in page

@@ -42,6 +42,8 @@ SUBCOMMANDS: tuple[ModuleType, ...] = tuple(
         "export",
         "data",
         "paper",
+        "compare",
+        "baseline",
     )
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from dynbench.config import ConfigError
 from dynbench.registry import RegistryError
@@ -48,3 +49,16 @@ def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
     except KeyboardInterrupt:
         print("interrupted; finished runs are kept, run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def write_output(text: str, path: Path) -> None:
+    """Write a command's ``--output`` file (its folder made), or fail as a usage error.
+
+    Raises:
+        UsageError: the path cannot be written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"Cannot write {path} ({exc.strerror or exc}). Give a writable --output path.") from None

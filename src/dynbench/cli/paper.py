@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynbench.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from dynbench.cli.exit_codes import EXIT_FAILED, EXIT_OK, write_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -81,12 +81,7 @@ def _table(args: argparse.Namespace) -> int:
     if args.output is None:
         print(text)
     else:
-        try:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            problem = f"Cannot write {args.output} ({exc.strerror or exc})."
-            raise UsageError(f"{problem} Give a writable --output path.") from None
+        write_output(text, args.output)
         print(f"Wrote {args.output}")
     return EXIT_OK
 

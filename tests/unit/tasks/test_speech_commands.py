@@ -175,5 +175,5 @@ def test_a_tiny_end_to_end_run_produces_rows(layout: Path, tiny_dense_run):
         },
     )
     rows, samples = tiny_dense_run(task, limit=12)
-    assert set(rows.task) == {"speech-commands"} and {"flops_per_sample", "latency_ms"} <= set(rows.metric)
+    assert set(rows.task) == {task.label} and {"flops_per_sample", "latency_ms"} <= set(rows.metric)
     assert len(samples) == 12

@@ -192,5 +192,6 @@ def test_a_tiny_end_to_end_run_produces_rows(data_root: Path, tiny_dense_run):
         "train.batch_size": 8,
         "train.warmup_steps": 1,
     }
-    rows, samples = tiny_dense_run(PluginSpec.make("spoken-commands", options))
-    assert set(rows.task) == {"spoken-commands"} and len(samples) == 5
+    task = PluginSpec.make("spoken-commands", options)
+    rows, samples = tiny_dense_run(task)
+    assert set(rows.task) == {task.label} and len(samples) == 5  # rows name a task with options by its label
