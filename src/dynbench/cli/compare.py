@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="compare two results folders or baselines; exit 1 on a regression",
         epilog="examples:\n  bench compare benchmarks/baselines/ci.jsonl R --suite suites/ci.yaml --strict\n"
-        "  bench compare R1 R2 --format md --output comment.md",
+        "  bench compare R1 R2 --format md   # a table to paste into a pull request",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("base", type=Path, help="results folder or baseline file to compare against")
