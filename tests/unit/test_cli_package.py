@@ -60,7 +60,19 @@ def test_each_subcommand_module_adds_one_subcommand_in_the_order_of_subcommands(
         module.add_parser(subparsers)
         assert len(subparsers.choices) == 1, module.__name__
     top = [path[0] for path in _command_paths(cli.build_parser()) if len(path) == 1]
-    assert top == ["lm-eval", "run", "ls", "validate", "report", "export", "data", "paper", "compare", "baseline"]
+    assert top == [
+        "lm-eval",
+        "run",
+        "ls",
+        "validate",
+        "report",
+        "export",
+        "data",
+        "paper",
+        "compare",
+        "baseline",
+        "history",
+    ]
 
 
 @pytest.mark.parametrize("path", COMMAND_PATHS, ids=" ".join)
@@ -83,7 +95,7 @@ def test_top_level_help_lists_every_subcommand_and_exits_0(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "{lm-eval,run,ls,validate,report,export,data,paper,compare,baseline}" in out
+    assert "{lm-eval,run,ls,validate,report,export,data,paper,compare,baseline,history}" in out
 
 
 @pytest.mark.parametrize("argv", [["nope"], ["rnu", "--methods", "dense"], [], ["data", "nope"]], ids=str)

@@ -27,7 +27,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from dynbench.analysis.plots import _DPI, _MARKERS, _RC, scale_y
+from dynbench.analysis.plots import PLOT_DPI, PLOT_MARKERS, PLOT_RC, scale_y
 from dynbench.papers.measures import Measured, metric_point, task_params
 from dynbench.papers.registry import Paper, PaperTable
 
@@ -88,8 +88,8 @@ def quality_layers_oracle(paper: Paper, table: PaperTable, suite: str, rows: pd.
     n_layers = max(float(xs.max()) for xs, _ in curves.values())  # a full budget runs every block
     if n_layers <= 0:
         return None
-    with mpl.rc_context(_RC):
-        fig = Figure(figsize=(9.5, 5.5), dpi=_DPI, layout="constrained")
+    with mpl.rc_context(PLOT_RC):
+        fig = Figure(figsize=(9.5, 5.5), dpi=PLOT_DPI, layout="constrained")
         ax = fig.add_subplot()
         all_y = []
         for i, (label, (xs, ys)) in enumerate(curves.items()):
@@ -97,7 +97,7 @@ def quality_layers_oracle(paper: Paper, table: PaperTable, suite: str, rows: pd.
                 if "upper_bound" in rows.columns else label == "oracle"  # fmt: skip
             y = np.array([p.value for p in ys], dtype=float)
             all_y += list(y)
-            ax.errorbar(xs / n_layers, y, yerr=_yerr(ys), marker=_MARKERS[i % len(_MARKERS)], capsize=3,
+            ax.errorbar(xs / n_layers, y, yerr=_yerr(ys), marker=PLOT_MARKERS[i % len(PLOT_MARKERS)], capsize=3,
                         ls="--" if oracle else "-", label=f"{label}{' (upper bound)' if oracle else ''}")  # fmt: skip
         _mark_matching(ax, paper, table, task, rows)
         scale_y(ax, np.array(all_y))
@@ -156,8 +156,8 @@ def isoflop_bars(paper: Paper, table: PaperTable, suite: str, rows: pd.DataFrame
     if not sizes:
         return None
     sizes.sort()
-    with mpl.rc_context(_RC):
-        fig = Figure(figsize=(9.5, 5.5), dpi=_DPI, layout="constrained")
+    with mpl.rc_context(PLOT_RC):
+        fig = Figure(figsize=(9.5, 5.5), dpi=PLOT_DPI, layout="constrained")
         ax = fig.add_subplot()
         x = np.arange(len(sizes), dtype=float)
         width = 0.38

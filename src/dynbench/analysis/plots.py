@@ -43,7 +43,7 @@ X_METRICS: dict[str, tuple[str, str, float]] = {
 }
 # Measured once per operating point, the same on every hardware target.
 _HARDWARE_FREE_X = frozenset({"flops_per_sample", "mean_layers"})
-_RC = {
+PLOT_RC = {
     "font.size": 10,
     "axes.titlesize": 12,
     "axes.labelsize": 11,
@@ -51,10 +51,10 @@ _RC = {
     "xtick.labelsize": 9.5,
     "ytick.labelsize": 9.5,
 }
-_DPI = 150
+PLOT_DPI = 150
 # Above this max/min ratio a linear axis squeezes the cheap operating points together.
 _LOG_RATIO = 20.0
-_MARKERS = "osD^vPXhp<>"
+PLOT_MARKERS = "osD^vPXhp<>"
 
 
 def _plot_points(summary_df: pd.DataFrame, task: str, x_metric: str, hardware: str | None) -> pd.DataFrame:
@@ -134,7 +134,7 @@ def _draw_methods(
         upper = bool(upper_bound_mask(grp).any())
         container = ax.errorbar(
             x, y, xerr=_errors(grp, x_metric, x_scale), yerr=_errors(grp, "quality", y_scale),
-            color=color, marker=_MARKERS[i % len(_MARKERS)], ms=6, lw=1.8, ls="--" if upper else "-",
+            color=color, marker=PLOT_MARKERS[i % len(PLOT_MARKERS)], ms=6, lw=1.8, ls="--" if upper else "-",
             capsize=3, label=label, zorder=3,
         )  # fmt: skip
         # The container (line + error bars) carries the label; its inner line is "_nolegend_".
@@ -228,8 +228,8 @@ def pareto_plot(
     axis_label, title_phrase, x_scale = X_METRICS[x_metric]
     batch = int(data["latency_batch_size"].iloc[0])
     title = f"{task}: quality vs {title_phrase.format(bs=batch)}" + (f" ({hardware})" if hardware else "")
-    with mpl.rc_context(_RC):
-        fig = Figure(figsize=(9.5, 5.5), dpi=_DPI, layout="constrained")
+    with mpl.rc_context(PLOT_RC):
+        fig = Figure(figsize=(9.5, 5.5), dpi=PLOT_DPI, layout="constrained")
         ax = fig.add_subplot()
         front = _draw_front(ax, data, x_metric, x_scale, y_scale)
         handles = [
@@ -302,8 +302,8 @@ def compute_histogram(
     order = list(dict.fromkeys(data["_label"]))
     bins = _common_bins(data["flops"].to_numpy(dtype=float))
     out = Path(out_path)
-    with mpl.rc_context(_RC):
-        fig = Figure(figsize=(9.5, 1.2 + 1.8 * len(order)), dpi=_DPI, layout="constrained")
+    with mpl.rc_context(PLOT_RC):
+        fig = Figure(figsize=(9.5, 1.2 + 1.8 * len(order)), dpi=PLOT_DPI, layout="constrained")
         axes = fig.subplots(len(order), 1, sharex=True, squeeze=False)[:, 0]
         for ax, label in zip(axes, order):
             _histogram_panel(ax, data[data["_label"] == label], bins, label)

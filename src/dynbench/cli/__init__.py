@@ -44,6 +44,7 @@ SUBCOMMANDS: tuple[ModuleType, ...] = tuple(
         "paper",
         "compare",
         "baseline",
+        "history",
     )
 )
 
