@@ -405,10 +405,10 @@ def _judge_timing(key: tuple, base: Mapping[str, Any], new: Mapping[str, Any], r
     if rule.same_machine and base.get("machine") != new.get("machine"):
         return Change(key, "skipped", b, n, rule.kind, False, "absolute time on different machines")
     bl, bh, nl, nh = (
-        _float(base.get("ci_low")),
-        _float(base.get("ci_high")),
-        _float(new.get("ci_low")),
-        _float(new.get("ci_high")),
+        finite_or_none(base.get("ci_low")),
+        finite_or_none(base.get("ci_high")),
+        finite_or_none(new.get("ci_low")),
+        finite_or_none(new.get("ci_high")),
     )
     if None in (bl, bh, nl, nh):
         return Change(key, "skipped", b, n, rule.kind, False, "no interval on one side")
@@ -423,7 +423,8 @@ def _judge_timing(key: tuple, base: Mapping[str, Any], new: Mapping[str, Any], r
     return Change(key, status, b, n, rule.kind, worse and rule.fail, note)
 
 
-def _float(x: Any) -> float | None:
+def finite_or_none(x: Any) -> float | None:
+    """``x`` as a float, or None when it is missing, not a number or NaN (a row's optional interval)."""
     try:
         v = float(x)
     except (TypeError, ValueError):

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from dynbench.analysis.compare import KEY, GateConfig, Rule, Side, load_side
+from dynbench.analysis.compare import KEY, GateConfig, Rule, Side, finite_or_none, load_side
 
 Direction = Literal["regression", "improvement"]
 
@@ -102,7 +102,10 @@ def build(paths: Sequence[Path], gate: GateConfig | None = None) -> History:
                 continue
             points = series.setdefault(key, [None] * len(sides))
             points[i] = Point(
-                commits[i], float(record["value"]), _finite(record.get("ci_low")), _finite(record.get("ci_high"))
+                commits[i],
+                float(record["value"]),
+                finite_or_none(record.get("ci_low")),
+                finite_or_none(record.get("ci_high")),
             )
             hib[key] = bool(record.get("higher_is_better") or False)
     steps = [s for key, pts in series.items() for s in detect(key, pts, gate.rule(key[6], key[0], key[1]), hib[key])]
@@ -111,7 +114,7 @@ def build(paths: Sequence[Path], gate: GateConfig | None = None) -> History:
 
 def series_key(record: dict[str, Any], gate: GateConfig) -> tuple | None:
     """A row's series: its KEY, plus its machine for absolute times; None when not followed."""
-    value = _finite(record.get("value"))
+    value = finite_or_none(record.get("value"))
     if value is None:
         return None
     key = tuple(round(record[c], 9) if isinstance(record[c], float) else record[c] for c in KEY)
@@ -119,14 +122,6 @@ def series_key(record: dict[str, Any], gate: GateConfig) -> tuple | None:
     if rule.kind == "ignore":
         return None
     return (*key, str(record.get("machine", ""))) if rule.same_machine else (*key, "")
-
-
-def _finite(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 def detect(key: tuple, points: Sequence[Point | None], rule: Rule, higher_is_better: bool) -> list[Step]:
