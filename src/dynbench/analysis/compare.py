@@ -424,7 +424,7 @@ def _judge_timing(key: tuple, base: Mapping[str, Any], new: Mapping[str, Any], r
 
 
 def finite_or_none(x: Any) -> float | None:
-    """``x`` as a float, or None when it is missing, not a number or NaN (a row's optional interval)."""
+    """``x`` as a float; None when missing, not a number or NaN (a row's optional interval)."""
     try:
         v = float(x)
     except (TypeError, ValueError):
