@@ -186,6 +186,45 @@ def isoflop_bars(paper: Paper, table: PaperTable, suite: str, rows: pd.DataFrame
         return _save(fig, out)
 
 
+def learner_hist(paper: Paper, table: PaperTable, suite: str, rows: pd.DataFrame, out: Path) -> Path | None:
+    """ACM's per-token learner counts: the share of tokens running k learners, per budget (Fig. 5).
+
+    One group of bars per budget below the full one, a bar per k, from the ``learner_share_k*`` rows
+    (means over seeds); the paper's reading — most tokens need 2–3 of 4 — is shaded.
+
+    Returns:
+        The PNG written, or None when no run holds learner shares.
+    """
+    task = paper.task(table.task, suite)
+    label = table.methods[0]
+    frame = rows[(rows["task"] == task) & (rows["method_label"] == label)]
+    shares = frame[frame["metric"].str.match(r"^learner_share_k\d+$")]
+    shares = shares[shares["budget"] < 1.0]
+    if shares.empty:
+        return None
+    ks = sorted({int(m.rsplit("k", 1)[1]) for m in shares["metric"]})
+    budgets = sorted(shares["budget"].unique(), reverse=True)
+    means = shares.groupby(["budget", "metric"])["value"].mean()
+    with mpl.rc_context(PLOT_RC):
+        fig = Figure(figsize=(9.5, 5.0), dpi=PLOT_DPI, layout="constrained")
+        ax = fig.add_subplot()
+        width = 0.8 / len(budgets)
+        x = np.arange(len(ks), dtype=float)
+        for i, b in enumerate(budgets):
+            heights = [float(means.get((b, f"learner_share_k{k}"), 0.0)) for k in ks]
+            ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=f"β = {b:g}")
+        if {2, 3} <= set(ks):
+            lo, hi = ks.index(2) - 0.5, ks.index(3) + 0.5
+            ax.axvspan(lo, hi, color="0.9", zorder=0, label="the paper: most tokens need 2–3")
+        ax.set_xticks(x, [f"{k} learner{'s' if k != 1 else ''}" for k in ks])
+        ax.set_ylabel("share of tokens")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{paper.id} {table.id}: learners per token, {label} on {task} ({suite} suite)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(loc="best")
+        return _save(fig, out)
+
+
 def _size_name(task: str) -> str:
     """A sweep task's options (``model.d_model=64``), or ``default`` for the role's own task."""
     return task.split("[", 1)[1].rstrip("]").replace(",", "\n") if "[" in task else "default"
@@ -195,6 +234,7 @@ FigureFn = Callable[[Paper, PaperTable, str, pd.DataFrame, Path], "Path | None"]
 PAPER_FIGURES: dict[str, FigureFn] = {
     "quality_layers_oracle": quality_layers_oracle,
     "isoflop_bars": isoflop_bars,
+    "learner_hist": learner_hist,
 }
 """Figures drawn from a table's rows, by the ``figure:`` value that names them."""
 

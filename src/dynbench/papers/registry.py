@@ -44,7 +44,9 @@ ExpectKind = Literal["near", "at_least", "at_most", "between", "positive", "nega
 SuiteName = Literal["quick", "full"]
 # the task's report plots (pareto_flops, quality_layers, compute_hist) or a figure drawn from the
 # table's own rows (quality_layers_oracle, isoflop_bars: dynbench.analysis.paper_figures)
-Figure = Literal["", "pareto_flops", "quality_layers", "compute_hist", "quality_layers_oracle", "isoflop_bars"]
+Figure = Literal[
+    "", "pareto_flops", "quality_layers", "compute_hist", "quality_layers_oracle", "isoflop_bars", "learner_hist"
+]
 
 TAGS: Mapping[str, str] = {
     "V": "read in the paper or its official code",

@@ -73,3 +73,17 @@ def test_a_figure_name_this_module_does_not_draw_is_refused(tmp_path: Path):
     paper = PAPERS["mod"]
     with pytest.raises(ValueError, match="Unknown paper figure 'pareto_flops' for table M2. Available: "):
         draw(paper, next(t for t in paper.tables if t.id == "M2"), "quick", pd.DataFrame(), tmp_path / "x.png")
+
+
+def test_the_acm_learner_histogram_has_a_bar_group_per_budget(tmp_path: Path):
+    shares = {0.6: (0.05, 0.25, 0.45, 0.25), 0.25: (0.5, 0.3, 0.15, 0.05)}
+    rows = _rows([
+        ("toy-vision", "acm", b, {f"learner_share_k{k + 1}": s for k, s in enumerate(v)} | {"mean_learners": 2.0})
+        for b, v in shares.items()
+    ])  # fmt: skip
+    paper = PAPERS["acm"]
+    table = next(t for t in paper.tables if t.id == "A2")
+    assert table.figure == "learner_hist"
+    _png(draw(paper, table, "quick", rows, tmp_path / "acm-A2.png"))
+    no_shares = rows[~rows["metric"].str.startswith("learner_share")]
+    assert draw(paper, table, "quick", no_shares, tmp_path / "none.png") is None
