@@ -1,0 +1,194 @@
+"""Realization of every method with a static or priced operating point, on each device (issue 17).
+
+realization = realized speedup ÷ theoretical speedup, realized = dense ms ÷ method ms (medians of
+interleaved calls, the harness's own timer: CUDA events on a GPU, perf_counter on the CPU) and
+theoretical = dense FLOPs ÷ method FLOPs (``FlopCounterMode`` on the same calls, controllers
+included). Random weights: time does not depend on their values, only on what runs, so each
+method's decisions are *priced* to spend its budget on the inputs, as a fitted model's would:
+
+- ``layer_skip[pattern=uniform]`` at 0.5 and ``early_exit[rule=depth]`` at 0.5 (static: half the
+  blocks, no fit);
+- ``mod`` at capacity 0.125, top-k routing (the prefill path; k is fixed);
+- ``acm`` at β 0.25, its learner price bisected on the inputs
+  (:func:`~dynbench.methods.acm.set_price`);
+- ``token_skip`` at 0.5, its logit bias bisected on the inputs
+  (:func:`~dynbench.methods.token_skip.calibrate`).
+
+``dht`` and ``tinv`` need fitted controllers (bandits; a tree predictor and a PPO policy) and are
+not in this table yet.
+
+Sizes: on CUDA the issue's — a GPT with d = 1,024, 12 blocks, 1,024 tokens (prefill), and ViT-B/16
+at 224 px — in fp32 and bf16 at batch 1 and 32; on the CPU reduced ones — d = 256, 4 blocks, 128
+tokens, and a d = 256 ViT on 32 px (65 tokens) — in fp32 at batch 1 and 32, one torch thread per
+call is not forced (the CPU target's default). Run with
+``pytest benchmarks/test_gpu_realization.py --benchmark-only``; the table prints at the end.
+Nothing passes or fails on a speed; a method whose path fails on a device or dtype shows the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from dynbench.config import MeasureConfig
+from dynbench.hardware.base import HardwareTarget
+from dynbench.hardware.cpu import CPU
+from dynbench.harness.flops import count_flops
+from dynbench.harness.timing import time_interleaved
+from dynbench.methods.acm import ACM, ACMConfig, set_price
+from dynbench.methods.base import DynamicModel, Method
+from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig
+from dynbench.methods.layer_skip import LayerSkip, LayerSkipConfig
+from dynbench.methods.mixture_of_depths import MixtureOfDepths, MixtureOfDepthsConfig
+from dynbench.methods.token_skip import TokenSkip, TokenSkipConfig, calibrate
+from dynbench.models.gpt import GPT, GPTConfig
+from dynbench.models.vit import ViT, ViTConfig
+
+TIMING = MeasureConfig(min_iters=10, min_time_s=0.5, max_time_s=10.0)
+N_INPUTS = 4
+RESULTS: list[dict] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """One backbone shape of the table."""
+
+    name: str
+    kind: str  # "gpt" or "vit"
+    d_model: int
+    n_layers: int
+    n_heads: int
+    tokens: int  # GPT: sequence length; ViT: image side in pixels
+    patch: int = 16
+
+
+CPU_SIZES = (Size("GPT d=256 L=4 T=128", "gpt", 256, 4, 4, 128), Size("ViT d=256 L=4 32px", "vit", 256, 4, 8, 32, 4))
+CUDA_SIZES = (
+    Size("GPT d=1024 L=12 T=1024", "gpt", 1024, 12, 16, 1024),
+    Size("ViT-B/16 224px", "vit", 768, 12, 12, 224),
+)
+
+
+def backbone(size: Size) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if size.kind == "gpt":
+        cfg = GPTConfig(vocab_size=256, block_size=size.tokens, d_model=size.d_model, n_layers=size.n_layers,
+                        n_heads=size.n_heads)  # fmt: skip
+        return GPT(cfg).eval()
+    cfg = ViTConfig(image_size=size.tokens, patch_size=size.patch, channels=3, n_classes=1000, d_model=size.d_model,
+                    n_layers=size.n_layers, n_heads=size.n_heads)  # fmt: skip
+    return ViT(cfg).eval()
+
+
+def inputs(size: Size, batch: int, device: torch.device) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(batch)
+    if size.kind == "gpt":
+        return [torch.randint(256, (batch, size.tokens), generator=g).to(device) for _ in range(N_INPUTS)]
+    return [torch.randn(batch, 3, size.tokens, size.tokens, generator=g).to(device) for _ in range(N_INPUTS)]
+
+
+def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[DynamicModel, float]:
+    """``(model, budget)``: the method around ``net``, its decisions priced on ``calib``."""
+    method: Method
+    if name == "layer_skip":
+        method, budget = LayerSkip(LayerSkipConfig(pattern="uniform")), 0.5
+    elif name == "early_exit":
+        method, budget = EarlyExit(EarlyExitConfig(rule="depth")), 0.5
+    elif name == "mod":
+        method, budget = MixtureOfDepths(MixtureOfDepthsConfig(capacities=(0.125,), routing="topk")), 0.125
+    elif name == "acm":
+        method, budget = ACM(ACMConfig(targets=(0.25,))), 0.25
+    else:
+        method, budget = TokenSkip(TokenSkipConfig(targets=(0.5,))), 0.5
+    model = method.wrap(net).eval()
+    with torch.inference_mode():
+        if name == "acm":
+            set_price(model, budget, calib)  # type: ignore[arg-type]
+        elif name == "token_skip":
+            bias, _ = calibrate(model, calib, budget, steps=12)  # type: ignore[arg-type]
+            model.bias[0] = bias  # type: ignore[index]
+    return model, budget
+
+
+METHODS = ("layer_skip", "early_exit", "mod", "acm", "token_skip")
+
+
+def cases() -> Iterator:
+    for device in ("cpu", "cuda"):
+        sizes = CPU_SIZES if device == "cpu" else CUDA_SIZES
+        dtypes = ("fp32",) if device == "cpu" else ("fp32", "bf16")
+        for size in sizes:
+            for dtype in dtypes:
+                for batch in (1, 32):
+                    for name in METHODS:
+                        marks = [pytest.mark.gpu] if device == "cuda" else []
+                        yield pytest.param(device, size, dtype, batch, name, marks=marks,
+                                           id=f"{device}-{size.name}-{dtype}-b{batch}-{name}")  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def table(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print every measured row as one Markdown table when the module ends (even if captured)."""
+    yield
+    if not RESULTS:
+        return
+    lines = ["", "| device | size | dtype | batch | method@budget | dense ms | method ms | realized | theoretical | "
+             "realization |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in RESULTS:
+        head = f"| {r['device']} | {r['size']} | {r['dtype']} | {r['batch']} | {r['method']} |"
+        if "error" in r:
+            lines.append(f"{head} error: {r['error']} | | | | |")
+            continue
+        lines.append(f"{head} {r['dense_ms']:.3f} | {r['method_ms']:.3f} | {r['realized']:.2f}× | "
+                     f"{r['theoretical']:.2f}× | {r['realization']:.2f} |")  # fmt: skip
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n".join(lines))
+
+
+def target_for(device: str) -> HardwareTarget:
+    if device == "cuda":
+        from dynbench.hardware.cuda import CUDA
+
+        return CUDA()
+    return CPU()
+
+
+@pytest.mark.parametrize(("device", "size", "dtype", "batch", "name"), list(cases()))
+def test_realization(benchmark, device: str, size: Size, dtype: str, batch: int, name: str) -> None:
+    """One method at its priced budget against the dense backbone on the same inputs."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    dev = torch.device(device)
+    row = {"device": device, "size": size.name, "dtype": dtype, "batch": batch}
+    net = backbone(size)
+    xs = inputs(size, batch, dev)
+    try:
+        model, budget = priced(name, net, inputs(size, 8, torch.device("cpu"))[0])
+        model = model.to(dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+        row["method"] = f"{name}@{budget:g}"
+        calls: dict[str, Callable[[int], object]] = {
+            "dense": lambda i: model(xs[i], budget=1.0),
+            "method": lambda i, b=budget: model(xs[i], budget=b),
+        }
+        with torch.inference_mode():
+            stats = time_interleaved(calls, N_INPUTS, list(range(N_INPUTS)), target_for(device), TIMING)
+            dense_f = sum(count_flops(lambda x=x: model(x, budget=1.0), model).total for x in xs)
+            method_f = sum(
+                count_flops(lambda x=x, b=budget: model(x, budget=b), model, model.controller_modules()).total
+                for x in xs
+            )
+    except Exception as exc:  # noqa: BLE001 — a path that fails on a device or dtype is a table row, not a crash
+        RESULTS.append({**row, "method": name, "error": f"{type(exc).__name__}: {str(exc)[:80]}"})
+        pytest.skip(f"{name} on {device}/{dtype}: {exc}")
+    dense_ms, method_ms = stats["dense"].median_ms, stats["method"].median_ms
+    realized, theoretical = dense_ms / method_ms, dense_f / method_f
+    result = {**row, "dense_ms": dense_ms, "method_ms": method_ms, "realized": realized, "theoretical": theoretical,
+              "realization": realized / theoretical}  # fmt: skip
+    RESULTS.append(result)
+    benchmark.extra_info.update(result)
+    with torch.inference_mode():
+        benchmark.pedantic(lambda: model(xs[0], budget=budget), rounds=3, iterations=1)
