@@ -31,7 +31,8 @@ def _cpu_sdpa_backward_flop(grad_out: Any, query: Any, key: Any, value: Any, *ar
     return sdpa_backward_flop_count(tuple(grad_out.shape), tuple(query.shape), tuple(key.shape), tuple(value.shape))
 
 
-def _custom_mapping() -> dict[Any, Callable[..., int]]:
+def custom_flop_formulas() -> dict[Any, Callable[..., int]]:
+    """Formulas PyTorch lacks (CPU attention and its backward), by op; they take tensors."""
     mapping: dict[Any, Callable[..., int]] = {}
     aten = torch.ops.aten
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
@@ -45,7 +46,7 @@ def flop_counter() -> FlopCounterMode:
     """A quiet ``FlopCounterMode`` that also counts CPU attention."""
     # get_raw: the formulas receive tensors, not shapes, so they work on every torch version we
     # support.
-    mapping = {op: _raw(fn) for op, fn in _custom_mapping().items()}
+    mapping = {op: _raw(fn) for op, fn in custom_flop_formulas().items()}
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
