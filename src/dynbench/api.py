@@ -310,4 +310,6 @@ def _task_info(name: str) -> dict[str, str]:
 def _hardware_info(name: str) -> dict[str, str]:
     target = HARDWARE.get(name)()
     reason = target.unavailable_reason()
-    return {"name": name, "available": "yes" if reason is None else f"no: {reason}"}
+    available = "yes" if reason is None else f"no: {reason}"
+    kind = "modeled (priced, not timed)" if target.modeled else "measured"
+    return {"name": name, "available": available, "kind": kind}

@@ -225,6 +225,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "is_full_budget",
     "seed",
     "hardware",
+    "modeled",  # the hardware target is a model of a device dynbench does not have: latency is priced, not timed
     "profile",  # "quick" (the plugins' quick options, a sample of the eval split) or "full" (their own recipes)
     "limit",  # the user's --limit (null = none): a smoke run, never averaged with the others
     "eval_samples",  # evaluation samples the run measured (the whole split, the profile's sample or the limit)

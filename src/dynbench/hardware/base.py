@@ -57,10 +57,14 @@ class HardwareTarget(ABC):
     Class variables:
         name: registry key, set by ``@register_hardware``.
         Config: frozen dataclass of options (threads, device index …).
+        modeled: True for a device dynbench does not have: models run on the CPU, and its timer
+            prices each call by a model (:mod:`dynbench.hardware.roofline`) instead of reading a
+            clock; rows say ``modeled``.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = NoOptions
+    modeled: ClassVar[bool] = False
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
+from dynbench.hardware.base import CallTimer, cpu_model
 from dynbench.harness.flops import custom_flop_formulas
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
@@ -199,3 +200,58 @@ def _rate(fn: Callable[[], Any], work: float, seconds: float) -> float:
         fn()
         n += 1
     return work * n / elapsed if elapsed > 0 else math.inf
+
+
+class RooflineTimer(CallTimer):
+    """A :class:`CallTimer` for a modeled device: each call runs on the CPU and is priced.
+
+    The duration of a call is :func:`modeled_seconds` of the ops it executed on ``device`` at
+    ``dtype`` — deterministic, so the timing loop's intervals have zero width; realized speedups
+    are ratios of modeled times.
+    """
+
+    def __init__(self, device: DeviceSpec, dtype: str) -> None:
+        self.device, self.dtype = device, dtype
+        self._ms: list[float] = []
+
+    def time(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` once under :class:`OpCounter` and record its modeled milliseconds."""
+        self._ms.append(modeled_seconds(count_ops(fn), self.device, self.dtype) * 1e3)
+
+    def elapsed_ms(self) -> list[float]:
+        """The modeled duration of every call, in call order."""
+        return list(self._ms)
+
+
+@dataclass(frozen=True)
+class ModeledConfig:
+    """Options of a modeled target."""
+
+    dtype: str = "fp32"  # the dtype the device would run: fp32, tf32, bf16 or fp16, as its datasheet
+    # prints a peak for; bytes moved scale with it, FLOPs do not
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(
+                f"Unknown dtype '{self.dtype}' for a modeled target. Use one of: {', '.join(DTYPE_BYTES)}."
+            )
+
+
+def modeled_problem(device: DeviceSpec, dtype: str) -> str | None:
+    """Why ``device`` cannot be modeled at ``dtype`` (no datasheet peak for it), or None."""
+    if dtype in device.peak_flops:
+        return None
+    return f"{device.name} has no peak FLOP/s for dtype '{dtype}'. Use one of: {', '.join(device.peak_flops)}."
+
+
+def modeled_description(device: DeviceSpec, dtype: str) -> dict[str, Any]:
+    """What each row of a modeled target records: the device, that it is modeled, its figures."""
+    return {
+        "device": f"{device.name} (modeled)",
+        "modeled": True,
+        "dtype": dtype,
+        "peak_tflops": round(device.peak_flops.get(dtype, float("nan")) / 1e12, 3),
+        "bandwidth_gbs": round(device.bandwidth / 1e9, 1),
+        "launch_us": round(device.launch_s * 1e6, 2),
+        "cpu": cpu_model(),
+    }
