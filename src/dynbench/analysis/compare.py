@@ -358,20 +358,18 @@ def _indexed(rows: pd.DataFrame) -> dict[tuple, Mapping[str, Any]]:
         )
     out: dict[tuple, Mapping[str, Any]] = {}
     for record in rows.to_dict(orient="records"):
-        key = tuple(_key_part(record[c]) for c in KEY)
+        key = row_key(record)
         out[key] = record
     return out
 
 
-def _key_part(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 9)  # budgets: 0.1 + 0.2 and 0.3 are one budget
-    return value
+def row_key(record: Mapping[str, Any]) -> tuple:
+    """A row's KEY values; budgets rounded to 9 digits, so 0.1 + 0.2 and 0.3 are one budget."""
+    return tuple(round(record[c], 9) if isinstance(record[c], float) else record[c] for c in KEY)
 
 
 def _value(row: Mapping[str, Any]) -> float | None:
-    v = row.get("value")
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    return finite_or_none(row.get("value"))
 
 
 def _worse(row: Mapping[str, Any], delta: float) -> bool:

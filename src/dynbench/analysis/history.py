@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from dynbench.analysis.compare import KEY, GateConfig, Rule, Side, finite_or_none, load_side
+from dynbench.analysis.compare import KEY, GateConfig, Rule, Side, finite_or_none, load_side, row_key
 
 Direction = Literal["regression", "improvement"]
 
@@ -117,7 +117,7 @@ def series_key(record: dict[str, Any], gate: GateConfig) -> tuple | None:
     value = finite_or_none(record.get("value"))
     if value is None:
         return None
-    key = tuple(round(record[c], 9) if isinstance(record[c], float) else record[c] for c in KEY)
+    key = row_key(record)
     rule = gate.rule(str(record["metric"]), str(record["task"]), str(record["method_label"]))
     if rule.kind == "ignore":
         return None
