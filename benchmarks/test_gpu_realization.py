@@ -19,8 +19,10 @@ not in this table yet.
 
 Sizes: on CUDA the issue's — a GPT with d = 1,024, 12 blocks, 1,024 tokens (prefill), and ViT-B/16
 at 224 px — in fp32 and bf16 at batch 1 and 32; on the CPU reduced ones — d = 256, 4 blocks, 128
-tokens, and a d = 256 ViT on 32 px (65 tokens) — in fp32 at batch 1 and 32, one torch thread per
-call is not forced (the CPU target's default). Run with
+tokens, and a d = 256 ViT on 32 px (65 tokens) — in fp32 and bf16 at batch 1 and 32, one torch
+thread per call is not forced (the CPU target's default). A dtype is applied as a run applies the
+target's ``dtype`` option: operating points priced at fp32, then the target's cast (fp32 tensors
+only) and the floating inputs cast. Run with
 ``pytest benchmarks/test_gpu_realization.py --benchmark-only``; the table prints at the end.
 Nothing passes or fails on a speed; a method whose path fails on a device or dtype shows the error.
 """
@@ -35,7 +37,7 @@ import torch
 
 from dynbench.config import MeasureConfig
 from dynbench.hardware.base import HardwareTarget
-from dynbench.hardware.cpu import CPU
+from dynbench.hardware.cpu import CPU, CPUConfig
 from dynbench.harness.flops import count_flops
 from dynbench.harness.timing import time_interleaved
 from dynbench.methods.acm import ACM, ACMConfig, set_price
@@ -119,7 +121,7 @@ METHODS = ("layer_skip", "early_exit", "mod", "acm", "token_skip")
 def cases() -> Iterator:
     for device in ("cpu", "cuda"):
         sizes = CPU_SIZES if device == "cpu" else CUDA_SIZES
-        dtypes = ("fp32",) if device == "cpu" else ("fp32", "bf16")
+        dtypes = ("fp32", "bf16")
         for size in sizes:
             for dtype in dtypes:
                 for batch in (1, 32):
@@ -149,12 +151,13 @@ def table(request: pytest.FixtureRequest) -> Iterator[None]:
         print("\n".join(lines))
 
 
-def target_for(device: str) -> HardwareTarget:
+def target_for(device: str, dtype: str = "fp32") -> HardwareTarget:
+    """The harness's target for ``device`` at ``dtype``: its timer and its cast (fp32 tensors)."""
     if device == "cuda":
-        from dynbench.hardware.cuda import CUDA
+        from dynbench.hardware.cuda import CUDA, CUDAConfig
 
-        return CUDA()
-    return CPU()
+        return CUDA(CUDAConfig(dtype=dtype))
+    return CPU(CPUConfig(dtype=dtype))
 
 
 @pytest.mark.parametrize(("device", "size", "dtype", "batch", "name"), list(cases()))
@@ -165,17 +168,18 @@ def test_realization(benchmark, device: str, size: Size, dtype: str, batch: int,
     dev = torch.device(device)
     row = {"device": device, "size": size.name, "dtype": dtype, "batch": batch}
     net = backbone(size)
-    xs = inputs(size, batch, dev)
+    target = target_for(device, dtype)
+    xs = [x.to(target.torch_dtype) if x.is_floating_point() else x for x in inputs(size, batch, dev)]
     try:
-        model, budget = priced(name, net, inputs(size, 8, torch.device("cpu"))[0])
-        model = model.to(dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+        model, budget = priced(name, net, inputs(size, 8, torch.device("cpu"))[0])  # priced at fp32, as fits run
+        model = target.cast(model.to(dev))
         row["method"] = f"{name}@{budget:g}"
         calls: dict[str, Callable[[int], object]] = {
             "dense": lambda i: model(xs[i], budget=1.0),
             "method": lambda i, b=budget: model(xs[i], budget=b),
         }
         with torch.inference_mode():
-            stats = time_interleaved(calls, N_INPUTS, list(range(N_INPUTS)), target_for(device), TIMING)
+            stats = time_interleaved(calls, N_INPUTS, list(range(N_INPUTS)), target, TIMING)
             dense_f = sum(count_flops(lambda x=x: model(x, budget=1.0), model).total for x in xs)
             method_f = sum(
                 count_flops(lambda x=x, b=budget: model(x, budget=b), model, model.controller_modules()).total

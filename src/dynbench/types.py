@@ -41,9 +41,16 @@ class Batch:
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
-    def to(self, device: torch.device | str) -> Batch:
-        """Return the batch on ``device``."""
-        return Batch(self.inputs.to(device), self.targets.to(device), self.sample_ids)
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
+        """Return the batch on ``device``; floating-point inputs cast to ``dtype`` when given.
+
+        Token ids and labels keep their integer dtypes; a float target (a regression target)
+        stays as it is, so the metric reads it at full precision.
+        """
+        inputs = self.inputs.to(device)
+        if dtype is not None and inputs.is_floating_point():
+            inputs = inputs.to(dtype)
+        return Batch(inputs, self.targets.to(device), self.sample_ids)
 
     def select(self, index: Tensor) -> Batch:
         """Return the samples at ``index`` (a 1-D index tensor)."""
@@ -225,6 +232,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "is_full_budget",
     "seed",
     "hardware",
+    "dtype",  # what the model ran (or, modeled, was priced) at: fp32, tf32, bf16, fp16 (the target's dtype option)
     "modeled",  # the hardware target is a model of a device dynbench does not have: latency is priced, not timed
     "profile",  # "quick" (the plugins' quick options, a sample of the eval split) or "full" (their own recipes)
     "limit",  # the user's --limit (null = none): a smoke run, never averaged with the others

@@ -203,3 +203,24 @@ def test_every_trace_metric_is_declared(toy, method_name, task_name):
             names = model.trace_metrics(model(x, budget=budget).trace)
             undeclared = [n for n in names if not any(fnmatch(n, p) for p in method.extra_metrics)]
             assert not undeclared, f"{method_name}.extra_metrics lacks {undeclared} (budget {budget})"
+
+
+@per_task
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_runs_cast_to_a_targets_dtype(toy, method_name, task_name, dtype):
+    """``cpu[dtype=…]`` casts the fitted model and the inputs: every budget runs, its logits are in
+    that dtype and finite, and the counted FLOPs still match the trace's analytic count (FLOPs
+    depend on what ran, not on the dtype)."""
+    from dynbench.hardware.cpu import CPU, CPUConfig
+
+    method, model, _ = fitted(toy, method_name, task_name)
+    target = CPU(CPUConfig(dtype=dtype))
+    cast = target.cast(copy.deepcopy(model))
+    x = eval_batch(toy, task_name).to("cpu", target.torch_dtype).inputs
+    assert not any(p.dtype == torch.float32 for p in cast.parameters()), "an fp32 parameter was not cast"
+    for budget in method.resolve_budgets(None, cast.backbone.n_blocks):
+        c = count_flops(lambda b=budget: cast(x, budget=b), cast, cast.controller_modules())
+        logits = c.output.logits
+        assert logits.dtype == target.torch_dtype and torch.isfinite(logits).all(), f"budget {budget}"
+        analytic = cast.backbone.flops(c.output.trace, tuple(x.shape[1:])).sum().item()
+        assert c.total == pytest.approx(analytic, rel=1e-9), f"budget {budget}"

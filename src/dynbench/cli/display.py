@@ -161,7 +161,7 @@ def print_summary(rows: pd.DataFrame) -> None:
 
     Quality and FLOPs read as in the report's tables: each task's quality in its unit, accuracy as a
     percentage (``analysis/tables.py``: ``quality_scale``, ``quality_formats``), FLOPs as
-    ``format_flops`` writes them (``35.6 G``).
+    ``format_flops`` writes them (``35.6 G``); labels such as ``cpu[dtype=bf16]`` escaped.
     """
     if rows.empty:
         return
@@ -202,9 +202,9 @@ def print_summary(rows: pd.DataFrame) -> None:
     for _, r in s.iterrows():
         speedup = with_interval(r, "speedup_realized", lambda v: _fmt(v, "x"), lambda v: f"{v:.2f}")
         table.add_row(
-            f"{r['task']} (synthetic)" if r["task"] in synthetic else r["task"],
-            r["hardware"],
-            escape(str(r["method_label"])),  # labels hold brackets (dht[policy=random]): not markup
+            escape(f"{r['task']} (synthetic)" if r["task"] in synthetic else str(r["task"])),
+            escape(str(r["hardware"])),
+            escape(str(r["method_label"])),
             f"{r['budget']:.3g}",
             escape(f"{with_interval(r, 'quality', quality[str(r['task'])][0])} {quality[str(r['task'])][1]}"),
             format_flops(r["flops_per_sample"]),

@@ -8,15 +8,40 @@ one class, one decorator (``@register_hardware("cpu")``); third-party targets re
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from dynbench.registry import Registry
 from dynbench.types import NoOptions
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,  # stored as fp32; CUDA matmuls and convolutions round to TF32 inside
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+"""A target's ``dtype`` option → the dtype models and floating inputs are cast to."""
+
+DtypeName = Literal["fp32", "tf32", "bf16", "fp16"]
+
+
+def options_label(name: str, config: Any, defaults: Any) -> str:
+    """``name`` or ``name[key=value,...]`` listing the options that differ from their defaults.
+
+    The hardware column and the run key carry this label, so two dtypes (or thread counts) of one
+    device never share a run or a row.
+    """
+    changed = [
+        f"{f.name}={getattr(config, f.name)}"
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(defaults, f.name)
+    ]
+    return f"{name}[{','.join(changed)}]" if changed else name
 
 
 def cpu_model() -> str:
@@ -101,6 +126,31 @@ class HardwareTarget(ABC):
     def label(self) -> str:
         """The value of the ``hardware`` column: the registry name, or name plus options."""
         return self.name
+
+    @property
+    def dtype_name(self) -> str:
+        """The ``dtype`` option (``fp32`` for a target without one): the rows' ``dtype`` column."""
+        return getattr(self.config, "dtype", "fp32")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """What the harness casts the fitted model and floating inputs to before measuring.
+
+        Fits always run at fp32 (their cache is shared by every dtype); the cast is the
+        deployment step. A modeled target keeps fp32 on the host: its dtype prices the calls only.
+        """
+        return torch.float32 if self.modeled else TORCH_DTYPES[self.dtype_name]
+
+    def cast(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Cast ``module``'s fp32 parameters and buffers to :attr:`torch_dtype`, in place.
+
+        Only fp32 tensors move: float64 bookkeeping (budgets, calibration tables) and integer
+        buffers keep their precision, as a deployed bf16 model would keep them on the host.
+        """
+        dtype = self.torch_dtype
+        if dtype == torch.float32:
+            return module
+        return module._apply(lambda t: t.to(dtype) if t.dtype == torch.float32 else t)
 
 
 HARDWARE: Registry[type[HardwareTarget]] = Registry(

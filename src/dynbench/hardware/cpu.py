@@ -13,11 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from dynbench.hardware.base import CallTimer, HardwareTarget, cpu_model, register_hardware
+from dynbench.hardware.base import CallTimer, HardwareTarget, cpu_model, options_label, register_hardware
 from dynbench.validation import check_range
 
 
@@ -26,6 +26,9 @@ class CPUConfig:
     """CPU options."""
 
     threads: int = 0  # intra-op threads for torch; 0 keeps torch's default (usually the physical cores)
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # what the fitted model and inputs are cast to for
+    # measuring (fits stay fp32); fp32 is what every CPU result before this option used. No tf32:
+    # CPUs have none
 
     def __post_init__(self) -> None:
         check_range("CPUConfig.threads", self.threads, 0, advice="Use 0 for torch's default.")
@@ -109,14 +112,15 @@ class CPU(HardwareTarget):
         return profiler_tensor_peak(fn)
 
     def describe(self) -> dict[str, Any]:
-        """CPU model, cores and the threads torch uses."""
+        """CPU model, cores, the threads torch uses and the dtype measured at."""
         return {
             "device": cpu_model(),
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
+            "dtype": self.config.dtype,
         }
 
     @property
     def label(self) -> str:
-        """``cpu`` or ``cpu[threads=N]``."""
-        return f"cpu[threads={self.config.threads}]" if self.config.threads else "cpu"
+        """``cpu``, or with its non-default options: ``cpu[threads=2,dtype=bf16]``."""
+        return options_label("cpu", self.config, CPUConfig())

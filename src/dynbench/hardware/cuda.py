@@ -8,13 +8,14 @@ wall time shows it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from dynbench.hardware.base import CallTimer, HardwareTarget, register_hardware
+from dynbench.hardware.base import CallTimer, DtypeName, HardwareTarget, options_label, register_hardware
 from dynbench.validation import check_range
 
 
@@ -23,6 +24,8 @@ class CUDAConfig:
     """CUDA options."""
 
     index: int = 0  # which visible GPU (cuda:index)
+    dtype: DtypeName = "fp32"  # what the fitted model and inputs are cast to for measuring (fits stay
+    # fp32); tf32 keeps fp32 storage and lets matmuls and convolutions use TF32 tensor cores
 
     def __post_init__(self) -> None:
         check_range("CUDAConfig.index", self.index, 0, advice="Use 0 for the first visible GPU.")
@@ -68,8 +71,11 @@ class CUDA(HardwareTarget):
         return None
 
     def setup(self) -> None:
-        """Make the target GPU current."""
+        """Make the target GPU current; allow TF32 matmuls exactly when the dtype is tf32."""
         torch.cuda.set_device(self.device)
+        tf32 = self.config.dtype == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
     def synchronize(self) -> None:
         """Wait for the GPU."""
@@ -99,9 +105,10 @@ class CUDA(HardwareTarget):
             "memory_bytes": props.total_memory,
             "capability": f"{props.major}.{props.minor}",
             "cuda": torch.version.cuda,
+            "dtype": self.config.dtype,
         }
 
     @property
     def label(self) -> str:
-        """``cuda:index``."""
-        return f"cuda:{self.config.index}"
+        """``cuda:index``, with ``[dtype=…]`` when not fp32 (``cuda:0[dtype=bf16]``)."""
+        return options_label(f"cuda:{self.config.index}", dataclasses.replace(self.config, index=0), CUDAConfig())

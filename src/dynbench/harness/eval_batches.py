@@ -49,11 +49,13 @@ class EvalBatches(Sequence[Batch]):
         batch_size: int,
         device: torch.device | str,
         keep_bytes: int,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self._make = make
         self.n_samples = n_samples
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.dtype = dtype
         self.keep_bytes = keep_bytes
         self._kept: list[Batch] | None = None
         self._may_keep = keep_bytes > 0  # False once a pass found the split larger than keep_bytes
@@ -68,6 +70,15 @@ class EvalBatches(Sequence[Batch]):
         out = cls(lambda: iter(held), n_samples=sum(len(b) for b in held), batch_size=size, device=device, keep_bytes=0)
         out._kept = held
         return out
+
+    def cast(self, dtype: torch.dtype) -> None:
+        """From now on yield floating-point inputs as ``dtype`` (kept batches are converted once).
+
+        The harness fits (evaluation-label fits included) at fp32 and casts for measuring.
+        """
+        self.dtype = dtype
+        if self._kept is not None:
+            self._kept = [b.to(self.device, dtype) for b in self._kept]
 
     @property
     def streaming(self) -> bool:
@@ -86,7 +97,7 @@ class EvalBatches(Sequence[Batch]):
         kept: list[Batch] = []
         size, seen = 0, 0
         for k, batch in enumerate(self._make()):
-            b = batch.to(self.device)
+            b = batch.to(self.device, self.dtype)
             expected = min(self.batch_size, self.n_samples - seen)
             if len(b) != expected:
                 raise RuntimeError(

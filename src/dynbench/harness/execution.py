@@ -142,6 +142,10 @@ def execute(plan: RunPlan, *, store: ResultStore, cache_dir: Path | None, progre
         say(0, len(plan.budgets), f"fitting {plan.method.name} on the evaluation samples (an upper bound)")
     with phase("fit"):
         fitted_eval(plan, model, batches, cache_dir)
+    # fits run at fp32 whatever the target's dtype (one fit cache for all); the cast is the
+    # deployment step
+    plan.hardware.cast(model)  # in place: `backbone` is cast with it
+    batches.cast(plan.hardware.torch_dtype)
     clock.times.fit_s, clock.times.fit_trained = clock.lap("methods")
     make_row = RowMaker(plan, started, eval_samples=batches.n_samples)
     dense = METHODS.get("dense")().wrap(backbone).eval()

@@ -74,8 +74,9 @@ def quality_pass(model: DynamicModel, budget: float, batches: Iterable[Batch], t
     for b in batches:
         shape = tuple(b.inputs.shape[1:])
         out = model(b.inputs, budget=budget)
-        scores.append(_np(task.metric.score(out.logits, b.targets)))
-        correct.append(_np(task.metric.correct(out.logits, b.targets)))
+        logits = out.logits.float()  # a bf16/fp16 model's logits, scored in fp32 as every other run's
+        scores.append(_np(task.metric.score(logits, b.targets)))
+        correct.append(_np(task.metric.correct(logits, b.targets)))
         ids.append(b.sample_ids.numpy())
         traces.append(out.trace.to_cpu())
     trace = Trace.cat(traces)

@@ -64,6 +64,7 @@ class RowMaker:
             **control_columns(plan),
             "seed": plan.spec.seed,
             "hardware": plan.hardware.label,
+            "dtype": plan.hardware.dtype_name,
             "modeled": plan.hardware.modeled,
             # reports keep quick, full and --limit runs apart (never one mean over them)
             "profile": plan.spec.profile,

@@ -91,11 +91,12 @@ class StopPolicy(nn.Module):
             h: ``(A, H)`` previous state.
         """
         K = self.n_paths
-        z = F.layer_norm(pooled.float(), pooled.shape[-1:])  # (A, C) scale-free across depths; no FLOPs counted
-        onehot = F.one_hot(start, K).float()  # (A, K)
+        dt = self.proj.weight.dtype  # the policy's dtype (fp32, or a bf16/fp16 target's cast)
+        z = F.layer_norm(pooled.to(dt), pooled.shape[-1:])  # (A, C) scale-free across depths; no FLOPs counted
+        onehot = F.one_hot(start, K).to(dt)  # (A, K)
         pos = torch.full_like(onehot[:, :1], k / max(1, K - 1))  # (A, 1)
-        past = (start <= k).float()[:, None]  # (A, 1) the policy's decision counts from here on
-        u = torch.cat([self.proj(z), conf.float(), onehot, pos, past], dim=1)  # (A, P + 3 + K + 2)
+        past = (start <= k).to(dt)[:, None]  # (A, 1) the policy's decision counts from here on
+        u = torch.cat([self.proj(z), conf.to(dt), onehot, pos, past], dim=1)  # (A, P + 3 + K + 2)
         gi, gh = self.w_ih(u), self.w_hh(h)  # (A, 3H) each
         ir, iz, i_n = gi.chunk(3, dim=1)
         hr, hz, h_n = gh.chunk(3, dim=1)

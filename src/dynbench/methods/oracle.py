@@ -185,12 +185,32 @@ class CandidateScorer:
             self._walk(self.backbone.blocks[block](x), depth + 1, sub, targets, out)  # (B, T, C)
 
 
+CAST_DTYPES = (torch.bfloat16, torch.float16)
+"""Dtypes a hardware target may cast floating inputs to; the oracle keeps their hashes too."""
+
+
+def cast_hashes(batches: Sequence[Batch], hashes: np.ndarray, solved: Tensor) -> Tensor:
+    """``(len(CAST_DTYPES), G)`` the hash of each solved input (``solved``, sorted) once cast.
+
+    Integer inputs (token ids) are not cast by a target, so their rows repeat ``solved``.
+    """
+    inputs = torch.cat([b.inputs for b in batches])  # (N, ...)
+    rows = []
+    for dtype in CAST_DTYPES:
+        cast = input_hashes(inputs.to(dtype)).numpy() if inputs.is_floating_point() else hashes  # (N,)
+        of = dict(zip(hashes.tolist(), cast.tolist()))
+        rows.append([of[int(h)] for h in solved.tolist()])
+    return torch.tensor(rows, dtype=torch.long)
+
+
 class OracleModel(DynamicModel):
     """The backbone plus the solved allocation: each known sample's block set at each solved budget.
 
     Buffers (empty until :meth:`Oracle.fit_eval`; resized when a state dict is loaded):
         configs: ``(M, L)`` bool, the candidate block sets (row 0 the full network).
         sample_hashes: ``(G,)`` int64, sorted content hashes of the distinct solved inputs.
+        cast_hashes: ``(2, G)`` int64, the hashes of those inputs cast to bf16 and fp16 (a target's
+            ``dtype`` option casts the inputs after the fp32 solve), aligned with ``sample_hashes``.
         solved_budgets: ``(K,)`` float64, the budgets solved.
         choices: ``(K, G)`` int64, the configuration of each input at each budget.
         selection_half, heldout_half: ``(K, G)`` float64, the selection-bias control's per-sample
@@ -208,11 +228,12 @@ class OracleModel(DynamicModel):
     """
 
     SOLUTION = (
-        "configs", "sample_hashes", "solved_budgets", "choices", "selection_half", "heldout_half",
+        "configs", "sample_hashes", "cast_hashes", "solved_budgets", "choices", "selection_half", "heldout_half",
         "matching_budget", "matching_budget_heldout", "metric_kind",
     )  # fmt: skip
     configs: Tensor
     sample_hashes: Tensor
+    cast_hashes: Tensor
     solved_budgets: Tensor
     choices: Tensor
     selection_half: Tensor
@@ -228,6 +249,7 @@ class OracleModel(DynamicModel):
         self.exits = nn.ModuleList([TunedExit(backbone.readout) for _ in range(L - 1)] if tuned_exits else [])
         self.register_buffer("configs", torch.zeros(0, L, dtype=torch.bool))
         self.register_buffer("sample_hashes", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("cast_hashes", torch.zeros(len(CAST_DTYPES), 0, dtype=torch.long))
         self.register_buffer("solved_budgets", torch.zeros(0, dtype=torch.float64))
         for name in ("choices", "selection_half", "heldout_half"):
             self.register_buffer(name, torch.zeros(0, 0, dtype=torch.long if name == "choices" else torch.float64))
@@ -307,9 +329,13 @@ class OracleModel(DynamicModel):
             ValueError: an input the oracle was not solved on.
         """
         hashes = input_hashes(inputs)  # (B,)
-        known = self.sample_hashes.cpu()  # (G,)
-        pos = torch.searchsorted(known, hashes).clamp(max=max(len(known) - 1, 0))  # (B,)
-        found = known[pos] == hashes if len(known) else torch.zeros_like(hashes, dtype=torch.bool)
+        known = self.sample_hashes.cpu()  # (G,) sorted
+        order = torch.arange(len(known))  # (G,) position in sample_hashes of each entry of `known`
+        if inputs.dtype in CAST_DTYPES:  # a bf16/fp16 target cast the inputs after the fp32 solve
+            known, order = self.cast_hashes[CAST_DTYPES.index(inputs.dtype)].cpu().sort()  # (G,), (G,)
+        at = torch.searchsorted(known, hashes).clamp(max=max(len(known) - 1, 0))  # (B,)
+        found = known[at] == hashes if len(known) else torch.zeros_like(hashes, dtype=torch.bool)
+        pos = order[at] if len(known) else at  # (B,)
         if not bool(found.all()):
             raise ValueError(
                 f"oracle: {int((~found).sum())} of {len(hashes)} inputs are not among the {len(known)} samples it was "
@@ -398,7 +424,7 @@ class OracleModel(DynamicModel):
 class Oracle(Method):
     """Per-sample layer sets chosen with the evaluation labels by a knapsack: an upper bound."""
 
-    version = "5"
+    version = "6"
     shared_parts = (_exit_heads, _layer_sets, _sample_hash)
     paper = "https://arxiv.org/abs/2410.20022"
     extra_metrics = ("matching_budget", "matching_budget_heldout", "quality_selection_half", "quality_heldout_half")
@@ -451,6 +477,7 @@ class Oracle(Method):
         hashes = torch.cat([input_hashes(b.inputs) for b in batches]).numpy()  # (N,)
         solution = allocate(table, hashes, [len(c) for c in configs], L, budgets, kind, self.config.checkpoint_every)
         solution["configs"] = torch.tensor([[i in c for i in range(L)] for c in configs], dtype=torch.bool)
+        solution["cast_hashes"] = cast_hashes(batches, hashes, solution["sample_hashes"])
         for name, value in solution.items():
             setattr(model, name, value)
 

@@ -510,7 +510,7 @@ class TransformerInverseModel(DynamicModel):
             first = self.run_blocks(x, 0, 1)  # (B, T, C) block 0, the predictor's input: backbone, not controller
             start, head0 = self._stage("start", (inputs, x, first))  # (B,) buckets, block 0's head
             x, reached = first, 1
-            h = torch.zeros(B, self.policy.hidden, device=dev)  # (A, H)
+            h = torch.zeros(B, self.policy.hidden, device=dev, dtype=self.policy.proj.weight.dtype)  # (A, H)
         else:  # static or random baseline (or a single path): the depth is known before any block runs
             target = torch.full((B,), K - 1, dtype=torch.long) if full or K == 1 else self.path_index(budget, inputs)
             start = target.to(dev)
