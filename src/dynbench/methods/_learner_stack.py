@@ -259,7 +259,10 @@ class LearnerStack(nn.Module):
         the last one included.
         """
         order = torch.argsort(k, descending=True, stable=True)  # (M,)
-        counts = torch.bincount(k, minlength=self.n + 1).tolist()  # tokens per choice; the one host sync
+        # tokens per choice: a static-shape count (bincount's output size would need the data), read
+        # once — the one host sync, since each learner's matmul needs its row count on the host
+        counts = torch.zeros(self.n + 1, dtype=torch.long, device=k.device).scatter_add_(0, k, torch.ones_like(k))
+        counts = counts.tolist()  # (N + 1,)
         zs = z[order]  # (M, C) grouped by choice, largest k first
         ys = torch.zeros_like(zs)  # (M, C)
         for i in range(self.n):

@@ -15,6 +15,8 @@ Two shapes of selection:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -43,21 +45,35 @@ def topk_positions(scores: Tensor, k: int) -> Tensor:
     return idx.sort(dim=-1).values  # (B, k) ascending: original order
 
 
-def padded_positions(mask: Tensor) -> tuple[Tensor, Tensor]:
+class PaddedSelection(NamedTuple):
+    """A ragged selection padded to the batch's largest count (:func:`padded_positions`)."""
+
+    idx: Tensor  # (B, n) each row's selected positions ascending, then (padding) unselected ones
+    valid: Tensor  # (B, n) True on the real selections
+    ragged: bool  # rows selected different counts, so some slots are padding
+
+
+def padded_positions(mask: Tensor) -> PaddedSelection:
     """Selected positions of a ragged boolean selection, padded to the largest count in the batch.
+
+    The largest and smallest counts are read in one host sync (a GPU pays one per call): the
+    largest sizes the gather, the smallest says whether any padding exists.
 
     Args:
         mask: ``(B, T)`` bool, True = selected.
 
     Returns:
-        ``(idx, valid)``, both ``(B, n)`` with ``n = max selected per row`` (one host sync): ``idx``
-        holds each row's selected positions ascending, then (padding) unselected positions;
-        ``valid`` is True on the real selections. ``n`` may be 0.
+        ``(idx, valid, ragged)`` with ``idx`` and ``valid`` ``(B, n)``, ``n = max selected per
+        row`` (may be 0).
     """
-    n = int(mask.sum(dim=-1).max()) if mask.numel() else 0
+    if mask.numel():
+        counts = mask.sum(dim=-1)  # (B,)
+        n, least = torch.stack([counts.max(), counts.min()]).tolist()  # the one host sync
+    else:
+        n = least = 0
     order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices  # (B, T) selected first, in order
     idx = order[:, :n]  # (B, n)
-    return idx, mask.gather(1, idx)
+    return PaddedSelection(idx, mask.gather(1, idx), least != n)
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:

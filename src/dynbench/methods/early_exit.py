@@ -222,19 +222,23 @@ class EarlyExitModel(DynamicModel):
             # from every or S positions
             conf = confidence(out if out is not None else head(x[:, picks]))  # (A,)
             leave = conf > budget  # (A,)
-            n_leave = int(leave.sum())  # the one host sync per block
+            n_leave = int(leave.sum())  # the one host sync per block: compaction needs the count
             if n_leave == 0:
                 continue
-            out_leave = out[leave] if out is not None else head(x[leave])  # (E, K) or (E, T, V)
+            # leavers first, each side in batch order: the count splits it, and index_select with
+            # known sizes replaces boolean masks (each of which would sync again, through nonzero)
+            order = torch.argsort((~leave).to(torch.uint8), stable=True)  # (A,)
+            left, stay = order[:n_leave], order[n_leave:]  # (E,), (A',)
+            out_leave = out.index_select(0, left) if out is not None else head(x.index_select(0, left))  # (E, …)
             if logits is None:  # first exit: from now on outputs are scattered into place
                 logits = out_leave.new_empty((B, *out_leave.shape[1:]))  # (B, K) or (B, T, V)
-            gone = active[leave]  # (E,)
-            logits[gone] = out_leave
-            exit_conf[gone] = conf[leave]
-            exit_layer[gone] = layer
+            gone = active.index_select(0, left)  # (E,)
+            logits.index_copy_(0, gone, out_leave)
+            exit_conf.index_copy_(0, gone, conf.index_select(0, left).to(exit_conf.dtype))
+            exit_layer.index_fill_(0, gone, layer)
             if n_leave == len(active):
                 break
-            active, x = active[~leave], x[~leave]  # (A',), (A', T, C)
+            active, x = active.index_select(0, stay), x.index_select(0, stay)  # (A',), (A', T, C)
         assert logits is not None  # narrowing only: L >= 1 was checked above
         trace = self._trace(exit_layer.cpu(), exit_conf.cpu(), bb.n_tokens(tuple(inputs.shape[1:])))
         return StepOutput(logits, trace)

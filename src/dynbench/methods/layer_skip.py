@@ -97,6 +97,20 @@ class LayerSkipModel(DynamicModel):
         L = backbone.n_blocks
         self.register_buffer("ranking", torch.full((L,), -1, dtype=torch.long))
         self.register_buffer("importance", torch.full((L,), float("nan"), dtype=torch.float64))
+        self._host_ranking: tuple[tuple, list[int]] | None = None  # (buffer identity, its values)
+
+    def host_ranking(self) -> list[int]:
+        """The ranking as a Python list, read from the buffer once per change, not once per call.
+
+        Reading a GPU buffer into Python synchronises the host with the device; keyed by the
+        buffer's storage, device and in-place version, the copy is refreshed after a fit, a loaded
+        state dict or a move.
+        """
+        r = self.ranking
+        key = (r.data_ptr(), r.device, r._version)
+        if self._host_ranking is None or self._host_ranking[0] != key:
+            self._host_ranking = (key, r.tolist())
+        return self._host_ranking[1]
 
     def kept_blocks(self, budget: Budget) -> list[int]:
         """Indices of the blocks run at ``budget``, ascending.
@@ -111,7 +125,7 @@ class LayerSkipModel(DynamicModel):
             return list(range(L))
         if self.pattern == "uniform":
             return uniform_blocks(L, k)
-        ranking = self.ranking.tolist()
+        ranking = self.host_ranking()
         if min(ranking) < 0:
             raise ValueError(
                 f"layer_skip(pattern='importance') has no block ranking yet (budget {budget} keeps {k} "

@@ -354,14 +354,14 @@ class MixtureOfDepthsModel(DynamicModel):
         chosen = logits > 0  # (B, T) the causal decision
         if self.keep_first:
             chosen[:, 0] = True
-        idx, valid = padded_positions(chosen)  # (B, n), (B, n)
+        idx, valid, ragged = padded_positions(chosen)  # (B, n), (B, n), whether any slot is padding
         n = idx.shape[1]
         executed = torch.full((B,), n, dtype=torch.long)  # padding slots run too, so they are charged
         if n == 0:
             return x, RoutedStep(executed, chosen, topk, logits)
         w = scale.gather(1, idx)  # (B, n)
         x_sel = gather_tokens(x, idx)  # (B, n, C)
-        if B == 1 or bool(valid.all()):  # no padding (always so at batch 1): the plain causal path, no mask
+        if not ragged:  # no padding (always so at batch 1): the plain causal path, no mask
             update = w[..., None] * block.delta(x_sel, positions=idx if rope else None)  # (B, n, C)
         else:
             mask = subset_attention_mask(idx, valid, causal=self.causal)  # (B, 1, n, n)

@@ -222,7 +222,7 @@ class TokenSkipModel(DynamicModel):
         """
         counts = keep.sum(dim=1)  # (B,)
         if bool((counts == counts[0]).all()):
-            idx, _ = padded_positions(keep)  # (B, n) no padding: every row holds n real positions
+            idx, _, _ = padded_positions(keep)  # (B, n) no padding: every row holds n real positions
             return self.run_tokens(block, x, idx), counts.cpu()
         rows = [self.run_tokens(block, x[b : b + 1], keep[b : b + 1].nonzero()[:, 1][None]) for b in range(x.shape[0])]
         return torch.cat(rows), counts.cpu()  # (B, T, C)
