@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from dynbench.hardware.base import HardwareTarget, register_hardware
+from dynbench.hardware.base import HardwareTarget, options_label, register_hardware
 from dynbench.hardware.cpu import profiler_tensor_peak
 from dynbench.hardware.roofline import (
     DeviceSpec,
@@ -102,7 +102,7 @@ class ModeledTarget(HardwareTarget):
     @property
     def label(self) -> str:
         """The target's name, with ``[dtype=…]`` when not fp32."""
-        return self.name if self.config.dtype == "fp32" else f"{self.name}[dtype={self.config.dtype}]"
+        return options_label(self.name, self.config, ModeledConfig())
 
 
 for _name, _spec in DEVICES.items():  # one registered class per device: they differ in data only

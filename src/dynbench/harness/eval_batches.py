@@ -49,13 +49,12 @@ class EvalBatches(Sequence[Batch]):
         batch_size: int,
         device: torch.device | str,
         keep_bytes: int,
-        dtype: torch.dtype | None = None,
     ) -> None:
         self._make = make
         self.n_samples = n_samples
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.dtype: torch.dtype | None = None  # floating inputs cast to this (:meth:`cast`); None keeps them
         self.keep_bytes = keep_bytes
         self._kept: list[Batch] | None = None
         self._may_keep = keep_bytes > 0  # False once a pass found the split larger than keep_bytes
