@@ -59,6 +59,20 @@ def suite_rows(paper: Paper, rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return "quick", rows.iloc[0:0]
 
 
+def on_hardware(rows: pd.DataFrame, hardware: str) -> pd.DataFrame:
+    """Rows of runs on ``hardware`` (a target name, any options); "" = rows of the measured targets.
+
+    A modeled device's latency is a model's output, not a clock's: a claim or table reads it only
+    when it names that device, and then reads nothing else.
+    """
+    if "hardware" not in rows.columns:
+        return rows
+    if not hardware:
+        return rows[~rows["modeled"].fillna(False).astype(bool)] if "modeled" in rows.columns else rows
+    labels = rows["hardware"].astype(str)
+    return rows[(labels == hardware) | labels.str.startswith(f"{hardware}[")]
+
+
 def _budget(frame: pd.DataFrame, budget: str) -> float | None:
     """The budget a measure names: a number, or ``lowest`` (the lowest below the full budget)."""
     budgets = sorted(frame["budget"].unique())
@@ -242,6 +256,9 @@ def measure(paper: Paper, measure_: Measure, suite: str, rows: pd.DataFrame, sam
     if measure_.kind == "missing":
         return []
     task = paper.task(measure_.task, suite)
+    rows = on_hardware(rows, measure_.hardware)
+    if not samples.empty and "run_key" in samples.columns and "run_key" in rows.columns:
+        samples = samples[samples["run_key"].isin(set(rows["run_key"]))]
     if measure_.kind == "paired":
         return paired_points(rows, samples, task, measure_.method, measure_.against, measure_.budget)
     if measure_.kind == "isoflop":

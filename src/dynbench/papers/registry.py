@@ -72,6 +72,9 @@ class Measure:
     metric: str = ""  # metric and vs_dense: the row metric
     budget: str = "lowest"  # a budget (``0.25``), ``lowest`` (below the full budget) or, paired, ``all``
     reason: str = ""  # missing only: which study is absent
+    # a hardware target the suites run (``jetson-agx-xavier``: a modeled row); "" = the measured
+    # targets, so a claim never mixes a modeled latency into a measured one
+    hardware: str = ""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -125,6 +128,7 @@ class PaperTable:
     regenerable: bool = True  # False: the paper's table is not public; ours is shown beside its claim only
     figure: Figure = ""  # the report's plot of the task that goes with it on the Papers page ("" = none)
     sweep: str = ""  # a sweep of the paper: one block of rows per swept task (model size), "" = the role's task
+    hardware: str = ""  # a hardware target the suites run (a modeled device's rows), "" = the measured targets
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -352,6 +356,7 @@ def check_paper(paper: Paper) -> list[str]:
 
     for table in paper.tables:
         what = f"table {table.id}"
+        errors += _hardware_problems(paper, what, table.hardware)
         if table.task not in paper.tasks:
             errors.append(f"{where}: {what}: task role {table.task!r} is not in tasks: {sorted(paper.tasks)}.")
         errors += sweep_ref(paper.sweeps, where, what, table.sweep, table.task, required=False)
@@ -360,6 +365,7 @@ def check_paper(paper: Paper) -> list[str]:
                 if not metric_known(metric, table.methods):
                     errors.append(f"{where}: {what}: no run of {list(table.methods)} writes metric {metric!r}.")
     for claim in paper.claims:
+        errors += _hardware_problems(paper, f"claim {claim.id}", claim.measure.hardware)
         errors += _claim_problems(paper, claim, labels_ok)
         if claim.measure.kind == "isoflop":
             errors += sweep_ref(
@@ -369,6 +375,25 @@ def check_paper(paper: Paper) -> list[str]:
     if len(ids) != len(set(ids)):
         errors.append(f"{where}: table and claim ids must be unique, got {sorted(ids)}.")
     return errors
+
+
+def _hardware_problems(paper: Paper, what: str, hardware: str) -> list[str]:
+    """A table's or claim's ``hardware``: a registered target that every suite of the paper runs."""
+    from dynbench.hardware.base import HARDWARE
+
+    if not hardware:
+        return []
+    where = paper.path.name
+    try:
+        HARDWARE.get(hardware)
+    except RegistryError as exc:
+        return [f"{where}: {what}: hardware: {exc}"]
+    return [
+        f"{where}: {what} reads hardware {hardware!r}, which suites.{name} does not run. "
+        "Add it to that suite's hardware:."
+        for name, suite in paper.suites.items()
+        if hardware not in {h.name for h in suite.hardware}
+    ]
 
 
 def _claim_problems(paper: Paper, claim: Claim, labels_ok: Any) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dynbench.analysis.tables import format_sig
-from dynbench.papers.measures import Measured, measure, metric_point, suite_rows, task_params
+from dynbench.papers.measures import Measured, measure, metric_point, on_hardware, suite_rows, task_params
 from dynbench.papers.registry import Claim, Paper, PaperTable
 from dynbench.papers.verdict import PaperVerdict, combine, judge
 
@@ -74,9 +74,11 @@ def table_frame(paper: Paper, table: PaperTable, suite: str, rows: pd.DataFrame)
     """One line per (method, budget) of ``table``, each column ``value [low, high]`` as text.
 
     A sweep's table has a block per swept task (model size) that ran, each headed by the task's
-    label and its backbone's parameter count (from the task's configuration).
+    label and its backbone's parameter count (from the task's configuration). A table reads the
+    measured targets' rows, or only those of the modeled device it names (``hardware``).
     """
     tasks = paper.sweep_tasks(table.sweep, suite) if table.sweep else (paper.task(table.task, suite),)
+    rows = on_hardware(rows, table.hardware)
     lead = ["model", "params"] if table.sweep else []
     lines = []
     for task in tasks:
@@ -148,12 +150,25 @@ def markdown(outputs: list[PaperOutput], figures: dict[str, str] | None = None) 
             public = "" if table.regenerable else " The paper's table is not public: ours only."
             tasks = p.sweep_tasks(table.sweep, out.suite) if table.sweep else (p.task(table.task, out.suite),)
             parts += ["", f"### {table.id}: {table.title}", "", f"Paper: {table.paper_ref}.{public} "
-                      f"Task{'s' if len(tasks) > 1 else ''}: {', '.join(f'`{t}`' for t in tasks)}.", ""]  # fmt: skip
+                      f"Task{'s' if len(tasks) > 1 else ''}: {', '.join(f'`{t}`' for t in tasks)}."
+                      f"{hardware_note(table.hardware)}", ""]  # fmt: skip
             parts.append(_md_table(frame) if not frame.empty else "_No runs of this table in the results._")
             if figures and table.id in figures:
                 parts += ["", f"![{p.id} {table.id}: {table.figure}]({figures[table.id]})"]
         parts.append("")
     return "\n".join(parts)
+
+
+def hardware_note(hardware: str) -> str:
+    """What a table's rows were timed on, when it names a target; a modeled one says so."""
+    from dynbench.hardware.base import HARDWARE
+
+    if not hardware:
+        return ""
+    if HARDWARE.get(hardware).modeled:
+        return (f" Hardware: {hardware}, modeled (dynbench's roofline model of the device from the counted FLOPs "
+                "and bytes and its datasheet, not a measurement on it).")  # fmt: skip
+    return f" Hardware: {hardware}."
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -196,7 +211,8 @@ def latex(outputs: list[PaperOutput]) -> str:
                 continue
             spec = "l" * len(frame.columns)
             parts += [r"\begin{table}[ht]", r"\centering\small",
-                      rf"\caption{{{latex_escape(p.id)} {latex_escape(table.id)}: {latex_escape(table.title)}}}",
+                      rf"\caption{{{latex_escape(p.id)} {latex_escape(table.id)}: {latex_escape(table.title)}"
+                      rf"{latex_escape(hardware_note(table.hardware))}}}",
                       rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
                       " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]  # fmt: skip
             for row in frame.itertuples(index=False):
@@ -210,7 +226,7 @@ def csv_text(outputs: list[PaperOutput]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["paper", "suite", "kind", "id", "method", "budget", "metric", "value", "ci_low", "ci_high",
-                     "paper_value", "tag", "verdict", "task"])  # fmt: skip
+                     "paper_value", "tag", "verdict", "hardware", "task"])  # fmt: skip
     for out in outputs:
         for r in out.claims:
             m = r.claim.measure
@@ -219,13 +235,13 @@ def csv_text(outputs: list[PaperOutput]) -> str:
                 values = ("", "", "", "") if point is None else (point.budget, point.value, point.low, point.high)
                 task = "" if point is None else point.where
                 writer.writerow([out.paper.id, out.suite, "claim", r.claim.id, m.method, values[0], m.metric or m.kind,
-                                 *values[1:], paper_value, r.claim.tag, r.verdict, task])  # fmt: skip
+                                 *values[1:], paper_value, r.claim.tag, r.verdict, m.hardware, task])  # fmt: skip
         for table, frame in out.tables:
             task = out.paper.task(table.task, out.suite)
             for row in frame.itertuples(index=False):
                 for metric in table.columns:
                     writer.writerow([out.paper.id, out.suite, "table", table.id, row.method, row.budget, metric,
-                                     getattr(row, metric), "", "", "", "", "",
+                                     getattr(row, metric), "", "", "", "", "", table.hardware,
                                      getattr(row, "model", task)])  # fmt: skip
     return buffer.getvalue()
 

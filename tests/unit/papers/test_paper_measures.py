@@ -7,7 +7,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from dynbench.papers.measures import metric_point, suite_rows, vs_dense
+from dynbench.papers.measures import metric_point, on_hardware, suite_rows, vs_dense
 from dynbench.papers.registry import load_papers
 from dynbench.papers.render import build, render
 
@@ -67,10 +67,38 @@ def test_a_different_scale_is_not_comparable_and_the_output_says_why():
     out = build(PAPER, rows(flops=0.40), pd.DataFrame())
     verdicts = {r.claim.id: r.verdict for r in out.claims}
     assert verdicts == {"flops-42.7": "not comparable", "memory-34.1": "not comparable",
-                        "accuracy-0.3": "not comparable"}  # fmt: skip
+                        "accuracy-0.3": "not comparable", "jetson-deployment": "not comparable"}  # fmt: skip
     text = render([out], "md")
     assert "not comparable: the paper's model and operating point are not given" in text
     assert "| tinv | 0.5 | 0.401 [" in text  # the table from the same rows
+
+
+def with_jetson(frame: pd.DataFrame, dense_ms: float = 2.0, tinv_ms: float = 1.5) -> pd.DataFrame:
+    """``frame`` and its runs priced on a modeled Jetson: a latency, a different FLOPs ratio."""
+    jetson = frame.assign(hardware="jetson-agx-xavier", modeled=True, run_key=frame["run_key"] + "-jetson")
+    jetson.loc[jetson["metric"] == "flops_ratio", "value"] = 9.0  # a value no CPU claim may read
+    latency = jetson[jetson["metric"] == "peak_mem_bytes"].assign(metric="latency_ms")
+    latency["value"] = [dense_ms if m == "dense" or full else tinv_ms
+                        for m, full in zip(latency["method"], latency["is_full_budget"], strict=True)]  # fmt: skip
+    return pd.concat([frame, jetson, latency], ignore_index=True)
+
+
+def test_a_modeled_device_is_read_only_by_what_names_it():
+    both = with_jetson(rows())
+    assert both["modeled"].isna().any()  # the CPU rows predate the column: read as measured
+    flops = vs_dense(on_hardware(both, ""), "fashion-mnist", "tinv", "lowest", "flops_per_sample")
+    assert flops.value == pytest.approx(-44.9)  # the CPU's rows only, not the Jetson's 9.0
+    assert set(on_hardware(both, "jetson-agx-xavier")["hardware"]) == {"jetson-agx-xavier"}
+    out = build(PAPER, both, pd.DataFrame())
+    jetson = next(r for r in out.claims if r.claim.id == "jetson-deployment")
+    assert jetson.points[0].value == pytest.approx(-25.0) and jetson.points[0].seeds == 3
+    assert jetson.verdict == "not comparable"  # modeled, and the paper prints no latency
+    ti2 = dict(out.tables)[next(t for t in PAPER.tables if t.id == "TI2")]
+    assert list(ti2["latency_ms"])[:2] == ["2.00 [2.00, 2.00]", "2.00 [2.00, 2.00]"]  # dense, then tinv at b=1
+    md, tex, csv_ = (render([out], fmt) for fmt in ("md", "latex", "csv"))
+    assert "Hardware: jetson-agx-xavier, modeled" in md
+    assert "jetson-agx-xavier, modeled (dynbench" in tex
+    assert 'TI2,tinv,0.5,latency_ms,"1.50 [1.50, 1.50]",,,,,,jetson-agx-xavier,fashion-mnist' in csv_
 
 
 def test_quick_runs_are_used_only_without_full_ones():

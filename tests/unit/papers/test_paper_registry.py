@@ -66,6 +66,8 @@ def broken(tmp_path: Path, edit) -> Path:
         (lambda d: d["tables"][0]["methods"].append("tinv"), "which suites.quick does not run"),
         (lambda d: d["tasks"]["text"].update(full="shakespear"), "Did you mean: shakespeare"),
         (lambda d: d["claims"][0]["measure"].update(budget="half"), "budget 'half' must be a number"),
+        (lambda d: d["tables"][0].update(hardware="jetson-xavier"), "Did you mean: jetson-agx-xavier"),
+        (lambda d: d["claims"][0]["measure"].update(hardware="a100"), "which suites.quick does not run. Add it"),
     ],
 )
 def test_a_broken_paper_file_names_each_problem(tmp_path, edit, message):
