@@ -108,6 +108,29 @@ class PaperOutput:
     suite: str
     claims: list[ClaimResult]
     tables: list[tuple[PaperTable, pd.DataFrame]]
+    made_from: str = ""  # which runs: how many, on which machines, at which commits, when (provenance())
+
+
+def provenance(rows: pd.DataFrame) -> str:
+    """What made ``rows`` (one paper's suite): runs, machines, commits and dates, as one sentence.
+
+    A committed table must say where its numbers came from; every field is read from the rows
+    (``machine``, ``git_sha``, ``dirty``, ``started_at``), so nothing here can drift from them.
+    """
+    if rows.empty or "run_key" not in rows.columns:
+        return ""
+    runs = rows.drop_duplicates("run_key")
+
+    def values(column: str) -> list[str]:
+        return sorted({str(v) for v in runs[column].dropna()}) if column in runs.columns else []
+
+    machines = "; ".join(f"`{m}`" for m in values("machine")) or "an unrecorded machine"
+    shas = [sha[:7] for sha in values("git_sha")]
+    dirty = " (some with uncommitted changes)" if "dirty" in runs.columns and runs["dirty"].fillna(False).any() else ""
+    commits = f" at commit{'s' if len(shas) > 1 else ''} {', '.join(shas)}{dirty}" if shas else ""
+    days = sorted({d[:10] for d in values("started_at")})
+    when = f", started {days[0]}" + (f" to {days[-1]}" if len(days) > 1 else "") if days else ""
+    return f"{len(runs)} run{'s' if len(runs) != 1 else ''} on {machines}{commits}{when}"
 
 
 def build(paper: Paper, rows: pd.DataFrame, samples: pd.DataFrame) -> PaperOutput:
@@ -117,7 +140,7 @@ def build(paper: Paper, rows: pd.DataFrame, samples: pd.DataFrame) -> PaperOutpu
     theirs = samples[samples["run_key"].isin(keys)] if not samples.empty and "run_key" in samples.columns else samples
     claims = claim_results(paper, suite, mine, theirs)
     tables = [(t, table_frame(paper, t, suite, mine)) for t in paper.tables]
-    return PaperOutput(paper, suite, claims, tables)
+    return PaperOutput(paper, suite, claims, tables, provenance(mine))
 
 
 def _quick_note(out: PaperOutput) -> str:
@@ -140,7 +163,8 @@ def markdown(outputs: list[PaperOutput], figures: dict[str, str] | None = None) 
         p = out.paper
         parts += [f"## {p.id}: {p.title}", "",
                   f"{p.authors}, {p.venue}, <{p.url}>. Read: {p.sources}. Numbers from the **{out.suite}** suite "
-                  f"(`bench paper run {p.id}{' --quick' if out.suite == 'quick' else ''}`){_quick_note(out)}.", "",
+                  f"(`bench paper run {p.id}{' --quick' if out.suite == 'quick' else ''}`){_quick_note(out)}."
+                  + (f" Made from {out.made_from}." if out.made_from else ""), "",
                   "| claim | tag | paper | ours [95%] | settings | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
         for r in out.claims:
             cells = [f"**{r.claim.id}**: {r.claim.text}", r.claim.tag, paper_text(r.claim), ours_text(r),
@@ -198,6 +222,8 @@ def latex(outputs: list[PaperOutput]) -> str:
     parts = []
     for out in outputs:
         p = out.paper
+        if out.made_from:
+            parts.append(f"% {p.id}: made from {out.made_from}".replace("\n", " "))
         parts += [r"\begin{table}[ht]", r"\centering\small",
                   rf"\caption{{{latex_escape(p.title)} (arXiv {p.arxiv}): claims, {out.suite} suite}}",
                   r"\begin{tabular}{p{4.2cm}lp{2.4cm}p{3.4cm}l}", r"\toprule",

@@ -101,6 +101,19 @@ def test_a_modeled_device_is_read_only_by_what_names_it():
     assert 'TI2,tinv,0.5,latency_ms,"1.50 [1.50, 1.50]",,,,,,jetson-agx-xavier,fashion-mnist' in csv_
 
 
+def test_the_output_says_which_runs_machines_and_commits_made_it():
+    stamped = rows().assign(machine="vm | Linux | AMD EPYC x2", dirty=False, started_at="2026-12-05T10:00:00+00:00")
+    stamped["git_sha"] = ["e5324e1" + "0" * 33 if key.endswith("-2") else "c129ee2" + "0" * 33
+                          for key in stamped["run_key"]]  # fmt: skip
+    stamped.loc[stamped["run_key"] == "dense-0", "started_at"] = "2026-12-04T23:00:00+00:00"
+    out = build(PAPER, stamped, pd.DataFrame())
+    made = "6 runs on `vm | Linux | AMD EPYC x2` at commits c129ee2, e5324e1, started 2026-12-04 to 2026-12-05"
+    assert out.made_from == made
+    assert f"Made from {made}." in render([out], "md")
+    assert render([out], "latex").startswith(f"% transformer_inverse: made from {made}")
+    assert build(PAPER, rows(), pd.DataFrame()).made_from == "6 runs on an unrecorded machine"
+
+
 def test_quick_runs_are_used_only_without_full_ones():
     quick = rows(profile="quick", task="toy-vision")
     assert suite_rows(PAPER, quick)[0] == "quick"
