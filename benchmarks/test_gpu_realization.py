@@ -10,7 +10,8 @@ method's decisions are *priced* to spend its budget on the inputs, as a fitted m
   blocks, no fit);
 - ``mod`` at capacity 0.125, top-k routing (the prefill path; k is fixed);
 - ``acm`` at β 0.25, its learner price bisected on the inputs
-  (:func:`~dynbench.methods.acm.set_price`);
+  (:func:`~dynbench.methods.acm.set_price`); on CUDA also ``acm_triton``, the same with its
+  learners in Triton kernels (``acm[kernel=triton]``: no host sync per block);
 - ``token_skip`` at 0.5, its logit bias bisected on the inputs
   (:func:`~dynbench.methods.token_skip.calibrate`).
 
@@ -101,13 +102,13 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
         method, budget = EarlyExit(EarlyExitConfig(rule="depth")), 0.5
     elif name == "mod":
         method, budget = MixtureOfDepths(MixtureOfDepthsConfig(capacities=(0.125,), routing="topk")), 0.125
-    elif name == "acm":
-        method, budget = ACM(ACMConfig(targets=(0.25,))), 0.25
+    elif name in ("acm", "acm_triton"):
+        method, budget = ACM(ACMConfig(targets=(0.25,), kernel="triton" if name == "acm_triton" else "torch")), 0.25
     else:
         method, budget = TokenSkip(TokenSkipConfig(targets=(0.5,))), 0.5
     model = method.wrap(net).eval()
     with torch.inference_mode():
-        if name == "acm":
+        if name in ("acm", "acm_triton"):
             set_price(model, budget, calib)  # type: ignore[arg-type]
         elif name == "token_skip":
             bias, _ = calibrate(model, calib, budget, steps=12)  # type: ignore[arg-type]
@@ -116,6 +117,7 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
 
 
 METHODS = ("layer_skip", "early_exit", "mod", "acm", "token_skip")
+GPU_ONLY = ("acm_triton",)  # ACM's learners as Triton kernels (acm[kernel=triton]): CUDA only
 
 
 def cases() -> Iterator:
@@ -125,7 +127,7 @@ def cases() -> Iterator:
         for size in sizes:
             for dtype in dtypes:
                 for batch in (1, 32):
-                    for name in METHODS:
+                    for name in METHODS + (GPU_ONLY if device == "cuda" else ()):
                         marks = [pytest.mark.gpu] if device == "cuda" else []
                         yield pytest.param(device, size, dtype, batch, name, marks=marks,
                                            id=f"{device}-{size.name}-{dtype}-b{batch}-{name}")  # fmt: skip

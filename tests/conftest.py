@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynbench.tasks.base import TASKS, Task
+# Triton kernels (acm[kernel=triton]) run on CPU tensors only under Triton's interpreter, which
+# Triton reads when it is first imported: set it before anything imports it, where no GPU is
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from dynbench.tasks.base import TASKS, Task  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

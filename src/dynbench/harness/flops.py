@@ -32,8 +32,10 @@ def _cpu_sdpa_backward_flop(grad_out: Any, query: Any, key: Any, value: Any, *ar
 
 
 def custom_flop_formulas() -> dict[Any, Callable[..., int]]:
-    """Formulas PyTorch lacks (CPU attention and its backward), by op; they take tensors."""
-    mapping: dict[Any, Callable[..., int]] = {}
+    """Formulas PyTorch lacks (CPU attention, its backward, our custom ops); they take tensors."""
+    from dynbench.methods._learner_kernels import learner_flops  # registers dynbench::acm_learners
+
+    mapping: dict[Any, Callable[..., int]] = {torch.ops.dynbench.acm_learners: learner_flops}
     aten = torch.ops.aten
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flop

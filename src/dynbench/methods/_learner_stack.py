@@ -272,6 +272,18 @@ class LearnerStack(nn.Module):
             ys[:rows] += self.learner(zs[:rows], i)  # (rows, C)
         return torch.empty_like(ys).index_copy_(0, order, ys)  # (M, C) back in token order
 
+    def gated_kernel(self, z: Tensor, k: Tensor) -> Tensor:
+        """As :meth:`gated`, with the learners in two Triton kernels: no host synchronisation.
+
+        The tokens are sorted by k on the device and each tile of them finds there how many
+        learners it runs (:mod:`dynbench.methods._learner_kernels`); ``(M, C), (M,) → (M, C)``.
+        """
+        from dynbench.methods._learner_kernels import acm_learners
+
+        order = torch.argsort(k, descending=True, stable=True)  # (M,)
+        ys = acm_learners(z[order], k[order], self.w_in, self.b_in, self.w_glu, self.b_glu, self.w_out, self.b_out)
+        return torch.empty_like(ys).index_copy_(0, order, ys)  # (M, C) back in token order
+
     def gate_flops(self) -> float:
         """FLOPs of the gate on one token."""
         return float(sum(2 * m.in_features * m.out_features for m in self.gate if isinstance(m, nn.Linear)))

@@ -31,6 +31,11 @@ What we changed / reconstructed:
   logit k by λ·k (:func:`set_price`), set by bisection so the argmax choices spend β on
   ``task.validation_split`` samples, before phase 3 and after it (sampled Gumbel choices are not
   argmax choices);
+- ``kernel="triton"`` (our addition, opt-in until measured on a GPU): the same grouped learners as
+  two Triton kernels in the spirit of the paper's, where each tile of sorted tokens reads on the
+  device how many learners it runs, so a block makes no host synchronisation
+  (:mod:`dynbench.methods._learner_kernels`; checked against the eager path under Triton's
+  interpreter);
 - CPU-sized recipe: a few hundred steps per phase instead of 2 + 1 + 97 ImageNet epochs, at most
   ``max_epochs`` passes over the training split, a 10× learning rate for the gates in phase 3
   (``gate_lr_scale``); MLPs only (the paper also replaces ViT-B's q/k/v/o projections).
@@ -39,6 +44,7 @@ What we changed / reconstructed:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.methods._learner_kernels import triton_problem
 from dynbench.methods._learner_stack import (
     LabelRule,
     LearnerStack,
@@ -97,6 +104,9 @@ class ACMConfig:
     calibration_samples: int = 128  # validation samples the price is set on (before and after phase 3)
     out_bias: bool = True  # an output bias per learner when the MLP has biases (released: hidden biases only)
     max_epochs: float = 3.0  # no phase passes over the training split more often (keeps toy fits short)
+    kernel: Literal["torch", "triton"] = "torch"  # inference learners: "torch" grouped matmuls (a host
+    # sync per block for the row counts) or "triton" kernels (none; CUDA, or Triton's interpreter in
+    # tests); opt-in until measured on a GPU; evaluation only, so both share one fit
 
     def __post_init__(self) -> None:
         check_choices(
@@ -106,6 +116,7 @@ class ACMConfig:
                 "distill_mode": "Use no_detach (Eq. 3) or detach (the released code's effective mode).",
                 "label_rule": "Use paper (the paper's text) or code (the released code's rule).",
                 "finetune": "Use entire_model (the paper) or acms_only (learners and gates only).",
+                "kernel": "Use torch (grouped matmuls, any device) or triton (Triton kernels: CUDA).",
             },
         )
         for name, value, use in (
@@ -219,6 +230,7 @@ class ACMModel(DynamicModel):
             for acm, block in zip(self.distilled, backbone.blocks):
                 acm.split_from(block.mlp)
         self.targets = tuple(sorted(cfg.targets, reverse=True))
+        self.kernel = cfg.kernel
         self._vit_masks: Tensor | None = None  # (1, 3, T) CLS/border/inner token masks, built on first use
         self.variants = nn.ModuleDict({budget_key(b): with_acms(backbone, self.distilled) for b in self.targets})
 
@@ -273,6 +285,8 @@ class ACMModel(DynamicModel):
             trace.extra = self.extras(inputs, every)
             return StepOutput(bb(inputs), trace)
         net, acms = self.stacks(budget)
+        if self.kernel == "triton" and (problem := triton_problem(inputs.device)):
+            raise RuntimeError(f"acm[kernel=triton] cannot run: {problem}. Use acm[kernel=torch] here.")
         x = net.embed(inputs)  # (B, T, C)
         B, T, C = x.shape
         choices = []
@@ -280,7 +294,7 @@ class ACMModel(DynamicModel):
             h, z = attend(block, x)  # (B, T, C) each
             z = z.reshape(B * T, C)  # (M, C)
             k = acm.choose(z)  # (M,)
-            y = acm.gated(z, k)  # (M, C)
+            y = acm.gated_kernel(z, k) if self.kernel == "triton" else acm.gated(z, k)  # (M, C)
             x = h + block.drop(y.view(B, T, C))  # (B, T, C)
             choices.append(k.view(B, T))
         logits = net.readout(x)  # (B, K) or (B, T, V)
@@ -413,6 +427,10 @@ class ACM(Method):
     budget_range = (0.0, 1.0)
     full_budget = 1.0
     budget_doc = "target fraction of learner FLOPs β: 1.0 (the dense backbone) and each fitted target (0.75 … 0.25)"
+
+    def fit_identity(self) -> ACMConfig:
+        """The config less ``kernel``: how the fitted learners execute does not change the fit."""
+        return dataclasses.replace(self.config, kernel="torch")
 
     def wrap(self, backbone: Backbone) -> ACMModel:
         """Replace every MLP by a learner stack (copies; ``backbone`` itself is kept intact).
