@@ -24,13 +24,16 @@ CEILINGS = {
     "mod": (lambda L: L // 2, "the predictor rule's ragged count, once per routed block"),
     "acm": (lambda L: L + 2, "one per block (each learner's matmul needs its row count) + the trace's copy"),
     "early_exit": (lambda L: (L - 1) + 2, "one per exit point (the batch is compacted) + the trace's copy"),
+    "transformer_inverse": (
+        lambda L: L,
+        "one per fold point (the batch is compacted; at most L - 1) + the trace's copy",
+    ),
     # not reworked yet: ceilings as measured on the toy tasks (2 blocks, batch 8): they cannot grow
     "token_skip": (
         lambda L: L * (8 + 2) + 2,
         "per block a ragged check, a count copy and, when rows differ, one "
         "nonzero per sample; the calibrated bias read each call",
     ),
-    "transformer_inverse": (lambda L: 13, "boolean-mask grouping by path, the tree predictor's sizes, trace copies"),
     "dht": (lambda L: 17, "per-sample configurations grouped on the host (unique, nonzero per group)"),
     "oracle": (lambda L: 29, "an upper bound, not deployable: looks samples up by content hash on the host"),
 }

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dynbench.hardware.host_sync import HostCopy
+
 __all__ = ["TreeEnsemble", "traverse"]
 
 
@@ -71,6 +73,7 @@ class TreeEnsemble(nn.Module):
         self.register_buffer("baseline", torch.zeros(1, dtype=torch.float64))
         self.register_buffer("classes", torch.zeros(1, dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._host_steps = HostCopy()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """Resize each buffer to the incoming one's shape: the trees' size is known once fitted."""
@@ -87,7 +90,12 @@ class TreeEnsemble(nn.Module):
 
     def ops_per_sample(self) -> float:
         """Comparisons and additions one prediction costs: ``n_trees · (steps + 1)``."""
-        return float(self.n_trees * (int(self.steps) + 1))
+        return float(self.n_trees * (self.traversal_steps() + 1))
+
+    def traversal_steps(self) -> int:
+        """The traversal's loop count on the host, read once per fit (:class:`HostCopy`)."""
+        steps = self._host_steps(self.steps)  # () or (1,): a fitted tree stores it as a 1-element column
+        return int(steps[0] if isinstance(steps, list) else steps)
 
     def fit(self, features: Tensor, labels: Tensor, *, iterations: int, leaves: int, depth: int, seed: int) -> None:
         """Fit a ``HistGradientBoostingClassifier`` and load its trees.
@@ -192,7 +200,7 @@ class TreeEnsemble(nn.Module):
             self.leaf,
             self.missing_left,
             self.roots,
-            int(self.steps),
+            self.traversal_steps(),
         )  # (B, n_trees)
         leaves = self.value[node].view(B, -1, n_out)  # (B, iterations, n_out)
         return self.baseline + leaves.sum(dim=1)  # (B, n_out) additions only

@@ -50,6 +50,7 @@ from dynbench.methods._exit_heads import (
 )
 from dynbench.methods._layer_sets import clamped_budgets_problem, depth_budgets, n_kept
 from dynbench.methods._operating import backbone_parts, exit_parts
+from dynbench.methods._row_partition import partition_rows
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
 from dynbench.models.backbone import Backbone
 from dynbench.tasks.base import Task
@@ -222,13 +223,9 @@ class EarlyExitModel(DynamicModel):
             # from every or S positions
             conf = confidence(out if out is not None else head(x[:, picks]))  # (A,)
             leave = conf > budget  # (A,)
-            n_leave = int(leave.sum())  # the one host sync per block: compaction needs the count
+            left, stay, n_leave = partition_rows(leave)  # (E,), (A',): the one host sync per block
             if n_leave == 0:
                 continue
-            # leavers first, each side in batch order: the count splits it, and index_select with
-            # known sizes replaces boolean masks (each of which would sync again, through nonzero)
-            order = torch.argsort((~leave).to(torch.uint8), stable=True)  # (A,)
-            left, stay = order[:n_leave], order[n_leave:]  # (E,), (A',)
             out_leave = out.index_select(0, left) if out is not None else head(x.index_select(0, left))  # (E, …)
             if logits is None:  # first exit: from now on outputs are scattered into place
                 logits = out_leave.new_empty((B, *out_leave.shape[1:]))  # (B, K) or (B, T, V)

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from dynbench.hardware.host_sync import HostCopy
 from dynbench.methods import _layer_sets
 from dynbench.methods._layer_sets import (
     IMPORTANCE_BATCH_SIZE,
@@ -97,20 +98,11 @@ class LayerSkipModel(DynamicModel):
         L = backbone.n_blocks
         self.register_buffer("ranking", torch.full((L,), -1, dtype=torch.long))
         self.register_buffer("importance", torch.full((L,), float("nan"), dtype=torch.float64))
-        self._host_ranking: tuple[tuple, list[int]] | None = None  # (buffer identity, its values)
+        self._host_ranking = HostCopy()  # the ranking read once per change, not per call
 
     def host_ranking(self) -> list[int]:
-        """The ranking as a Python list, read from the buffer once per change, not once per call.
-
-        Reading a GPU buffer into Python synchronises the host with the device; keyed by the
-        buffer's storage, device and in-place version, the copy is refreshed after a fit, a loaded
-        state dict or a move.
-        """
-        r = self.ranking
-        key = (r.data_ptr(), r.device, r._version)
-        if self._host_ranking is None or self._host_ranking[0] != key:
-            self._host_ranking = (key, r.tolist())
-        return self._host_ranking[1]
+        """The ranking as a Python list, read once per change of the buffer (:class:`HostCopy`)."""
+        return self._host_ranking(self.ranking)
 
     def kept_blocks(self, budget: Budget) -> list[int]:
         """Indices of the blocks run at ``budget``, ascending.

@@ -72,10 +72,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.hardware.host_sync import HostCopy
 from dynbench.methods import _exit_heads, _sample_hash, _static_control
 from dynbench.methods._exit_heads import HEAD_TRAINING, build_exit_heads, exit_kind, train_exit_heads
 from dynbench.methods._operating import TensorSet, backbone_parts, exit_parts
 from dynbench.methods._ppo import PPOConfig, StoppingEpisodes, first_stop, train_stopping_policy
+from dynbench.methods._row_partition import partition_rows
 from dynbench.methods._sample_hash import sample_uniforms
 from dynbench.methods._static_control import best_fixed_config
 from dynbench.methods._static_paths import (
@@ -269,6 +271,7 @@ class TransformerInverseModel(DynamicModel):
         floor = PRICE_FLOOR * lambda_max
         self.policy = StopPolicy(backbone.block_config.d_model, len(depths), proj_dim, hidden, floor)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._host_fitted = HostCopy()  # read once per change: a GPU forward pass must not stop for it
         self.register_buffer("calib_budgets", torch.tensor(list(budgets), dtype=torch.float64))
         self.register_buffer("calib_depth", torch.full((len(budgets),), float("nan"), dtype=torch.float64))
         self.register_buffer("random_seed", torch.zeros((), dtype=torch.long))
@@ -362,7 +365,7 @@ class TransformerInverseModel(DynamicModel):
         only, so its call is the controller time (:meth:`_stage`).
         """
         feats, head0 = self.features(inputs, embedded, first)
-        return self.predictor(feats).to(first.device), head0
+        return self.predictor(feats), head0  # the tree runs on the model's device: (B,) buckets there
 
     def step_stage(
         self, x: Tensor, start: Tensor, h: Tensor, k: int, lam: float, probe: Tensor | None = None
@@ -490,7 +493,7 @@ class TransformerInverseModel(DynamicModel):
         """
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"transformer_inverse budget must lie in [0, 1], got {budget}.")
-        if not bool(self.fitted):
+        if not self._host_fitted(self.fitted):
             raise ValueError(
                 "transformer_inverse has no fitted predictor/policy yet. Call TransformerInverse.fit(model, task, "
                 "seed=...) or load a fitted state_dict."
@@ -538,28 +541,30 @@ class TransformerInverseModel(DynamicModel):
                 stop = (mine <= k) & (go <= 0) & (not full)  # (A,)
             else:
                 stop = start[active] == k
-            n_stop = int(stop.sum())  # one host sync per fold point
+            taken, rest, n_stop = partition_rows(stop)  # (E,), (A',): one host sync per fold point
             if n_stop == 0:
                 continue
-            gone = active[stop]  # (E,)
+            gone = active.index_select(0, taken)  # (E,)
             if learned and picks is None:
-                out = probe[stop]  # the probe read exactly what the output reads (the CLS token)
-                reused[gone] = True
+                out = probe.index_select(0, taken)  # the probe read exactly what the output reads (the CLS token)
+                reused.index_fill_(0, gone, True)
             else:
-                out = self.exit_heads[depth - 1](x[stop])  # (E, K) or (E, T, V)
+                out = self.exit_heads[depth - 1](x.index_select(0, taken))  # (E, K) or (E, T, V)
             if logits is None:
                 logits = out.new_empty((B, *out.shape[1:]))
-            logits[gone] = out
-            stop_at[gone] = k
+            logits.index_copy_(0, gone, out)
+            stop_at.index_fill_(0, gone, k)
             if n_stop == len(active):
                 break
-            keep = ~stop
-            active, x = active[keep], x[keep]
+            active, x = active.index_select(0, rest), x.index_select(0, rest)  # (A',), (A', T, C)
             if learned:
-                h = h[keep]
+                h = h.index_select(0, rest)  # (A', H)
         assert logits is not None  # narrowing only: the last fold point always produces the survivors' output
-        per_sample = (t.cpu() for t in (stop_at, start, steps, probes, reused))
-        return StepOutput(logits, self._trace(*per_sample, tokens, learned))
+        # one copy to the host for the trace, not one per tensor
+        stop_at, start, steps, probes, reused = torch.stack(
+            [stop_at, start if start.device == dev else start.to(dev), steps, probes, reused.long()]
+        ).cpu()
+        return StepOutput(logits, self._trace(stop_at, start, steps, probes, reused.bool(), tokens, learned))
 
     def _trace(
         self,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynbench.hardware.host_sync import count_host_syncs
+from dynbench.hardware.host_sync import HostCopy, count_host_syncs
+from dynbench.methods._row_partition import partition_rows
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
@@ -59,3 +60,23 @@ def test_syncs_name_the_dynbench_line_and_the_patches_are_undone() -> None:
     with torch.inference_mode():
         assert len(count_host_syncs(lambda: model(x, budget=0.5), model, x)) == 1
     assert "tolist" not in torch.Tensor.__dict__ and "item" not in torch.Tensor.__dict__  # inherited again
+
+
+def test_a_host_copy_reads_its_buffer_once_per_change() -> None:
+    module = torch.nn.Module()
+    module.register_buffer("ranking", torch.tensor([2, 0, 1]))
+    copy = HostCopy()
+    assert copy(module.ranking) == [2, 0, 1]
+    assert len(count_host_syncs(lambda: copy(module.ranking), module)) == 0  # unchanged: no read
+    module.ranking[0] = 1  # in place (a fit, a loaded state dict): read again
+    assert copy(module.ranking) == [1, 0, 1]
+    module.ranking = torch.tensor([0, 1, 2])  # replaced (a move to another device): read again
+    assert copy(module.ranking) == [0, 1, 2]
+    assert HostCopy()(torch.tensor(True)) is True  # a 0-d buffer gives a Python scalar
+
+
+def test_rows_are_partitioned_in_batch_order_with_one_read() -> None:
+    mask = torch.tensor([False, True, False, True, True, False])
+    assert [t.tolist() for t in partition_rows(mask)[:2]] == [[1, 3, 4], [0, 2, 5]]
+    report = count_host_syncs(lambda: partition_rows(mask), None, mask)
+    assert len(report) == 1 and partition_rows(mask).n == 3
