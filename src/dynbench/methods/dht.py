@@ -79,13 +79,14 @@ import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.hardware.host_sync import HostCopy
 from dynbench.methods import _sample_hash, _static_control
 from dynbench.methods._bandits import (
     beta_update,
@@ -117,6 +118,8 @@ CHOICE_ADVICE = {
 }
 """The sentence each choice field's error message ends with."""
 KMEANS_BATCH = 256
+HOST_TABLES = ("fitted", "policy_arm", "policy_units", "static_arm", "static_units", "context_share", "random_seed")
+"""The buffers a forward pass reads into Python (:meth:`DHTModel.host`)."""
 """Batch size of the embedding passes that collect the k-means points."""
 STATIC_SAMPLES = 4096
 """Validation samples (a seeded shuffle) each arm is scored on when the static control is chosen."""
@@ -279,6 +282,9 @@ class DHTModel(DynamicModel):
         self.register_buffer("random_seed", torch.zeros((), dtype=torch.long))
         for name in ("train_flops", "dense_train_flops", "fit_flops"):
             self.register_buffer(name, torch.full((), float("nan"), dtype=f64))
+        # the fitted tables a forward pass reads into Python, copied to the host once per change
+        # (a GPU forward pass must not stop to read them every call)
+        self._host_copies = {name: HostCopy() for name in HOST_TABLES}
 
     # -- arms --------------------------------------------------------------------------------------
 
@@ -355,15 +361,16 @@ class DHTModel(DynamicModel):
             trace = self._trace(full, torch.full((B,), bb.n_heads), torch.full((B,), -1), shape, 0.0)
             return StepOutput(bb.readout(x), trace)
         k = self.table_index(budget)
-        if not bool(self.fitted):
+        if not self.host("fitted"):
             raise ValueError(
                 f"dht has no fitted bandit tables yet (budget {budget}). Call DHT.fit(model, task, seed=...) or "
                 "load a fitted state_dict."
             )
         if self.config.policy == "bandit":
-            context = self.contexts(x).cpu()  # (B,)
-            per_context = {c: self.policy_config(k, c) for c in torch.unique(context).tolist()}
-            configs = [per_context[c] for c in context.tolist()]
+            contexts = self.contexts(x).tolist()  # (B,) the one host sync: samples are grouped on the host
+            per_context = {c: self.policy_config(k, c) for c in set(contexts)}
+            configs = [per_context[c] for c in contexts]
+            context = torch.tensor(contexts, dtype=torch.long)  # (B,)
             controller = self.context_clusters.flops()
         elif self.config.policy == "static":  # one sub-network for every sample: no context is computed
             context = torch.full((B,), -1, dtype=torch.long)
@@ -394,25 +401,31 @@ class DHTModel(DynamicModel):
         first = units[0]
         return self.backbone.n_heads if first is None else len(first) * self.unit_size
 
+    def host(self, name: str) -> Any:
+        """Buffer ``name`` (one of :data:`HOST_TABLES`) as Python values, read once per change."""
+        return self._host_copies[name](getattr(self, name))
+
     def policy_config(self, k: int, context: int) -> tuple[int, tuple]:
         """The exploited ``(depth, per-layer units or None)`` of table ``k`` for ``context``."""
-        return self.arm_config(int(self.policy_arm[k, context]), self.policy_units[k, context])
+        return self.arm_config(self.host("policy_arm")[k][context], self.host("policy_units")[k][context])
 
     def static_config(self, k: int) -> tuple[int, tuple]:
         """The static control's ``(depth, per-layer units or None)`` at table ``k``."""
-        return self.arm_config(int(self.static_arm[k]), self.static_units[k])
+        return self.arm_config(self.host("static_arm")[k], self.host("static_units")[k])
 
-    def arm_config(self, arm: int, mask: Tensor) -> tuple[int, tuple]:
-        """``(depth, per-layer unit tuples or None = all)`` of ``arm`` with ``mask``'s units."""
+    def arm_config(self, arm: int, mask: Tensor | list[list[bool]]) -> tuple[int, tuple]:
+        """``(depth, per-layer unit tuples or None = all)`` of ``arm`` with the (L, U) ``mask``."""
         depth, n = self.arm_shape(arm)
         if n == self.n_units:
             return depth, (None,) * depth
-        return depth, tuple(tuple(mask[layer].nonzero()[:, 0].tolist()) for layer in range(depth))
+        rows = mask.tolist() if isinstance(mask, Tensor) else mask  # (L, U) bool on the host
+        return depth, tuple(tuple(j for j, on in enumerate(rows[layer]) if on) for layer in range(depth))
 
     def random_target(self, k: int, inputs_shape: tuple[int, ...]) -> tuple[Tensor, float]:
         """``(arm FLOPs (A,), the bandit policy's expected FLOPs per sample)`` at table ``k``."""
         costs = self.arm_flops(inputs_shape)  # (A,)
-        bandit = (self.context_share.cpu() * costs[self.policy_arm[k].cpu()]).sum()  # sum over contexts
+        share = torch.tensor(self.host("context_share"), dtype=torch.float64)  # (M,)
+        bandit = (share * costs[torch.tensor(self.host("policy_arm")[k])]).sum()  # sum over contexts
         return costs, float(bandit) + self.context_clusters.flops()
 
     def random_configs(self, inputs: Tensor, k: int, inputs_shape: tuple[int, ...]) -> list[tuple[int, tuple]]:
@@ -423,7 +436,7 @@ class DHTModel(DynamicModel):
         cdf = torch.cumsum(probs[order], dim=0).numpy()  # (A,)
         L, U = self.backbone.n_blocks, self.n_units
         configs = []
-        for rng in sample_generators(inputs, int(self.random_seed)):
+        for rng in sample_generators(inputs, self.host("random_seed")):
             draw = rng.random()
             perms = [rng.permutation(U) for _ in range(L)]  # drawn in full: the same stream at every budget
             pick = min(int(np.searchsorted(cdf, draw, side="right")), len(cdf) - 1)
