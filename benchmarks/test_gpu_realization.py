@@ -13,10 +13,14 @@ method's decisions are *priced* to spend its budget on the inputs, as a fitted m
   (:func:`~dynbench.methods.acm.set_price`); on CUDA also ``acm_triton``, the same with its
   learners in Triton kernels (``acm[kernel=triton]``: no host sync per block);
 - ``token_skip`` at 0.5, its logit bias bisected on the inputs
-  (:func:`~dynbench.methods.token_skip.calibrate`).
+  (:func:`~dynbench.methods.token_skip.calibrate`);
+- ``dht_static``: ``dht[policy=static]`` at its 0.6 table, set to half the head units of every
+  block (DHT's head-granular sub-network path);
+- ``tinv_static``: ``tinv[policy=static]`` at 0.5, set to stop at the fold point nearest half the
+  blocks (its segment path and exit head).
 
-``dht`` and ``tinv`` need fitted controllers (bandits; a tree predictor and a PPO policy) and are
-not in this table yet.
+The learned controllers of ``dht`` (bandits) and ``tinv`` (a tree predictor and a PPO policy) need
+fits; their static controls run the same execution paths, which is what this table prices.
 
 Sizes: on CUDA the issue's — a GPT with d = 1,024, 12 blocks, 1,024 tokens (prefill), and ViT-B/16
 at 224 px — in fp32 and bf16 at batch 1 and 32; on the CPU reduced ones — d = 256, 4 blocks, 128
@@ -43,10 +47,12 @@ from dynbench.harness.flops import count_flops
 from dynbench.harness.timing import time_interleaved
 from dynbench.methods.acm import ACM, ACMConfig, set_price
 from dynbench.methods.base import DynamicModel, Method
+from dynbench.methods.dht import DHT, DHTConfig
 from dynbench.methods.early_exit import EarlyExit, EarlyExitConfig
 from dynbench.methods.layer_skip import LayerSkip, LayerSkipConfig
 from dynbench.methods.mixture_of_depths import MixtureOfDepths, MixtureOfDepthsConfig
 from dynbench.methods.token_skip import TokenSkip, TokenSkipConfig, calibrate
+from dynbench.methods.transformer_inverse import TransformerInverse, TransformerInverseConfig
 from dynbench.models.gpt import GPT, GPTConfig
 from dynbench.models.vit import ViT, ViTConfig
 
@@ -104,6 +110,10 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
         method, budget = MixtureOfDepths(MixtureOfDepthsConfig(capacities=(0.125,), routing="topk")), 0.125
     elif name in ("acm", "acm_triton"):
         method, budget = ACM(ACMConfig(targets=(0.25,), kernel="triton" if name == "acm_triton" else "torch")), 0.25
+    elif name == "dht_static":
+        method, budget = DHT(DHTConfig(policy="static")), 0.6
+    elif name == "tinv_static":
+        method, budget = TransformerInverse(TransformerInverseConfig(policy="static")), 0.5
     else:
         method, budget = TokenSkip(TokenSkipConfig(targets=(0.5,))), 0.5
     model = method.wrap(net).eval()
@@ -113,10 +123,21 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
         elif name == "token_skip":
             bias, _ = calibrate(model, calib, budget, steps=12)  # type: ignore[arg-type]
             model.bias[0] = bias  # type: ignore[index]
+        elif name == "dht_static":  # half the head units of every block
+            k, U, L = model.table_index(budget), model.n_units, model.backbone.n_blocks  # type: ignore[attr-defined]
+            half = max(1, U // 2)
+            model.static_arm[k] = (L - 1) * U + (half - 1)  # type: ignore[index]  # arm = (depth − 1)·U + (u − 1)
+            model.static_units[k] = torch.arange(U) < half  # type: ignore[index]
+            model.fitted.fill_(True)  # type: ignore[union-attr]
+        elif name == "tinv_static":  # stop at the fold point nearest half the blocks
+            depths, L = model.depths, model.backbone.n_blocks  # type: ignore[attr-defined]
+            k = [abs(b - budget) < 1e-9 for b in model.calib_budgets.tolist()].index(True)  # type: ignore[union-attr]
+            model.static_path[k] = min(range(len(depths)), key=lambda i: abs(depths[i] - L / 2))  # type: ignore[index]
+            model.fitted.fill_(True)  # type: ignore[union-attr]
     return model, budget
 
 
-METHODS = ("layer_skip", "early_exit", "mod", "acm", "token_skip")
+METHODS = ("layer_skip", "early_exit", "mod", "acm", "token_skip", "dht_static", "tinv_static")
 GPU_ONLY = ("acm_triton",)  # ACM's learners as Triton kernels (acm[kernel=triton]): CUDA only
 
 

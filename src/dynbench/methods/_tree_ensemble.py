@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dynbench.hardware.host_sync import HostCopy
+from dynbench.methods._host_copy import HostCopy
 
 __all__ = ["TreeEnsemble", "traverse"]
 

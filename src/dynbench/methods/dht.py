@@ -86,7 +86,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dynbench.hardware.host_sync import HostCopy
 from dynbench.methods import _sample_hash, _static_control
 from dynbench.methods._bandits import (
     beta_update,
@@ -98,6 +97,7 @@ from dynbench.methods._bandits import (
     ucb_select,
     ucb_update,
 )
+from dynbench.methods._host_copy import HostCopy
 from dynbench.methods._operating import TensorSet, backbone_parts
 from dynbench.methods._sample_hash import sample_generators
 from dynbench.methods._static_control import best_fixed_config

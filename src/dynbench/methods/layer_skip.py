@@ -27,8 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from dynbench.hardware.host_sync import HostCopy
 from dynbench.methods import _layer_sets
+from dynbench.methods._host_copy import HostCopy
 from dynbench.methods._layer_sets import (
     IMPORTANCE_BATCH_SIZE,
     IMPORTANCE_BATCHES,

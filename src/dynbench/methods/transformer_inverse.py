@@ -72,9 +72,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dynbench.hardware.host_sync import HostCopy
 from dynbench.methods import _exit_heads, _sample_hash, _static_control
 from dynbench.methods._exit_heads import HEAD_TRAINING, build_exit_heads, exit_kind, train_exit_heads
+from dynbench.methods._host_copy import HostCopy
 from dynbench.methods._operating import TensorSet, backbone_parts, exit_parts
 from dynbench.methods._ppo import PPOConfig, StoppingEpisodes, first_stop, train_stopping_policy
 from dynbench.methods._row_partition import partition_rows
