@@ -73,11 +73,16 @@ def test_acm_with_the_kernels_equals_acm_without(toy, task_name):
             assert len(syncs) <= 2, syncs.summary()  # the trace's copies only: no sync per block
 
 
-def test_the_kernel_option_shares_the_fit_and_says_where_it_cannot_run(monkeypatch):
+def test_the_kernel_option_shares_the_fit_and_says_where_it_cannot_run(toy, monkeypatch):
     from fitting import method_with
 
-    from dynbench.methods._learner_kernels import triton_problem
-
     assert method_with("acm", {"kernel": "triton"}).fit_identity() == method_with("acm").fit_identity()
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert "run on CUDA devices, not 'cpu'" in triton_problem(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # as on a CPU without the interpreter: the kernels cannot run
+    task, backbone = toy("toy-vision")
+    quick = {"kernel": "triton", "targets": (0.5,), "distill_steps": 4, "gate_steps": 2, "finetune_steps": 2}
+    method = method_with("acm", quick)
+    model = method.wrap(backbone)
+    method.fit(model, task, seed=0)  # the fit (its price calibration included) runs the reference path
+    assert model.kernel == "triton"
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"run on CUDA devices, not 'cpu'.*kernel=torch"):
+        model(eval_batch(toy, "toy-vision", 4).inputs, budget=0.5)

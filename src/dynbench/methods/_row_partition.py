@@ -22,8 +22,13 @@ class RowPartition(NamedTuple):
     n: int
 
 
-def partition_rows(mask: Tensor) -> RowPartition:
-    """Split the rows of ``mask`` ``(A,)`` bool into the selected and the rest: one host read."""
+def partition_rows(mask: Tensor) -> RowPartition | None:
+    """Split the rows of ``mask`` ``(A,)`` bool into the selected and the rest: one host read.
+
+    ``None`` when no row is selected: nothing to split, and no sort runs (most blocks of a batch).
+    """
     n = int(mask.sum())  # the one host sync: the split needs the count
+    if n == 0:
+        return None
     order = torch.argsort((~mask).to(torch.uint8), stable=True)  # (A,) selected first, each side in order
     return RowPartition(order[:n], order[n:], n)

@@ -521,8 +521,13 @@ class ACM(Method):
         held_out = task.validation_split  # the price is a calibration: set on held-out inputs
         n_cal = min(cfg.calibration_samples, task.n_samples(held_out))
         calibration = next(task.batches(held_out, batch_size=n_cal, seed=seed, shuffle=True)).inputs.to(device)
-        for i, beta in enumerate(model.targets):
-            finetune(model, beta, task, batches(3 + i), recipe(cfg.finetune_steps, cfg.finetune_lr), cfg, calibration)
+        kernel, model.kernel = model.kernel, "torch"  # the price is set through the reference path: one fit
+        try:  # for both kernels (fit_identity), on any device
+            for i, beta in enumerate(model.targets):
+                recipe_i = recipe(cfg.finetune_steps, cfg.finetune_lr)
+                finetune(model, beta, task, batches(3 + i), recipe_i, cfg, calibration)
+        finally:
+            model.kernel = kernel
         model.train(was_training)
 
 

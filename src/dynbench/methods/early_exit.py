@@ -223,9 +223,10 @@ class EarlyExitModel(DynamicModel):
             # from every or S positions
             conf = confidence(out if out is not None else head(x[:, picks]))  # (A,)
             leave = conf > budget  # (A,)
-            left, stay, n_leave = partition_rows(leave)  # (E,), (A',): the one host sync per block
-            if n_leave == 0:
+            split = partition_rows(leave)  # the one host sync per block
+            if split is None:
                 continue
+            left, stay, n_leave = split  # (E,), (A',)
             out_leave = out.index_select(0, left) if out is not None else head(x.index_select(0, left))  # (E, …)
             if logits is None:  # first exit: from now on outputs are scattered into place
                 logits = out_leave.new_empty((B, *out_leave.shape[1:]))  # (B, K) or (B, T, V)

@@ -541,9 +541,10 @@ class TransformerInverseModel(DynamicModel):
                 stop = (mine <= k) & (go <= 0) & (not full)  # (A,)
             else:
                 stop = start[active] == k
-            taken, rest, n_stop = partition_rows(stop)  # (E,), (A',): one host sync per fold point
-            if n_stop == 0:
+            split = partition_rows(stop)  # one host sync per fold point
+            if split is None:
                 continue
+            taken, rest, n_stop = split  # (E,), (A',)
             gone = active.index_select(0, taken)  # (E,)
             if learned and picks is None:
                 out = probe.index_select(0, taken)  # the probe read exactly what the output reads (the CLS token)

@@ -83,3 +83,4 @@ def test_rows_are_partitioned_in_batch_order_with_one_read() -> None:
     assert [t.tolist() for t in partition_rows(mask)[:2]] == [[1, 3, 4], [0, 2, 5]]
     report = count_host_syncs(lambda: partition_rows(mask), None, mask)
     assert len(report) == 1 and partition_rows(mask).n == 3
+    assert partition_rows(torch.zeros(4, dtype=torch.bool)) is None  # nothing selected: no sort
