@@ -181,6 +181,10 @@ class Paper:
         )
         return (main, *grids)
 
+    def suite_methods(self, suite: str) -> set[str]:
+        """Every method label ``suite`` runs: the suite's and each sweep's."""
+        return {m.label for m in self.suites[suite].methods} | {m for s in self.sweeps.values() for m in s.methods}
+
     def suite_tasks(self, suite: str) -> set[str]:
         """Every task label ``suite`` runs: each role's and each sweep's."""
         return {pair[suite] for pair in self.tasks.values()} | {t for s in self.sweeps.values() for t in s.tasks(suite)}

@@ -115,7 +115,9 @@ def provenance(rows: pd.DataFrame) -> str:
     """What made ``rows`` (one paper's suite): runs, machines, commits and dates, as one sentence.
 
     A committed table must say where its numbers came from; every field is read from the rows
-    (``machine``, ``git_sha``, ``dirty``, ``started_at``), so nothing here can drift from them.
+    (``machine``, ``git_sha``, ``dirty``, ``started_at``), so nothing here can drift from them. A
+    machine is named without its target's description (``| device=…``: the hardware column says
+    which target ran), so one host reads as one machine.
     """
     if rows.empty or "run_key" not in rows.columns:
         return ""
@@ -124,7 +126,8 @@ def provenance(rows: pd.DataFrame) -> str:
     def values(column: str) -> list[str]:
         return sorted({str(v) for v in runs[column].dropna()}) if column in runs.columns else []
 
-    machines = "; ".join(f"`{m}`" for m in values("machine")) or "an unrecorded machine"
+    hosts = sorted({m.split(" | device=")[0] for m in values("machine")})
+    machines = "; ".join(f"`{m}`" for m in hosts) or "an unrecorded machine"
     shas = [sha[:7] for sha in values("git_sha")]
     dirty = " (some with uncommitted changes)" if "dirty" in runs.columns and runs["dirty"].fillna(False).any() else ""
     commits = f" at commit{'s' if len(shas) > 1 else ''} {', '.join(shas)}{dirty}" if shas else ""
@@ -140,7 +143,8 @@ def build(paper: Paper, rows: pd.DataFrame, samples: pd.DataFrame) -> PaperOutpu
     theirs = samples[samples["run_key"].isin(keys)] if not samples.empty and "run_key" in samples.columns else samples
     claims = claim_results(paper, suite, mine, theirs)
     tables = [(t, table_frame(paper, t, suite, mine)) for t in paper.tables]
-    return PaperOutput(paper, suite, claims, tables, provenance(mine))
+    ran = mine[mine["method_label"].isin(paper.suite_methods(suite))] if "method_label" in mine.columns else mine
+    return PaperOutput(paper, suite, claims, tables, provenance(ran))  # runs of this paper's methods only
 
 
 def _quick_note(out: PaperOutput) -> str:

@@ -102,7 +102,8 @@ def test_a_modeled_device_is_read_only_by_what_names_it():
 
 
 def test_the_output_says_which_runs_machines_and_commits_made_it():
-    stamped = rows().assign(machine="vm | Linux | AMD EPYC x2", dirty=False, started_at="2026-12-05T10:00:00+00:00")
+    stamped = rows().assign(machine="vm | Linux | AMD EPYC x2 | device=AMD EPYC, cores=2", dirty=False,
+                            started_at="2026-12-05T10:00:00+00:00")  # fmt: skip
     stamped["git_sha"] = ["e5324e1" + "0" * 33 if key.endswith("-2") else "c129ee2" + "0" * 33
                           for key in stamped["run_key"]]  # fmt: skip
     stamped.loc[stamped["run_key"] == "dense-0", "started_at"] = "2026-12-04T23:00:00+00:00"
@@ -112,6 +113,8 @@ def test_the_output_says_which_runs_machines_and_commits_made_it():
     assert f"Made from {made}." in render([out], "md")
     assert render([out], "latex").startswith(f"% transformer_inverse: made from {made}")
     assert build(PAPER, rows(), pd.DataFrame()).made_from == "6 runs on an unrecorded machine"
+    other = stamped.assign(method="acm", method_label="acm", run_key="acm-0")  # another paper's run, same task
+    assert build(PAPER, pd.concat([stamped, other]), pd.DataFrame()).made_from == made  # not counted
 
 
 def test_quick_runs_are_used_only_without_full_ones():
