@@ -56,8 +56,8 @@ class TreeEnsemble(nn.Module):
             (child indices global); roots: ``(n_trees,)`` root of each tree, iteration-major, one
             tree per raw output;
         baseline: ``(n_out,)`` initial raw score (1 output for two classes, else one per class);
-        classes: ``(n_classes,)`` label of each class; steps: ``()`` traversal steps (the deepest
-            leaf's depth).
+        classes: ``(n_classes,)`` label of each class; steps: ``(1,)`` traversal steps (the deepest
+            leaf's depth). Before a fit every buffer is empty.
     """
 
     def __init__(self) -> None:
@@ -70,9 +70,11 @@ class TreeEnsemble(nn.Module):
         self.register_buffer("missing_left", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("value", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("roots", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("baseline", torch.zeros(1, dtype=torch.float64))
-        self.register_buffer("classes", torch.zeros(1, dtype=torch.long))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # every buffer's size comes from the fit: empty placeholders until then, so a cached fit's
+        # shapes are not compared against them (models.cached_state.state_mismatch)
+        self.register_buffer("baseline", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("classes", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("steps", torch.zeros(0, dtype=torch.long))
         self._host_steps = HostCopy()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -94,8 +96,7 @@ class TreeEnsemble(nn.Module):
 
     def traversal_steps(self) -> int:
         """The traversal's loop count on the host, read once per fit (:class:`HostCopy`)."""
-        steps = self._host_steps(self.steps)  # () or (1,): a fitted tree stores it as a 1-element column
-        return int(steps[0] if isinstance(steps, list) else steps)
+        return int(sum(self._host_steps(self.steps)))  # (1,) once fitted, (0,) before: 0 steps
 
     def fit(self, features: Tensor, labels: Tensor, *, iterations: int, leaves: int, depth: int, seed: int) -> None:
         """Fit a ``HistGradientBoostingClassifier`` and load its trees.
@@ -183,7 +184,7 @@ class TreeEnsemble(nn.Module):
         self.missing_left = torch.zeros(0, dtype=torch.bool, device=device)
         self.baseline = torch.zeros(1, dtype=torch.float64, device=device)
         self.classes = torch.tensor([label], dtype=torch.long, device=device)
-        self.steps = torch.zeros((), dtype=torch.long, device=device)
+        self.steps = torch.zeros(1, dtype=torch.long, device=device)
 
     def raw(self, features: Tensor) -> Tensor:
         """``(B, n_out)`` float64 raw scores: baseline + leaves (sklearn's ``_raw_predict``)."""
