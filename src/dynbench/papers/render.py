@@ -143,8 +143,12 @@ def build(paper: Paper, rows: pd.DataFrame, samples: pd.DataFrame) -> PaperOutpu
     theirs = samples[samples["run_key"].isin(keys)] if not samples.empty and "run_key" in samples.columns else samples
     claims = claim_results(paper, suite, mine, theirs)
     tables = [(t, table_frame(paper, t, suite, mine)) for t in paper.tables]
-    ran = mine[mine["method_label"].isin(paper.suite_methods(suite))] if "method_label" in mine.columns else mine
-    return PaperOutput(paper, suite, claims, tables, provenance(ran))  # runs of this paper's methods only
+    ran = mine
+    if {"method_label", "hardware"} <= set(mine.columns):  # runs of this paper's methods on its targets only
+        targets = {h.name for h in paper.suites[suite].hardware}
+        on = mine["hardware"].astype(str).str.extract(r"^([^\[:]+)", expand=False).isin(targets)  # cuda:0[…] → cuda
+        ran = mine[mine["method_label"].isin(paper.suite_methods(suite)) & on]
+    return PaperOutput(paper, suite, claims, tables, provenance(ran))
 
 
 def _quick_note(out: PaperOutput) -> str:

@@ -115,6 +115,8 @@ def test_the_output_says_which_runs_machines_and_commits_made_it():
     assert build(PAPER, rows(), pd.DataFrame()).made_from == "6 runs on an unrecorded machine"
     other = stamped.assign(method="acm", method_label="acm", run_key="acm-0")  # another paper's run, same task
     assert build(PAPER, pd.concat([stamped, other]), pd.DataFrame()).made_from == made  # not counted
+    elsewhere = stamped.assign(hardware="a100", run_key=stamped["run_key"] + "-a100")  # a target tinv's suites skip
+    assert build(PAPER, pd.concat([stamped, elsewhere]), pd.DataFrame()).made_from == made
 
 
 def test_quick_runs_are_used_only_without_full_ones():
