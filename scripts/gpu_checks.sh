@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's GPU checks as one command, for a session that is lent a GPU machine (the `device` tool):
 #
-#   run: bash scripts/gpu_checks.sh          (timeout_s 560; results come back under $OUT)
+#   run: bash scripts/gpu_checks.sh          (timeout_s 570; results come back under $OUT)
 #
 # That machine has its own torch (CUDA), Triton, pandas, rich and pytest-benchmark and no network, so
 # dynbench runs from src/ without installing anything. It writes, under $OUT (at most 8 files):
@@ -9,9 +9,12 @@
 #   realization.txt   `pytest benchmarks/test_gpu_realization.py --benchmark-only -k cuda`: realized and
 #                     theoretical speedup of every method at the issue's sizes, fp32/bf16, batch 1 and 32
 #                     (acm_triton: ACM's Triton kernels, acm[kernel=triton])
+#   gpu_tests.txt     the tests marked gpu: every method fitted on CUDA and its fit loaded on the CPU,
+#                     the CUDA target, Transformer^-1's CUDA graphs
 #   bench.txt, rows.csv   `bench run` of the issue's "done when" methods on digits at cuda and
 #                     cuda[dtype=bf16] (plus acm[kernel=triton] and tinv[compiled=true]), its summary
-#                     and every row
+#                     and every row; from an empty cache, so the backbone and the fits train on the GPU
+#                     and the summary's fit times are the GPU's
 # Each step has its own time limit, so a slow one still leaves the others' files. On a machine without
 # CUDA, HARDWARE=cpu runs the bench step on the CPU (a smoke test of this script) and the benchmark
 # step skips its CUDA rows.
@@ -36,8 +39,11 @@ except ImportError as exc:
     print("triton: not importable:", exc)
 EOF
 
-timeout 300 "$PY" -m pytest benchmarks/test_gpu_realization.py --benchmark-only -q -p no:randomly -p no:cacheprovider \
+timeout 270 "$PY" -m pytest benchmarks/test_gpu_realization.py --benchmark-only -q -p no:randomly -p no:cacheprovider \
     -k cuda 2>&1 | tee "$OUT/realization.txt"
+
+timeout 60 "$PY" -m pytest -q -p no:randomly -p no:cacheprovider -m gpu tests/contract/test_fit_device.py \
+    tests/unit/hardware tests/unit/methods/test_transformer_inverse.py 2>&1 | tee "$OUT/gpu_tests.txt"
 
 timeout 200 "$PY" -m dynbench.cli run --methods "$METHODS" --tasks digits --hardware "$HARDWARE" \
     --out /tmp/gpu-checks-R 2>&1 | tee "$OUT/bench.txt"

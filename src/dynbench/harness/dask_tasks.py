@@ -220,7 +220,7 @@ def backbone_task(spec: dict[str, Any], setup: WorkerSetup, report_to: str) -> S
         with phase_listener(enter), phase("backbone"):
             plan.hardware.setup()
             say(0, len(plan.budgets), "training / loading the dense backbone")
-            plan.task.backbone(plan.spec.seed, cache_dir=root)
+            plan.task.backbone(plan.spec.seed, cache_dir=root, device=plan.hardware.device)
             return Shipped() if pretrained(plan.task) else _ship(root, setup, backbone_file(plan), "dense backbone")
 
 
@@ -236,7 +236,7 @@ def fit_task(spec: dict[str, Any], setup: WorkerSetup, report_to: str, backbone:
         with phase_listener(enter):
             with phase("backbone"):
                 plan.hardware.setup()
-                model = plan.task.backbone(plan.spec.seed, cache_dir=root)
+                model = plan.task.backbone(plan.spec.seed, cache_dir=root, device=plan.hardware.device)
             with phase("fit"):
                 say(0, len(plan.budgets), f"fitting {plan.method.name}")
                 fitted_model(plan, model, root)

@@ -126,11 +126,11 @@ def execute(plan: RunPlan, *, store: ResultStore, cache_dir: Path | None, progre
     say = progress or (lambda done, total, what: None)
     say(0, len(plan.budgets), "training / loading the dense backbone")
     with phase("backbone"), _steps(say, len(plan.budgets), "training the dense backbone"):
-        backbone = plan.task.backbone(spec.seed, cache_dir=cache_dir)
+        backbone = plan.task.backbone(spec.seed, cache_dir=cache_dir, device=plan.hardware.device)
     clock.times.backbone_s, clock.times.backbone_trained = clock.lap("backbones")
     say(0, len(plan.budgets), f"fitting {plan.method.name}")
     with phase("fit"), _steps(say, len(plan.budgets), f"fitting {plan.method.name}"):
-        model = fitted_model(plan, backbone, cache_dir).to(plan.hardware.device)
+        model = fitted_model(plan, backbone, cache_dir)  # on the run's device
     backbone = model.backbone.eval()
     with phase("quality"):
         batches = eval_batches(plan)

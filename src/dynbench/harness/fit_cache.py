@@ -28,14 +28,17 @@ from dynbench.types import Batch
 def fitted_model(plan: RunPlan, backbone: Backbone, cache_dir: Path | None) -> DynamicModel:
     """Wrap the backbone and fit the method, reusing a cached fit of the same backbone and config.
 
-    The fit runs with the task's evaluation split sealed (:meth:`Task.sealed`): it may read
-    ``train`` and the validation split only, so nothing it chooses is chosen on the samples it is
-    scored on. Only :func:`fitted_eval` (an upper bound's ``fit_eval``) sees the evaluation samples.
+    The fit runs on the run's device (a GPU target fits on its GPU, a modeled target on the host);
+    what it made is cached as host tensors, so a fit made on one device is reused on every other
+    (the key holds no device). The fit runs with the task's evaluation split sealed
+    (:meth:`Task.sealed`): it may read ``train`` and the validation split only, so nothing it
+    chooses is chosen on the samples it is scored on. Only :func:`fitted_eval` (an upper bound's
+    ``fit_eval``) sees the evaluation samples.
 
     Raises:
         EvalSplitAccessError: the method's fit read the evaluation split.
     """
-    model = plan.method.wrap(backbone)
+    model = plan.method.wrap(backbone).to(plan.hardware.device)  # fits run on the target's device
     if plan.method.learns():
         seed, task = plan.spec.seed, plan.task
         with task.sealed(task.eval_split, reader=f"the fit of method '{plan.method.name}'"):
@@ -138,7 +141,7 @@ def fitted_state(model: nn.Module, before: dict[str, tuple[int, int]]) -> dict[s
     """The state dict without the backbone tensors the fit left untouched (same tensor, version)."""
     state = model.state_dict(keep_vars=True)
     kept = {k: v for k, v in state.items() if before.get(k) != (id(v), v._version)}
-    return {k: v.detach() for k, v in kept.items()}
+    return {k: v.detach().cpu() for k, v in kept.items()}  # host tensors: one cache file for every device
 
 
 def load_cached_fit(model: nn.Module, path: Path) -> bool:

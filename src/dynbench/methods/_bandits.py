@@ -132,7 +132,7 @@ def kmeans(points: Tensor, k: int, iters: int, generator: torch.Generator) -> Te
         ``(k, C)`` float64 centres (an empty cluster keeps its centre).
     """
     x = points.double()
-    first = int(torch.randint(len(x), (1,), generator=generator))
+    first = int(torch.randint(len(x), (1,), generator=generator, device=generator.device))
     centres = [x[first]]
     d2 = ((x - x[first]) ** 2).sum(dim=1)  # (N,) squared distance to the nearest centre so far
     for _ in range(1, k):

@@ -173,7 +173,7 @@ def rank_blocks(
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
-    total = torch.zeros(backbone.n_blocks + 1, dtype=torch.float64)  # (L + 1,)
+    total = torch.zeros(backbone.n_blocks + 1, dtype=torch.float64, device=device)  # (L + 1,)
     seen = 0
     limit = importance_samples(backbone, task, batches=batches, batch_size=batch_size, max_flops=max_flops)
     split = task.validation_split  # never the evaluation split

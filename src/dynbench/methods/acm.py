@@ -622,8 +622,8 @@ def finetune(
     ]
     net.train()
     width = model.width
-    costs = torch.arange(model.n + 1, dtype=torch.float64) * width * mlp_unit_flops(net.block_config)  # (K,)
-    costs = costs.expand(net.n_blocks, -1).to(device)  # (M, K) per module; identical for MLP-only ACMs
+    costs = torch.arange(model.n + 1, dtype=torch.float64, device=device) * width * mlp_unit_flops(net.block_config)
+    costs = costs.expand(net.n_blocks, -1)  # (M, K) per module; identical for MLP-only ACMs
 
     def step_loss(batch: Batch) -> Tensor:
         logits, onehots = model.train_forward(net, batch.inputs.to(device), cfg.gumbel_tau)

@@ -319,7 +319,7 @@ class DHTModel(DynamicModel):
         if units is None:
             return None
         g = self.unit_size
-        heads = (units[:, None] * g + torch.arange(g)).reshape(-1)  # (u·g,)
+        heads = (units[:, None] * g + torch.arange(g, device=units.device)).reshape(-1)  # (u·g,)
         return heads.to(device)
 
     # -- execution ---------------------------------------------------------------------------------
@@ -707,7 +707,7 @@ class DHT(Method):
         pooled_beta = 1 + (model.unit_beta - 1).sum(dim=(0, 1))  # (L, U)
         masks = [exploit_units(pooled_alpha, pooled_beta, u) for u in range(1, U + 1)]  # (L, U) each, nested in u
         scores: list[list[Tensor]] = [[] for _ in range(model.n_arms)]
-        learned = torch.zeros(len(model.table_budgets), dtype=torch.float64)  # (K,) summed bandit FLOPs
+        learned = torch.zeros(len(model.table_budgets), dtype=torch.float64, device="cpu")  # (K,) bandit FLOPs, host
         with torch.no_grad():
             for batch in task.batches(split, batch_size=batch_size, seed=seed, shuffle=True, limit=n):
                 x = bb.embed(batch.inputs.to(device))  # (B, T, C)
@@ -716,12 +716,14 @@ class DHT(Method):
                 learned += costs[model.policy_arm.cpu()[:, context]].sum(dim=1)  # (K, B) → (K,)
                 for arm in range(model.n_arms):
                     depth, units = model.arm_config(arm, masks[model.arm_shape(arm)[1] - 1])
-                    chosen = [None if u is None else torch.tensor(u) for u in units]
+                    chosen = [None if u is None else torch.tensor(u, device=x.device) for u in units]
                     logits = model.run_subnetwork(x, depth, chosen)  # (B, K) or (B, T, V)
                     scores[arm].append(task.metric.score(logits, targets).double().cpu())  # (B,)
         metric = task.metric
         sign = 1.0 if metric.spec.higher_is_better else -1.0
-        quality = torch.tensor([sign * metric.aggregate(torch.cat(s).numpy()) for s in scores], dtype=torch.float64)
+        quality = torch.tensor(
+            [sign * metric.aggregate(torch.cat(s).numpy()) for s in scores], dtype=torch.float64, device="cpu"
+        )
         cap = learned / n + model.context_clusters.flops()  # (K,) the bandit's mean FLOPs per sample
         model.static_quality.copy_(quality)
         model.static_cap.copy_(cap)

@@ -245,5 +245,5 @@ class LayerSkip(Method):
             max_flops=cfg.importance_flops,
         )
         model.importance.copy_(importance)
-        model.ranking.copy_(torch.tensor(ranking, dtype=torch.long))
+        model.ranking.copy_(torch.tensor(ranking, dtype=torch.long, device=model.ranking.device))
         model.train(was_training)

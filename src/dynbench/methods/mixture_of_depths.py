@@ -635,8 +635,10 @@ class MixtureOfDepths(Method):
         for c in sorted(cfg.capacities, reverse=True):
             variant = model.variant(c)
             torch.manual_seed(seed)
-            if scratch:  # the dense backbone's own initial weights: same seed, same builder
-                variant.net.load_state_dict(task.build_backbone().state_dict())
+            if scratch:  # the dense backbone's own initial weights: same seed, same builder, built on the host
+                with torch.device("cpu"):  # as the backbone was (train_backbone), whatever device the fit runs on
+                    initial = task.build_backbone().state_dict()
+                variant.net.load_state_dict(initial)
             else:
                 variant.net.load_state_dict(model.backbone.state_dict())
             variant.reset_controllers(cfg.router_bias)

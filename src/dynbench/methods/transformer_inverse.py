@@ -771,7 +771,21 @@ class TransformerInverse(Method):
             raise ValueError(
                 f"transformer_inverse needs >= 4 fit samples, split {split!r} of task '{task.name}' has {n}."
             )
-        data = collect(model, task, split=split, n=n, batch_size=cfg.collect_batch, seed=seed)
+        data = collect(model, task, split=split, n=n, batch_size=cfg.collect_batch, seed=seed)  # on the host
+        device = next(bb.parameters()).device
+        controller = (model.predictor, model.policy)  # small: fitted on the host from the host statistics
+        for part in controller:
+            part.cpu()
+        self._fit_controller_on_host(model, data, dense, shape, seed)
+        for part in controller:
+            part.to(device)
+
+    def _fit_controller_on_host(
+        self, model: TransformerInverseModel, data: FitData, dense: float, shape: tuple[int, ...], seed: int
+    ) -> None:
+        """Fit the tree predictor and the stopping policy from ``data``, both on the host."""
+        cfg = self.config
+        bb = model.backbone
         text = bb.readout.pool == "none"
         labels = sufficient_bucket(data, text=text, tolerance=cfg.text_tolerance)  # (N,)
         boosting = {"iterations": cfg.gbdt_iterations, "leaves": cfg.gbdt_leaves, "depth": cfg.gbdt_depth}
@@ -841,7 +855,8 @@ class TransformerInverse(Method):
         )  # (N, K), (n_budgets,)
         metric = task.metric
         sign = 1.0 if metric.spec.higher_is_better else -1.0
-        quality = torch.tensor([sign * metric.aggregate(scores[:, k].numpy()) for k in range(scores.shape[1])])
+        per_point = [sign * metric.aggregate(scores[:, k].numpy()) for k in range(scores.shape[1])]
+        quality = torch.tensor(per_point, device=model.static_quality.device)
         model.static_quality.copy_(quality)
         model.static_cost.copy_(model.path_flops(shape))
         model.static_cap.copy_(learned)
@@ -881,7 +896,7 @@ def validation_costs(
     bb, device = model.backbone, next(model.backbone.parameters()).device
     L = bb.n_blocks
     scores: list[Tensor] = []
-    flops = torch.zeros(len(budgets), dtype=torch.float64)
+    flops = torch.zeros(len(budgets), dtype=torch.float64, device="cpu")  # summed from traces, host tensors
     seen = 0
     kind, model.policy_kind = model.policy_kind, "learned"  # the cap is the learned policy's compute
     try:

@@ -114,8 +114,8 @@ class Backbone(nn.Module, ABC):
 
     def dense_flops(self, inputs_shape: tuple[int, ...]) -> float:
         """Analytic FLOPs of one dense forward pass on one sample."""
-        dummy = torch.zeros((1, *inputs_shape))
-        return float(self.flops(self.dense_trace(dummy), inputs_shape)[0])
+        with torch.device("cpu"):  # an analytic count: on the host, whatever device the model or the caller uses
+            return float(self.flops(self.dense_trace(torch.zeros((1, *inputs_shape))), inputs_shape)[0])
 
 
 def mlp_unit_flops(cfg: BlockConfig) -> float:

@@ -425,14 +425,15 @@ class Task(ABC):
         """
         return ()
 
-    def backbone(self, seed: int, *, cache_dir: Path | None = None) -> Backbone:
+    def backbone(self, seed: int, *, cache_dir: Path | None = None, device: torch.device | str = "cpu") -> Backbone:
         """The trained dense backbone for ``seed``, trained on first use and cached.
 
         Args:
             seed: training seed.
             cache_dir: checkpoint cache; ``None`` trains without caching.
+            device: where it is trained (on first use) and returned; one cache for every device.
         """
-        return trained_backbone(self, seed, cache_dir=cache_dir)
+        return trained_backbone(self, seed, cache_dir=cache_dir, device=device)
 
 
 TASKS: Registry[type[Task]] = Registry("task", Task, "dynbench.tasks", "dynbench.tasks")
@@ -443,10 +444,11 @@ register_task = TASKS.register
 # The dense backbone: trained once per (task config, seed), cached
 
 
-def train_backbone(task: Task, seed: int) -> Backbone:
-    """Train ``task``'s dense backbone from scratch with its recipe; deterministic in ``seed``."""
+def train_backbone(task: Task, seed: int, *, device: torch.device | str = "cpu") -> Backbone:
+    """Train ``task``'s dense backbone from scratch with its recipe on ``device``, seeded."""
     torch.manual_seed(seed)
-    model = task.build_backbone()
+    with torch.device("cpu"):  # the host's initial weights on every device (a GPU's random streams differ)
+        model = task.build_backbone().to(device)
     cfg = task.train_config
     model.train()
     batches = endless(
@@ -454,7 +456,7 @@ def train_backbone(task: Task, seed: int) -> Backbone:
     )
 
     def step_loss(batch: Batch) -> Tensor:
-        return task.metric.loss(model(task.augment(batch.inputs)), batch.targets)
+        return task.metric.loss(model(task.augment(batch.inputs.to(device))), batch.targets.to(device))
 
     final = fit_loop([p for p in model.parameters() if p.requires_grad], step_loss, batches, cfg)
     logger.info("Trained %s backbone (seed %d): final training loss %.4f", task.name, seed, final)
@@ -468,28 +470,27 @@ def backbone_key(task: Task, seed: int) -> str:
     return f"{task.name}-v{task.version}-{config_digest(task.config)}{content}-seed{seed}"
 
 
-def trained_backbone(task: Task, seed: int, *, cache_dir: Path | None) -> Backbone:
+def trained_backbone(task: Task, seed: int, *, cache_dir: Path | None, device: torch.device | str = "cpu") -> Backbone:
     """The cached trained backbone, training and caching it on first use.
 
-    A backbone is keyed by its task's name, version and full config plus the seed
-    (:func:`backbone_key`), so changing any recipe value trains a new one instead of silently
-    reusing a stale checkpoint. A cached file that cannot be used (damaged, another model's, NaN) is
-    set aside with a warning and the backbone trained again (:mod:`dynbench.models.cached_state`).
+    Keyed by the task's name, version, full config and the seed (:func:`backbone_key`): a changed
+    recipe trains a new one, never a stale checkpoint. A cached file that cannot be used (damaged,
+    another model's, NaN) is set aside with a warning and the backbone trained again.
     """
     path = None if cache_dir is None else Path(cache_dir) / "backbones" / f"{backbone_key(task, seed)}.pt"
     if path is not None and path.exists():
         model = task.build_backbone()
         if load_cached(model, path, "cached backbone", "training it again"):
-            return model.eval()
-    model = train_backbone(task, seed)
+            return model.to(device).eval()
+    model = train_backbone(task, seed, device=device)
     if bad := non_finite_tensors(model):
         raise NonFiniteError(
             f"The trained {task.name} backbone (seed {seed}) has NaN/Inf in {', '.join(bad[:3])}"
             f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; it was not cached. Check the task's data "
             f"and lower its learning rate (train.lr={task.train_config.lr:g})."
         )
-    if path is not None:
-        atomic_torch_save(model.state_dict(), path)
+    if path is not None:  # host tensors: one cache file for every device
+        atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, path)
     return model
 
 

@@ -76,11 +76,11 @@ class Digits(Task):
         B, C, H, W = inputs.shape
         background = (0.0 - 0.3) / 0.4  # a blank pixel after normalisation
         padded = torch.nn.functional.pad(inputs, (s, s, s, s), value=background)  # (B, C, H+2s, W+2s)
-        dy, dx = torch.randint(0, 2 * s + 1, (2, B))
-        b = torch.arange(B)[:, None, None, None]  # (B, 1, 1, 1)
-        c = torch.arange(C)[None, :, None, None]  # (1, C, 1, 1)
-        rows = (dy[:, None] + torch.arange(H))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (dx[:, None] + torch.arange(W))[:, None, None, :]  # (B, 1, 1, W)
+        dy, dx = torch.randint(0, 2 * s + 1, (2, B)).to(inputs.device)  # drawn on the host: one stream on any device
+        b = torch.arange(B, device=inputs.device)[:, None, None, None]  # (B, 1, 1, 1)
+        c = torch.arange(C, device=inputs.device)[None, :, None, None]  # (1, C, 1, 1)
+        rows = (dy[:, None] + torch.arange(H, device=inputs.device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(W, device=inputs.device))[:, None, None, :]  # (B, 1, 1, W)
         return padded[b, c, rows, cols]  # (B, C, H, W)
 
     def data_status(self) -> str:

@@ -82,7 +82,7 @@ class FashionMNIST(Task):
         """Flip each training image left-right with probability 1/2 (when ``hflip``)."""
         if not self.config.hflip:
             return inputs
-        flip = torch.rand(inputs.shape[0]) < 0.5  # (B,)
+        flip = (torch.rand(inputs.shape[0]) < 0.5).to(inputs.device)  # (B,) drawn on the host: one stream on any device
         return torch.where(flip[:, None, None, None], inputs.flip(-1), inputs)  # (B, 1, 28, 28)
 
     def data_status(self) -> str:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from dynbench.models.vit import ViT, ViTConfig
 from dynbench.models.vit_import import VARIANTS, WeightFormat, detect_format, read_weights, vit_from_state_dict
@@ -235,7 +236,7 @@ class ImageNet(Task):
         """Depth from the config, without reading the weights."""
         return self.model_config.n_layers
 
-    def backbone(self, seed: int, *, cache_dir: Path | None = None) -> ViT:
+    def backbone(self, seed: int, *, cache_dir: Path | None = None, device: torch.device | str = "cpu") -> ViT:
         """The pretrained ViT converted from ``weights``, the same for every ``seed``.
 
         Nothing is trained.
@@ -243,6 +244,7 @@ class ImageNet(Task):
         Args:
             seed: ignored: pretrained weights do not depend on it.
             cache_dir: unused: converting is a rename and reshape, as fast as loading a cached copy.
+            device: where the model is returned.
 
         Raises:
             ImageNetWeightsMissingError: no weights file.
@@ -253,7 +255,7 @@ class ImageNet(Task):
         self._format = fmt
         model = vit_from_state_dict(state, self.model_config, fmt)
         logger.info("Loaded %s ViT weights from %s", fmt, self.config.weights)
-        return model
+        return model.to(device)
 
     # ---- data
 

@@ -247,7 +247,7 @@ class SmolLM2(Task):
         with torch.device("meta"):
             return GPT(self.model_config)
 
-    def backbone(self, seed: int, *, cache_dir: Path | None = None) -> GPT:
+    def backbone(self, seed: int, *, cache_dir: Path | None = None, device: torch.device | str = "cpu") -> GPT:
         """The pretrained model, the same for every ``seed``, cached when ``cache_dir`` is set.
 
         It is not trained.
@@ -255,8 +255,9 @@ class SmolLM2(Task):
         Args:
             seed: ignored: pretrained weights do not depend on it.
             cache_dir: cache root; the converted float32 state dict goes to :meth:`cache_folder`.
+            device: where the model is returned.
         """
-        return self._convert(None if cache_dir is None else Path(cache_dir))
+        return self._convert(None if cache_dir is None else Path(cache_dir)).to(device)
 
     def _convert(self, cache: Path | None) -> GPT:
         """Load from the cache folder when complete, else read + convert the GGUF file.
