@@ -13,7 +13,8 @@ method's decisions are *priced* to spend its budget on the inputs, as a fitted m
   (:func:`~dynbench.methods.acm.set_price`); on CUDA also ``acm_triton``, the same with its
   learners in Triton kernels (``acm[kernel=triton]``: no host sync per block);
 - ``token_skip`` at 0.5, its logit bias bisected on the inputs
-  (:func:`~dynbench.methods.token_skip.calibrate`);
+  (:func:`~dynbench.methods.token_skip.calibrate`); ``token_skip_padded`` the same with
+  ``batching="padded"`` (a ragged batch in one padded pass per block, the padding charged);
 - ``dht_static``: ``dht[policy=static]`` at its 0.6 table, set to half the head units of every
   block (DHT's head-granular sub-network path);
 - ``tinv_static``: ``tinv[policy=static]`` at 0.5, set to stop at the fold point nearest half the
@@ -114,13 +115,14 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
         method, budget = DHT(DHTConfig(policy="static")), 0.6
     elif name == "tinv_static":
         method, budget = TransformerInverse(TransformerInverseConfig(policy="static")), 0.5
-    else:
-        method, budget = TokenSkip(TokenSkipConfig(targets=(0.5,))), 0.5
+    else:  # token_skip, token_skip_padded
+        batching = "padded" if name == "token_skip_padded" else "per_sample"
+        method, budget = TokenSkip(TokenSkipConfig(targets=(0.5,), batching=batching)), 0.5
     model = method.wrap(net).eval()
     with torch.inference_mode():
         if name in ("acm", "acm_triton"):
             set_price(model, budget, calib)  # type: ignore[arg-type]
-        elif name == "token_skip":
+        elif name in ("token_skip", "token_skip_padded"):
             bias, _ = calibrate(model, calib, budget, steps=12)  # type: ignore[arg-type]
             model.bias[0] = bias  # type: ignore[index]
         elif name == "dht_static":  # half the head units of every block
@@ -137,7 +139,7 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
     return model, budget
 
 
-METHODS = ("layer_skip", "early_exit", "mod", "acm", "token_skip", "dht_static", "tinv_static")
+METHODS = ("layer_skip", "early_exit", "mod", "acm", "token_skip", "token_skip_padded", "dht_static", "tinv_static")
 GPU_ONLY = ("acm_triton",)  # ACM's learners as Triton kernels (acm[kernel=triton]): CUDA only
 
 

@@ -31,10 +31,16 @@ What we changed / reconstructed:
   1..L-2); a 1- or 2-block backbone controls every block. Encoders that read token 0 always keep it.
 - the budget is the fraction of (token, block) pairs executed, always-run blocks included; a
   calibrated budget spends at most that much on the validation inputs.
+- batching (ours, an execution option): samples whose kept counts differ run one at a time by
+  default, so per-sample FLOPs are exact at any batch size; ``batching="padded"`` runs the batch at
+  once, padded to its largest count with the padding masked out of attention (one host read per
+  block instead of one per sample), and charges the padding as executed, as MoD's predictor rule
+  does. The fit and its calibration always run per sample: one fit serves both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -43,7 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dynbench.methods._token_gather import gather_tokens, padded_positions, scatter_add_tokens
+from dynbench.methods._token_gather import (
+    gather_tokens,
+    padded_positions,
+    scatter_add_tokens,
+    subset_attention_mask,
+)
 from dynbench.methods.base import DynamicModel, Method, budgets_not_among, freeze, register_method
 from dynbench.models.backbone import Backbone
 from dynbench.models.block import Block
@@ -54,6 +65,9 @@ from dynbench.validation import check_choices, check_range
 
 Controller = Literal["hidden", "fixed"]
 """What a controller reads: each token's hidden state, or a constant (the paper's control)."""
+
+Batching = Literal["per_sample", "padded"]
+"""How a batch whose samples keep different token counts runs: one sample at a time, or padded."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +93,17 @@ class TokenSkipConfig:
     calibration_flops: float = 4e12  # cap on the calibration passes' FLOPs (dense-pass upper bound):
     # a 135 M LM calibrates on 4 windows (512 tokens × 28 blocks of decisions)
     keep_ends: bool = True  # first and last blocks always run (the paper's controllers cover 1..L-2)
+    batching: Batching = "per_sample"  # ragged batches: "per_sample" (exact per-sample FLOPs, one
+    # nonzero per sample per block) or "padded" (one batched pass per block, padding charged)
 
     def __post_init__(self) -> None:
-        check_choices(self, {"controller": "Use hidden (reads hidden states) or fixed (the paper's control)."})
+        check_choices(
+            self,
+            {
+                "controller": "Use hidden (reads hidden states) or fixed (the paper's control).",
+                "batching": "Use per_sample (exact per-sample FLOPs) or padded (one batched pass per block).",
+            },
+        )
         name = type(self).__name__
         for t in self.targets:
             check_range(f"{name}.targets", t, 0, 1, low_open=True, high_open=True, advice="Use e.g. 0.75;0.5;0.25.")
@@ -140,6 +162,7 @@ class TokenSkipModel(DynamicModel):
         self.controllers = nn.ModuleDict({str(i): nn.Linear(d, 2) for i in self.controlled})
         self.keep_first = backbone.readout.pool == "cls"  # encoders read token 0: always keep it
         self.causal = backbone.block_config.causal
+        self.batching = cfg.batching  # the fit switches to "per_sample" while it calibrates
         targets = sorted(cfg.targets, reverse=True)
         self.register_buffer("targets", torch.tensor(targets, dtype=torch.float64))
         self.register_buffer("bias", torch.full((len(targets),), float("nan"), dtype=torch.float64))
@@ -205,27 +228,55 @@ class TokenSkipModel(DynamicModel):
             keep = self.keep_logits(i, x) + bias > 0  # (B, T)
             if self.keep_first:
                 keep[:, 0] = True
-            x, n = self.subset_block(block, x, keep)
-            tokens[:, i] = n
+            x, ran, n = self.subset_block(block, x, keep)
+            tokens[:, i] = ran
             kept += n.double()
         return bb.readout(x), tokens, kept
 
-    def subset_block(self, block: Block, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    def subset_block(self, block: Block, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Run ``block`` on the kept tokens only and add their update.
 
-        Samples whose counts differ run one at a time (a loop over the batch), so no sample runs or
-        is charged padding: per-sample FLOPs stay exact at any batch size, at the price of batched
-        speed (the paper studies batch 1, where this is the plain path).
+        Samples whose counts differ run one at a time (a loop over the batch) by default, so no
+        sample runs or is charged padding: per-sample FLOPs stay exact at any batch size, at the
+        price of batched speed (the paper studies batch 1, where this is the plain path). With
+        ``batching="padded"`` they run together, padded to the largest count (:meth:`run_padded`).
 
         Returns:
-            The new states and ``(B,)`` the tokens each sample ran.
+            The new states, ``(B,)`` the tokens each sample ran (padding included) and ``(B,)`` the
+            kept tokens each sample has.
         """
+        if self.batching == "padded":
+            return self.run_padded(block, x, keep)
         counts = keep.sum(dim=1)  # (B,)
         if bool((counts == counts[0]).all()):
             idx, _, _ = padded_positions(keep)  # (B, n) no padding: every row holds n real positions
-            return self.run_tokens(block, x, idx), counts.cpu()
+            host = counts.cpu()
+            return self.run_tokens(block, x, idx), host, host
         rows = [self.run_tokens(block, x[b : b + 1], keep[b : b + 1].nonzero()[:, 1][None]) for b in range(x.shape[0])]
-        return torch.cat(rows), counts.cpu()  # (B, T, C)
+        host = counts.cpu()
+        return torch.cat(rows), host, host  # (B, T, C)
+
+    def run_padded(self, block: Block, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`subset_block` in one batched pass: every row padded to the largest kept count.
+
+        Padding slots repeat a real position; attention masks them out as keys and their update is
+        exactly 0, so each sample's output is its per-sample one (up to float rounding). Every row
+        runs ``n`` tokens, so ``n`` is what each sample is charged.
+        """
+        counts = keep.sum(dim=1).cpu()  # (B,) the host copy the trace needs
+        idx, valid, ragged = padded_positions(keep)  # (B, n), (B, n)
+        n = idx.shape[1]
+        ran = torch.full((x.shape[0],), n, dtype=torch.long)  # (B,)
+        if n == 0:
+            return x, ran, counts
+        x_sel = gather_tokens(x, idx)  # (B, n, C) in original order
+        positions = idx if block.cfg.rope else None
+        if not ragged:  # no padding: the plain causal path
+            return scatter_add_tokens(x, idx, block.delta(x_sel, positions=positions)), ran, counts
+        mask = subset_attention_mask(idx, valid, causal=self.causal)  # (B, 1, n, n)
+        d = block.delta(x_sel, attn_mask=mask, positions=positions)  # (B, n, C)
+        update = torch.where(valid[..., None], d, torch.zeros_like(d))  # padding adds exactly 0
+        return scatter_add_tokens(x, idx, update), ran, counts
 
     def run_tokens(self, block: Block, x: Tensor, idx: Tensor) -> Tensor:
         """``x`` with ``block``'s update added at the ``(B, n)`` positions ``idx`` (ascending)."""
@@ -384,6 +435,10 @@ class TokenSkip(Method):
         torch.manual_seed(0)  # wrap is deterministic; fit re-initialises from its seed
         return TokenSkipModel(backbone, self.config)
 
+    def fit_identity(self) -> TokenSkipConfig:
+        """The config less ``batching``: how a ragged batch executes does not change the fit."""
+        return dataclasses.replace(self.config, batching="per_sample")
+
     def budgets(self, n_blocks: int) -> Sequence[Budget]:
         """1.0, then the targets, descending."""
         return (1.0, *sorted(self.config.targets, reverse=True))
@@ -459,8 +514,12 @@ class TokenSkip(Method):
         affordable = max(4, int(cfg.calibration_flops // (per_sample / 3 * passes)))
         n_cal = min(cfg.calibration_samples, affordable, task.n_samples(held_out))
         inputs = next(task.batches(held_out, batch_size=n_cal, seed=seed, shuffle=True)).inputs.to(device)
-        for k, target in enumerate(model.targets.tolist()):
-            bias, fraction = calibrate(model, inputs, target, cfg.calibration_steps)
-            model.bias[k] = bias
-            model.kept_fraction[k] = fraction
+        batching, model.batching = model.batching, "per_sample"  # one fit for both batchings (fit_identity)
+        try:
+            for k, target in enumerate(model.targets.tolist()):
+                bias, fraction = calibrate(model, inputs, target, cfg.calibration_steps)
+                model.bias[k] = bias
+                model.kept_fraction[k] = fraction
+        finally:
+            model.batching = batching
         model.train(was_training)
