@@ -45,7 +45,12 @@ class Measured:
 
 
 def suite_rows(paper: Paper, rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    """``(suite name, rows of that suite's tasks at its profile)``: full when its runs are there."""
+    """``(suite name, rows of that suite's tasks at its profile)``: full when its runs are there.
+
+    Of two runs of one configuration (task, method label, seed, hardware) under different run keys
+    — a suite, method or task whose definition changed between them — only the newest is read
+    (:func:`newest_runs`): the table must not count one configuration twice.
+    """
     if rows.empty or not {"task", "profile"} <= set(rows.columns):  # rows from elsewhere: no paper suite
         return "quick", rows.iloc[0:0]
     for name in ("full", "quick"):
@@ -55,8 +60,22 @@ def suite_rows(paper: Paper, rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         if suite.limit is not None and "limit" in mine.columns:
             mine = mine[mine["limit"] == suite.limit]
         if not mine.empty:
-            return name, mine
+            return name, newest_runs(mine)
     return "quick", rows.iloc[0:0]
+
+
+def newest_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` less those of runs superseded by a newer run of the same configuration.
+
+    A configuration is (task, method label, seed, hardware); its runs differ by run key, and the one
+    started last is kept. Rows without those columns are returned as they are.
+    """
+    config = ["task", "method_label", "seed", "hardware"]
+    if not {*config, "run_key", "started_at"} <= set(rows.columns):
+        return rows
+    runs = rows[[*config, "run_key", "started_at"]].drop_duplicates("run_key")
+    newest = runs.sort_values("started_at", kind="stable").groupby(config, dropna=False).tail(1)["run_key"]
+    return rows[rows["run_key"].isin(set(newest))]
 
 
 def on_hardware(rows: pd.DataFrame, hardware: str) -> pd.DataFrame:

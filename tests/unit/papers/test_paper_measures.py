@@ -127,3 +127,15 @@ def test_quick_runs_are_used_only_without_full_ones():
     assert name == "full" and set(mine["task"]) == {"fashion-mnist"}
     text = render([build(PAPER, quick, pd.DataFrame())], "md")
     assert "a first look on small tasks (vision: `toy-vision` for `fashion-mnist`)" in text
+
+
+def test_a_superseded_run_of_the_same_configuration_is_not_read_twice():
+    old, new = rows(), rows(flops=0.40)
+    old["started_at"], new["started_at"] = "2026-12-05T09:00:00+00:00", "2026-12-05T17:00:00+00:00"
+    new["run_key"] = new["run_key"] + "-changed-suite"  # the same configuration under another key
+    name, mine = suite_rows(PAPER, pd.concat([old, new], ignore_index=True))
+    assert name == "full"
+    assert set(mine["run_key"]) == set(new["run_key"])  # only the newer runs, one per configuration
+    assert metric_point(mine, "fashion-mnist", "tinv", "lowest", "flops_ratio").value == pytest.approx(0.401)
+    without_dates = pd.concat([old, new], ignore_index=True).drop(columns="started_at")
+    assert len(suite_rows(PAPER, without_dates)[1]) == len(without_dates)  # nothing to order by: all kept
