@@ -259,7 +259,7 @@ class TokenSkipModel(DynamicModel):
     def run_padded(self, block: Block, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`subset_block` in one batched pass: every row padded to the largest kept count.
 
-        Padding slots repeat a real position; attention masks them out as keys and their update is
+        Padding slots hold unkept positions; attention masks them out as keys and their update is
         exactly 0, so each sample's output is its per-sample one (up to float rounding). Every row
         runs ``n`` tokens, so ``n`` is what each sample is charged.
         """
@@ -267,14 +267,11 @@ class TokenSkipModel(DynamicModel):
         idx, valid, ragged = padded_positions(keep)  # (B, n), (B, n)
         n = idx.shape[1]
         ran = torch.full((x.shape[0],), n, dtype=torch.long)  # (B,)
-        if n == 0:
-            return x, ran, counts
+        if not ragged:  # no padding (or nothing kept): the per-sample path's own batched case
+            return self.run_tokens(block, x, idx), ran, counts
         x_sel = gather_tokens(x, idx)  # (B, n, C) in original order
-        positions = idx if block.cfg.rope else None
-        if not ragged:  # no padding: the plain causal path
-            return scatter_add_tokens(x, idx, block.delta(x_sel, positions=positions)), ran, counts
         mask = subset_attention_mask(idx, valid, causal=self.causal)  # (B, 1, n, n)
-        d = block.delta(x_sel, attn_mask=mask, positions=positions)  # (B, n, C)
+        d = block.delta(x_sel, attn_mask=mask, positions=idx if block.cfg.rope else None)  # (B, n, C)
         update = torch.where(valid[..., None], d, torch.zeros_like(d))  # padding adds exactly 0
         return scatter_add_tokens(x, idx, update), ran, counts
 
