@@ -31,12 +31,9 @@ CEILINGS = {
     # the bandit's per-sample contexts are read once and samples grouped by sub-network on the host
     # (its tables are host copies); the static control makes none, the random one 2 (a content hash)
     "dht": (lambda L: 1, "the samples' contexts, read once to group them by sub-network"),
-    # not reworked yet: ceilings as measured on the toy tasks (2 blocks, batch 8): they cannot grow
-    "token_skip": (
-        lambda L: L * (8 + 2) + 2,
-        "per block a ragged check, a count copy and, when rows differ, one "
-        "nonzero per sample; the calibrated bias read each call",
-    ),
+    # every row's kept count (and the largest and smallest) read together once per controlled block:
+    # a ragged batch runs per sample (or padded) from those counts without another read
+    "token_skip": (lambda L: L, "one per controlled block: the rows' kept counts, read together"),
     "oracle": (lambda L: 29, "an upper bound, not deployable: looks samples up by content hash on the host"),
 }
 

@@ -3,7 +3,7 @@
 A ragged batch (samples keeping different token counts) runs one sample at a time by default; the
 padded path runs it at once, padded to the largest count. It must give the per-sample outputs and
 kept fractions, charge exactly the padded tokens it ran (counted FLOPs = the trace's), and read the
-host a fixed number of times per block instead of once per sample.
+host once per block (every row's kept count), not once per sample.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_padded_batching_equals_the_per_sample_path_and_charges_its_padding(toy,
             ragged += int((padded.trace.block_tokens > exact.trace.block_tokens).any())
             analytic = model.backbone.flops(padded.trace, tuple(x.shape[1:])).sum()
             assert counted.total == pytest.approx(float(analytic), rel=1e-9)
-            assert len(syncs) <= 2 * L + 2, syncs.summary()  # per block: the count and the largest/smallest
+            assert len(syncs) <= L, syncs.summary()  # per block: the rows' counts with the largest and smallest
     assert ragged, "no budget gave a ragged batch: the padded path was not exercised"
 
 

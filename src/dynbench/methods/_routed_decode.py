@@ -139,7 +139,7 @@ class RoutedDecoder:
         B, n, _ = x.shape
         key = str(i)
         chosen = self.predictors[key](x) > 0  # (B, n) the causal routing decision
-        idx, valid, _ = padded_positions(chosen)  # (B, m), (B, m)
+        idx, valid, _, _ = padded_positions(chosen)  # (B, m), (B, m)
         # sequences with a routed token (host sync)
         rows = valid.any(dim=1).nonzero().squeeze(1)  # (R,)
         if rows.numel() == 0:

@@ -51,29 +51,34 @@ class PaddedSelection(NamedTuple):
     idx: Tensor  # (B, n) each row's selected positions ascending, then (padding) unselected ones
     valid: Tensor  # (B, n) True on the real selections
     ragged: bool  # rows selected different counts, so some slots are padding
+    counts: Tensor  # (B,) each row's selected count, a host (CPU) int64 tensor read in the same sync
 
 
 def padded_positions(mask: Tensor) -> PaddedSelection:
     """Selected positions of a ragged boolean selection, padded to the largest count in the batch.
 
-    The largest and smallest counts are read in one host sync (a GPU pays one per call): the
-    largest sizes the gather, the smallest says whether any padding exists.
+    Every row's count, and the largest and smallest, are read in one host sync (a GPU pays one per
+    call): the largest sizes the gather, the smallest says whether any padding exists, and the
+    per-row counts let a caller slice each row's real positions (``idx[b, :counts[b]]``) without
+    another read.
 
     Args:
         mask: ``(B, T)`` bool, True = selected.
 
     Returns:
-        ``(idx, valid, ragged)`` with ``idx`` and ``valid`` ``(B, n)``, ``n = max selected per
-        row`` (may be 0).
+        ``(idx, valid, ragged, counts)`` with ``idx`` and ``valid`` ``(B, n)``, ``n = max selected
+        per row`` (may be 0), and ``counts`` ``(B,)`` on the host.
     """
     if mask.numel():
         counts = mask.sum(dim=-1)  # (B,)
-        n, least = torch.stack([counts.max(), counts.min()]).tolist()  # the one host sync
+        *host, n, least = torch.cat([counts, counts.max()[None], counts.min()[None]]).tolist()  # the one host sync
+        counts = torch.tensor(host, dtype=torch.long)  # (B,) on the host
     else:
+        counts = torch.zeros(mask.shape[0], dtype=torch.long)  # (B,)
         n = least = 0
     order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices  # (B, T) selected first, in order
     idx = order[:, :n]  # (B, n)
-    return PaddedSelection(idx, mask.gather(1, idx), least != n)
+    return PaddedSelection(idx, mask.gather(1, idx), least != n, counts)
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:

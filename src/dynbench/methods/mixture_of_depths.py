@@ -354,7 +354,7 @@ class MixtureOfDepthsModel(DynamicModel):
         chosen = logits > 0  # (B, T) the causal decision
         if self.keep_first:
             chosen[:, 0] = True
-        idx, valid, ragged = padded_positions(chosen)  # (B, n), (B, n), whether any slot is padding
+        idx, valid, ragged, _ = padded_positions(chosen)  # (B, n), (B, n), whether any slot is padding
         n = idx.shape[1]
         executed = torch.full((B,), n, dtype=torch.long)  # padding slots run too, so they are charged
         if n == 0:

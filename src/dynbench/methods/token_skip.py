@@ -33,9 +33,9 @@ What we changed / reconstructed:
   calibrated budget spends at most that much on the validation inputs.
 - batching (ours, an execution option): samples whose kept counts differ run one at a time by
   default, so per-sample FLOPs are exact at any batch size; ``batching="padded"`` runs the batch at
-  once, padded to its largest count with the padding masked out of attention (one host read per
-  block instead of one per sample), and charges the padding as executed, as MoD's predictor rule
-  does. The fit and its calibration always run per sample: one fit serves both.
+  once, padded to its largest count with the padding masked out of attention, and charges the
+  padding as executed, as MoD's predictor rule does. Either way a block reads the host once (every
+  row's kept count). The fit and its calibration always run per sample: one fit serves both.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynbench.methods._host_copy import HostCopy
 from dynbench.methods._token_gather import (
+    PaddedSelection,
     gather_tokens,
     padded_positions,
     scatter_add_tokens,
@@ -167,6 +169,8 @@ class TokenSkipModel(DynamicModel):
         self.register_buffer("targets", torch.tensor(targets, dtype=torch.float64))
         self.register_buffer("bias", torch.full((len(targets),), float("nan"), dtype=torch.float64))
         self.register_buffer("kept_fraction", torch.full((len(targets),), float("nan"), dtype=torch.float64))
+        # the targets and biases read once per change, not per call (a GPU would sync on each read)
+        self._host_targets, self._host_bias = HostCopy(), HostCopy()
 
     # ----------------------------------------------------------------------------------------------
     # Decisions
@@ -192,13 +196,14 @@ class TokenSkipModel(DynamicModel):
         Raises:
             ValueError: ``budget`` is not a calibrated target, or the model is not fitted.
         """
-        keys = [budget_key(t) for t in self.targets.tolist()]
+        targets = self._host_targets(self.targets)
+        keys = [budget_key(t) for t in targets]
         if budget_key(budget) not in keys:
             raise ValueError(
-                f"token_skip has no bias calibrated for budget {budget}; calibrated: {self.targets.tolist()} "
+                f"token_skip has no bias calibrated for budget {budget}; calibrated: {targets} "
                 f"(and 1.0 = dense). Sweep those budgets, or set token_skip[targets=...] to calibrate others."
             )
-        bias = float(self.bias[keys.index(budget_key(budget))])
+        bias = self._host_bias(self.bias)[keys.index(budget_key(budget))]
         if bias != bias:  # NaN
             raise ValueError(
                 f"token_skip's bias for budget {budget} is not calibrated yet. Call TokenSkip.fit(model, task, "
@@ -245,35 +250,32 @@ class TokenSkipModel(DynamicModel):
             The new states, ``(B,)`` the tokens each sample ran (padding included) and ``(B,)`` the
             kept tokens each sample has.
         """
+        sel = padded_positions(keep)  # every row's kept positions and count, in one host read
         if self.batching == "padded":
-            return self.run_padded(block, x, keep)
-        counts = keep.sum(dim=1)  # (B,)
-        if bool((counts == counts[0]).all()):
-            idx, _, _ = padded_positions(keep)  # (B, n) no padding: every row holds n real positions
-            host = counts.cpu()
-            return self.run_tokens(block, x, idx), host, host
-        rows = [self.run_tokens(block, x[b : b + 1], keep[b : b + 1].nonzero()[:, 1][None]) for b in range(x.shape[0])]
-        host = counts.cpu()
-        return torch.cat(rows), host, host  # (B, T, C)
+            return self.run_padded(block, x, sel)
+        if not sel.ragged:  # every row keeps the same count: one batched pass, no padding
+            return self.run_tokens(block, x, sel.idx), sel.counts, sel.counts
+        # a row's real positions are its first `count` slots, so the loop reads nothing more
+        rows = [self.run_tokens(block, x[b : b + 1], sel.idx[b : b + 1, :c]) for b, c in enumerate(sel.counts.tolist())]
+        return torch.cat(rows), sel.counts, sel.counts  # (B, T, C)
 
-    def run_padded(self, block: Block, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def run_padded(self, block: Block, x: Tensor, sel: PaddedSelection) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`subset_block` in one batched pass: every row padded to the largest kept count.
 
         Padding slots hold unkept positions; attention masks them out as keys and their update is
         exactly 0, so each sample's output is its per-sample one (up to float rounding). Every row
         runs ``n`` tokens, so ``n`` is what each sample is charged.
         """
-        counts = keep.sum(dim=1).cpu()  # (B,) the host copy the trace needs
-        idx, valid, ragged = padded_positions(keep)  # (B, n), (B, n)
+        idx, valid = sel.idx, sel.valid  # (B, n), (B, n)
         n = idx.shape[1]
         ran = torch.full((x.shape[0],), n, dtype=torch.long)  # (B,)
-        if not ragged:  # no padding (or nothing kept): the per-sample path's own batched case
-            return self.run_tokens(block, x, idx), ran, counts
+        if not sel.ragged:  # no padding (or nothing kept): the per-sample path's own batched case
+            return self.run_tokens(block, x, idx), ran, sel.counts
         x_sel = gather_tokens(x, idx)  # (B, n, C) in original order
         mask = subset_attention_mask(idx, valid, causal=self.causal)  # (B, 1, n, n)
         d = block.delta(x_sel, attn_mask=mask, positions=idx if block.cfg.rope else None)  # (B, n, C)
         update = torch.where(valid[..., None], d, torch.zeros_like(d))  # padding adds exactly 0
-        return scatter_add_tokens(x, idx, update), ran, counts
+        return scatter_add_tokens(x, idx, update), ran, sel.counts
 
     def run_tokens(self, block: Block, x: Tensor, idx: Tensor) -> Tensor:
         """``x`` with ``block``'s update added at the ``(B, n)`` positions ``idx`` (ascending)."""

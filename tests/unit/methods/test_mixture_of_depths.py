@@ -115,8 +115,12 @@ def test_topk_positions_are_exactly_k_and_in_order_even_with_ties() -> None:
     assert topk_positions(scores, 2).tolist() == [[1, 3], [0, 2]]
     with pytest.raises(ValueError, match="1 <= k <= T=5"):
         topk_positions(scores, 6)
-    idx, valid, ragged = padded_positions(torch.tensor([[False, True, False, True], [True, False, False, False]]))
+    idx, valid, ragged, counts = padded_positions(
+        torch.tensor([[False, True, False, True], [True, False, False, False]])
+    )
     assert idx.tolist() == [[1, 3], [0, 1]] and valid.tolist() == [[True, True], [True, False]] and ragged
+    assert counts.tolist() == [2, 1] and counts.device.type == "cpu"  # read in the same host sync
+    assert padded_positions(torch.zeros(2, 0, dtype=torch.bool)).counts.tolist() == [0, 0]
     assert not padded_positions(torch.tensor([[False, True], [True, False]])).ragged
 
 
