@@ -23,7 +23,8 @@ CEILINGS = {
     # its largest and smallest count once per routed block (every other block)
     "mod": (lambda L: L // 2, "the predictor rule's ragged count, once per routed block"),
     "acm": (lambda L: L + 2, "one per block (each learner's matmul needs its row count) + the trace's copy"),
-    "early_exit": (lambda L: (L - 1) + 2, "one per exit point (the batch is compacted) + the trace's copy"),
+    # early_exit[compact_every=k]: one per compaction (tests/unit/methods/test_early_exit.py)
+    "early_exit": (lambda L: (L - 1) + 1, "one per exit point (the batch is compacted) + the confidences' copy"),
     "transformer_inverse": (
         lambda L: L,
         "one per fold point (the batch is compacted; at most L - 1) + the trace's copy",

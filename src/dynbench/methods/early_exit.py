@@ -24,6 +24,10 @@ What we changed / reconstructed:
   over positions of the per-token max probability, and the whole sequence exits together (per-token
   exits would need KV propagation for the skipped layers, see the paper). With a large head the
   decision reads only ``decision_tokens`` evenly spaced positions.
+- ``compact_every`` (ours, an execution option): the batch drops the rows that left only every this
+  many blocks (and at the last exit), so a GPU reads the host once per compaction instead of once
+  per block; a row that left waits in the batch until then, running and being charged the blocks in
+  between, with the output of the exit it left by. The default, 1, keeps per-sample FLOPs exact.
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ from dynbench.methods._exit_heads import (
 )
 from dynbench.methods._layer_sets import clamped_budgets_problem, depth_budgets, n_kept
 from dynbench.methods._operating import backbone_parts, exit_parts
-from dynbench.methods._row_partition import partition_rows
 from dynbench.methods.base import DynamicModel, Method, freeze, register_method
 from dynbench.models.backbone import Backbone
 from dynbench.tasks.base import Task
@@ -92,6 +95,11 @@ class EarlyExitConfig:
     tuned_samples: int = TUNED_SAMPLES  # tuned exits: training samples their least squares reads
     ridge: float = RIDGE  # tuned exits: ridge strength relative to the mean feature energy; keeps
     # the solve stable
+    compact_every: int = 1  # confidence rule, execution only: exits are decided after every block,
+    # but the rows that left drop out of the batch only every this many blocks (and at the last
+    # exit), one host read per compaction instead of per block (a GPU stalls on each); rows
+    # waiting for the next compaction run, and are charged, the blocks in between. 1 = exact
+    # per-sample FLOPs
 
     def __post_init__(self) -> None:
         check_choices(self, CHOICE_ADVICE)
@@ -109,6 +117,9 @@ class EarlyExitConfig:
         )
         check_range(f"{name}.tuned_samples", self.tuned_samples, 1, advice="Use e.g. tuned_samples=256.")
         check_range(f"{name}.ridge", self.ridge, 0, advice="Use e.g. ridge=1e-3.")
+        check_range(
+            f"{name}.compact_every", self.compact_every, 1, advice="Use 1 (every block) or e.g. 4 (every 4th block)."
+        )
 
 
 def confidence(logits: Tensor) -> Tensor:
@@ -138,10 +149,17 @@ class EarlyExitModel(DynamicModel):
     """
 
     def __init__(
-        self, backbone: Backbone, *, heads: str = "copy", decision_tokens: int = 0, rule: str = "confidence"
+        self,
+        backbone: Backbone,
+        *,
+        heads: str = "copy",
+        decision_tokens: int = 0,
+        rule: str = "confidence",
+        compact_every: int = 1,
     ) -> None:
         super().__init__(backbone)
         self.rule = rule
+        self.compact_every = compact_every
         self.kind = heads
         self.shared = heads == "shared"
         self.decision_tokens = decision_tokens
@@ -204,42 +222,71 @@ class EarlyExitModel(DynamicModel):
         L = bb.n_blocks
         if L == 0:
             raise ValueError("early_exit needs a backbone with at least one block, got 0 blocks.")
+        every = self.compact_every
         x = bb.embed(inputs)  # (B, T, C)
         B = x.shape[0]
-        # batch positions of the samples still running
-        active = torch.arange(B, device=x.device)  # (A,)
-        exit_layer = torch.full((B,), L - 1, dtype=torch.long, device=x.device)  # (B,)
+        # per sample, on the host (filled from the host reads below, so the trace copies nothing):
+        exit_layer = torch.full((B,), L - 1, dtype=torch.long)  # (B,) the exit it leaves by
+        last_run = torch.full((B,), L - 1, dtype=torch.long)  # (B,) the last block it ran (>= exit_layer)
         exit_conf = torch.full((B,), float("nan"), device=x.device)  # (B,) NaN: reached the readout
+        active = list(range(B))  # batch positions of the rows still in the batch
         picks = self.decision_positions(x.shape[1])  # (S,) or None: every position decides
         logits: Tensor | None = None
+        left_at = held = held_conf = None  # between compactions (every > 1): each row's exit state
         for layer, block in enumerate(bb.blocks):
             x = block(x)  # (A, T, C)
             if layer == L - 1:  # the survivors finish with the backbone's readout
                 out = bb.readout(x)  # (A, K) or (A, T, V)
-                logits = out if logits is None else logits.index_copy_(0, active, out)
+                logits = out if logits is None else logits.index_copy_(0, self._rows(active, x), out)
                 break
             head = self.exit_heads[layer]
             out = head(x) if picks is None else None  # (A, K) or (A, T, V)
             # from every or S positions
             conf = confidence(out if out is not None else head(x[:, picks]))  # (A,)
-            leave = conf > budget  # (A,)
-            split = partition_rows(leave)  # the one host sync per block
-            if split is None:
+            here = out if out is not None else x  # what a leaving row's output is made from
+            if every == 1:  # compact after every block: whoever leaves, leaves here
+                left_at, held, held_conf = torch.where(conf > budget, layer, -1), here, conf  # (A,)
+            else:  # decide on the device; rows that left wait (and run on) until the next compaction
+                if left_at is None:
+                    left_at = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)  # (A,)
+                    held, held_conf = torch.zeros_like(here), torch.zeros_like(conf)
+                leave = (conf > budget) & (left_at < 0)  # (A,) leaving at this block
+                left_at = torch.where(leave, layer, left_at)  # (A,)
+                held = torch.where(leave.view(-1, *[1] * (here.dim() - 1)), here, held)  # (A, …)
+                held_conf = torch.where(leave, conf, held_conf)  # (A,)
+                if (layer + 1) % every and layer != L - 2:
+                    continue  # no compaction here; the last exit point always compacts
+            at = left_at.tolist()  # the one host sync per compaction: which rows left, and where
+            stay = [i for i, a in enumerate(at) if a < 0]
+            if len(stay) == len(at):
                 continue
-            left, stay, n_leave = split  # (E,), (A',)
-            out_leave = out.index_select(0, left) if out is not None else head(x.index_select(0, left))  # (E, …)
-            if logits is None:  # first exit: from now on outputs are scattered into place
-                logits = out_leave.new_empty((B, *out_leave.shape[1:]))  # (B, K) or (B, T, V)
-            gone = active.index_select(0, left)  # (E,)
-            logits.index_copy_(0, gone, out_leave)
-            exit_conf.index_copy_(0, gone, conf.index_select(0, left).to(exit_conf.dtype))
-            exit_layer.index_fill_(0, gone, layer)
-            if n_leave == len(active):
+            for source in sorted({a for a in at if a >= 0}):  # one group per exit the rows left by
+                rows = [i for i, a in enumerate(at) if a == source]
+                idx = self._rows(rows, x)  # (E,)
+                part = held.index_select(0, idx)  # (E, …) the head's output, or its input
+                out_leave = part if picks is None else self.exit_heads[source](part)  # (E, K) or (E, T, V)
+                if logits is None:  # first exit: from now on outputs are scattered into place
+                    logits = out_leave.new_empty((B, *out_leave.shape[1:]))  # (B, K) or (B, T, V)
+                gone = [active[i] for i in rows]
+                gone_idx = self._rows(gone, x)  # (E,)
+                logits.index_copy_(0, gone_idx, out_leave)
+                exit_conf.index_copy_(0, gone_idx, held_conf.index_select(0, idx).to(exit_conf.dtype))
+                exit_layer[gone], last_run[gone] = source, layer
+            if not stay:
                 break
-            active, x = active.index_select(0, stay), x.index_select(0, stay)  # (A',), (A', T, C)
+            keep = self._rows(stay, x)  # (A',)
+            active = [active[i] for i in stay]
+            x = x.index_select(0, keep)  # (A', T, C)
+            if every > 1:
+                left_at, held, held_conf = (t.index_select(0, keep) for t in (left_at, held, held_conf))
         assert logits is not None  # narrowing only: L >= 1 was checked above
-        trace = self._trace(exit_layer.cpu(), exit_conf.cpu(), bb.n_tokens(tuple(inputs.shape[1:])))
+        trace = self._trace(exit_layer, exit_conf.cpu(), bb.n_tokens(tuple(inputs.shape[1:])), last_run)
         return StepOutput(logits, trace)
+
+    @staticmethod
+    def _rows(rows: list[int], like: Tensor) -> Tensor:
+        """Host row indices as an ``(n,)`` index tensor on ``like``'s device (a copy, no sync)."""
+        return torch.tensor(rows, dtype=torch.long, device=like.device)
 
     def forward_depth(self, inputs: Tensor, budget: Budget) -> StepOutput:
         """The static exit: blocks ``0 … k-1`` for every sample, then exit head ``k-1``.
@@ -283,13 +330,17 @@ class EarlyExitModel(DynamicModel):
             return None
         return torch.arange(1, S + 1) * T // S - 1  # (S,) e.g. T=128, S=16: 7, 15, … 127
 
-    def _trace(self, exit_layer: Tensor, exit_conf: Tensor, tokens: int) -> Trace:
-        """The per-sample trace from each sample's last block run."""
+    def _trace(self, exit_layer: Tensor, exit_conf: Tensor, tokens: int, last_run: Tensor) -> Trace:
+        """The per-sample trace from each sample's exit and the last block it ran.
+
+        ``last_run`` is ``exit_layer`` unless the sample waited in the batch for a compaction
+        (``compact_every > 1``): it ran, and evaluated the exit head of, every block up to it.
+        """
         bb = self.backbone
         L = bb.n_blocks
-        ran = torch.arange(L)[None, :] <= exit_layer[:, None]  # (B, L)
+        ran = torch.arange(L)[None, :] <= last_run[:, None]  # (B, L)
         reached_end = exit_layer == L - 1  # (B,)
-        heads_run = torch.clamp(exit_layer + 1, max=L - 1)  # (B,) exit heads evaluated per sample
+        heads_run = torch.clamp(last_run + 1, max=L - 1)  # (B,) exit heads evaluated per sample
         picks = self.decision_positions(tokens)
         if picks is None:  # every exit head evaluated has the readout's shape and cost
             head_flops = heads_run.double() * self.exit_flops(tokens)  # (B,)
@@ -324,8 +375,8 @@ class EarlyExit(Method):
     controls = {"static": {"rule": "depth"}}  # the best fixed exit depth at matched FLOPs
 
     def fit_identity(self) -> EarlyExitConfig:
-        """The config less evaluation-only options: all rules and decision widths share heads."""
-        return dataclasses.replace(self.config, rule="confidence", decision_tokens=-1)
+        """The config less evaluation-only options (rule, decision width, compaction): one fit."""
+        return dataclasses.replace(self.config, rule="confidence", decision_tokens=-1, compact_every=1)
 
     def wrap(self, backbone: Backbone) -> EarlyExitModel:
         """Add exit heads (readout copies, tuned or shared exits) after blocks ``0 .. L-2``."""
@@ -333,7 +384,9 @@ class EarlyExit(Method):
         kind = exit_kind(cfg.heads, backbone.readout)
         large = kind != "copy"  # the readout's own (large) head runs at every exit
         decision_tokens = cfg.decision_tokens if cfg.decision_tokens >= 0 else (DECISION_TOKENS if large else 0)
-        return EarlyExitModel(backbone, heads=kind, decision_tokens=decision_tokens, rule=cfg.rule)
+        return EarlyExitModel(
+            backbone, heads=kind, decision_tokens=decision_tokens, rule=cfg.rule, compact_every=cfg.compact_every
+        )
 
     budget_doc = "confidence threshold τ: 1.0 (nothing exits) … 0.4; with rule=depth the fraction of blocks k/L"
 

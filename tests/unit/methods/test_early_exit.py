@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from dynbench.hardware.host_sync import count_host_syncs
 from dynbench.harness.flops import count_flops
 from dynbench.methods._exit_heads import TunedExit
 from dynbench.methods.base import METHODS
@@ -323,3 +326,77 @@ def test_rule_and_decision_width_do_not_change_the_fit_cache_key() -> None:
     a = EarlyExit(EarlyExitConfig(rule="depth", decision_tokens=4)).fit_identity()
     assert a == EarlyExit().fit_identity()
     assert EarlyExit(EarlyExitConfig(steps=5)).fit_identity() != EarlyExit().fit_identity()
+
+
+def spread_threshold(conf: torch.Tensor) -> float:
+    """The threshold whose exits ``(L-1, B)`` confidences spread over the most exits (then the one
+    farthest from every confidence)."""
+    values = conf.flatten().sort().values
+    best, key = 0.0, (-1, -1.0)
+    for tau in ((values[1:] + values[:-1]) / 2).tolist():
+        over = conf > tau  # (L-1, B)
+        exits = torch.where(over.any(dim=0), over.int().argmax(dim=0), len(conf))  # (B,) first confident exit
+        candidate = (len(set(exits.tolist())), float((conf - tau).abs().min()))
+        best, key = (tau, candidate) if candidate > key else (best, key)
+    assert key[1] > 1e-4  # no decision sits on the threshold
+    return best
+
+
+def deep_gpt() -> GPT:
+    """An untrained 4-block GPT with a sharp readout, so sequences leave at different exits."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=16, block_size=12, d_model=32, n_layers=4, n_heads=2)).eval()
+    with torch.no_grad():
+        gpt.readout.head.weight.mul_(20.0)
+    return gpt
+
+
+@pytest.mark.parametrize("every", [2, 3])
+@pytest.mark.parametrize("kind", ["vision", "text"])
+def test_compact_every_keeps_outputs_and_charges_the_blocks_rows_wait(kind: str, every: int) -> None:
+    """Compacting every few blocks changes when rows leave the batch, not what they output.
+
+    Text runs shared (readout) exits deciding on 3 positions, so rows waiting for a compaction keep
+    their hidden state and get their exit's head at the compaction; vision keeps the head's output.
+    """
+    backbone = deep_vit() if kind == "vision" else deep_gpt()
+    exact = EarlyExit(EarlyExitConfig(heads="copy" if kind == "vision" else "shared", decision_tokens=3))
+    lazy = EarlyExit(dataclasses.replace(exact.config, compact_every=every))
+    assert lazy.fit_identity() == exact.fit_identity()  # one fit serves every interval
+    model, lazy_model = exact.wrap(backbone).eval(), lazy.wrap(backbone).eval()
+    lazy_model.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    x = toy_images(16) if kind == "vision" else torch.randint(0, 16, (16, 12))
+    with torch.no_grad():
+        picks = model.decision_positions(x.shape[1])
+        hidden = model.exit_inputs(x)
+        conf = torch.stack(
+            [confidence(head(h if picks is None else h[:, picks])) for head, h in zip(model.exit_heads, hidden)]
+        )  # (L-1, B)
+        tau = spread_threshold(conf)
+        ref, out = model(x, budget=tau), lazy_model(x, budget=tau)
+    L = backbone.n_blocks
+    assert len(set(ref.trace.exit_layer.tolist())) >= 3  # rows leave early, late and at the end
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.trace.exit_layer, ref.trace.exit_layer)
+    torch.testing.assert_close(out.trace.extra["exit_confidence"], ref.trace.extra["exit_confidence"], equal_nan=True)
+    # a row that left runs on to the next compaction (after every `every` blocks, and the last exit)
+    last = (out.trace.block_tokens > 0).sum(dim=1) - 1  # (B,) the last block each row ran
+    points = torch.tensor([i for i in range(L - 1) if (i + 1) % every == 0 or i == L - 2])  # compactions
+    leaving = ref.trace.exit_layer < L - 1
+    waits = points[torch.searchsorted(points, ref.trace.exit_layer[leaving])]  # the first at or after the exit
+    assert torch.equal(last[leaving], waits) and (last[~leaving] == L - 1).all()
+    assert (out.trace.block_tokens >= ref.trace.block_tokens).all() and (
+        last[leaving] > ref.trace.exit_layer[leaving]
+    ).any()
+    counted = count_flops(lambda: lazy_model(x, budget=tau), lazy_model, lazy_model.controller_modules())
+    assert float(backbone.flops(out.trace, tuple(x.shape[1:])).sum()) == pytest.approx(counted.total, rel=1e-12)
+    assert float(out.trace.controller_flops.sum()) == pytest.approx(counted.controller, rel=1e-12)
+    with torch.no_grad():
+        syncs = count_host_syncs(lambda: lazy_model(x, budget=tau), lazy_model, x)
+    assert len(syncs) <= len(points) + 1, syncs.summary()  # one per compaction + the confidences' copy
+
+
+def test_compact_every_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"EarlyExitConfig\.compact_every must be .*got 0"):
+        EarlyExitConfig(compact_every=0)
