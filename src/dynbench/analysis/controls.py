@@ -13,10 +13,12 @@ point's FLOPs. Each learned operating point is therefore compared with the contr
 same mean FLOPs per sample: between two control budgets, the control is the *mixture* that runs a
 share ``w`` of the samples at one and the rest at the other, which has exactly the interpolated
 FLOPs; per sample its score is ``w·s₁ + (1−w)·s₂`` (in the task's score space — NLL for perplexity —
-and transformed after). Learned and control are then scored on the same samples, so the difference
-has a paired
-interval: a bootstrap over samples with one seed, a t-interval over the per-seed differences with
-two or more. The verdict is :func:`dynbench.stats.verdict`'s better / worse / tie.
+and transformed after) — unless one of the control's operating points that costs no more is better,
+which it then is (a control whose quality falls as it spends more can run that point instead; on a
+curve that rises with FLOPs, the usual one, the mixture is the better and nothing changes). Learned
+and control are then scored on the same samples, so the difference has a paired interval: a
+bootstrap over samples with one seed, a t-interval over the per-seed differences with two or more.
+The verdict is :func:`dynbench.stats.verdict`'s better / worse / tie.
 
 Outside the control's FLOPs range a point is compared with the nearest control point and counts only
 where one side dominates: ``better, fewer FLOPs`` / ``as good, fewer FLOPs`` (a tie) when the
@@ -95,8 +97,16 @@ def _points(samples: pd.DataFrame, label: str) -> dict[int, dict[float, pd.DataF
     return out
 
 
-def _control_at(curve: dict[float, pd.DataFrame], x: float) -> tuple[pd.Series, str]:
+def _control_at(
+    curve: dict[float, pd.DataFrame], x: float, goodness: Callable[[pd.Series], float]
+) -> tuple[pd.Series, str]:
     """The control's per-sample scores at mean FLOPs ``x``, and where ``x`` lies.
+
+    The control at ``x`` is the mixture of its two budgets around ``x`` — unless one of its
+    operating points that costs no more than ``x`` is better (``goodness``: higher is better), which
+    it then is: a control whose quality falls as it spends more (MoD's random routing, each capacity
+    trained for the same training FLOPs) can always run that cheaper point instead. On a curve that
+    rises with FLOPs the mixture is the better, so nothing changes there.
 
     Where: inside, below or above the control's range.
     """
@@ -104,13 +114,16 @@ def _control_at(curve: dict[float, pd.DataFrame], x: float) -> tuple[pd.Series, 
     xs = [float(f["flops"].mean()) for f in pts]
     if x < xs[0]:
         return pts[0]["score"], "below"
+    j = min(int(np.searchsorted(xs, x, side="right")) - 1, len(xs) - 1)  # the costliest point <= x
     if x > xs[-1]:
-        return pts[-1]["score"], "above"
-    j = min(int(np.searchsorted(xs, x, side="right")) - 1, len(xs) - 1)
-    if j == len(xs) - 1 or xs[j + 1] == xs[j]:
-        return pts[j]["score"], "inside"
-    w = (xs[j + 1] - x) / (xs[j + 1] - xs[j])  # share of samples run at the cheaper budget j
-    return w * pts[j]["score"] + (1.0 - w) * pts[j + 1]["score"], "inside"
+        at, where = pts[-1]["score"], "above"
+    elif j == len(xs) - 1 or xs[j + 1] == xs[j]:
+        at, where = pts[j]["score"], "inside"
+    else:
+        w = (xs[j + 1] - x) / (xs[j + 1] - xs[j])  # share of samples run at the cheaper budget j
+        at, where = w * pts[j]["score"] + (1.0 - w) * pts[j + 1]["score"], "inside"
+    cheaper = max((p["score"] for p in pts[: j + 1]), key=goodness)  # the best point costing <= x
+    return (cheaper if goodness(cheaper) > goodness(at) else at), where
 
 
 def _edge_verdict(where: str, v: str) -> str:
@@ -238,7 +251,9 @@ def _compare_point(
         mine = learned[seed].get(budget)
         if mine is None or not control[seed]:
             continue
-        theirs, where = _control_at(control[seed], float(mine["flops"].mean()))
+        theirs, where = _control_at(
+            control[seed], float(mine["flops"].mean()), lambda s: sign * float(transform(float(s.mean())))
+        )
         pair = pd.concat([mine["score"], theirs], axis=1, join="inner").to_numpy(dtype=float)  # (N, 2) same samples
         if len(pair) == 0:
             continue

@@ -207,3 +207,25 @@ def test_any_two_labels_compare_at_equal_flops() -> None:
     assert (row["control"], row["kind"], row["budget"]) == ("layer_skip", "", 0.5)
     assert row["delta"] == pytest.approx(exit_half.mean() - skip_half.mean()) and row["verdict"] == "better"
     assert compare_to_controls(samples(points), frame, "t", metric=TopOneAccuracy()).empty  # not a control pair
+
+
+def test_a_control_that_falls_with_more_flops_is_its_best_cheaper_point() -> None:
+    """MoD's random routing at isoFLOP training scores better at lower capacity: a learned point
+    between two of its budgets faces the cheaper, better one, not the mixture of both."""
+    nll = {20.0: 2.2, 60.0: 2.6, 100.0: 2.0}  # the control's NLL per FLOPs: falls, then rises
+    learned = np.full(N, 2.3) + RNG.normal(0, 0.01, N)  # at 40 FLOPs: beats the mixture (2.4), not 2.2
+    points = {
+        "mod": {1.0: (100.0, np.full(N, 2.0)), 0.25: (40.0, learned)},
+        "mod[router=random]": {1.0: (100.0, np.full(N, 2.0)), 0.5: (60.0, np.full(N, nll[60.0])),
+                               0.25: (20.0, np.full(N, nll[20.0]))},
+    }  # fmt: skip
+    s = summary(list(points), {k: list(v) for k, v in points.items()}, higher=False)
+    row = compare_at_equal_flops(samples(points), s, "t", "mod", "mod[router=random]", metric=Perplexity()).iloc[0]
+    assert row["control_quality"] == pytest.approx(np.exp(nll[20.0]))
+    assert row["delta"] < 0 and row["verdict"] == "worse"
+    # a control that rises with FLOPs keeps the mixture (the other tests), and so does this one
+    # where its cheaper point is worse than the mixture
+    points["mod[router=random]"][0.25] = (20.0, np.full(N, 3.0))
+    row = compare_at_equal_flops(samples(points), s, "t", "mod", "mod[router=random]", metric=Perplexity()).iloc[0]
+    assert row["control_quality"] == pytest.approx(np.exp((3.0 + 2.6) / 2))  # w = 1/2 at 40 FLOPs
+    assert row["verdict"] == "better"
