@@ -1,10 +1,10 @@
 """Batch compaction without boolean masks: the rows a mask selects, then the others, in batch order.
 
-Transformer^-1 drops the samples that stop from the batch (early exit reads its rows' exits
-whole instead, to group them by exit). Boolean-mask indexing
-(``x[mask]``) reads the mask's count on the host for every tensor it indexes (a ``nonzero``, a GPU
-stall each); reading the count once and splitting a stable sort of the mask into two index tensors
-of known sizes costs one read, and ``index_select`` with them none.
+Transformer^-1 drops the samples that stop from the batch (early exit reads its rows' exits whole
+instead, to group them by exit). Boolean-mask indexing (``x[mask]``) reads the mask's count on the
+host for every tensor it indexes (a ``nonzero``, a GPU stall each); reading the count once and
+splitting a stable sort of the mask into two index tensors of known sizes costs one read, and
+``index_select`` with them none.
 """
 
 from __future__ import annotations

@@ -251,26 +251,23 @@ class TokenSkipModel(DynamicModel):
             kept tokens each sample has.
         """
         sel = padded_positions(keep)  # every row's kept positions and count, in one host read
+        if not sel.ragged:  # every row keeps the same count: one batched pass, no padding, either batching
+            return self.run_tokens(block, x, sel.idx), sel.counts, sel.counts
         if self.batching == "padded":
             return self.run_padded(block, x, sel)
-        if not sel.ragged:  # every row keeps the same count: one batched pass, no padding
-            return self.run_tokens(block, x, sel.idx), sel.counts, sel.counts
         # a row's real positions are its first `count` slots, so the loop reads nothing more
         rows = [self.run_tokens(block, x[b : b + 1], sel.idx[b : b + 1, :c]) for b, c in enumerate(sel.counts.tolist())]
         return torch.cat(rows), sel.counts, sel.counts  # (B, T, C)
 
     def run_padded(self, block: Block, x: Tensor, sel: PaddedSelection) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`subset_block` in one batched pass: every row padded to the largest kept count.
+        """:meth:`subset_block` of a ragged selection in one pass, padded to the largest count.
 
         Padding slots hold unkept positions; attention masks them out as keys and their update is
         exactly 0, so each sample's output is its per-sample one (up to float rounding). Every row
         runs ``n`` tokens, so ``n`` is what each sample is charged.
         """
         idx, valid = sel.idx, sel.valid  # (B, n), (B, n)
-        n = idx.shape[1]
-        ran = torch.full((x.shape[0],), n, dtype=torch.long)  # (B,)
-        if not sel.ragged:  # no padding (or nothing kept): the per-sample path's own batched case
-            return self.run_tokens(block, x, idx), ran, sel.counts
+        ran = torch.full((x.shape[0],), idx.shape[1], dtype=torch.long)  # (B,) every row runs n slots
         x_sel = gather_tokens(x, idx)  # (B, n, C) in original order
         mask = subset_attention_mask(idx, valid, causal=self.causal)  # (B, 1, n, n)
         d = block.delta(x_sel, attn_mask=mask, positions=idx if block.cfg.rope else None)  # (B, n, C)
