@@ -1,13 +1,19 @@
 """Realization of every method with a static or priced operating point, on each device (issue 17).
 
-realization = realized speedup ÷ theoretical speedup, realized = dense ms ÷ method ms (medians of
-interleaved calls, the harness's own timer: CUDA events on a GPU, perf_counter on the CPU) and
-theoretical = dense FLOPs ÷ method FLOPs (``FlopCounterMode`` on the same calls, controllers
-included). Random weights: time does not depend on their values, only on what runs, so each
-method's decisions are *priced* to spend its budget on the inputs, as a fitted model's would:
+realization = realized speedup ÷ theoretical speedup, realized = dense ms ÷ method ms (means of
+interleaved calls over the same inputs, the harness's own timer: CUDA events on a GPU,
+perf_counter on the CPU) and theoretical = dense FLOPs ÷ method FLOPs (``FlopCounterMode`` on the
+same calls, controllers included, summed over the inputs: means, so a method whose cost differs by
+input is compared like with like; medians would not be). Random weights: time does not depend
+on their values, only on what runs, so each method's decisions are *priced* to spend its budget on
+the inputs, as a fitted model's would:
 
 - ``layer_skip[pattern=uniform]`` at 0.5 and ``early_exit[rule=depth]`` at 0.5 (static: half the
   blocks, no fit);
+- ``early_exit_conf``: the confidence rule, its threshold τ bisected on the inputs so that about
+  half of dense's FLOPs run (untrained exit heads: their confidences differ by sample all the same);
+  ``early_exit_compact`` the same with ``compact_every`` = a third of the blocks (at least 2), the
+  batch compacted every few blocks instead of after each;
 - ``mod`` at capacity 0.125, top-k routing (the prefill path; k is fixed);
 - ``acm`` at β 0.25, its learner price bisected on the inputs
   (:func:`~dynbench.methods.acm.set_price`); on CUDA also ``acm_triton``, the same with its
@@ -31,11 +37,16 @@ target's ``dtype`` option: operating points priced at fp32, then the target's ca
 only) and the floating inputs cast. Run with
 ``pytest benchmarks/test_gpu_realization.py --benchmark-only``; the table prints at the end.
 Nothing passes or fails on a speed; a method whose path fails on a device or dtype shows the error.
+
+The last column checks the roofline model (:mod:`dynbench.hardware.roofline`) on the same calls:
+modeled ÷ measured latency of dense and of the method, priced on this CPU's measured figures
+(``cpu-roofline``'s) or, on a GPU with a datasheet target (A100, H100, H200), on its datasheet's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -44,6 +55,8 @@ import torch
 from dynbench.config import MeasureConfig
 from dynbench.hardware.base import HardwareTarget
 from dynbench.hardware.cpu import CPU, CPUConfig
+from dynbench.hardware.modeled import CHECKED_AGAINST, DEVICES, host_cpu_spec
+from dynbench.hardware.roofline import DeviceSpec, count_ops, modeled_seconds
 from dynbench.harness.flops import count_flops
 from dynbench.harness.timing import time_interleaved
 from dynbench.methods.acm import ACM, ACMConfig, set_price
@@ -107,6 +120,9 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
         method, budget = LayerSkip(LayerSkipConfig(pattern="uniform")), 0.5
     elif name == "early_exit":
         method, budget = EarlyExit(EarlyExitConfig(rule="depth")), 0.5
+    elif name in ("early_exit_conf", "early_exit_compact"):
+        every = max(2, net.n_blocks // 3) if name == "early_exit_compact" else 1  # type: ignore[operator]
+        method, budget = EarlyExit(EarlyExitConfig(compact_every=every)), 0.5  # budget: τ, set below
     elif name == "mod":
         method, budget = MixtureOfDepths(MixtureOfDepthsConfig(capacities=(0.125,), routing="topk")), 0.125
     elif name in ("acm", "acm_triton"):
@@ -122,6 +138,8 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
     with torch.inference_mode():
         if name in ("acm", "acm_triton"):
             set_price(model, budget, calib)  # type: ignore[arg-type]
+        elif name in ("early_exit_conf", "early_exit_compact"):
+            budget = threshold_for_half(model, calib)
         elif name in ("token_skip", "token_skip_padded"):
             bias, _ = calibrate(model, calib, budget, steps=12)  # type: ignore[arg-type]
             model.bias[0] = bias  # type: ignore[index]
@@ -139,7 +157,20 @@ def priced(name: str, net: torch.nn.Module, calib: torch.Tensor) -> tuple[Dynami
     return model, budget
 
 
-METHODS = ("layer_skip", "early_exit", "mod", "acm", "token_skip", "token_skip_padded", "dht_static", "tinv_static")
+def threshold_for_half(model: DynamicModel, calib: torch.Tensor, steps: int = 14) -> float:
+    """The confidence threshold τ at which ``model`` runs nearest half of dense's FLOPs."""
+    dense = count_flops(lambda: model(calib, budget=1.0), model).total
+    low, high, tried = 0.0, 1.0, []
+    for _ in range(steps):  # a higher τ: fewer rows leave early, more FLOPs
+        tau = (low + high) / 2
+        share = count_flops(lambda t=tau: model(calib, budget=t), model, model.controller_modules()).total / dense
+        tried.append((abs(share - 0.5), tau))
+        low, high = (low, tau) if share > 0.5 else (tau, high)
+    return min(tried)[1]
+
+
+METHODS = ("layer_skip", "early_exit", "early_exit_conf", "early_exit_compact", "mod", "acm", "token_skip",
+           "token_skip_padded", "dht_static", "tinv_static")  # fmt: skip
 GPU_ONLY = ("acm_triton",)  # ACM's learners as Triton kernels (acm[kernel=triton]): CUDA only
 
 
@@ -163,17 +194,35 @@ def table(request: pytest.FixtureRequest) -> Iterator[None]:
     if not RESULTS:
         return
     lines = ["", "| device | size | dtype | batch | method@budget | dense ms | method ms | realized | theoretical | "
-             "realization |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "realization | modeled ÷ measured, dense / method |", "|---" * 11 + "|"]  # fmt: skip
     for r in RESULTS:
         head = f"| {r['device']} | {r['size']} | {r['dtype']} | {r['batch']} | {r['method']} |"
         if "error" in r:
-            lines.append(f"{head} error: {r['error']} | | | | |")
+            lines.append(f"{head} error: {r['error']} | | | | | |")
             continue
+        model = (
+            "no model for this device"
+            if r["model_dense"] is None
+            else f"{r['model_dense']:.2f} / {r['model_method']:.2f}"
+        )
         lines.append(f"{head} {r['dense_ms']:.3f} | {r['method_ms']:.3f} | {r['realized']:.2f}× | "
-                     f"{r['theoretical']:.2f}× | {r['realization']:.2f} |")  # fmt: skip
+                     f"{r['theoretical']:.2f}× | {r['realization']:.2f} | {model} |")  # fmt: skip
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n".join(lines))
+
+
+def roofline_for(device: str, dtype: str) -> DeviceSpec | None:
+    """The roofline's figures for this device: the CPU's as measured, a GPU's datasheet, or None."""
+    if device == "cpu":
+        return host_cpu_spec(dtype, torch.get_num_threads())
+    gpu = torch.cuda.get_device_name()
+    return next((DEVICES[name] for name, (_, piece) in CHECKED_AGAINST.items() if piece in gpu), None)
+
+
+def modeled_ms(call: Callable[[], object], spec: DeviceSpec | None, dtype: str) -> float | None:
+    """The roofline's milliseconds for one call, or None without a model of the device."""
+    return None if spec is None else modeled_seconds(count_ops(call), spec, dtype) * 1e3
 
 
 def target_for(device: str, dtype: str = "fp32") -> HardwareTarget:
@@ -210,13 +259,22 @@ def test_realization(benchmark, device: str, size: Size, dtype: str, batch: int,
                 count_flops(lambda x=x, b=budget: model(x, budget=b), model, model.controller_modules()).total
                 for x in xs
             )
+            spec = roofline_for(device, dtype)
+            modeled = {
+                k: [modeled_ms(lambda i=i, c=c: c(i), spec, dtype) for i in range(N_INPUTS)] for k, c in calls.items()
+            }
     except Exception as exc:  # noqa: BLE001 — a path that fails on a device or dtype is a table row, not a crash
         RESULTS.append({**row, "method": name, "error": f"{type(exc).__name__}: {str(exc)[:80]}"})
         pytest.skip(f"{name} on {device}/{dtype}: {exc}")
-    dense_ms, method_ms = stats["dense"].median_ms, stats["method"].median_ms
+    dense_ms, method_ms = stats["dense"].mean_ms, stats["method"].mean_ms  # means: FLOPs are sums over the inputs
     realized, theoretical = dense_ms / method_ms, dense_f / method_f
+    model_dense = model_method = None
+    if spec is not None:  # means over the inputs, as the measured times are
+        model_dense = statistics.mean(modeled["dense"]) / dense_ms  # type: ignore[arg-type]
+        model_method = statistics.mean(modeled["method"]) / method_ms  # type: ignore[arg-type]
     result = {**row, "dense_ms": dense_ms, "method_ms": method_ms, "realized": realized, "theoretical": theoretical,
-              "realization": realized / theoretical}  # fmt: skip
+              "realization": realized / theoretical, "model_dense": model_dense,
+              "model_method": model_method}  # fmt: skip
     RESULTS.append(result)
     benchmark.extra_info.update(result)
     with torch.inference_mode():

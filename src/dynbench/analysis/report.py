@@ -27,6 +27,7 @@ from dynbench.analysis.controls import WINS, compare_to_controls
 from dynbench.analysis.method_pairs import pairs_markdown
 from dynbench.analysis.paper_pages import paper_pages
 from dynbench.analysis.plots import compute_histogram, pareto_plot
+from dynbench.analysis.roofline_check import check_markdown
 from dynbench.analysis.tables import (
     format_sig,
     profile_note,
@@ -369,6 +370,7 @@ def _write_task(
                 if (pairs := pairs_markdown(samples, summary, task))
                 else []
             ),
+            *([f"### Roofline model vs measured\n\n{check}"] if (check := check_markdown(task_rows, task)) else []),
             "### Tables",
             f"Also as [{task_dir.name}/table.md]({task_dir.name}/table.md).",
             nested.rstrip("\n"),

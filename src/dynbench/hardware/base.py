@@ -85,11 +85,15 @@ class HardwareTarget(ABC):
         modeled: True for a device dynbench does not have: models run on the CPU, and its timer
             prices each call by a model (:mod:`dynbench.hardware.roofline`) instead of reading a
             clock; rows say ``modeled``.
+        checked_against: for a modeled target, the measured target whose rows check the model
+            and a piece of the device name those rows must carry (``("cuda", "H100")``; ``""``:
+            any), so a report sets modeled beside measured latency; ``None`` for measured targets.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = NoOptions
     modeled: ClassVar[bool] = False
+    checked_against: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()

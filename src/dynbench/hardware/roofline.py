@@ -37,6 +37,8 @@ from dynbench.harness.flops import custom_flop_formulas
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 """Bytes per element at each modeled dtype (TF32 stores FP32)."""
+CPU_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The dtypes a CPU's matmul rate can be measured at (TF32 is a GPU tensor-core format)."""
 
 
 @dataclass(frozen=True)
@@ -161,35 +163,61 @@ def modeled_seconds(ops: Iterable[OpRecord], device: DeviceSpec, dtype: str = "f
     return sum(max(op.flops / peak, op.elements * size / device.bandwidth) + device.launch_s for op in ops)
 
 
-def measured_cpu_spec(threads: int | None = None, *, seconds: float = 0.5) -> DeviceSpec:
-    """This CPU's sustained fp32 matmul FLOP/s, copy bandwidth and per-op overhead, measured now.
+def measured_cpu_spec(
+    threads: int | None = None, *, seconds: float = 0.5, dtypes: tuple[str, ...] = ("fp32",)
+) -> DeviceSpec:
+    """This CPU's sustained matmul FLOP/s per dtype, copy bandwidth and per-op cost, measured now.
 
-    Matmul: 512×512 by 512×512 repeated for ``seconds``; bandwidth: copies of a 64 MiB tensor
-    (read + write counted); overhead: the median time of an add on two 1-element tensors. They are
-    the machine's at that moment: measure on a quiet machine.
+    Matmul: 512×512 by 512×512 at each of ``dtypes`` (fp32, bf16 or fp16; TF32 is a GPU format)
+    repeated for ``seconds``; bandwidth: copies of a 64 MiB tensor (read + write counted);
+    overhead: the time per op of a tiny module stack (:func:`_op_overhead`). They are the machine's
+    at that moment: measure on a quiet machine.
+
+    Raises:
+        ValueError: a dtype a CPU cannot run (``tf32``, or not a modeled dtype).
     """
+    unknown = [d for d in dtypes if d not in CPU_DTYPES]
+    if unknown:
+        raise ValueError(f"Cannot measure a CPU's matmul rate at {unknown}. Use one of: {', '.join(CPU_DTYPES)}.")
     if threads:
         torch.set_num_threads(threads)
-    a, b = torch.randn(512, 512), torch.randn(512, 512)
-    rate = _rate(lambda: a @ b, 2 * 512**3, seconds)
+    rates = {}
+    for name in dtypes:
+        a, b = (torch.randn(512, 512, dtype=CPU_DTYPES[name]) for _ in range(2))
+        rates[name] = _rate(lambda a=a, b=b: a @ b, 2 * 512**3, seconds)
     big = torch.empty(16 * 2**20)  # 64 MiB of fp32
     dst = torch.empty_like(big)
     bandwidth = _rate(lambda: dst.copy_(big), 2 * big.numel() * 4, seconds)
-    x, y = torch.ones(1), torch.ones(1)
-    samples = []
-    for _ in range(2000):
-        t0 = time.perf_counter()
-        torch.add(x, y)
-        samples.append(time.perf_counter() - t0)
-    samples.sort()
-    launch = samples[len(samples) // 2]
+    n = torch.get_num_threads()
     return DeviceSpec(
-        "cpu (measured)",
-        {"fp32": rate},
+        f"{cpu_model()}, {n} thread(s)",
+        rates,
         bandwidth,
-        launch,
-        f"measured on this machine with {torch.get_num_threads()} thread(s): matmul 512³, 64 MiB copy, 1-element add",
+        _op_overhead(),
+        f"measured on this machine with {n} thread(s): matmul 512³, 64 MiB copy, per-op time of a width-8 MLP",
     )
+
+
+def _op_overhead(calls: int = 500) -> float:
+    """Seconds per op of module code whose work is negligible: the CPU's "launch" cost.
+
+    A stack of 4 × (Linear, GELU, LayerNorm) at width 8 on 4 tokens: the median call time ÷ the ops
+    it runs. On a CPU the cost of an op in a model's forward is the dispatcher's plus the module
+    call's Python, not a bare ``torch.add`` (about 5 µs against 1 µs on the 2-core VM), and it is
+    what a small model's latency is made of.
+    """
+    gen = torch.Generator().manual_seed(0)
+    layers = [m for _ in range(4) for m in (torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.LayerNorm(8))]
+    net, x = torch.nn.Sequential(*layers).eval(), torch.randn(1, 4, 8, generator=gen)
+    ops = len(count_ops(lambda: net(x)))
+    samples = []
+    with torch.inference_mode():
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            net(x)
+            samples.append(time.perf_counter() - t0)
+    samples.sort()
+    return samples[len(samples) // 2] / ops
 
 
 def _rate(fn: Callable[[], Any], work: float, seconds: float) -> float:

@@ -55,6 +55,8 @@ def test_unknown_or_missing_dtypes_are_clear_errors() -> None:
 
 
 def test_the_cpu_spec_is_measured_not_assumed() -> None:
-    spec = measured_cpu_spec(seconds=0.02)
-    assert spec.peak_flops["fp32"] > 1e8 and spec.bandwidth > 1e8 and 0 < spec.launch_s < 1e-3
-    assert "measured" in spec.source
+    spec = measured_cpu_spec(seconds=0.02, dtypes=("fp32", "bf16"))
+    assert set(spec.peak_flops) == {"fp32", "bf16"} and min(spec.peak_flops.values()) > 1e8
+    assert spec.bandwidth > 1e8 and 0 < spec.launch_s < 1e-3 and "measured" in spec.source
+    with pytest.raises(ValueError, match=r"Cannot measure a CPU's matmul rate at \['tf32'\]. Use one of: fp32, bf16"):
+        measured_cpu_spec(seconds=0.02, dtypes=("tf32",))
