@@ -312,4 +312,8 @@ def _hardware_info(name: str) -> dict[str, str]:
     reason = target.unavailable_reason()
     available = "yes" if reason is None else f"no: {reason}"
     kind = "modeled (priced, not timed)" if target.modeled else "measured"
-    return {"name": name, "available": available, "kind": kind}
+    checked = ""  # the measured rows a report sets beside a modeled target's (`analysis.roofline_check`)
+    if target.checked_against is not None:
+        against, piece = target.checked_against
+        checked = f"{against} ({piece})" if piece else against
+    return {"name": name, "available": available, "kind": kind, "checked against": checked}

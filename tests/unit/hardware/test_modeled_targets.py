@@ -93,6 +93,7 @@ def test_bench_ls_hardware_marks_the_modeled_targets(capsys) -> None:
     assert main(["ls", "hardware"]) == 0
     out = capsys.readouterr().out
     assert out.count("modeled (priced, not timed)") == len(MODELED) + 1  # and cpu-roofline
+    assert "cuda (H100)" in out and "cuda (Xavier)" in out
 
 
 def test_the_report_sets_cpu_roofline_beside_the_measured_cpu(tmp_path: Path) -> None:
