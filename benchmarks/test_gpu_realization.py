@@ -57,7 +57,7 @@ import torch
 from dynbench.config import MeasureConfig
 from dynbench.hardware.base import HardwareTarget
 from dynbench.hardware.cpu import CPU, CPUConfig
-from dynbench.hardware.modeled import CHECKED_AGAINST, DEVICES, host_cpu_spec
+from dynbench.hardware.modeled import DEVICES, host_cpu_spec, twin_of
 from dynbench.hardware.roofline import DeviceSpec, count_ops, modeled_seconds
 from dynbench.harness.flops import count_flops
 from dynbench.harness.timing import time_interleaved
@@ -218,8 +218,8 @@ def roofline_for(device: str, dtype: str) -> DeviceSpec | None:
     """The roofline's figures for this device: the CPU's as measured, a GPU's datasheet, or None."""
     if device == "cpu":
         return host_cpu_spec(dtype, torch.get_num_threads())
-    gpu = torch.cuda.get_device_name()
-    return next((DEVICES[name] for name, (_, piece) in CHECKED_AGAINST.items() if piece in gpu), None)
+    twin = twin_of(torch.cuda.get_device_name())
+    return None if twin is None else DEVICES[twin]
 
 
 def modeled_ms(call: Callable[[], object], spec: DeviceSpec | None, dtype: str) -> float | None:

@@ -45,9 +45,9 @@ EOF
 # The datasheet target that models this GPU (empty when none does), priced at fp32 and bf16.
 MODELED="${MODELED:-$("$PY" -c "
 import torch
-from dynbench.hardware.modeled import CHECKED_AGAINST
-name = torch.cuda.get_device_name() if torch.cuda.is_available() else ''
-print(next((f'{t},{t}[dtype=bf16]' for t, (_, piece) in CHECKED_AGAINST.items() if piece in name), ''))")}"
+from dynbench.hardware.modeled import twin_of
+twin = twin_of(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+print(f'{twin},{twin}[dtype=bf16]' if twin else '')")}"
 
 timeout 270 "$PY" -m pytest benchmarks/test_gpu_realization.py --benchmark-only -q -p no:randomly -p no:cacheprovider \
     -k cuda 2>&1 | tee "$OUT/realization.txt"

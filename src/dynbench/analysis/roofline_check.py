@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from dynbench.analysis.tables import as_bool
+from dynbench.config import parse_plugin
 from dynbench.hardware.base import HARDWARE
 
 WITHIN = 2.0
@@ -33,16 +35,9 @@ class CheckPair:
     dtype: str  # both rows' dtype
 
 
-def _is_true(value: object) -> bool:
-    """A flag that may arrive as bool, string or missing (rows written before the column: False)."""
-    if isinstance(value, str):
-        return value.strip().lower() in {"true", "1", "yes"}
-    return bool(value) if value is not None and not pd.isna(value) else False
-
-
 def _base(label: str) -> str:
     """``cpu[dtype=bf16]`` → ``cpu``."""
-    return str(label).split("[", 1)[0]
+    return parse_plugin(str(label)).name
 
 
 def check_pairs(rows: pd.DataFrame) -> list[CheckPair]:
@@ -54,7 +49,7 @@ def check_pairs(rows: pd.DataFrame) -> list[CheckPair]:
     """
     if rows.empty or not {"hardware", "modeled", "dtype", "machine"} <= set(rows.columns):
         return []
-    modeled = rows["modeled"].map(_is_true)
+    modeled = rows["modeled"].map(as_bool)  # rows written before the column: NaN, measured
     pairs = []
     for (label, dtype), _ in rows[modeled].groupby(["hardware", "dtype"]):
         name = _base(label)

@@ -272,7 +272,7 @@ def pareto_mask(frame: pd.DataFrame, x_metric: str = "flops_per_sample") -> np.n
     return mask
 
 
-def _as_bool(value: Any) -> bool:
+def as_bool(value: Any) -> bool:
     """Read a flag that may arrive as bool, number or string (CSV round trips)."""
     if isinstance(value, str):
         return value.strip().lower() in {"true", "1", "yes", "y"}
@@ -285,7 +285,7 @@ def synthetic_tasks(rows: pd.DataFrame) -> set[str]:
     """Tasks whose rows say ``synthetic_data``: their inputs were generated, not recorded."""
     if "synthetic_data" not in rows.columns:
         return set()
-    return {str(t) for t, flag in zip(rows["task"], rows["synthetic_data"]) if _as_bool(flag)}
+    return {str(t) for t, flag in zip(rows["task"], rows["synthetic_data"]) if as_bool(flag)}
 
 
 def upper_bound_mask(frame: pd.DataFrame) -> np.ndarray:
@@ -296,7 +296,7 @@ def upper_bound_mask(frame: pd.DataFrame) -> np.ndarray:
     """
     if "upper_bound" not in frame.columns:
         return np.zeros(len(frame), dtype=bool)
-    return frame["upper_bound"].map(_as_bool).to_numpy(dtype=bool)
+    return frame["upper_bound"].map(as_bool).to_numpy(dtype=bool)
 
 
 def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -307,7 +307,7 @@ def _validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
             "pass rows produced by the harness (see dynbench.types.ROW_COLUMNS)."
         )
     flags = rows["reconstructed"] if "reconstructed" in rows.columns else pd.Series(False, index=rows.index)
-    return rows.assign(reconstructed=flags.map(_as_bool).astype(bool), upper_bound=upper_bound_mask(rows))
+    return rows.assign(reconstructed=flags.map(as_bool).astype(bool), upper_bound=upper_bound_mask(rows))
 
 
 def _attach(out: pd.DataFrame, sub: pd.DataFrame, keys: list[str], metrics: tuple[str, ...]) -> pd.DataFrame:
@@ -374,7 +374,7 @@ def _attach_quality_spec(out: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     directions: dict[str, bool] = {}
     for task, grp in rows[rows["metric"] == "quality"].groupby("task"):
         found = sorted({str(u) for u in grp["unit"]})
-        signs = {_as_bool(v) for v in grp["higher_is_better"]}
+        signs = {as_bool(v) for v in grp["higher_is_better"]}
         if len(signs) > 1:
             raise ValueError(
                 f"Task {task!r} has quality rows with higher_is_better both True and False; "
@@ -437,7 +437,7 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
         first = values.groupby([rows[k] for k in keys], dropna=False).first().rename(column)
         out = out.merge(first.reset_index(), on=keys, how="left")
         out[column] = out[column].fillna("")
-    flagged = rows["suspect"].map(_as_bool) if "suspect" in rows.columns else pd.Series(False, index=rows.index)
+    flagged = rows["suspect"].map(as_bool) if "suspect" in rows.columns else pd.Series(False, index=rows.index)
     suspect = (
         flagged[rows["batch_size"] == latency_batch_size]
         .groupby([rows[k] for k in keys], dropna=False)
@@ -445,7 +445,7 @@ def summary_frame(rows: pd.DataFrame, *, latency_batch_size: int = 1) -> pd.Data
         .rename("suspect")
     )
     out = out.merge(suspect.reset_index(), on=keys, how="left")
-    out["suspect"] = out["suspect"].map(_as_bool).astype(bool)
+    out["suspect"] = out["suspect"].map(as_bool).astype(bool)
     upper = rows.groupby("method")["upper_bound"].any()
     out = out.assign(latency_batch_size=latency_batch_size, upper_bound=out["method"].map(upper).astype(bool))
     out = out.assign(

@@ -91,6 +91,11 @@ CHECKED_AGAINST = {
 """The measured rows that check each device's model: ``cuda`` rows whose device name has it."""
 
 
+def twin_of(gpu_name: str) -> str | None:
+    """The datasheet target that models this GPU (``NVIDIA H100 PCIe``: ``h100``), or None."""
+    return next((name for name, (_, piece) in CHECKED_AGAINST.items() if piece in gpu_name), None)
+
+
 @functools.cache
 def host_cpu_spec(dtype: str, threads: int) -> DeviceSpec:
     """This CPU's figures at fp32 and ``dtype`` on ``threads`` threads, measured once a process."""

@@ -110,3 +110,10 @@ def test_the_report_sets_cpu_roofline_beside_the_measured_cpu(tmp_path: Path) ->
     for batch in (1, 32):
         assert f"#### `cpu-roofline` vs `cpu` (fp32), batch {batch}" in section
     assert "operating points modeled within 2× of measured latency" in section and "| layer_skip | 0.5 | 1 |" in section
+
+
+def test_a_gpu_name_finds_its_datasheet_twin() -> None:
+    from dynbench.hardware.modeled import twin_of
+
+    assert twin_of("NVIDIA H100 80GB HBM3") == "h100" and twin_of("NVIDIA H200") == "h200"
+    assert twin_of("NVIDIA A100-SXM4-80GB") == "a100" and twin_of("Tesla T4") is None
